@@ -1,0 +1,1 @@
+"""Worker floor: talks to the other workers only through Kafka topics."""

@@ -1,0 +1,65 @@
+"""The envelope every pcvhub event travels in (ground floor: imports nothing of ours).
+
+The envelope is the contract between producers, the gatekeeper and the projections.
+Its Avro form is ``pcvhub/schemas/avro/pcvhub.Envelope.avsc``; this dataclass is the
+in-memory form that the trust floor signs and verifies.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class SignatureMeaning(str, enum.Enum):
+    """Why the signer signed (21 CFR Part 11 §11.50): bound into the signed bytes."""
+
+    AUTHORED = "AUTHORED"
+    REVIEWED = "REVIEWED"
+    APPROVED = "APPROVED"
+    RESPONSIBLE = "RESPONSIBLE"
+    VERIFIED = "VERIFIED"
+
+
+@dataclass(frozen=True)
+class HybridSignature:
+    """Both halves are required: a verifier rejects an event missing either."""
+
+    ed25519: bytes
+    ml_dsa_65: bytes
+
+
+@dataclass(frozen=True)
+class MerkleProof:
+    """Inclusion of one event in a batch whose root carries the hybrid signature (RFC 9162)."""
+
+    leaf_index: int
+    tree_size: int
+    path: tuple[bytes, ...]
+    root: bytes
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One signed event.
+
+    ``payload`` is the Avro binary body of the schema named by ``event_type`` and
+    identified by ``schema_fingerprint`` (CRC-64-AVRO, 8 bytes little-endian).
+    ``prev_hash`` is the chain digest of the previous accepted event of the same
+    CoI, or ``b""`` for the first event of a therapy.
+    Times are microseconds since the Unix epoch, UTC.
+    """
+
+    event_id: str
+    event_type: str
+    schema_fingerprint: bytes
+    coi: str
+    occurred_at_us: int
+    signed_at_us: int
+    producer: str
+    key_id: str
+    meaning: SignatureMeaning
+    prev_hash: bytes
+    payload: bytes
+    signature: HybridSignature | None = None
+    batch_proof: MerkleProof | None = None
