@@ -1,0 +1,100 @@
+"""The `pcvhub` command line (top floor: composes the floors below, nothing imports it)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pcvhub.config import ConfigError, load_settings
+from pcvhub.infra.kafka import InfraError, LocalKafka
+
+app = typer.Typer(help="pcvhub: the signed, event-sourced hub for personalized cancer vaccines.",
+                  no_args_is_help=True)
+infra_app = typer.Typer(help="Run a local Apache Kafka (KRaft) on loopback.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
+
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+def _cluster(brokers: int) -> LocalKafka:
+    try:
+        return LocalKafka(load_settings(), brokers=brokers)
+    except (ConfigError, InfraError) as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+@infra_app.command("up")
+def infra_up(
+    brokers: int = typer.Option(1, help="1 for a single node, 3 for a replicated cluster."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the brokers to answer."),
+) -> None:
+    """Install (first time), start the broker(s), create the project's topics."""
+    cluster = _cluster(brokers)
+    started = time.monotonic()
+    try:
+        with console.status(f"starting Kafka ({cluster.name}) ..."):
+            bootstrap = cluster.up(timeout=timeout)
+    except InfraError as exc:
+        _fail(str(exc))
+    console.print(f"Kafka {cluster.name} is up in {time.monotonic() - started:.1f}s")
+    console.print(f"bootstrap {bootstrap}")
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    """Say which local brokers run, where they listen and where they log."""
+    table = Table(title="local Kafka")
+    for column in ("cluster", "node", "pid", "state", "listens", "log"):
+        table.add_column(column)
+    for brokers in (1, 3):
+        cluster = _cluster(brokers)
+        for node in cluster.status():
+            state = ("[green]up[/]" if node.answering else
+                     "[yellow]starting[/]" if node.alive else "[dim]down[/]")
+            table.add_row(cluster.name, str(node.node_id), str(node.pid or "-"), state,
+                          f"127.0.0.1:{node.broker_port}", str(node.log_file))
+    console.print(table)
+
+
+@infra_app.command("down")
+def infra_down(
+    brokers: int = typer.Option(0, help="1 or 3 to stop one cluster; default stops both."),
+) -> None:
+    """Stop the local broker(s) cleanly; data and jars stay for the next `up`."""
+    for size in ((brokers,) if brokers else (1, 3)):
+        cluster = _cluster(size)
+        pids = cluster.down()
+        if pids:
+            console.print(f"stopped {cluster.name} (pids {', '.join(map(str, pids))})")
+
+
+@app.command("demo")
+def demo(
+    keep_running: bool = typer.Option(False, help="Leave the broker running afterwards."),
+) -> None:
+    """Bring the broker up, send one event and read it back, bring it down."""
+    from pcvhub.demo import run_demo
+
+    try:
+        code = run_demo(console, keep_running=keep_running)
+    except (ConfigError, InfraError) as exc:
+        _fail(str(exc))
+    raise typer.Exit(code=code)
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

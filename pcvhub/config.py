@@ -1,0 +1,186 @@
+"""Configuration: where Kafka is, how to reach it securely, where data and caches live.
+
+Ground floor: imports nothing of ours. Every process (CLI, workers, tests) builds one
+``Settings`` with :func:`load_settings`, which reads, lowest priority first:
+
+1. built-in defaults (a local single-node broker on 127.0.0.1:19092);
+2. a TOML file: ``$PCVHUB_CONFIG`` if set, else ``./pcvhub.toml`` if present;
+3. environment variables ``PCVHUB_*`` (see :data:`ENVIRONMENT`).
+
+The same code then runs against any Kafka cluster: security settings are passed through
+to librdkafka (confluent-kafka) and to aiokafka (Faust) in their own vocabularies.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """TLS/SASL settings for an existing cluster; PLAINTEXT for the local broker."""
+
+    protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a pcvhub process needs to know about its surroundings."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    data_dir: Path = Path(".pcvhub")
+    cache_dir: Path = Path(".cache")
+    kafka_version: str = "4.3.1"
+    kafka_heap: str = "512m"
+    kafka_base_port: int = 19092
+    kafka_cluster_base_port: int = 29092
+    topic_prefix: str = "pcvhub"
+
+    def librdkafka(self, **extra: Any) -> dict[str, Any]:
+        """Client settings for confluent-kafka (librdkafka property names)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security.protocol,
+        }
+        sec = self.security
+        optional = {
+            "sasl.mechanism": sec.sasl_mechanism,
+            "sasl.username": sec.sasl_username,
+            "sasl.password": sec.sasl_password,
+            "ssl.ca.location": sec.ssl_cafile,
+            "ssl.certificate.location": sec.ssl_certfile,
+            "ssl.key.location": sec.ssl_keyfile,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        conf.update(extra)
+        return conf
+
+    def faust_broker(self) -> str:
+        """Faust broker URL list (``kafka://host:port;host:port``)."""
+        return ";".join(f"kafka://{hp.strip()}" for hp in self.bootstrap_servers.split(","))
+
+    def faust_security(self) -> Any:
+        """Faust credentials object, or None for PLAINTEXT."""
+        sec = self.security
+        if sec.protocol == "PLAINTEXT":
+            return None
+        import ssl
+
+        import faust
+
+        context = None
+        if sec.protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=sec.ssl_cafile)
+            if sec.ssl_certfile:
+                context.load_cert_chain(sec.ssl_certfile, sec.ssl_keyfile)
+        if sec.protocol == "SSL":
+            return faust.SSLCredentials(context)
+        if sec.sasl_mechanism and sec.sasl_mechanism.startswith("SCRAM"):
+            return faust.auth.SASLCredentials(
+                username=sec.sasl_username,
+                password=sec.sasl_password,
+                mechanism=sec.sasl_mechanism,
+                ssl_context=context,
+            )
+        return faust.SASLCredentials(
+            username=sec.sasl_username, password=sec.sasl_password, ssl_context=context
+        )
+
+
+#: Environment variable -> (section, key) in the TOML file.
+ENVIRONMENT: dict[str, tuple[str, str]] = {
+    "PCVHUB_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "PCVHUB_KAFKA_SECURITY_PROTOCOL": ("kafka", "security_protocol"),
+    "PCVHUB_KAFKA_SASL_MECHANISM": ("kafka", "sasl_mechanism"),
+    "PCVHUB_KAFKA_SASL_USERNAME": ("kafka", "sasl_username"),
+    "PCVHUB_KAFKA_SASL_PASSWORD": ("kafka", "sasl_password"),
+    "PCVHUB_KAFKA_SSL_CAFILE": ("kafka", "ssl_cafile"),
+    "PCVHUB_KAFKA_SSL_CERTFILE": ("kafka", "ssl_certfile"),
+    "PCVHUB_KAFKA_SSL_KEYFILE": ("kafka", "ssl_keyfile"),
+    "PCVHUB_DATA_DIR": ("paths", "data_dir"),
+    "PCVHUB_CACHE_DIR": ("paths", "cache_dir"),
+    "PCVHUB_KAFKA_VERSION": ("local_kafka", "version"),
+    "PCVHUB_KAFKA_HEAP": ("local_kafka", "heap"),
+    "PCVHUB_KAFKA_BASE_PORT": ("local_kafka", "base_port"),
+    "PCVHUB_KAFKA_CLUSTER_BASE_PORT": ("local_kafka", "cluster_base_port"),
+    "PCVHUB_TOPIC_PREFIX": ("topics", "prefix"),
+}
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build the settings from defaults, the TOML file and ``PCVHUB_*`` variables."""
+    env = dict(os.environ if environ is None else environ)
+    config_path = env.get("PCVHUB_CONFIG")
+    table: dict[str, dict[str, Any]] = {}
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"PCVHUB_CONFIG names {path}, which is not a file")
+        table = _read_toml(path)
+    elif Path("pcvhub.toml").is_file():
+        table = _read_toml(Path("pcvhub.toml"))
+    for var, (section, key) in ENVIRONMENT.items():
+        if var in env and env[var] != "":
+            table.setdefault(section, {})[key] = env[var]
+
+    kafka = table.get("kafka", {})
+    paths = table.get("paths", {})
+    local = table.get("local_kafka", {})
+    topics = table.get("topics", {})
+    protocol = str(kafka.get("security_protocol", "PLAINTEXT")).upper()
+    if protocol not in _SECURITY_PROTOCOLS:
+        raise ConfigError(
+            f"kafka.security_protocol (PCVHUB_KAFKA_SECURITY_PROTOCOL) is {protocol!r}; "
+            f"use one of {', '.join(_SECURITY_PROTOCOLS)}"
+        )
+    security = KafkaSecurity(
+        protocol=protocol,
+        **{
+            f.name: kafka.get(f.name)
+            for f in fields(KafkaSecurity)
+            if f.name != "protocol" and kafka.get(f.name) is not None
+        },
+    )
+    base = Settings()
+    try:
+        return replace(
+            base,
+            bootstrap_servers=str(kafka.get("bootstrap_servers", base.bootstrap_servers)),
+            security=security,
+            data_dir=Path(paths.get("data_dir", base.data_dir)).expanduser(),
+            cache_dir=Path(paths.get("cache_dir", base.cache_dir)).expanduser(),
+            kafka_version=str(local.get("version", base.kafka_version)),
+            kafka_heap=str(local.get("heap", base.kafka_heap)),
+            kafka_base_port=int(local.get("base_port", base.kafka_base_port)),
+            kafka_cluster_base_port=int(
+                local.get("cluster_base_port", base.kafka_cluster_base_port)
+            ),
+            topic_prefix=str(topics.get("prefix", base.topic_prefix)),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"a port setting is not an integer: {exc}") from exc

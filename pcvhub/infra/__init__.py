@@ -1,0 +1,1 @@
+"""Local infrastructure the project installs and runs itself: Apache Kafka in KRaft mode."""

@@ -1,0 +1,65 @@
+"""Configuration comes from defaults, a TOML file and PCVHUB_* variables, in that order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pcvhub.config import ConfigError, load_settings
+from pcvhub.topics import FOREVER, TOPICS, TopicRole, topic_name
+
+
+def test_defaults_point_at_the_local_broker() -> None:
+    settings = load_settings({})
+    assert settings.bootstrap_servers == "127.0.0.1:19092"
+    assert settings.librdkafka() == {"bootstrap.servers": "127.0.0.1:19092",
+                                     "security.protocol": "PLAINTEXT"}
+    assert settings.faust_broker() == "kafka://127.0.0.1:19092"
+
+
+def test_toml_then_environment_override(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(
+        '[kafka]\nbootstrap_servers = "k1:9093,k2:9093"\nsecurity_protocol = "SASL_SSL"\n'
+        'sasl_mechanism = "SCRAM-SHA-512"\nsasl_username = "hub"\n'
+        'ssl_cafile = "/etc/ca.pem"\n[paths]\ndata_dir = "/var/lib/pcvhub"\n'
+    )
+    settings = load_settings({"PCVHUB_CONFIG": str(config), "PCVHUB_KAFKA_SASL_PASSWORD": "s3cret"})
+    conf = settings.librdkafka(**{"group.id": "g"})
+    assert conf == {
+        "bootstrap.servers": "k1:9093,k2:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "hub",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": "/etc/ca.pem",
+        "group.id": "g",
+    }
+    assert settings.data_dir == Path("/var/lib/pcvhub")
+    assert settings.faust_broker() == "kafka://k1:9093;kafka://k2:9093"
+
+
+def test_bad_values_name_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PCVHUB_KAFKA_SECURITY_PROTOCOL"):
+        load_settings({"PCVHUB_KAFKA_SECURITY_PROTOCOL": "TLS"})
+    with pytest.raises(ConfigError, match="not a file"):
+        load_settings({"PCVHUB_CONFIG": str(tmp_path / "missing.toml")})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({"PCVHUB_CONFIG": str(broken)})
+    with pytest.raises(ConfigError, match="not an integer"):
+        load_settings({"PCVHUB_KAFKA_BASE_PORT": "nineteen"})
+
+
+def test_topic_table_keeps_the_log_forever_and_compacts_registries() -> None:
+    by_role = {spec.role: spec for spec in TOPICS}
+    for role in (TopicRole.CANONICAL, TopicRole.REJECTED, TopicRole.ALERTS):
+        assert by_role[role].retention_ms == FOREVER
+        assert by_role[role].configs(brokers=1)["retention.bytes"] == "-1"
+    assert all(s.cleanup_policy == "compact" for s in TOPICS if s.role is TopicRole.REGISTRY)
+    assert by_role[TopicRole.CANONICAL].configs(brokers=3)["min.insync.replicas"] == "2"
+    assert topic_name("events") == "pcvhub.events"
+    with pytest.raises(KeyError, match="no topic"):
+        topic_name("evnets")
