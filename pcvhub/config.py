@@ -70,6 +70,16 @@ class Settings:
         conf.update(extra)
         return conf
 
+    def producer(self, **extra: Any) -> dict[str, Any]:
+        """Producer settings: Java's murmur2 partitioner so that confluent-kafka, aiokafka
+        and Java clients put a CoI key in the same partition; acks from all in-sync replicas."""
+        return self.librdkafka(**{
+            "partitioner": "murmur2_random",
+            "acks": "all",
+            "enable.idempotence": True,
+            **extra,
+        })
+
     def faust_broker(self) -> str:
         """Faust broker URL list (``kafka://host:port;host:port``)."""
         return ";".join(f"kafka://{hp.strip()}" for hp in self.bootstrap_servers.split(","))

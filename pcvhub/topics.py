@@ -4,6 +4,11 @@ Connectors write to ingress topics; only the gatekeeper writes the canonical log
 The canonical log, the rejected topic and the alerts topic keep everything forever:
 the log is the truth and projections are rebuilt from it. Registries of actors and
 keys are compacted: the newest record per key id is the one that counts.
+
+Ingress, canonical, rejected and alerts topics have the same partition count and are all
+keyed by the chain-of-identity id with Kafka's murmur2 partitioner, so partition p of
+every one of them holds the same therapies: the gatekeeper that owns ingress partition p
+finds its past output in partition p of the outputs (see ``pcvhub.streams``).
 """
 
 from __future__ import annotations
@@ -63,9 +68,9 @@ TOPICS: tuple[TopicSpec, ...] = (
               "events signed by partners that produce directly (lab, design, courier)"),
     TopicSpec("events", TopicRole.CANONICAL, 6, FOREVER, "delete",
               "the canonical log of accepted events, keyed by chain-of-identity id"),
-    TopicSpec("rejected", TopicRole.REJECTED, 3, FOREVER, "delete",
+    TopicSpec("rejected", TopicRole.REJECTED, 6, FOREVER, "delete",
               "refused events with original bytes, reason code and sentence"),
-    TopicSpec("alerts", TopicRole.ALERTS, 3, FOREVER, "delete",
+    TopicSpec("alerts", TopicRole.ALERTS, 6, FOREVER, "delete",
               "alerts raised by custody rules and turnaround timers"),
     TopicSpec("actors", TopicRole.REGISTRY, 1, FOREVER, "compact",
               "actor registrations keyed by actor id"),
