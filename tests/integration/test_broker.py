@@ -82,3 +82,27 @@ def test_a_broker_that_dies_at_start_is_reported_with_its_log(
     broken = replace(settings, data_dir=tmp_path, kafka_heap="1k", kafka_base_port=18992)
     with pytest.raises(InfraError, match="exited during start-up; last lines of"):
         LocalKafka(broken).up(timeout=30)
+
+
+def test_confluent_and_aiokafka_place_a_coi_key_in_the_same_partition(
+    kafka: LocalKafka, settings: Settings
+) -> None:
+    """The gatekeeper (aiokafka) and connectors (librdkafka) must agree on partitions."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    topic = topic_name("ingress.direct", settings.topic_prefix)
+    producer = Producer(settings.producer(**{"bootstrap.servers": kafka.bootstrap_servers}))
+    placed: dict[bytes, int] = {}
+
+    def on_delivery(err: object, msg: object) -> None:
+        assert err is None
+        placed[msg.key()] = msg.partition()  # type: ignore[attr-defined]
+
+    keys = [f"PCV-SITE1-2026-{i:012X}".encode() for i in range(40)]
+    for key in keys:
+        producer.produce(topic, key=key, value=b"x", on_delivery=on_delivery)
+    assert producer.flush(15) == 0
+    partitions = list(range(6))
+    expected = {k: DefaultPartitioner()(k, partitions, partitions) for k in keys}
+    assert placed == expected
+    assert len(set(placed.values())) > 1  # the keys really spread
