@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pcvhub.cli_keys import keys_app
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.infra.kafka import InfraError, LocalKafka
 
@@ -16,6 +17,10 @@ app = typer.Typer(help="pcvhub: the signed, event-sourced hub for personalized c
                   no_args_is_help=True)
 infra_app = typer.Typer(help="Run a local Apache Kafka (KRaft) on loopback.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
+app.add_typer(keys_app, name="keys")
+schemas_app = typer.Typer(help="The Avro event catalog and its released versions.",
+                          no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
 
 console = Console()
 
@@ -76,6 +81,56 @@ def infra_down(
         pids = cluster.down()
         if pids:
             console.print(f"stopped {cluster.name} (pids {', '.join(map(str, pids))})")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Fail if a current schema cannot read data written with any released version."""
+    from pcvhub.schemas.compat import check
+
+    report = check()
+    for finding in report.errors:
+        console.print(f"[red]incompatible[/] {finding}")
+    for name in report.unreleased:
+        console.print(f"[yellow]unreleased[/] {name} differs from its last release")
+    if report.errors:
+        _fail(f"{len(report.errors)} schema(s) break backward-transitive compatibility")
+    if report.unreleased:
+        _fail(f"{len(report.unreleased)} changed schema(s) are compatible but not released: "
+              "run `pcvhub schemas release` and commit pcvhub/schemas/released/")
+    console.print(f"schemas compatible: {report.checked_pairs} reader/writer pairs checked")
+
+
+@schemas_app.command("release")
+def schemas_release() -> None:
+    """Snapshot every schema whose canonical form changed as its next released version."""
+    from pcvhub.schemas.compat import release
+
+    try:
+        written = release()
+    except ValueError as exc:
+        _fail(str(exc))
+    for path in written:
+        console.print(f"released {path}")
+    console.print(f"{len(written)} schema version(s) released")
+
+
+@schemas_app.command("list")
+def schemas_list() -> None:
+    """Every event type with its fingerprint and number of released versions."""
+    from pcvhub.schemas.catalog import load_catalog, released_schema_files
+
+    catalog = load_catalog()
+    releases: dict[str, int] = {}
+    for path in released_schema_files():
+        releases[path.parent.name] = releases.get(path.parent.name, 0) + 1
+    table = Table(title="pcvhub event catalog")
+    for column in ("type", "fingerprint", "fields", "released versions"):
+        table.add_column(column)
+    for name, version in sorted(catalog.current.items()):
+        table.add_row(name, version.fingerprint.hex(), str(len(version.raw["fields"])),
+                      str(releases.get(name, 0)))
+    console.print(table)
 
 
 @app.command("demo")

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 
-class SignatureMeaning(str, enum.Enum):
+class SignatureMeaning(enum.StrEnum):
     """Why the signer signed (21 CFR Part 11 §11.50): bound into the signed bytes."""
 
     AUTHORED = "AUTHORED"

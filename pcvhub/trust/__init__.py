@@ -1,0 +1,1 @@
+"""Trust floor: canonical signed bytes, hybrid signatures, Merkle batches, keys and actors."""

@@ -1,0 +1,57 @@
+"""The bytes a signature covers, and the per-therapy chain digest.
+
+A signature never covers a re-serialised dict: it covers a domain-separated byte string
+built field by field, each field length-prefixed, in a fixed order, with the payload
+represented by its SHA-256. Changing any field, the payload, or the purpose of the bytes
+(an event signature versus a batch root versus a chain link) changes what is signed.
+The signer's meaning (authored, approved...) is one of the fields, so a Part 11
+signature cannot be moved to another meaning or record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+from pcvhub.schemas.envelope import Envelope
+
+EVENT_CONTEXT = b"pcvhub/event-signature/v1\x00"
+BATCH_CONTEXT = b"pcvhub/batch-root-signature/v1\x00"
+CHAIN_CONTEXT = b"pcvhub/chain-link/v1\x00"
+# ML-DSA takes a context string (FIPS 204 section 5.2); Ed25519 in `cryptography` does not,
+# so the domain separation above also lives inside the message for both halves.
+ML_DSA_CONTEXT = b"pcvhub"
+
+#: The envelope fields the signature covers, in signing order. Verification failures name
+#: them, so this tuple is also the vocabulary of "what was signed".
+SIGNED_FIELDS = ("event_id", "event_type", "schema_fingerprint", "coi", "occurred_at_us",
+                 "signed_at_us", "producer", "key_id", "meaning", "prev_hash", "payload")
+
+
+def _item(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def signing_bytes(env: Envelope) -> bytes:
+    """What a hybrid signature over one event covers (also a Merkle leaf of a batch)."""
+    parts = [
+        env.event_id.encode(), env.event_type.encode(), bytes(env.schema_fingerprint),
+        env.coi.encode(), struct.pack(">q", env.occurred_at_us),
+        struct.pack(">q", env.signed_at_us), env.producer.encode(), env.key_id.encode(),
+        env.meaning.value.encode(), bytes(env.prev_hash), hashlib.sha256(env.payload).digest(),
+    ]
+    return EVENT_CONTEXT + b"".join(_item(p) for p in parts)
+
+
+def batch_signing_bytes(root: bytes, tree_size: int) -> bytes:
+    """What the hybrid signature of a batch covers: its Merkle tree head."""
+    return BATCH_CONTEXT + struct.pack(">Q", tree_size) + _item(root)
+
+
+def chain_digest(env: Envelope) -> bytes:
+    """The link the next event of the same therapy names as ``prev_hash`` (R3).
+
+    Computed over the signed content, not the signatures, so a batch producer can chain
+    drafts before the batch is signed.
+    """
+    return hashlib.sha256(CHAIN_CONTEXT + signing_bytes(env)).digest()

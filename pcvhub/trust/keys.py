@@ -1,0 +1,120 @@
+"""Private keys at rest: encrypted files, one per actor key.
+
+Each key pair is stored as its two 32-byte seeds, encrypted with AES-256-GCM under a key
+derived from a passphrase with scrypt (RFC 7914; n=2**15, r=8, p=1: about 32 MiB and
+~0.1 s per unlock, a cost paid once per process, not per event). The actor id and key
+id are the GCM associated data, so a file copied under another actor's name does not
+decrypt. The public keys are stored in clear beside it, for listing and registration.
+
+The passphrase comes from ``PCVHUB_KEY_PASSPHRASE``; there is deliberately no default.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from pcvhub.trust.signing import EventSigner, HybridKeyPair, PublicKeys
+
+PASSPHRASE_ENV = "PCVHUB_KEY_PASSPHRASE"
+_SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+
+
+class KeyStoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    actor_id: str
+    key_id: str
+    created_at: str
+    public: PublicKeys
+    path: Path
+
+
+def passphrase_from_env() -> bytes:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if not value:
+        raise KeyStoreError(f"{PASSPHRASE_ENV} is not set: private keys are encrypted at rest "
+                            "and need a passphrase to unlock (export it, or use your secret "
+                            "manager to inject it)")
+    return value.encode()
+
+
+def _kek(passphrase: bytes, salt: bytes) -> bytes:
+    return Scrypt(salt=salt, length=32, **_SCRYPT).derive(passphrase)
+
+
+def new_key_id(actor_id: str) -> str:
+    return f"{actor_id}-k{secrets.token_hex(4)}"
+
+
+class KeyStore:
+    """A folder of encrypted key files: ``<root>/<actor_id>/<key_id>.json``."""
+
+    def __init__(self, root: Path, passphrase: bytes) -> None:
+        self.root = Path(root)
+        self._passphrase = passphrase
+
+    def _path(self, actor_id: str, key_id: str) -> Path:
+        for part in (actor_id, key_id):
+            if not part or "/" in part or part.startswith("."):
+                raise KeyStoreError(f"{part!r} cannot name a key file")
+        return self.root / actor_id / f"{key_id}.json"
+
+    def create(self, actor_id: str, created_at: str, key_id: str | None = None) -> EventSigner:
+        key_id = key_id or new_key_id(actor_id)
+        keys = HybridKeyPair.generate()
+        salt, nonce = os.urandom(16), os.urandom(12)
+        ed_seed, pq_seed = keys.seeds()
+        sealed = AESGCM(_kek(self._passphrase, salt)).encrypt(
+            nonce, ed_seed + pq_seed, f"{actor_id}/{key_id}".encode())
+        path = self._path(actor_id, key_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "actor_id": actor_id, "key_id": key_id, "created_at": created_at,
+            "kdf": {"name": "scrypt", **_SCRYPT, "salt": salt.hex()},
+            "cipher": {"name": "AES-256-GCM", "nonce": nonce.hex(), "ciphertext": sealed.hex()},
+            "public": {"ed25519": keys.public.ed25519.hex(),
+                       "ml_dsa_65": keys.public.ml_dsa_65.hex()},
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return EventSigner(actor_id, key_id, keys)
+
+    def _record(self, actor_id: str, key_id: str) -> dict:
+        path = self._path(actor_id, key_id)
+        if not path.exists():
+            raise KeyStoreError(f"no stored key {key_id} for actor {actor_id} (looked at {path})")
+        return json.loads(path.read_text())
+
+    def load(self, actor_id: str, key_id: str) -> EventSigner:
+        record = self._record(actor_id, key_id)
+        kdf, cipher = record["kdf"], record["cipher"]
+        try:
+            seeds = AESGCM(_kek(self._passphrase, bytes.fromhex(kdf["salt"]))).decrypt(
+                bytes.fromhex(cipher["nonce"]), bytes.fromhex(cipher["ciphertext"]),
+                f"{actor_id}/{key_id}".encode())
+        except InvalidTag:
+            raise KeyStoreError(f"cannot unlock key {key_id} of {actor_id}: wrong passphrase, "
+                                "or the file was altered or moved from another actor") from None
+        return EventSigner(actor_id, key_id, HybridKeyPair.from_seeds(seeds[:32], seeds[32:]))
+
+    def list(self) -> list[StoredKey]:
+        found = []
+        for path in sorted(self.root.glob("*/*.json")):
+            r = json.loads(path.read_text())
+            found.append(StoredKey(r["actor_id"], r["key_id"], r["created_at"],
+                                   PublicKeys(bytes.fromhex(r["public"]["ed25519"]),
+                                              bytes.fromhex(r["public"]["ml_dsa_65"])), path))
+        return found

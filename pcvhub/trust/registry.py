@@ -1,0 +1,154 @@
+"""Who may sign: actors, their roles and site, and their keys with validity windows.
+
+Actors and keys are events (ActorRegistered, KeyRotated, KeyRevoked) on the log; this
+registry is their fold. A key is valid for an event only when the event's occurred-at
+lies inside the key's window ``[valid_from, valid_until)`` and before any revocation:
+a key used after revocation fails even if its signature is perfect.
+
+Registrations are themselves signed. The first registrar is a *trust anchor* given to
+the registry at construction (its public keys ship with the deployment); everyone else
+is known only through events the gatekeeper accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from pcvhub.schemas.codec import to_us
+from pcvhub.schemas.envelope import Envelope
+from pcvhub.trust.signing import PublicKeys, Verification, verify_envelope
+
+#: Event types that change the registry (short names).
+REGISTRY_EVENTS = frozenset({"ActorRegistered", "KeyRotated", "KeyRevoked"})
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    actor_id: str
+    key_id: str
+    public: PublicKeys
+    valid_from_us: int
+    valid_until_us: int | None = None
+    revoked_at_us: int | None = None
+    revocation_reason: str | None = None
+
+    def problem_at(self, at_us: int) -> str | None:
+        """Why this key cannot sign an event that occurred at ``at_us``, or None."""
+        if self.revoked_at_us is not None and at_us >= self.revoked_at_us:
+            return (f"key {self.key_id} of {self.actor_id} was revoked at "
+                    f"{_iso(self.revoked_at_us)} ({self.revocation_reason}); the event "
+                    f"occurred at {_iso(at_us)}")
+        if at_us < self.valid_from_us:
+            return (f"key {self.key_id} of {self.actor_id} is valid only from "
+                    f"{_iso(self.valid_from_us)}; the event occurred at {_iso(at_us)}")
+        if self.valid_until_us is not None and at_us >= self.valid_until_us:
+            return (f"key {self.key_id} of {self.actor_id} expired at "
+                    f"{_iso(self.valid_until_us)}; the event occurred at {_iso(at_us)}")
+        return None
+
+
+@dataclass(frozen=True)
+class Actor:
+    actor_id: str
+    display_name: str
+    roles: frozenset[str]
+    site_id: str
+
+
+@dataclass
+class KeyRegistry:
+    actors: dict[str, Actor] = field(default_factory=dict)
+    keys: dict[tuple[str, str], KeyRecord] = field(default_factory=dict)
+
+    @classmethod
+    def with_anchor(cls, actor: Actor, key: KeyRecord) -> KeyRegistry:
+        registry = cls()
+        registry.actors[actor.actor_id] = actor
+        registry.keys[(key.actor_id, key.key_id)] = key
+        return registry
+
+    def copy(self) -> KeyRegistry:
+        return KeyRegistry(dict(self.actors), dict(self.keys))
+
+    # --- reading --------------------------------------------------------------------
+    def key_problem(self, actor_id: str, key_id: str, at_us: int) -> str | None:
+        key = self.keys.get((actor_id, key_id))
+        if key is None:
+            known = sorted(k for a, k in self.keys if a == actor_id)
+            return (f"key {key_id} is not registered for actor {actor_id}"
+                    + (f" (registered keys: {', '.join(known)})" if known else
+                       " (the actor has no registered key: an unregistered signer)"))
+        return key.problem_at(at_us)
+
+    def verify(self, env: Envelope) -> Verification:
+        """R1: key known and valid at occurred-at, and both signatures verify."""
+        problem = self.key_problem(env.producer, env.key_id, env.occurred_at_us)
+        if problem is not None:
+            return Verification((f"event {env.event_id}: {problem}",))
+        return verify_envelope(env, self.keys[(env.producer, env.key_id)].public)
+
+    # --- the fold ---------------------------------------------------------------------
+    def apply(self, event_type: str, payload: Mapping[str, Any]) -> None:
+        """Fold one accepted registry event (short type name, decoded payload)."""
+        p = payload
+        if event_type == "ActorRegistered":
+            self.actors[p["actor_id"]] = Actor(p["actor_id"], p["display_name"],
+                                               frozenset(p["roles"]), p["site_id"])
+            self.keys[(p["actor_id"], p["key_id"])] = KeyRecord(
+                p["actor_id"], p["key_id"],
+                PublicKeys(p["ed25519_public_key"], p["ml_dsa_65_public_key"]),
+                to_us(p["valid_from"]), _opt_us(p.get("valid_until")))
+        elif event_type == "KeyRotated":
+            old = self.keys.get((p["actor_id"], p["old_key_id"]))
+            if old is not None:
+                self.keys[(p["actor_id"], p["old_key_id"])] = replace(
+                    old, valid_until_us=to_us(p["old_key_valid_until"]))
+            self.keys[(p["actor_id"], p["new_key_id"])] = KeyRecord(
+                p["actor_id"], p["new_key_id"],
+                PublicKeys(p["ed25519_public_key"], p["ml_dsa_65_public_key"]),
+                to_us(p["valid_from"]), _opt_us(p.get("valid_until")))
+        elif event_type == "KeyRevoked":
+            key = self.keys.get((p["actor_id"], p["key_id"]))
+            if key is not None:
+                self.keys[(p["actor_id"], p["key_id"])] = replace(
+                    key, revoked_at_us=to_us(p["revoked_at"]),
+                    revocation_reason=str(p["reason"]))
+
+    def apply_all(self, events: Iterable[tuple[str, Mapping[str, Any]]]) -> KeyRegistry:
+        for event_type, payload in events:
+            self.apply(event_type, payload)
+        return self
+
+
+def _opt_us(value: datetime | int | None) -> int | None:
+    return None if value is None else to_us(value)
+
+
+def _iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000).astimezone().isoformat(timespec="seconds")
+
+
+# --- payloads of the registry events (the one place they are built) ---------------------
+
+def registration_payload(actor: Actor, key_id: str, public: PublicKeys, valid_from_us: int,
+                         valid_until_us: int | None = None) -> dict[str, Any]:
+    """ActorRegistered: an actor, its roles and site, and its first key."""
+    return {"actor_id": actor.actor_id, "display_name": actor.display_name,
+            "roles": sorted(actor.roles), "site_id": actor.site_id, "key_id": key_id,
+            "ed25519_public_key": public.ed25519, "ml_dsa_65_public_key": public.ml_dsa_65,
+            "valid_from": valid_from_us, "valid_until": valid_until_us}
+
+
+def rotation_payload(actor_id: str, old_key_id: str, new_key_id: str, public: PublicKeys,
+                     at_us: int, overlap_us: int = 0) -> dict[str, Any]:
+    """KeyRotated: the new key is valid from ``at_us``; the old one ``overlap_us`` longer."""
+    return {"actor_id": actor_id, "old_key_id": old_key_id, "new_key_id": new_key_id,
+            "ed25519_public_key": public.ed25519, "ml_dsa_65_public_key": public.ml_dsa_65,
+            "valid_from": at_us, "valid_until": None, "old_key_valid_until": at_us + overlap_us}
+
+
+def revocation_payload(actor_id: str, key_id: str, at_us: int, reason: str) -> dict[str, Any]:
+    return {"actor_id": actor_id, "key_id": key_id, "revoked_at": at_us, "reason": reason}

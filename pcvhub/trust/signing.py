@@ -1,0 +1,158 @@
+"""Hybrid signatures: Ed25519 (RFC 8032) and ML-DSA-65 (FIPS 204), both required.
+
+Either half alone would do today; both together stay sound if one is broken later
+(a quantum computer for Ed25519, a cryptanalytic surprise for the young lattice scheme).
+An event is signed on its own (``EventSigner.seal``) or as part of a batch
+(``EventSigner.seal_batch``): one hybrid signature over the RFC 9162 Merkle root and an
+inclusion path per event, so the post-quantum cost is paid once per batch while every
+event stays provable on its own. ``verify_envelope`` accepts either form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
+
+from pcvhub.schemas.envelope import Envelope, HybridSignature, MerkleProof
+from pcvhub.trust import merkle
+from pcvhub.trust.canonical import (
+    ML_DSA_CONTEXT,
+    SIGNED_FIELDS,
+    batch_signing_bytes,
+    signing_bytes,
+)
+
+ED25519_SIGNATURE_SIZE = 64
+ML_DSA_65_SIGNATURE_SIZE = 3309
+
+
+@dataclass(frozen=True)
+class PublicKeys:
+    """The public half of a hybrid key pair, as registered in an ActorRegistered event."""
+
+    ed25519: bytes
+    ml_dsa_65: bytes
+
+
+@dataclass(frozen=True)
+class HybridKeyPair:
+    """A private Ed25519 key and a private ML-DSA-65 key that always sign together."""
+
+    ed25519: ed25519.Ed25519PrivateKey
+    ml_dsa_65: mldsa.MLDSA65PrivateKey
+
+    @classmethod
+    def generate(cls) -> HybridKeyPair:
+        return cls(ed25519.Ed25519PrivateKey.generate(), mldsa.MLDSA65PrivateKey.generate())
+
+    @classmethod
+    def from_seeds(cls, ed25519_seed: bytes, ml_dsa_seed: bytes) -> HybridKeyPair:
+        """Both keys from their 32-byte seeds (the form stored, encrypted, at rest)."""
+        return cls(ed25519.Ed25519PrivateKey.from_private_bytes(ed25519_seed),
+                   mldsa.MLDSA65PrivateKey.from_seed_bytes(ml_dsa_seed))
+
+    def seeds(self) -> tuple[bytes, bytes]:
+        return self.ed25519.private_bytes_raw(), self.ml_dsa_65.private_bytes_raw()
+
+    @property
+    def public(self) -> PublicKeys:
+        return PublicKeys(self.ed25519.public_key().public_bytes_raw(),
+                          self.ml_dsa_65.public_key().public_bytes_raw())
+
+    def sign(self, message: bytes) -> HybridSignature:
+        return HybridSignature(self.ed25519.sign(message),
+                               self.ml_dsa_65.sign(message, ML_DSA_CONTEXT))
+
+
+@dataclass(frozen=True)
+class EventSigner:
+    """One actor's key in use: fills ``producer``/``key_id`` checks and seals envelopes."""
+
+    producer: str
+    key_id: str
+    keys: HybridKeyPair
+
+    def _check_owner(self, env: Envelope) -> None:
+        if (env.producer, env.key_id) != (self.producer, self.key_id):
+            raise ValueError(f"event {env.event_id} names producer {env.producer} key "
+                             f"{env.key_id}, but this signer is {self.producer} key {self.key_id}")
+
+    def seal(self, env: Envelope) -> Envelope:
+        self._check_owner(env)
+        return replace(env, signature=self.keys.sign(signing_bytes(env)), batch_proof=None)
+
+    def seal_batch(self, drafts: Sequence[Envelope]) -> list[Envelope]:
+        """One hybrid signature over the Merkle root; each event gets its inclusion path."""
+        if not drafts:
+            return []
+        for env in drafts:
+            self._check_owner(env)
+        root, paths = merkle.tree([signing_bytes(env) for env in drafts])
+        signature = self.keys.sign(batch_signing_bytes(root, len(drafts)))
+        return [replace(env, signature=signature,
+                        batch_proof=MerkleProof(i, len(drafts), tuple(paths[i]), root))
+                for i, env in enumerate(drafts)]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Outcome of checking one envelope's signatures; ``failures`` are sentences."""
+
+    failures: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __str__(self) -> str:
+        return "verified" if self.ok else "; ".join(self.failures)
+
+
+@lru_cache(maxsize=4096)
+def _halves_failing(message: bytes, ed_sig: bytes, pq_sig: bytes, ed_pub: bytes,
+                    pq_pub: bytes) -> tuple[str, ...]:
+    """Which halves fail; cached because every event of a batch repeats the same check."""
+    failed = []
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(ed_pub).verify(ed_sig, message)
+    except (InvalidSignature, ValueError):
+        failed.append("Ed25519")
+    try:
+        mldsa.MLDSA65PublicKey.from_public_bytes(pq_pub).verify(pq_sig, message, ML_DSA_CONTEXT)
+    except (InvalidSignature, ValueError):
+        failed.append("ML-DSA-65")
+    return tuple(failed)
+
+
+def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
+    """Check both signatures (and, for a batched event, its inclusion path) with ``keys``.
+
+    Key lookup, validity windows and revocation are the key registry's business; this
+    function answers only "do these bytes carry valid signatures by this key pair".
+    """
+    short_type = env.event_type.rsplit(".", 1)[-1]
+    who = f"event {env.event_id} ({short_type}) by {env.producer} key {env.key_id}"
+    if env.signature is None:
+        return Verification((f"{who} carries no signature",))
+    sig = env.signature
+    if env.batch_proof is None:
+        message = signing_bytes(env)
+        covered = f"the signed fields ({', '.join(SIGNED_FIELDS)})"
+    else:
+        proof = env.batch_proof
+        root = merkle.root_from_path(signing_bytes(env), proof.leaf_index, proof.tree_size,
+                                     proof.path)
+        if root is None or root != proof.root:
+            return Verification((
+                f"{who}: batch inclusion path (leaf {proof.leaf_index} of {proof.tree_size}) "
+                "does not lead to the batch root the signature covers: the event or its "
+                "proof was altered",))
+        message = batch_signing_bytes(proof.root, proof.tree_size)
+        covered = f"the batch root {proof.root.hex()[:16]}..."
+    failed = _halves_failing(message, sig.ed25519, sig.ml_dsa_65, keys.ed25519, keys.ml_dsa_65)
+    return Verification(tuple(f"{who}: {half} signature does not verify over {covered}"
+                              for half in failed))
