@@ -19,13 +19,13 @@ from pcvhub.config import load_settings
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent, now_us
 from pcvhub.trust.keys import KeyStore, KeyStoreError, passphrase_from_env
 from pcvhub.trust.registry import (
+    REGISTRY_COI,
     Actor,
     registration_payload,
     revocation_payload,
     rotation_payload,
 )
 
-REGISTRY_COI = "pcvhub:registry"
 REVOCATION_REASONS = ("COMPROMISED", "SUPERSEDED", "ACTOR_LEFT", "OTHER")
 
 keys_app = typer.Typer(help="Actor key pairs: create, list, rotate, revoke.", no_args_is_help=True)

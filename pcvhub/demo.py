@@ -25,10 +25,14 @@ from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
 from pcvhub.topics import topic_name
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent, now_us
-from pcvhub.trust.registry import Actor, KeyRecord, KeyRegistry, registration_payload
+from pcvhub.trust.registry import (
+    REGISTRY_COI,
+    Actor,
+    KeyRecord,
+    KeyRegistry,
+    registration_payload,
+)
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
-
-REGISTRY_COI = "pcvhub:registry"
 
 
 @dataclass

@@ -23,6 +23,8 @@ from pcvhub.trust.signing import PublicKeys, Verification, verify_envelope
 
 #: Event types that change the registry (short names).
 REGISTRY_EVENTS = frozenset({"ActorRegistered", "KeyRotated", "KeyRevoked"})
+#: The chain-of-identity id under which registry events are chained and partitioned.
+REGISTRY_COI = "pcvhub:registry"
 
 
 @dataclass(frozen=True)
@@ -35,17 +37,17 @@ class KeyRecord:
     revoked_at_us: int | None = None
     revocation_reason: str | None = None
 
-    def problem_at(self, at_us: int) -> str | None:
-        """Why this key cannot sign an event that occurred at ``at_us``, or None."""
+    def problem_at(self, at_us: int) -> tuple[str, str] | None:
+        """(code, reason) why this key cannot sign an event that occurred at ``at_us``."""
         if self.revoked_at_us is not None and at_us >= self.revoked_at_us:
-            return (f"key {self.key_id} of {self.actor_id} was revoked at "
+            return "KEY_REVOKED", (f"key {self.key_id} of {self.actor_id} was revoked at "
                     f"{_iso(self.revoked_at_us)} ({self.revocation_reason}); the event "
                     f"occurred at {_iso(at_us)}")
         if at_us < self.valid_from_us:
-            return (f"key {self.key_id} of {self.actor_id} is valid only from "
+            return "KEY_NOT_YET_VALID", (f"key {self.key_id} of {self.actor_id} is valid only from "
                     f"{_iso(self.valid_from_us)}; the event occurred at {_iso(at_us)}")
         if self.valid_until_us is not None and at_us >= self.valid_until_us:
-            return (f"key {self.key_id} of {self.actor_id} expired at "
+            return "KEY_EXPIRED", (f"key {self.key_id} of {self.actor_id} expired at "
                     f"{_iso(self.valid_until_us)}; the event occurred at {_iso(at_us)}")
         return None
 
@@ -74,11 +76,20 @@ class KeyRegistry:
         return KeyRegistry(dict(self.actors), dict(self.keys))
 
     # --- reading --------------------------------------------------------------------
-    def key_problem(self, actor_id: str, key_id: str, at_us: int) -> str | None:
+    def roles_of(self, actor_id: str) -> frozenset[str]:
+        actor = self.actors.get(actor_id)
+        return actor.roles if actor is not None else frozenset()
+
+    def site_of(self, actor_id: str) -> str | None:
+        actor = self.actors.get(actor_id)
+        return actor.site_id if actor is not None else None
+
+    def key_problem(self, actor_id: str, key_id: str, at_us: int) -> tuple[str, str] | None:
+        """(code, reason) why this actor's key cannot sign at ``at_us``, or None."""
         key = self.keys.get((actor_id, key_id))
         if key is None:
             known = sorted(k for a, k in self.keys if a == actor_id)
-            return (f"key {key_id} is not registered for actor {actor_id}"
+            return "UNREGISTERED_KEY", (f"key {key_id} is not registered for actor {actor_id}"
                     + (f" (registered keys: {', '.join(known)})" if known else
                        " (the actor has no registered key: an unregistered signer)"))
         return key.problem_at(at_us)
@@ -87,7 +98,8 @@ class KeyRegistry:
         """R1: key known and valid at occurred-at, and both signatures verify."""
         problem = self.key_problem(env.producer, env.key_id, env.occurred_at_us)
         if problem is not None:
-            return Verification((f"event {env.event_id}: {problem}",))
+            code, reason = problem
+            return Verification((f"event {env.event_id}: {reason}",), code)
         return verify_envelope(env, self.keys[(env.producer, env.key_id)].public)
 
     # --- the fold ---------------------------------------------------------------------

@@ -100,9 +100,14 @@ class EventSigner:
 
 @dataclass(frozen=True)
 class Verification:
-    """Outcome of checking one envelope's signatures; ``failures`` are sentences."""
+    """Outcome of checking one envelope's signatures.
+
+    ``failures`` are sentences naming the event, the signer, the key and what failed;
+    ``code`` is the machine-readable reason of the first failure (``OK`` when verified).
+    """
 
     failures: tuple[str, ...] = ()
+    code: str = "OK"
 
     @property
     def ok(self) -> bool:
@@ -137,7 +142,7 @@ def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
     short_type = env.event_type.rsplit(".", 1)[-1]
     who = f"event {env.event_id} ({short_type}) by {env.producer} key {env.key_id}"
     if env.signature is None:
-        return Verification((f"{who} carries no signature",))
+        return Verification((f"{who} carries no signature",), "UNSIGNED")
     sig = env.signature
     if env.batch_proof is None:
         message = signing_bytes(env)
@@ -150,9 +155,9 @@ def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
             return Verification((
                 f"{who}: batch inclusion path (leaf {proof.leaf_index} of {proof.tree_size}) "
                 "does not lead to the batch root the signature covers: the event or its "
-                "proof was altered",))
+                "proof was altered",), "BATCH_PATH_INVALID")
         message = batch_signing_bytes(proof.root, proof.tree_size)
         covered = f"the batch root {proof.root.hex()[:16]}..."
     failed = _halves_failing(message, sig.ed25519, sig.ml_dsa_65, keys.ed25519, keys.ml_dsa_65)
     return Verification(tuple(f"{who}: {half} signature does not verify over {covered}"
-                              for half in failed))
+                              for half in failed), "SIGNATURE_INVALID" if failed else "OK")

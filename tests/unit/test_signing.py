@@ -91,6 +91,7 @@ def test_one_half_alone_is_not_enough(signer, registry):
     mixed = replace(env, signature=replace(env.signature, ml_dsa_65=other.ml_dsa_65))
     outcome = registry.verify(mixed)
     assert [("ML-DSA-65" in f) for f in outcome.failures] == [True]
+    assert outcome.code == "SIGNATURE_INVALID"
 
 
 def test_unsigned_event_fails(signer, registry):
@@ -110,6 +111,9 @@ def test_key_window_and_revocation(signer, registry):
     late = decode_envelope(_issue(signer, at=T0 + 11 * DAY).wire)
     assert revoked.verify(early).ok
     assert "was revoked" in str(revoked.verify(late))
+    assert revoked.verify(late).code == "KEY_REVOKED"
+    assert registry.verify(before).code == "KEY_NOT_YET_VALID"
+    assert registry.verify(after).code == "KEY_EXPIRED"
     assert "COMPROMISED" in str(revoked.verify(late))
 
 
@@ -117,6 +121,7 @@ def test_unregistered_signer_is_named(registry):
     stranger = EventSigner("someone", "someone-k9", HybridKeyPair.generate())
     outcome = registry.verify(decode_envelope(_issue(stranger).wire))
     assert "unregistered signer" in str(outcome)
+    assert outcome.code == "UNREGISTERED_KEY"
 
 
 def test_rotation_moves_validity_to_the_new_key(signer, registry):

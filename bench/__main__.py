@@ -1,0 +1,34 @@
+"""`python -m bench [--quick] [SECTION ...]`: run the benchmarks and print one table.
+
+Every figure is a median of repeats and, where it makes sense, a ratio against a
+baseline measured in the same run on the same machine (machines are noisy; absolute
+numbers from different runs are not comparable, ratios mostly are).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from bench import crypto
+from bench.report import print_figures
+
+SECTIONS = {"crypto": crypto.run}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
+    parser.add_argument("--quick", action="store_true", help="fewer items, for a smoke run")
+    args = parser.parse_args()
+    console = Console()
+    figures = []
+    for name in args.sections or list(SECTIONS):
+        console.print(f"[bold]bench {name}[/] ...")
+        figures.extend(SECTIONS[name](quick=args.quick))
+    print_figures(figures, console)
+
+
+if __name__ == "__main__":
+    main()
