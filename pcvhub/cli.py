@@ -133,6 +133,21 @@ def schemas_list() -> None:
     console.print(table)
 
 
+@app.command("worker")
+def worker(
+    app_id: str = typer.Option("pcvhub-gatekeeper", help="Consumer group / Faust app id."),
+    loglevel: str = typer.Option("WARNING", help="Faust log level."),
+) -> None:
+    """Run the gatekeeper: verify and rule-check ingress, write canonical/rejected/alerts."""
+    from pcvhub.streams.worker import run
+    from pcvhub.trust.keys import KeyStoreError
+
+    try:
+        run(load_settings(), app_id=app_id, loglevel=loglevel)
+    except (ConfigError, KeyStoreError, FileNotFoundError, TimeoutError) as exc:
+        _fail(str(exc))
+
+
 @app.command("demo")
 def demo(
     keep_running: bool = typer.Option(False, help="Leave the broker running afterwards."),

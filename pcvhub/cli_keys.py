@@ -19,11 +19,14 @@ from pcvhub.config import load_settings
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent, now_us
 from pcvhub.trust.keys import KeyStore, KeyStoreError, passphrase_from_env
 from pcvhub.trust.registry import (
+    ANCHOR_FILE,
     REGISTRY_COI,
     Actor,
+    KeyRecord,
     registration_payload,
     revocation_payload,
     rotation_payload,
+    write_anchor,
 )
 
 REVOCATION_REASONS = ("COMPROMISED", "SUPERSEDED", "ACTOR_LEFT", "OTHER")
@@ -45,18 +48,11 @@ def _store() -> KeyStore:
         raise
 
 
-def _latest_key_id(store: KeyStore, actor_id: str) -> str:
-    mine = [k for k in store.list() if k.actor_id == actor_id]
-    if not mine:
-        _fail(f"no key for actor {actor_id} in {store.root}; create one with `pcvhub keys new`")
-    return max(mine, key=lambda k: k.created_at).key_id
-
-
 def _publish(store: KeyStore, registrar: str, event_type: str, payload: dict) -> None:
     from pcvhub.connectors.base import IngressWriter
 
     try:
-        signer = store.load(registrar, _latest_key_id(store, registrar))
+        signer = store.latest(registrar)
     except KeyStoreError as exc:
         _fail(str(exc))
     issued: IssuedEvent = EventIssuer(signer).issue(event_type, REGISTRY_COI, payload)
@@ -80,13 +76,20 @@ def keys_new(
     site: str = typer.Option("hub", help="Site the actor belongs to."),
     publish: bool = typer.Option(False, help="Issue ActorRegistered to the hub."),
     registrar: str = typer.Option("hub-registrar", help="Actor whose key signs the registration."),
+    anchor: bool = typer.Option(False, help="Make this actor the deployment's trust anchor "
+                                            "(the first registrar): writes trust-anchor.json."),
 ) -> None:
     """Create a hybrid key pair (Ed25519 + ML-DSA-65) for an actor, encrypted at rest."""
     store = _store()
     signer = store.create(actor_id, _now_iso())
     console.print(f"created key {signer.key_id} for {actor_id} in {store.root}")
+    actor = Actor(actor_id, display_name or actor_id, frozenset(role), site)
+    if anchor:
+        path = load_settings().data_dir / ANCHOR_FILE
+        write_anchor(path, actor, KeyRecord(actor_id, signer.key_id, signer.keys.public,
+                                            now_us()))
+        console.print(f"trust anchor written to {path}")
     if publish:
-        actor = Actor(actor_id, display_name or actor_id, frozenset(role), site)
         _publish(store, registrar, "ActorRegistered",
                  registration_payload(actor, signer.key_id, signer.keys.public, now_us()))
 
@@ -115,7 +118,10 @@ def keys_rotate(
 ) -> None:
     """Create the actor's next key; the old one stays valid for the overlap, then expires."""
     store = _store()
-    old = _latest_key_id(store, actor_id)
+    try:
+        old = store.latest(actor_id).key_id
+    except KeyStoreError as exc:
+        _fail(str(exc))
     signer = store.create(actor_id, _now_iso())
     console.print(f"rotated {actor_id}: {old} -> {signer.key_id} "
                   f"(old key valid {overlap_hours:g} h more)")

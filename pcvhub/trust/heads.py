@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from pcvhub.config import Settings
 from pcvhub.schemas.codec import decode_envelope
+from pcvhub.schemas.envelope import Envelope
 from pcvhub.topics import topic_name
 from pcvhub.trust.canonical import chain_digest
 
@@ -23,8 +24,13 @@ from pcvhub.trust.canonical import chain_digest
 class ChainHeads:
     """Follows the canonical topic in a background thread; thread-safe lookups."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings,
+                 on_accepted: Callable[[Envelope], None] | None = None) -> None:
+        """``on_accepted`` is called (in the follower thread, in log order per partition)
+        with every envelope read from the canonical topic."""
         self.settings = settings
+        self._on_accepted = on_accepted
+        self._caught_up = threading.Event()
         self.topic = topic_name("events", settings.topic_prefix)
         self._heads: dict[str, bytes] = {}
         self._accepted: set[str] = set()
@@ -55,8 +61,14 @@ class ChainHeads:
         }))
         try:
             metadata = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                             for p in metadata.partitions])
+            partitions = sorted(metadata.partitions)
+            # The end of each partition when we started: past it, we have caught up.
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                      timeout=10)[1] for p in partitions}
+            behind = {p for p, end in ends.items() if end > 0}
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            if not behind:
+                self._caught_up.set()
             while not self._stop.is_set():
                 batch = consumer.consume(500, timeout=0.2)
                 if not batch:
@@ -68,9 +80,19 @@ class ChainHeads:
                         envelope = decode_envelope(msg.value())
                         self._heads[envelope.coi] = chain_digest(envelope)
                         self._accepted.add(envelope.event_id)
+                        if self._on_accepted is not None:
+                            self._on_accepted(envelope)
+                        if msg.partition() in behind and msg.offset() >= ends[msg.partition()] - 1:
+                            behind.discard(msg.partition())
+                            if not behind:
+                                self._caught_up.set()
                     self._changed.notify_all()
         finally:
             consumer.close()
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Block until everything on the log when we started has been read."""
+        return self._caught_up.wait(timeout)
 
     def head(self, coi: str) -> bytes:
         """Digest of the last accepted event of ``coi`` (b"" if none yet)."""

@@ -110,6 +110,14 @@ class KeyStore:
                                 "or the file was altered or moved from another actor") from None
         return EventSigner(actor_id, key_id, HybridKeyPair.from_seeds(seeds[:32], seeds[32:]))
 
+    def latest(self, actor_id: str) -> EventSigner:
+        """The actor's newest key (the one it signs with after a rotation)."""
+        mine = [k for k in self.list() if k.actor_id == actor_id]
+        if not mine:
+            raise KeyStoreError(f"no key for actor {actor_id} in {self.root}; create one with "
+                                f"`pcvhub keys new {actor_id}`")
+        return self.load(actor_id, max(mine, key=lambda k: k.created_at).key_id)
+
     def list(self) -> list[StoredKey]:
         found = []
         for path in sorted(self.root.glob("*/*.json")):

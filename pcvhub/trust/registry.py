@@ -12,12 +12,14 @@ is known only through events the gatekeeper accepted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from pcvhub.schemas.codec import to_us
+from pcvhub.schemas.codec import decode_payload, to_us
 from pcvhub.schemas.envelope import Envelope
 from pcvhub.trust.signing import PublicKeys, Verification, verify_envelope
 
@@ -25,6 +27,8 @@ from pcvhub.trust.signing import PublicKeys, Verification, verify_envelope
 REGISTRY_EVENTS = frozenset({"ActorRegistered", "KeyRotated", "KeyRevoked"})
 #: The chain-of-identity id under which registry events are chained and partitioned.
 REGISTRY_COI = "pcvhub:registry"
+#: Where a deployment keeps its trust anchor, inside the data folder.
+ANCHOR_FILE = "trust-anchor.json"
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,9 @@ class Actor:
 class KeyRegistry:
     actors: dict[str, Actor] = field(default_factory=dict)
     keys: dict[tuple[str, str], KeyRecord] = field(default_factory=dict)
+    #: ids of registry events already folded: the gatekeeper that accepts an event and
+    #: the follower that later reads it from the log may both offer it; it applies once.
+    applied: set[str] = field(default_factory=set)
 
     @classmethod
     def with_anchor(cls, actor: Actor, key: KeyRecord) -> KeyRegistry:
@@ -73,7 +80,7 @@ class KeyRegistry:
         return registry
 
     def copy(self) -> KeyRegistry:
-        return KeyRegistry(dict(self.actors), dict(self.keys))
+        return KeyRegistry(dict(self.actors), dict(self.keys), set(self.applied))
 
     # --- reading --------------------------------------------------------------------
     def roles_of(self, actor_id: str) -> frozenset[str]:
@@ -129,6 +136,21 @@ class KeyRegistry:
                     key, revoked_at_us=to_us(p["revoked_at"]),
                     revocation_reason=str(p["reason"]))
 
+    def apply_event(self, event_id: str, event_type: str, payload: Mapping[str, Any]) -> bool:
+        """Fold an accepted registry event once; False if it was already folded."""
+        if event_id in self.applied:
+            return False
+        self.applied.add(event_id)
+        self.apply(event_type, payload)
+        return True
+
+    def observe(self, env: Envelope) -> None:
+        """Fold an accepted envelope read from the log if it is a registry event."""
+        short = env.event_type.rsplit(".", 1)[-1]
+        if short in REGISTRY_EVENTS and env.event_id not in self.applied:
+            _, payload = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
+            self.apply_event(env.event_id, short, payload)
+
     def apply_all(self, events: Iterable[tuple[str, Mapping[str, Any]]]) -> KeyRegistry:
         for event_type, payload in events:
             self.apply(event_type, payload)
@@ -164,3 +186,28 @@ def rotation_payload(actor_id: str, old_key_id: str, new_key_id: str, public: Pu
 
 def revocation_payload(actor_id: str, key_id: str, at_us: int, reason: str) -> dict[str, Any]:
     return {"actor_id": actor_id, "key_id": key_id, "revoked_at": at_us, "reason": reason}
+
+
+# --- the trust anchor: the registrar every deployment starts from -----------------------
+
+def write_anchor(path: Path, actor: Actor, key: KeyRecord) -> None:
+    """Store the registrar's public keys; ship this file with every hub process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "actor_id": actor.actor_id, "display_name": actor.display_name,
+        "roles": sorted(actor.roles), "site_id": actor.site_id, "key_id": key.key_id,
+        "ed25519": key.public.ed25519.hex(), "ml_dsa_65": key.public.ml_dsa_65.hex(),
+        "valid_from_us": key.valid_from_us}, indent=1))
+
+
+def load_anchor(path: Path) -> KeyRegistry:
+    """A registry that knows only the registrar of the anchor file."""
+    if not path.exists():
+        raise FileNotFoundError(f"no trust anchor at {path}: create the registrar with "
+                                "`pcvhub keys new hub-registrar --role REGISTRAR --anchor`")
+    a = json.loads(path.read_text())
+    actor = Actor(a["actor_id"], a["display_name"], frozenset(a["roles"]), a["site_id"])
+    return KeyRegistry.with_anchor(actor, KeyRecord(
+        a["actor_id"], a["key_id"],
+        PublicKeys(bytes.fromhex(a["ed25519"]), bytes.fromhex(a["ml_dsa_65"])),
+        a["valid_from_us"]))
