@@ -1,0 +1,699 @@
+"""The state of one therapy (one chain-of-identity id): a fold of its accepted events.
+
+``CaseState`` is what the custody rules read to judge the next event of a therapy:
+who the patient is, which consents hold, which sequencing data, designs and batches
+belong to this therapy, who holds each physical item, what each dose may still be used
+for. It is rebuilt by folding the canonical log (``apply`` in log order), so it holds
+only facts that accepted events state, never alerts or judgements.
+
+``apply`` is called only after the rules accepted the event; it trusts the event and
+never refuses. Handlers are a table keyed by the short event type; a type without a
+handler only moves the chain head (it is still an accepted fact). A handler skips a
+reference it cannot resolve instead of raising: the log may hold events accepted under
+older rules, and rebuilding a case from the log must never stop half way.
+
+The registry of actors and keys has its own chain (``REGISTRY_COI``) and its own tiny
+lifecycle (``REGISTRY_LIFECYCLE``: registry events in any order); its facts are folded
+into the ``KeyRegistry``, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pcvhub.schemas import codec
+from pcvhub.streams.event import InboundEvent
+from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS
+
+
+class Stage(StrEnum):
+    """Lifecycle stages of a therapy, in the order a therapy first reaches them."""
+
+    NEW = "NEW"
+    ENROLLED = "ENROLLED"
+    CONSENTED = "CONSENTED"
+    ORDERED = "ORDERED"
+    COLLECTED = "COLLECTED"
+    RECEIVED_AT_LAB = "RECEIVED_AT_LAB"
+    SEQUENCED = "SEQUENCED"
+    DESIGNED = "DESIGNED"
+    APPROVED = "APPROVED"
+    MANUFACTURING = "MANUFACTURING"
+    QC = "QC"
+    RELEASED = "RELEASED"
+    SHIPPED = "SHIPPED"
+    RECEIVED_AT_SITE = "RECEIVED_AT_SITE"
+    PLACED = "PLACED"
+    DISPENSED = "DISPENSED"
+    ADMINISTERED = "ADMINISTERED"
+    FOLLOW_UP = "FOLLOW_UP"
+
+
+class DoseStatus(StrEnum):
+    """Where a released dose is in its own life (a dose is one vial for one administration)."""
+
+    AVAILABLE = "AVAILABLE"        # released, not yet placed at the treating site
+    PLACED = "PLACED"              # in the site's storage for this patient
+    RESERVED = "RESERVED"          # placed and held for one scheduled administration
+    DISPENSED = "DISPENSED"
+    ADMINISTERED = "ADMINISTERED"
+    QUARANTINED = "QUARANTINED"    # after a temperature excursion, until destroyed
+    EXPIRED = "EXPIRED"
+    DESTROYED = "DESTROYED"
+
+
+#: statuses from which a dose may still go to the patient
+USABLE_DOSE = frozenset({DoseStatus.AVAILABLE, DoseStatus.PLACED, DoseStatus.RESERVED})
+#: statuses a dose never leaves
+FINAL_DOSE = frozenset({DoseStatus.ADMINISTERED, DoseStatus.DESTROYED})
+
+
+def to_us(value: Any) -> int | None:
+    """Event-time microseconds from a decoded optional timestamp (None stays None)."""
+    return None if value is None else codec.to_us(value)
+
+
+@dataclass
+class ConsentWindow:
+    """One grant of a scope: valid from ``granted_at_us`` until it expires or is withdrawn."""
+
+    granted_at_us: int
+    expires_at_us: int | None = None
+    withdrawn_at_us: int | None = None
+    granted_by_event: str = ""
+
+    def covers(self, at_us: int) -> bool:
+        return (self.granted_at_us <= at_us
+                and (self.expires_at_us is None or at_us < self.expires_at_us)
+                and (self.withdrawn_at_us is None or at_us < self.withdrawn_at_us))
+
+
+@dataclass
+class DesignRecord:
+    design_hash: str
+    sequencing_hash: str
+    approvers: set[str] = field(default_factory=set)
+    approved: bool = False
+
+
+@dataclass
+class BatchRecord:
+    design_hash: str
+    planned_dose_count: int
+    qc_results: dict[str, str] = field(default_factory=dict)  # test -> PASS/FAIL/UNKNOWN
+    disposition: str | None = None
+
+
+@dataclass
+class CustodyItem:
+    """A physical thing with a chain of custody (sample, batch or dose)."""
+
+    kind: str
+    holder: str
+    location: str = ""
+    open_dispatch: str | None = None  # the shipment it travels in, until received
+    quarantined: bool = False
+    consumed: bool = False  # administered or destroyed: it can move no more
+
+
+@dataclass
+class DoseRecord:
+    batch_id: str
+    status: DoseStatus = DoseStatus.AVAILABLE
+    expiry_us: int | None = None
+    site: str = ""
+    location: str = ""
+    placement_method: str = ""
+    reserved_for: str | None = None  # administration id
+
+
+@dataclass
+class IdentityCheck:
+    result: str
+    step: str
+    patient_hash: str
+    occurred_at_us: int
+    dose_id: str | None = None
+    sample_id: str | None = None
+
+
+@dataclass
+class ScheduledAdministration:
+    dose_number: int
+    scheduled_for_us: int
+    site: str
+
+
+@dataclass
+class Administration:
+    dose_id: str
+    administration_id: str
+    occurred_at_us: int
+    dose_number: int
+    identity_check_event_id: str
+
+
+@dataclass
+class Shipment:
+    items: tuple[str, ...]
+    sender: str
+    recipient: str
+    received: bool = False
+
+
+@dataclass
+class Claim:
+    administration_event_id: str
+    amount: Decimal
+    status: str = "SUBMITTED"
+    paid: Decimal = Decimal(0)
+
+
+@dataclass
+class CaseState:
+    """The fold of one therapy's accepted events (see the module docstring)."""
+
+    coi: str
+    head: bytes = b""
+    event_ids: set[str] = field(default_factory=set)
+    stage: Stage = Stage.NEW
+    stage_entered_us: dict[Stage, int] = field(default_factory=dict)  # first entry, for timers
+    last_event_type: str = ""
+    last_occurred_at_us: int = 0
+    patient_hash: str | None = None
+    site: str | None = None
+    therapy_type: str | None = None
+    eligible: bool | None = None  # the latest eligibility decision, if any
+    consents: dict[str, list[ConsentWindow]] = field(default_factory=dict)
+    diagnosis: dict[str, Any] | None = None
+    orders: set[str] = field(default_factory=set)
+    sequencing_hashes: set[str] = field(default_factory=set)
+    variant_call_hashes: set[str] = field(default_factory=set)
+    designs: dict[str, DesignRecord] = field(default_factory=dict)
+    approved_design_hashes: set[str] = field(default_factory=set)
+    batches: dict[str, BatchRecord] = field(default_factory=dict)
+    items: dict[str, CustodyItem] = field(default_factory=dict)
+    shipments: dict[str, Shipment] = field(default_factory=dict)
+    doses: dict[str, DoseRecord] = field(default_factory=dict)
+    scheduled: dict[str, ScheduledAdministration] = field(default_factory=dict)
+    administrations: dict[str, Administration] = field(default_factory=dict)  # by event id
+    doses_administered: list[int] = field(default_factory=list)
+    identity_checks: dict[str, IdentityCheck] = field(default_factory=dict)  # by event id
+    claims: dict[str, Claim] = field(default_factory=dict)
+    milestones: set[tuple[str, str]] = field(default_factory=set)  # (agreement, milestone)
+    research_requests: set[str] = field(default_factory=set)
+    adverse_events: int = 0
+    last_outcome_at_us: int | None = None
+
+    @classmethod
+    def new(cls, coi: str) -> CaseState:
+        return cls(coi=coi)
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def is_registry(self) -> bool:
+        return self.coi == REGISTRY_COI
+
+    def consent_covers(self, scope: str, at_us: int) -> bool:
+        return any(window.covers(at_us) for window in self.consents.get(scope, ()))
+
+    def consent_ended(self, scope: str, at_us: int) -> ConsentWindow | None:
+        """The latest grant of ``scope`` that began before ``at_us`` but no longer covers it."""
+        ended = [w for w in self.consents.get(scope, ())
+                 if w.granted_at_us <= at_us and not w.covers(at_us)]
+        return max(ended, key=lambda w: w.granted_at_us, default=None)
+
+    def doses_remaining(self) -> int:
+        """Doses that may still go to the patient (released, not used, not quarantined)."""
+        return sum(1 for d in self.doses.values() if d.status in USABLE_DOSE)
+
+    def used_identity_checks(self) -> set[str]:
+        return {a.identity_check_event_id for a in self.administrations.values()}
+
+    # -- folding -------------------------------------------------------------------
+
+    def apply(self, event: InboundEvent, digest: bytes) -> None:
+        """Fold one accepted event: advance the chain head, record its facts."""
+        target = None
+        self.head = digest
+        self.event_ids.add(event.event_id)
+        self.last_event_type = event.event_type
+        at = event.occurred_at_us
+        if at > self.last_occurred_at_us:
+            self.last_occurred_at_us = at
+        if not self.is_registry:
+            handler = _HANDLERS.get(event.event_type)
+            if handler is not None:
+                handler(self, event.payload, event)
+            target = next_stage(self, event.event_type, event.payload)
+        if target is not None:
+            self.enter(target, at)
+
+    def enter(self, stage: Stage, at_us: int) -> None:
+        self.stage = stage
+        self.stage_entered_us.setdefault(stage, at_us)
+
+
+# -- the lifecycle, as data ------------------------------------------------------------
+
+S = Stage
+_ORDER = list(Stage)
+
+
+def _from(first: Stage) -> frozenset[Stage]:
+    """Every stage from ``first`` on."""
+    return frozenset(_ORDER[_ORDER.index(first):])
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Where an event type is in order and where it takes the therapy.
+
+    :param allowed_from: stages in which the event may occur.
+    :param to: the stage it enters; None leaves the stage unchanged.
+    :param requires: a named precondition on the case (``PRECONDITIONS``), checked by R4.
+    :param advance_if: a named condition (``ADVANCE_IF``) on the case *after* folding the
+        event and on its payload; when false the stage stays put (one approver of two, a
+        second sample) or goes to ``otherwise``.
+    :param otherwise: the stage to enter when ``advance_if`` is false (None: stay).
+    """
+
+    allowed_from: frozenset[Stage]
+    to: Stage | None = None
+    requires: str | None = None
+    advance_if: str | None = None
+    otherwise: Stage | None = None
+
+
+LIFECYCLE: dict[str, Transition] = {
+    "PatientEnrolled": Transition(frozenset({S.NEW}), S.ENROLLED),
+    "EligibilityConfirmed": Transition(_from(S.ENROLLED)),
+    "ConsentGranted": Transition(_from(S.ENROLLED), S.CONSENTED, advance_if="at_enrolled"),
+    "ConsentWithdrawn": Transition(_from(S.ENROLLED)),
+    "DiagnosisRecorded": Transition(_from(S.ENROLLED)),
+    "TherapyOrdered": Transition(frozenset({S.CONSENTED, S.ORDERED}), S.ORDERED,
+                                 requires="eligible_if_assessed"),
+    "AdministrationScheduled": Transition(_from(S.ORDERED)),
+    "SampleCollected": Transition(_from(S.ORDERED), S.COLLECTED, advance_if="at_ordered"),
+    "SampleReceived": Transition(_from(S.COLLECTED), S.RECEIVED_AT_LAB,
+                                 advance_if="at_collected"),
+    "SequencingCompleted": Transition(frozenset({S.RECEIVED_AT_LAB, S.SEQUENCED}), S.SEQUENCED),
+    "VariantCallsProduced": Transition(frozenset({S.SEQUENCED})),
+    "NeoantigenDesignProduced": Transition(frozenset({S.SEQUENCED, S.DESIGNED}), S.DESIGNED),
+    "DesignApproved": Transition(frozenset({S.DESIGNED}), S.APPROVED,
+                                 advance_if="two_different_approvers"),
+    "ManufacturingStarted": Transition(frozenset({S.APPROVED}), S.MANUFACTURING),
+    "ManufacturingStepCompleted": Transition(frozenset({S.MANUFACTURING, S.QC})),
+    "QcResultRecorded": Transition(frozenset({S.MANUFACTURING, S.QC}), S.QC),
+    "BatchDispositioned": Transition(frozenset({S.QC}), S.RELEASED, requires="qc_passed",
+                                     advance_if="batch_released", otherwise=S.APPROVED),
+    # samples travel from collection on, doses from release on: only the first dose
+    # shipment moves the therapy to SHIPPED and its receipt to RECEIVED_AT_SITE
+    "ShipmentDispatched": Transition(_from(S.COLLECTED), S.SHIPPED,
+                                     advance_if="first_dose_shipment"),
+    "ShipmentReceived": Transition(_from(S.COLLECTED), S.RECEIVED_AT_SITE,
+                                   advance_if="first_dose_receipt"),
+    "CustodyTransferred": Transition(_from(S.COLLECTED)),
+    "TemperatureExcursion": Transition(_from(S.COLLECTED)),
+    "InventoryPlaced": Transition(_from(S.RECEIVED_AT_SITE), S.PLACED,
+                                  advance_if="at_received_at_site"),
+    "DoseReserved": Transition(_from(S.PLACED)),
+    # the loop of repeated doses: dispense -> administer -> (outcome) -> dispense the next
+    "DoseDispensed": Transition(frozenset({S.PLACED, S.ADMINISTERED, S.FOLLOW_UP}),
+                                S.DISPENSED, requires="doses_remain"),
+    "IdentityVerified": Transition(_from(S.ENROLLED)),
+    "DoseAdministered": Transition(frozenset({S.DISPENSED}), S.ADMINISTERED),
+    "OutcomeRecorded": Transition(_from(S.DISPENSED), S.FOLLOW_UP,
+                                  requires="administered_before",
+                                  advance_if="not_mid_dose"),
+    "AdverseEventReported": Transition(_from(S.ENROLLED)),
+    "DoseDestroyed": Transition(_from(S.RELEASED)),
+    "DoseExpired": Transition(_from(S.RELEASED)),
+    "ResearchDataRequested": Transition(_from(S.ENROLLED)),
+    "ClaimSubmitted": Transition(_from(S.DISPENSED), requires="administered_before"),
+    "ClaimAdjudicated": Transition(_from(S.DISPENSED), requires="administered_before"),
+    "PaymentPosted": Transition(_from(S.DISPENSED), requires="administered_before"),
+    "OutcomeMilestoneReached": Transition(_from(S.DISPENSED), requires="administered_before"),
+}
+
+#: the registry's own chain: actors and keys, in any order, and nothing else
+REGISTRY_LIFECYCLE: dict[str, Transition] = {
+    event_type: Transition(frozenset(Stage)) for event_type in sorted(REGISTRY_EVENTS)
+}
+
+
+def lifecycle_of(coi: str) -> Mapping[str, Transition]:
+    """The lifecycle table that governs the chain ``coi``."""
+    return REGISTRY_LIFECYCLE if coi == REGISTRY_COI else LIFECYCLE
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """A condition R4 checks before an event; ``code`` and ``needs`` go into the refusal."""
+
+    holds: Callable[[CaseState, Mapping[str, Any]], bool]
+    code: str
+    needs: str
+    remedy: str
+
+
+def _qc_passed(case: CaseState, payload: Mapping[str, Any]) -> bool:
+    if payload["disposition"] != "RELEASED":
+        return True  # rejecting a batch needs no passing QC
+    batch = case.batches.get(payload["batch_id"])
+    results = batch.qc_results.values() if batch is not None else ()
+    return bool(results) and all(r == "PASS" for r in results)
+
+
+# R4 asks only whether the step may happen now; whether *this* dose, batch or design is
+# usable (quarantined, expired, someone else's) is for R5 and R6 to say, with their codes.
+PRECONDITIONS: dict[str, Precondition] = {
+    "doses_remain": Precondition(
+        lambda case, p: case.doses_remaining() > 0, "NO_DOSE_LEFT",
+        "a released dose that is still usable", "ask the manufacturer for a new batch"),
+    "eligible_if_assessed": Precondition(
+        lambda case, p: case.eligible is not False, "NOT_ELIGIBLE",
+        "a patient whose latest eligibility assessment is positive",
+        "reassess eligibility (EligibilityConfirmed) before ordering"),
+    "qc_passed": Precondition(
+        _qc_passed, "QC_NOT_PASSED",
+        "every QC result recorded for the batch to PASS (and at least one recorded)",
+        "record the missing or repeated QC results, or reject the batch"),
+    "administered_before": Precondition(
+        lambda case, p: bool(case.administrations), "OUT_OF_ORDER",
+        "at least one administration of the therapy", "record the administration first"),
+}
+
+
+def _shipment_has_doses(case: CaseState, payload: Mapping[str, Any]) -> bool:
+    shipment = case.shipments.get(payload["shipment_id"])
+    return shipment is not None and any(i in case.doses for i in shipment.items)
+
+
+# Evaluated after the handler folded the event but before the stage moves, so
+# ``case.stage`` is still the stage the event arrived in.
+ADVANCE_IF: dict[str, Callable[[CaseState, Mapping[str, Any]], bool]] = {
+    "at_enrolled": lambda case, p: case.stage is Stage.ENROLLED,
+    "at_ordered": lambda case, p: case.stage is Stage.ORDERED,
+    "at_collected": lambda case, p: case.stage is Stage.COLLECTED,
+    "at_received_at_site": lambda case, p: case.stage is Stage.RECEIVED_AT_SITE,
+    "two_different_approvers": lambda case, p: p["design_hash"] in case.approved_design_hashes,
+    "batch_released": lambda case, p: p["disposition"] == "RELEASED",
+    "first_dose_shipment": lambda case, p: (case.stage is Stage.RELEASED
+                                            and _shipment_has_doses(case, p)),
+    "first_dose_receipt": lambda case, p: (case.stage is Stage.SHIPPED
+                                           and _shipment_has_doses(case, p)),
+    # an outcome recorded while the next dose is dispensed must not skip its administration
+    "not_mid_dose": lambda case, p: case.stage is not Stage.DISPENSED,
+}
+del S
+
+
+def next_stage(case: CaseState, event_type: str, payload: Mapping[str, Any]) -> Stage | None:
+    """The stage an accepted (already folded) event moves the case to; None: unchanged."""
+    transition = lifecycle_of(case.coi).get(event_type)
+    if transition is None or transition.to is None:
+        return None
+    if transition.advance_if is None or ADVANCE_IF[transition.advance_if](case, payload):
+        return transition.to
+    return transition.otherwise
+
+
+# -- what each accepted event states -----------------------------------------------------
+
+Handler = Callable[[CaseState, dict[str, Any], InboundEvent], None]
+
+
+def _enrolled(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.patient_hash = p["patient_hash"]
+    case.site = p["site_id"]
+    case.therapy_type = p["therapy_type"]
+
+
+def _eligibility(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.eligible = bool(p["eligible"])
+
+
+def _consent_granted(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.consents.setdefault(p["scope"], []).append(
+        ConsentWindow(e.occurred_at_us, to_us(p.get("expires_at")), None, e.event_id))
+
+
+def _consent_withdrawn(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    for window in case.consents.get(p["scope"], ()):
+        if window.withdrawn_at_us is None and window.granted_at_us <= e.occurred_at_us:
+            window.withdrawn_at_us = e.occurred_at_us
+
+
+def _diagnosis(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.diagnosis = p
+
+
+def _ordered(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.orders.add(p["order_id"])
+
+
+def _scheduled(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.scheduled[p["administration_id"]] = ScheduledAdministration(
+        p["dose_number"], codec.to_us(p["scheduled_for"]), p["site_id"])
+
+
+def _sample_collected(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.items[p["sample_id"]] = CustodyItem(
+        "SAMPLE", p.get("collected_by") or e.producer, p["location"])
+
+
+def _sample_received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    item = case.items.get(p["sample_id"])
+    if item is not None:
+        item.location = p.get("location") or item.location
+
+
+def _sequenced(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.sequencing_hashes.add(p["content_hash"])
+
+
+def _variant_calls(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.variant_call_hashes.add(p["content_hash"])
+
+
+def _design_produced(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.designs[p["design_id"]] = DesignRecord(p["design_hash"], p["sequencing_hash"])
+
+
+def _design_approved(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    design = case.designs.get(p["design_id"])
+    if design is None:
+        return
+    design.approvers.add(e.producer)
+    if len(design.approvers) >= 2:
+        design.approved = True
+        case.approved_design_hashes.add(design.design_hash)
+
+
+def _manufacturing_started(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.batches[p["batch_id"]] = BatchRecord(p["design_hash"], p["planned_dose_count"])
+    case.items[p["batch_id"]] = CustodyItem("BATCH", e.producer, p["facility_id"])
+
+
+def _qc(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    batch = case.batches.get(p["batch_id"])
+    if batch is not None:
+        batch.qc_results[p["test"]] = p["result"]
+
+
+def _dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    batch = case.batches.get(p["batch_id"])
+    if batch is None:
+        return
+    batch.disposition = p["disposition"]
+    if batch.disposition != "RELEASED":
+        return
+    item = case.items.get(p["batch_id"]) or CustodyItem("BATCH", e.producer)
+    expiry = to_us(p.get("expiry"))
+    for dose_id in p["dose_ids"]:
+        status = DoseStatus.QUARANTINED if item.quarantined else DoseStatus.AVAILABLE
+        case.doses[dose_id] = DoseRecord(p["batch_id"], status, expiry)
+        case.items[dose_id] = CustodyItem("DOSE", item.holder, item.location,
+                                          quarantined=item.quarantined)
+
+
+def _dispatched(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    items = tuple(p["item_ids"])
+    case.shipments[p["shipment_id"]] = Shipment(items, e.producer, p["recipient"])
+    for item_id in items:
+        item = case.items.get(item_id)
+        if item is not None:
+            item.open_dispatch = p["shipment_id"]
+
+
+def _received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    shipment = case.shipments.get(p["shipment_id"])
+    if shipment is None:
+        return
+    shipment.received = True
+    for item_id in shipment.items:
+        item = case.items.get(item_id)
+        if item is not None:
+            item.holder = e.producer
+            item.open_dispatch = None
+            item.location = p.get("location") or item.location
+
+
+def _transferred(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    item = case.items.get(p["item_id"])
+    if item is not None:
+        item.holder = p["to_actor"]
+        item.location = p.get("location") or item.location
+
+
+def _quarantine(case: CaseState, item_id: str) -> None:
+    item = case.items.get(item_id)
+    if item is not None:
+        item.quarantined = True
+    dose = case.doses.get(item_id)
+    if dose is not None and dose.status not in FINAL_DOSE:
+        dose.status = DoseStatus.QUARANTINED
+
+
+def _excursion(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    for item_id in p["item_ids"]:
+        _quarantine(case, item_id)
+        if item_id in case.batches:  # a batch's doses were in the same box
+            for dose_id, dose in case.doses.items():
+                if dose.batch_id == item_id:
+                    _quarantine(case, dose_id)
+
+
+def _dose_to(case: CaseState, dose_id: str, status: DoseStatus) -> DoseRecord | None:
+    """Move a dose to ``status`` unless it is already administered or destroyed."""
+    dose = case.doses.get(dose_id)
+    if dose is None or dose.status in FINAL_DOSE:
+        return None
+    dose.status = status
+    if status in FINAL_DOSE and dose_id in case.items:
+        case.items[dose_id].consumed = True
+    return dose
+
+
+def _placed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    dose = _dose_to(case, p["dose_id"], DoseStatus.PLACED)
+    if dose is not None:
+        dose.site = p["site_id"]
+        dose.location = p["location"]
+        dose.placement_method = p["placement_method"]
+        case.items[p["dose_id"]].location = p["location"]
+
+
+def _reserved(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    dose = _dose_to(case, p["dose_id"], DoseStatus.RESERVED)
+    if dose is not None:
+        dose.reserved_for = p["administration_id"]
+
+
+def _dispensed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    dose = _dose_to(case, p["dose_id"], DoseStatus.DISPENSED)
+    if dose is not None and p.get("dispensed_to"):
+        case.items[p["dose_id"]].holder = p["dispensed_to"]
+
+
+def _identity(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.identity_checks[e.event_id] = IdentityCheck(
+        p["result"], p["step"], p["patient_hash"], e.occurred_at_us, p.get("dose_id"),
+        p.get("sample_id"))
+
+
+def _administered(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    _dose_to(case, p["dose_id"], DoseStatus.ADMINISTERED)
+    case.administrations[e.event_id] = Administration(
+        p["dose_id"], p["administration_id"], e.occurred_at_us, p["dose_number"],
+        p["identity_check_event_id"])
+    case.doses_administered.append(p["dose_number"])
+
+
+def _destroyed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    _dose_to(case, p["dose_id"], DoseStatus.DESTROYED)
+
+
+def _expired(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    dose = _dose_to(case, p["dose_id"], DoseStatus.EXPIRED)
+    if dose is not None:
+        dose.expiry_us = codec.to_us(p["expired_at"])
+
+
+def _outcome(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    at = e.occurred_at_us
+    if case.last_outcome_at_us is None or at > case.last_outcome_at_us:
+        case.last_outcome_at_us = at
+
+
+def _adverse_event(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.adverse_events += 1
+
+
+def _research(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.research_requests.add(p["request_id"])
+
+
+def _claim(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.claims[p["claim_id"]] = Claim(p["administration_event_id"], p["amount"])
+
+
+def _adjudicated(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    claim = case.claims.get(p["claim_id"])
+    if claim is not None:
+        claim.status = p["status"]
+
+
+def _paid(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    claim = case.claims.get(p["claim_id"])
+    if claim is not None:
+        claim.paid += p["amount"]
+        claim.status = "PAID"
+
+
+def _milestone(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.milestones.add((p["agreement_id"], p["milestone"]))
+
+
+_HANDLERS: dict[str, Handler] = {
+    "PatientEnrolled": _enrolled,
+    "EligibilityConfirmed": _eligibility,
+    "ConsentGranted": _consent_granted,
+    "ConsentWithdrawn": _consent_withdrawn,
+    "DiagnosisRecorded": _diagnosis,
+    "TherapyOrdered": _ordered,
+    "AdministrationScheduled": _scheduled,
+    "SampleCollected": _sample_collected,
+    "SampleReceived": _sample_received,
+    "SequencingCompleted": _sequenced,
+    "VariantCallsProduced": _variant_calls,
+    "NeoantigenDesignProduced": _design_produced,
+    "DesignApproved": _design_approved,
+    "ManufacturingStarted": _manufacturing_started,
+    "QcResultRecorded": _qc,
+    "BatchDispositioned": _dispositioned,
+    "ShipmentDispatched": _dispatched,
+    "ShipmentReceived": _received,
+    "CustodyTransferred": _transferred,
+    "TemperatureExcursion": _excursion,
+    "InventoryPlaced": _placed,
+    "DoseReserved": _reserved,
+    "DoseDispensed": _dispensed,
+    "IdentityVerified": _identity,
+    "DoseAdministered": _administered,
+    "DoseDestroyed": _destroyed,
+    "DoseExpired": _expired,
+    "OutcomeRecorded": _outcome,
+    "AdverseEventReported": _adverse_event,
+    "ResearchDataRequested": _research,
+    "ClaimSubmitted": _claim,
+    "ClaimAdjudicated": _adjudicated,
+    "PaymentPosted": _paid,
+    "OutcomeMilestoneReached": _milestone,
+}

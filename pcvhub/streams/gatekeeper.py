@@ -1,0 +1,204 @@
+"""The gatekeeper's judgement, free of Kafka: bytes in, records out.
+
+``Gatekeeper.judge`` takes one ingress record and the ledger of its partition and returns
+the records to write: alerts first, then exactly one *primary* record, which is either
+the original bytes on the canonical topic or an ``EventRejected`` on the rejected topic.
+Every output carries the ingress position it answers in a header, which is how a
+restarted worker knows what it already did (see ``pcvhub.streams.app``).
+
+The ledger of a partition is a pure fold of that partition's outputs, so it can always
+be rebuilt from the log: ``replay_*`` apply past outputs exactly as ``judge`` applied
+them when they were first written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pcvhub.schemas.catalog import load_catalog
+from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
+from pcvhub.schemas.envelope import Envelope
+from pcvhub.streams.case import CaseState
+from pcvhub.streams.event import InboundEvent, SourcePosition
+from pcvhub.streams.timers import TurnaroundTimers
+from pcvhub.streams.verdict import AllOf, Verdict
+from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.issuer import EventIssuer
+from pcvhub.trust.registry import REGISTRY_EVENTS, KeyRegistry
+
+SOURCE_HEADER = "pcvhub-source"
+ALERT_NAMESPACE = uuid.UUID("6f1d0c2e-8b1f-4c55-9a57-0c1f0b8a9d10")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record to write: ``topic`` is a suffix of the topic table."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int
+    source: SourcePosition
+    event_id: str = ""
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [(SOURCE_HEADER, self.source.header())]
+
+
+@dataclass
+class PartitionLedger:
+    """What the gatekeeper knows about one partition: cases, answered positions, alerts."""
+
+    partition: int
+    cases: dict[str, CaseState] = field(default_factory=dict)
+    answered: set[tuple[str, int]] = field(default_factory=set)  # (ingress topic, offset)
+    alert_ids: set[str] = field(default_factory=set)
+    watermark_us: int = 0  # highest event time seen: timers run on event time
+
+    def case(self, coi: str) -> CaseState:
+        found = self.cases.get(coi)
+        if found is None:
+            found = self.cases[coi] = CaseState.new(coi)
+        return found
+
+    def has_answered(self, source: SourcePosition) -> bool:
+        return (source.topic, source.offset) in self.answered
+
+
+def alert_id(event_id: str, kind: str) -> str:
+    """Deterministic alert id, so a replayed judgement never raises the same alert twice."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, f"{event_id}/{kind}"))
+
+
+class Gatekeeper:
+    """Decodes, verifies and rule-checks ingress records for the partitions it owns."""
+
+    def __init__(self, rules: AllOf, issuer: EventIssuer, registry: KeyRegistry,
+                 timers: TurnaroundTimers | None = None) -> None:
+        self.rules = rules
+        self.issuer = issuer  # the gatekeeper's own actor: signs rejections and alerts
+        self.registry = registry  # the one R1/R2 read: accepted registry events fold into it
+        self.timers = timers or TurnaroundTimers()
+        self.catalog = load_catalog()
+
+    # -- decoding ----------------------------------------------------------------
+
+    def decode(self, raw: bytes, source: SourcePosition | None) -> InboundEvent:
+        """Envelope and payload, or DecodeError naming what is wrong and where."""
+        envelope = decode_envelope(raw)
+        full_name, payload = decode_payload(envelope.schema_fingerprint, envelope.payload,
+                                            envelope.event_type)
+        return InboundEvent(envelope, self.catalog.short_name(full_name), payload, raw, source)
+
+    # -- judging -----------------------------------------------------------------
+
+    def judge(self, raw: bytes, key: bytes | None, source: SourcePosition,
+              ledger: PartitionLedger) -> list[Output]:
+        """The records that answer one ingress record (alerts first, primary last)."""
+        try:
+            event = self.decode(raw, source)
+        except DecodeError as exc:
+            coi = key.decode("utf-8", "replace") if key else ""
+            return [self._rejection(raw, source, coi, "", "R0", "MALFORMED", str(exc))]
+        if key is not None and key != event.coi.encode():
+            return [self._rejection(
+                raw, source, event.coi, event.event_id, "R0", "KEY_NOT_COI",
+                f"record key {key!r} is not the event's chain-of-identity id {event.coi}; "
+                "producers must key ingress records by CoI so one therapy stays in one "
+                "partition",
+            )]
+        case = ledger.case(event.coi)
+        verdict = self.rules.check(event, case)
+        outputs: list[Output] = []
+        if verdict.accepted:
+            self._fold(event, case)
+            ledger.watermark_us = max(ledger.watermark_us, event.occurred_at_us)
+            outputs += self._timer_alerts(ledger, event)
+            outputs.append(Output("events", event.coi.encode(), raw, source.partition, source,
+                                  event.event_id))
+        else:
+            if verdict.alert:
+                outputs += self._alert(ledger, event, verdict)
+            outputs.append(self._rejection(raw, source, event.coi, event.event_id,
+                                           verdict.rule, verdict.code, verdict.reason,
+                                           event.event_type))
+        ledger.answered.add((source.topic, source.offset))
+        return outputs
+
+    def _fold(self, event: InboundEvent, case: CaseState) -> None:
+        """Apply an accepted event to its case and, for registry events, to the registry."""
+        case.apply(event, chain_digest(event.envelope))
+        if event.event_type in REGISTRY_EVENTS:
+            self.registry.apply_event(event.event_id, event.event_type, event.payload)
+
+    def _rejection(self, raw: bytes, source: SourcePosition, coi: str, event_id: str,
+                   rule: str, code: str, reason: str, event_type: str = "") -> Output:
+        payload = {
+            "rejected_event_id": event_id or None,
+            "rejected_event_type": event_type or None,
+            "rule": rule,
+            "reason_code": code,
+            "reason": reason,
+            "source_topic": source.topic,
+            "source_partition": source.partition,
+            "source_offset": source.offset,
+            "original": raw,
+        }
+        issued = self.issuer.issue("EventRejected", coi or "UNKNOWN", payload, prev_hash=b"")
+        return Output("rejected", (coi or "UNKNOWN").encode(), issued.wire, source.partition,
+                      source, issued.envelope.event_id)
+
+    def _alert(self, ledger: PartitionLedger, event: InboundEvent, verdict: Verdict
+               ) -> list[Output]:
+        return self._raise(ledger, event.source, event.coi, event.event_id, rule=verdict.rule,
+                           kind=verdict.code, severity="CRITICAL", detail=verdict.reason)
+
+    def _timer_alerts(self, ledger: PartitionLedger, event: InboundEvent) -> list[Output]:
+        outputs: list[Output] = []
+        for due in self.timers.due(ledger.case(event.coi), ledger.watermark_us):
+            outputs += self._raise(ledger, event.source, event.coi, due.key, rule="TIMER",
+                                   kind=due.kind, severity=due.severity, detail=due.detail,
+                                   due_at_us=getattr(due, "due_at_us", None))
+        return outputs
+
+    def _raise(self, ledger: PartitionLedger, source: SourcePosition | None, coi: str,
+               basis: str, *, rule: str, kind: str, severity: str, detail: str,
+               due_at_us: int | None = None) -> list[Output]:
+        identifier = alert_id(basis, kind)
+        if identifier in ledger.alert_ids or source is None:
+            return []
+        ledger.alert_ids.add(identifier)
+        payload: dict[str, Any] = {
+            "alert_id": identifier,
+            "severity": severity,
+            "rule": rule,
+            "code": kind,
+            "message": detail,
+            "subject_event_id": basis,
+            "due_at": due_at_us,
+        }
+        issued = self.issuer.issue("AlertRaised", coi, payload, prev_hash=b"")
+        return [Output("alerts", coi.encode(), issued.wire, source.partition, source,
+                       issued.envelope.event_id)]
+
+    # -- rebuilding the ledger from the log --------------------------------------
+
+    def replay_accepted(self, raw: bytes, source: SourcePosition | None,
+                        ledger: PartitionLedger) -> None:
+        event = self.decode(raw, source)
+        self._fold(event, ledger.case(event.coi))
+        ledger.watermark_us = max(ledger.watermark_us, event.occurred_at_us)
+        if source is not None:
+            ledger.answered.add((source.topic, source.offset))
+
+    def replay_rejected(self, source: SourcePosition | None, ledger: PartitionLedger) -> None:
+        if source is not None:
+            ledger.answered.add((source.topic, source.offset))
+
+    def replay_alert(self, raw: bytes, ledger: PartitionLedger) -> None:
+        envelope: Envelope = decode_envelope(raw)
+        _, payload = decode_payload(envelope.schema_fingerprint, envelope.payload)
+        ledger.alert_ids.add(str(payload["alert_id"]))

@@ -1,0 +1,1023 @@
+"""The custody rules R1..R8: one small policy object per rule, composed with ``AllOf``.
+
+Each rule answers ``check(event, case) -> Verdict`` and refuses with a code and a
+sentence that names the event, the item or field at fault and what to do about it.
+Rules only read the ``CaseState`` (and the live ``KeyRegistry``, which the gatekeeper
+keeps folding as registry events are accepted: rules hold the object, never a copy);
+the gatekeeper folds the event into the case after every rule accepted it. Tables
+(roles, signature meanings, lifecycle, consent scopes) are data so that a reviewer can
+read the policy without reading control flow; an event type missing from a table is
+refused (fail closed).
+
+Refusals that put a patient at risk carry ``alert=True``: a design or batch that is not
+the approved one, a dose about to reach the wrong patient, a quarantined dose dispensed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pcvhub.schemas.envelope import SignatureMeaning
+from pcvhub.streams.case import (
+    FINAL_DOSE,
+    PRECONDITIONS,
+    CaseState,
+    DoseRecord,
+    DoseStatus,
+    Stage,
+    lifecycle_of,
+)
+from pcvhub.streams.event import InboundEvent
+from pcvhub.streams.verdict import AllOf, Verdict
+from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
+
+ACCEPT = Verdict.accept()
+
+
+def _hex(digest: bytes) -> str:
+    return digest.hex()[:16] if digest else "(empty: first event)"
+
+
+def _short(value: str) -> str:
+    return value[:16] + "..." if len(value) > 16 else value
+
+
+# -- R8 idempotence ----------------------------------------------------------------------
+
+class Idempotence:
+    """R8: an event id is applied once; a repeat is acknowledged (refused, not re-applied)."""
+
+    name = "R8"
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        if event.event_id in case.event_ids:
+            return Verdict.refuse(
+                self.name, "DUPLICATE_EVENT",
+                f"event {event.event_id} ({event.event_type}) was already accepted for "
+                f"{event.coi}; it is acknowledged once and applied once, so this copy is not "
+                "applied again; the producer need not resend it",
+            )
+        return ACCEPT
+
+
+# -- R1 signatures -----------------------------------------------------------------------
+
+_R1_REMEDY: dict[str, str] = {
+    "UNREGISTERED_KEY": "have the registrar register the signer and this key "
+                        "(ActorRegistered) before its events are sent",
+    "KEY_REVOKED": "the key must not be trusted after its revocation: re-sign with the "
+                   "actor's current key and review what was signed after any compromise",
+    "KEY_NOT_YET_VALID": "sign with a key that is valid at the event's occurred-at",
+    "KEY_EXPIRED": "sign with the actor's current key (see KeyRotated)",
+    "SIGNATURE_INVALID": "the bytes were altered after signing or signed with another key: "
+                         "re-issue the event from its source",
+    "BATCH_PATH_INVALID": "the event or its batch proof was altered: re-issue the batch",
+    "UNSIGNED": "sign the event with both halves (Ed25519 and ML-DSA-65)",
+}
+
+
+class Signatures:
+    """R1: both signatures verify with a key the registry knows, valid at occurred-at and
+    not revoked (all checked by ``KeyRegistry.verify``)."""
+
+    name = "R1"
+
+    def __init__(self, registry: KeyRegistry) -> None:
+        self.registry = registry
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        result = self.registry.verify(event.envelope)
+        if result.ok:
+            return ACCEPT
+        remedy = _R1_REMEDY.get(result.code, "re-sign it with a registered, valid key")
+        return Verdict.refuse(
+            self.name, result.code,
+            f"event {event.event_id} ({event.event_type}) signed by {event.producer} with "
+            f"key {event.envelope.key_id} fails verification: {'; '.join(result.failures)}; "
+            f"{remedy}",
+        )
+
+
+# -- R3 chain ----------------------------------------------------------------------------
+
+class HashChain:
+    """R3: prev-hash is the chain digest of the last accepted event of the same CoI."""
+
+    name = "R3"
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        prev = event.envelope.prev_hash
+        if prev == case.head:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "HASH_CHAIN_BROKEN",
+            f"event {event.event_id} ({event.event_type}) names previous hash {_hex(prev)} "
+            f"but the last accepted event of {event.coi} has hash {_hex(case.head)}; read "
+            "the current chain head from the canonical log and re-issue the event",
+        )
+
+
+# -- R2 role -----------------------------------------------------------------------------
+
+CLINICAL = frozenset({"NURSE", "PHYSICIAN", "HOSPITAL_CLINICIAN"})
+PHARMACY = frozenset({"HOSPITAL_PHARMACIST"})
+CONNECTOR = "CONNECTOR"
+
+#: written only by the gatekeeper itself; never accepted from an ingress topic
+GATEKEEPER_OUTPUTS = frozenset({"EventRejected", "AlertRaised", "CustodyViolationDetected"})
+
+
+def _roles(*names: str, connector: bool = False) -> frozenset[str]:
+    return frozenset(names) | ({CONNECTOR} if connector else frozenset())
+
+
+# Event type -> roles (ActorRegistered Role symbols) that may emit it. Connectors emit the
+# hospital, EMR, MES and payer events they translate (connector=True), never lab results,
+# designs, approvals, QC results or release decisions.
+ROLES: dict[str, frozenset[str]] = {
+    # the registry: only the registrar, only on REGISTRY_COI
+    "ActorRegistered": _roles("REGISTRAR"),
+    "KeyRotated": _roles("REGISTRAR"),
+    "KeyRevoked": _roles("REGISTRAR"),
+    # hospital
+    "PatientEnrolled": _roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
+    "EligibilityConfirmed": _roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
+    "ConsentGranted": _roles(*CLINICAL, "PATIENT", connector=True),
+    "ConsentWithdrawn": _roles(*CLINICAL, "PATIENT", connector=True),
+    "DiagnosisRecorded": _roles("PHYSICIAN", connector=True),
+    "TherapyOrdered": _roles("PHYSICIAN", connector=True),
+    "AdministrationScheduled": _roles(*CLINICAL, *PHARMACY, connector=True),
+    "SampleCollected": _roles(*CLINICAL, connector=True),
+    # sequencing lab and design service
+    "SampleReceived": _roles("SEQUENCING_LAB"),
+    "SequencingCompleted": _roles("SEQUENCING_LAB"),
+    "VariantCallsProduced": _roles("SEQUENCING_LAB"),
+    "NeoantigenDesignProduced": _roles("DESIGN_SERVICE"),
+    "DesignApproved": _roles("DESIGN_APPROVER"),
+    # manufacturer, QC, qualified person
+    "ManufacturingStarted": _roles("MANUFACTURER", connector=True),
+    "ManufacturingStepCompleted": _roles("MANUFACTURER", connector=True),
+    "QcResultRecorded": _roles("QC_ANALYST"),
+    "BatchDispositioned": _roles("QUALIFIED_PERSON"),
+    # custody and cold chain: whoever holds samples or doses
+    "ShipmentDispatched": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY,
+                                 *CLINICAL),
+    "ShipmentReceived": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY),
+    "CustodyTransferred": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY,
+                                 *CLINICAL),
+    "TemperatureExcursion": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY,
+                                   connector=True),
+    # pharmacy and bedside
+    "InventoryPlaced": _roles(*PHARMACY, connector=True),
+    "DoseReserved": _roles(*PHARMACY, connector=True),
+    "DoseDispensed": _roles(*PHARMACY, connector=True),
+    "IdentityVerified": _roles(*CLINICAL, *PHARMACY, "SEQUENCING_LAB", connector=True),
+    "DoseAdministered": _roles(*CLINICAL, connector=True),
+    "DoseDestroyed": _roles(*PHARMACY, "MANUFACTURER", connector=True),
+    "DoseExpired": _roles(*PHARMACY, "MANUFACTURER", connector=True),
+    # results, safety, secondary use
+    "OutcomeRecorded": _roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
+    "AdverseEventReported": _roles(*CLINICAL, "PATIENT", connector=True),
+    "ResearchDataRequested": _roles("RESEARCHER"),
+    # receivables
+    "ClaimSubmitted": _roles("BILLING", connector=True),
+    "ClaimAdjudicated": _roles("PAYER", connector=True),
+    "PaymentPosted": _roles("BILLING", "PAYER", connector=True),
+    "OutcomeMilestoneReached": _roles("PAYER", "MANUFACTURER", connector=True),
+}
+
+
+def _always(payload: Mapping[str, Any]) -> bool:
+    return True
+
+
+# Steps done at the therapy's hospital: the signer must belong to that site. An identity
+# check at sample receipt happens in the lab, so only the hospital's checks are bound.
+SITE_BOUND: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "PatientEnrolled": _always,
+    "EligibilityConfirmed": _always,
+    "TherapyOrdered": _always,
+    "AdministrationScheduled": _always,
+    "SampleCollected": _always,
+    "InventoryPlaced": _always,
+    "DoseReserved": _always,
+    "DoseDispensed": _always,
+    "DoseAdministered": _always,
+    "ClaimSubmitted": _always,
+    "IdentityVerified": lambda p: p["step"] != "SAMPLE_RECEIPT",
+}
+
+# GxP electronic signatures (21 CFR Part 11): the meaning is part of the signed bytes, so
+# an approval can never be passed off as a mere authored record, or the other way round.
+REQUIRED_MEANING: dict[str, SignatureMeaning] = {
+    "DesignApproved": SignatureMeaning.APPROVED,
+    "QcResultRecorded": SignatureMeaning.REVIEWED,
+    "BatchDispositioned": SignatureMeaning.RESPONSIBLE,
+    "IdentityVerified": SignatureMeaning.VERIFIED,
+}
+
+
+class RoleAllowed:
+    """R2: the producer holds a role that may emit this event type, on the right chain,
+    with the right signature meaning, at the therapy's site for hospital steps."""
+
+    name = "R2"
+
+    def __init__(self, registry: KeyRegistry,
+                 roles: Mapping[str, frozenset[str]] = ROLES,
+                 site_bound: Mapping[str, Callable[[Mapping[str, Any]], bool]] = SITE_BOUND,
+                 meanings: Mapping[str, SignatureMeaning] = REQUIRED_MEANING) -> None:
+        self.registry = registry
+        self.roles = roles
+        self.site_bound = site_bound
+        self.meanings = meanings
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        kind = event.event_type
+        if kind in GATEKEEPER_OUTPUTS:
+            return Verdict.refuse(
+                self.name, "GATEKEEPER_OUTPUT",
+                f"event {event.event_id} is a {kind}, which only the gatekeeper writes (to "
+                f"its own topics); it was sent by {event.producer} through ingress and is "
+                "not accepted from anyone; report the problem instead of sending a verdict",
+            )
+        allowed = self.roles.get(kind)
+        if allowed is None:
+            return Verdict.refuse(
+                self.name, "UNKNOWN_EVENT_TYPE",
+                f"event {event.event_id} has type {kind}, which no role may emit through "
+                "the gatekeeper; add it to the role table (pcvhub.streams.rules.ROLES) after "
+                "review, or send the right event type",
+            )
+        on_registry = event.coi == REGISTRY_COI
+        if kind in REGISTRY_EVENTS and not on_registry:
+            return Verdict.refuse(
+                self.name, "REGISTRY_EVENT_OFF_REGISTRY",
+                f"event {event.event_id} ({kind}) is chained to {event.coi}, but actors and "
+                f"keys change only on the registry chain {REGISTRY_COI}; re-issue it there",
+            )
+        if on_registry and kind not in REGISTRY_EVENTS:
+            return Verdict.refuse(
+                self.name, "NOT_A_REGISTRY_EVENT",
+                f"event {event.event_id} ({kind}) is chained to the registry {REGISTRY_COI}, "
+                f"which holds only {', '.join(sorted(REGISTRY_EVENTS))}; send it on the "
+                "chain-of-identity id of its therapy",
+            )
+        held = self.registry.roles_of(event.producer)
+        if not allowed & held:
+            return Verdict.refuse(
+                self.name, "ROLE_NOT_ALLOWED",
+                f"event {event.event_id} ({kind}) was signed by {event.producer} with roles "
+                f"{', '.join(sorted(held)) or 'none'}; only {', '.join(sorted(allowed))} may "
+                "emit it; have an actor with one of those roles sign it",
+            )
+        meaning = self.meanings.get(kind)
+        if meaning is not None and event.envelope.meaning != meaning:
+            return Verdict.refuse(
+                self.name, "WRONG_SIGNATURE_MEANING",
+                f"event {event.event_id} ({kind}) by {event.producer} is signed with meaning "
+                f"{event.envelope.meaning.value}, but this step is an electronic signature "
+                f"with meaning {meaning.value}; sign it again with that meaning",
+            )
+        bound = self.site_bound.get(kind)
+        if bound is not None and bound(event.payload):
+            site = case.site if case.site is not None else event.payload.get("site_id")
+            actor_site = self.registry.site_of(event.producer)
+            if site is None or actor_site != site:
+                return Verdict.refuse(
+                    self.name, "WRONG_SITE",
+                    f"event {event.event_id} ({kind}) was signed by {event.producer} of site "
+                    f"{actor_site or 'none'}, but therapy {event.coi} is treated at site "
+                    f"{site or 'unknown'}; only staff of that site may do this step",
+                )
+        return ACCEPT
+
+
+# -- R4 lifecycle ------------------------------------------------------------------------
+
+class Lifecycle:
+    """R4: the event is in order for the chain's current stage (``case.LIFECYCLE``, or
+    ``case.REGISTRY_LIFECYCLE`` on the registry chain)."""
+
+    name = "R4"
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        transition = lifecycle_of(event.coi).get(event.event_type)
+        if transition is None:
+            what = ("the registry chain" if event.coi == REGISTRY_COI
+                    else f"the lifecycle of therapy {event.coi}")
+            return Verdict.refuse(
+                self.name, "NOT_IN_LIFECYCLE",
+                f"event {event.event_id} has type {event.event_type}, which has no place in "
+                f"{what} (pcvhub.streams.case); it cannot be applied",
+            )
+        if case.stage not in transition.allowed_from:
+            if case.stage is Stage.NEW:
+                hint = "the first event of a therapy must be PatientEnrolled"
+            else:
+                hint = ("it is allowed only at "
+                        + ", ".join(s.value for s in Stage if s in transition.allowed_from))
+            return Verdict.refuse(
+                self.name, "OUT_OF_ORDER",
+                f"event {event.event_id} ({event.event_type}) arrived while therapy "
+                f"{event.coi} is at stage {case.stage.value}; {hint}; send the missing "
+                "earlier steps first",
+            )
+        if transition.requires is not None:
+            pre = PRECONDITIONS[transition.requires]
+            if not pre.holds(case, event.payload):
+                return Verdict.refuse(
+                    self.name, pre.code,
+                    f"event {event.event_id} ({event.event_type}) of therapy {event.coi} "
+                    f"needs {pre.needs}, and that does not hold ({_name_of(event.payload)}); "
+                    f"{pre.remedy}",
+                )
+        return ACCEPT
+
+
+def _name_of(payload: Mapping[str, Any]) -> str:
+    for field_name in ("dose_id", "batch_id", "design_id", "item_id", "shipment_id",
+                       "claim_id", "order_id"):
+        if field_name in payload:
+            return f"{field_name} {payload[field_name]}"
+    return "see its payload"
+
+
+# -- R5 identity -------------------------------------------------------------------------
+
+def _own_dose(event: InboundEvent, case: CaseState, *, alert: bool) -> Verdict:
+    dose_id = event.payload["dose_id"]
+    dose = case.doses.get(dose_id)
+    if dose is not None and dose.batch_id in case.batches:
+        return ACCEPT
+    return Verdict.refuse(
+        "R5", "DOSE_NOT_FROM_THIS_PATIENT",
+        f"dose {dose_id} in event {event.event_id} ({event.event_type}) is not from a "
+        f"released batch of therapy {event.coi}; quarantine the dose and check its label "
+        "against the patient's chain-of-identity id",
+        alert=alert,
+    )
+
+
+def _same_site(event: InboundEvent, case: CaseState, *, alert: bool) -> Verdict:
+    named = event.payload["site_id"]
+    if named == case.site:
+        return ACCEPT
+    return Verdict.refuse(
+        "R5", "SITE_MISMATCH",
+        f"event {event.event_id} ({event.event_type}) names site {named}, but therapy "
+        f"{event.coi} is treated at site {case.site}; correct the site or the therapy id",
+        alert=alert,
+    )
+
+
+class ChainOfIdentity:
+    """R5: sample -> sequencing -> design -> batch -> dose -> patient -> claim all belong to
+    this therapy, and the patient at the bedside is the enrolled one."""
+
+    name = "R5"
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        check = self._checks.get(event.event_type)
+        return ACCEPT if check is None else check(self, event, case)
+
+    def _order(self, event: InboundEvent, case: CaseState) -> Verdict:
+        refused = _same_site(event, case, alert=False)
+        if not refused.accepted:
+            return refused
+        named = event.payload["therapy_type"]
+        if named == case.therapy_type:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "THERAPY_TYPE_MISMATCH",
+            f"order {event.payload['order_id']} in event {event.event_id} is for therapy type "
+            f"{named}, but the patient of {event.coi} is enrolled for {case.therapy_type}; "
+            "order the enrolled therapy or enrol the patient for this one",
+        )
+
+    def _schedule(self, event: InboundEvent, case: CaseState) -> Verdict:
+        return _same_site(event, case, alert=False)
+
+    def _sample(self, sample_id: str, event: InboundEvent, case: CaseState) -> Verdict:
+        item = case.items.get(sample_id)
+        if item is not None and item.kind == "SAMPLE":
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "SAMPLE_NOT_FROM_THIS_PATIENT",
+            f"sample {sample_id} in event {event.event_id} ({event.event_type}) was never "
+            f"collected for therapy {event.coi}; stop: it may be another patient's sample; "
+            "check the label against the chain-of-identity id",
+            alert=True,
+        )
+
+    def _sample_received(self, event: InboundEvent, case: CaseState) -> Verdict:
+        return self._sample(event.payload["sample_id"], event, case)
+
+    def _sequenced(self, event: InboundEvent, case: CaseState) -> Verdict:
+        for sample_id in event.payload["sample_ids"]:
+            refused = self._sample(sample_id, event, case)
+            if not refused.accepted:
+                return refused
+        return ACCEPT
+
+    def _not_this_patients_data(self, event: InboundEvent, what: str, digest: str) -> Verdict:
+        return Verdict.refuse(
+            self.name, "DESIGN_NOT_FROM_THIS_PATIENT",
+            f"{what} in event {event.event_id} ({event.event_type}) was built on {digest}, "
+            f"which is not data of therapy {event.coi}; stop: it may belong to another "
+            "patient; recompute it from this patient's sequencing data",
+            alert=True,
+        )
+
+    def _variant_calls(self, event: InboundEvent, case: CaseState) -> Verdict:
+        seq = event.payload["sequencing_hash"]
+        if seq in case.sequencing_hashes:
+            return ACCEPT
+        return self._not_this_patients_data(
+            event, f"variant calls {_short(event.payload['content_hash'])}",
+            f"sequencing data {_short(seq)}")
+
+    def _design(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        what = f"design {p['design_id']}"
+        if p["sequencing_hash"] not in case.sequencing_hashes:
+            return self._not_this_patients_data(
+                event, what, f"sequencing data {_short(p['sequencing_hash'])}")
+        calls = p.get("variant_calls_hash")
+        if calls is not None and calls not in case.variant_call_hashes:
+            return self._not_this_patients_data(event, what, f"variant calls {_short(calls)}")
+        if p["design_id"] in case.designs:
+            return Verdict.refuse(
+                self.name, "DESIGN_ID_IN_USE",
+                f"event {event.event_id} produces design {p['design_id']}, an id therapy "
+                f"{event.coi} already used; a changed design needs a new id and new approvals",
+            )
+        return ACCEPT
+
+    def _approval(self, event: InboundEvent, case: CaseState) -> Verdict:
+        design = case.designs.get(event.payload["design_id"])
+        named = event.payload["design_hash"]
+        if design is None:
+            return Verdict.refuse(
+                self.name, "UNKNOWN_DESIGN",
+                f"event {event.event_id} approves design {event.payload['design_id']}, which "
+                f"therapy {event.coi} never produced; approve a design of this therapy",
+            )
+        if named != design.design_hash:
+            return Verdict.refuse(
+                self.name, "DESIGN_HASH_MISMATCH",
+                f"event {event.event_id} approves design {event.payload['design_id']} with "
+                f"hash {_short(named)}, but the design produced has hash "
+                f"{_short(design.design_hash)}; the reviewed document is not the produced "
+                "design: review the produced design again",
+                alert=True,
+            )
+        return ACCEPT
+
+    def _manufacture(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        if p["design_hash"] not in case.approved_design_hashes:
+            return Verdict.refuse(
+                self.name, "DESIGN_ALTERED_AFTER_APPROVAL",
+                f"batch {p['batch_id']} in event {event.event_id} is made from design hash "
+                f"{_short(p['design_hash'])}, which is not a design of therapy {event.coi} "
+                "approved by two different approvers; stop manufacturing and use the "
+                "approved design",
+                alert=True,
+            )
+        if p["batch_id"] in case.batches:
+            return Verdict.refuse(
+                self.name, "BATCH_ID_IN_USE",
+                f"event {event.event_id} starts batch {p['batch_id']}, an id therapy "
+                f"{event.coi} already used; give the new batch its own lot number",
+            )
+        return ACCEPT
+
+    def _batch(self, event: InboundEvent, case: CaseState) -> Verdict:
+        batch_id = event.payload["batch_id"]
+        if batch_id in case.batches:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "UNKNOWN_BATCH",
+            f"event {event.event_id} ({event.event_type}) names batch {batch_id}, which was "
+            f"never started for therapy {event.coi}; check the lot number",
+        )
+
+    def _disposition(self, event: InboundEvent, case: CaseState) -> Verdict:
+        refused = self._batch(event, case)
+        if not refused.accepted:
+            return refused
+        dose_ids = event.payload["dose_ids"]
+        reused = sorted(d for d in set(dose_ids) if d in case.items or dose_ids.count(d) > 1)
+        if reused:
+            return Verdict.refuse(
+                self.name, "DOSE_ID_IN_USE",
+                f"event {event.event_id} releases doses {', '.join(reused)} of batch "
+                f"{event.payload['batch_id']}, but those ids are repeated or already in use "
+                f"in therapy {event.coi}; every dose needs its own id",
+            )
+        return ACCEPT
+
+    def _placement(self, event: InboundEvent, case: CaseState) -> Verdict:
+        refused = _own_dose(event, case, alert=True)
+        return refused if not refused.accepted else _same_site(event, case, alert=True)
+
+    def _reservation(self, event: InboundEvent, case: CaseState) -> Verdict:
+        refused = _own_dose(event, case, alert=True)
+        if not refused.accepted:
+            return refused
+        administration = event.payload["administration_id"]
+        if administration in case.scheduled:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "UNKNOWN_ADMINISTRATION",
+            f"event {event.event_id} reserves dose {event.payload['dose_id']} for "
+            f"administration {administration}, which was never scheduled for therapy "
+            f"{event.coi}; schedule it first (AdministrationScheduled)",
+        )
+
+    def _matching_check(self, event: InboundEvent, case: CaseState, steps: frozenset[str]
+                        ) -> str | None:
+        """Why the identity check the event names does not clear it; None if it does."""
+        ref = event.payload.get("identity_check_event_id")
+        check = case.identity_checks.get(ref) if ref is not None else None
+        if check is None:
+            return f"names identity check {ref}, which is no identity check of {event.coi}"
+        if check.result != "MATCH":
+            return f"names identity check {ref}, whose result was {check.result}"
+        if check.step not in steps:
+            return (f"names identity check {ref} done at step {check.step}, not at "
+                    f"{' or '.join(sorted(steps))}")
+        if check.dose_id is not None and check.dose_id != event.payload["dose_id"]:
+            return f"names identity check {ref}, which checked dose {check.dose_id}"
+        if check.occurred_at_us > event.occurred_at_us:
+            return f"names identity check {ref}, which happened after this event"
+        return None
+
+    def _not_verified(self, event: InboundEvent, problem: str) -> Verdict:
+        return Verdict.refuse(
+            self.name, "IDENTITY_NOT_VERIFIED",
+            f"event {event.event_id} ({event.event_type}) of dose {event.payload['dose_id']} "
+            f"{problem}; stop: the dose may be about to reach the wrong patient; verify the "
+            "patient against the dose and reference that matching check",
+            alert=True,
+        )
+
+    def _dispense(self, event: InboundEvent, case: CaseState) -> Verdict:
+        refused = _own_dose(event, case, alert=True)
+        if not refused.accepted or event.payload.get("identity_check_event_id") is None:
+            return refused
+        problem = self._matching_check(event, case, frozenset({"DISPENSE"}))
+        return ACCEPT if problem is None else self._not_verified(event, problem)
+
+    def _administration(self, event: InboundEvent, case: CaseState) -> Verdict:
+        refused = _own_dose(event, case, alert=True)
+        if not refused.accepted:
+            return refused
+        problem = self._matching_check(event, case, frozenset({"BEDSIDE"}))
+        ref = event.payload["identity_check_event_id"]
+        if problem is None and ref in case.used_identity_checks():
+            problem = (f"names identity check {ref}, which already cleared an earlier "
+                       "administration; every administration needs its own bedside check")
+        return ACCEPT if problem is None else self._not_verified(event, problem)
+
+    def _identity(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        if p["result"] == "MISMATCH" or (
+                p["result"] == "MATCH" and p["patient_hash"] != case.patient_hash):
+            return Verdict.refuse(
+                self.name, "IDENTITY_MISMATCH",
+                f"identity check {event.event_id} at step {p['step']} reported {p['result']} "
+                f"for patient {_short(p['patient_hash'])}, but the patient enrolled in "
+                f"{event.coi} is {_short(case.patient_hash or 'unknown')} and only a check of "
+                "that patient can match: do not dispense or administer; verify the "
+                "patient's identity again",
+                alert=True,
+            )
+        if p.get("dose_id") is not None:
+            return _own_dose(event, case, alert=True)
+        if p.get("sample_id") is not None:
+            return self._sample(p["sample_id"], event, case)
+        return ACCEPT
+
+    def _dose_record(self, event: InboundEvent, case: CaseState) -> Verdict:
+        return _own_dose(event, case, alert=False)
+
+    def _claim(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        administration = p["administration_event_id"]
+        if administration not in case.administrations:
+            return Verdict.refuse(
+                self.name, "CLAIM_WITHOUT_ADMINISTRATION",
+                f"claim {p['claim_id']} in event {event.event_id} bills administration "
+                f"{administration}, which is no administration of therapy {event.coi}; "
+                "bill only recorded administrations",
+            )
+        if p["claim_id"] in case.claims:
+            return Verdict.refuse(
+                self.name, "CLAIM_ID_IN_USE",
+                f"event {event.event_id} submits claim {p['claim_id']}, an id already used "
+                f"in therapy {event.coi}; use a new claim id",
+            )
+        billed = [c for c, claim in case.claims.items()
+                  if claim.administration_event_id == administration]
+        if billed:
+            return Verdict.refuse(
+                self.name, "ADMINISTRATION_ALREADY_BILLED",
+                f"claim {p['claim_id']} in event {event.event_id} bills administration "
+                f"{administration}, already billed by claim {billed[0]}; adjust that claim "
+                "instead of billing twice",
+            )
+        return ACCEPT
+
+    def _known_claim(self, event: InboundEvent, case: CaseState) -> Verdict:
+        claim_id = event.payload["claim_id"]
+        if claim_id in case.claims:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "UNKNOWN_CLAIM",
+            f"event {event.event_id} ({event.event_type}) names claim {claim_id}, which was "
+            f"never submitted for therapy {event.coi}; check the claim id",
+        )
+
+    def _milestone(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        foreign = [e for e in p["evidence_event_ids"] if e not in case.event_ids]
+        if foreign or not p["evidence_event_ids"]:
+            return Verdict.refuse(
+                self.name, "EVIDENCE_NOT_FROM_THIS_THERAPY",
+                f"milestone {p['milestone']} in event {event.event_id} cites evidence "
+                f"{', '.join(foreign) or '(none)'} that is not an accepted event of therapy "
+                f"{event.coi}; cite this patient's recorded outcomes",
+            )
+        if (p["agreement_id"], p["milestone"]) in case.milestones:
+            return Verdict.refuse(
+                self.name, "MILESTONE_ALREADY_REACHED",
+                f"event {event.event_id} reports milestone {p['milestone']} of agreement "
+                f"{p['agreement_id']}, already reached in therapy {event.coi}; it is paid once",
+            )
+        return ACCEPT
+
+    _checks: dict[str, Callable[[ChainOfIdentity, InboundEvent, CaseState], Verdict]] = {
+        "TherapyOrdered": _order,
+        "AdministrationScheduled": _schedule,
+        "SampleReceived": _sample_received,
+        "SequencingCompleted": _sequenced,
+        "VariantCallsProduced": _variant_calls,
+        "NeoantigenDesignProduced": _design,
+        "DesignApproved": _approval,
+        "ManufacturingStarted": _manufacture,
+        "ManufacturingStepCompleted": _batch,
+        "QcResultRecorded": _batch,
+        "BatchDispositioned": _disposition,
+        "InventoryPlaced": _placement,
+        "DoseReserved": _reservation,
+        "DoseDispensed": _dispense,
+        "IdentityVerified": _identity,
+        "DoseAdministered": _administration,
+        "DoseDestroyed": _dose_record,
+        "DoseExpired": _dose_record,
+        "ClaimSubmitted": _claim,
+        "ClaimAdjudicated": _known_claim,
+        "PaymentPosted": _known_claim,
+        "OutcomeMilestoneReached": _milestone,
+    }
+
+
+# -- R6 custody --------------------------------------------------------------------------
+
+class Custody:
+    """R6: items move only from their holder, receipts match open dispatches, an item is
+    never in two places, and quarantined or expired doses never go to the patient."""
+
+    name = "R6"
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        check = self._checks.get(event.event_type)
+        return ACCEPT if check is None else check(self, event, case)
+
+    def _unknown(self, event: InboundEvent, item_id: str) -> Verdict:
+        return Verdict.refuse(
+            self.name, "UNKNOWN_ITEM",
+            f"event {event.event_id} ({event.event_type}) names item {item_id}, which "
+            f"therapy {event.coi} has no record of; record the item's creation first or fix "
+            "the item id",
+        )
+
+    def _in_transit(self, event: InboundEvent, item_id: str, shipment: str) -> Verdict:
+        return Verdict.refuse(
+            self.name, "ITEM_IN_TRANSIT",
+            f"event {event.event_id} ({event.event_type}) acts on item {item_id}, which is "
+            f"in transit in shipment {shipment}; an item is never in two places: receive "
+            "the shipment first",
+        )
+
+    def _consumed(self, event: InboundEvent, item_id: str) -> Verdict:
+        return Verdict.refuse(
+            self.name, "ITEM_CONSUMED",
+            f"event {event.event_id} ({event.event_type}) moves item {item_id}, which was "
+            "already administered or destroyed; check the item id",
+        )
+
+    def _not_holder(self, event: InboundEvent, item_id: str, actor: str, holder: str
+                    ) -> Verdict:
+        return Verdict.refuse(
+            self.name, "HOLDER_MISMATCH",
+            f"event {event.event_id} ({event.event_type}) has {actor} act on item {item_id} "
+            f"(signed by {event.producer}), but its current holder is {holder}; the holder "
+            "must hand it over, or record the missing transfer or receipt first",
+        )
+
+    def _transfer(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        item = case.items.get(p["item_id"])
+        if item is None:
+            return self._unknown(event, p["item_id"])
+        giver = p["from_actor"]
+        if giver != item.holder or event.producer not in (giver, p["to_actor"]):
+            return self._not_holder(event, p["item_id"], giver, item.holder)
+        if item.open_dispatch is not None:
+            return self._in_transit(event, p["item_id"], item.open_dispatch)
+        if item.consumed:
+            return self._consumed(event, p["item_id"])
+        return ACCEPT
+
+    def _dispatch(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        if p["shipment_id"] in case.shipments:
+            return Verdict.refuse(
+                self.name, "DUPLICATE_SHIPMENT",
+                f"event {event.event_id} dispatches shipment {p['shipment_id']}, which was "
+                "already dispatched; use a new shipment id",
+            )
+        for item_id in p["item_ids"]:
+            item = case.items.get(item_id)
+            if item is None:
+                return self._unknown(event, item_id)
+            if item.holder != event.producer:
+                return self._not_holder(event, item_id, event.producer, item.holder)
+            if item.open_dispatch is not None:
+                return self._in_transit(event, item_id, item.open_dispatch)
+            if item.consumed:
+                return self._consumed(event, item_id)
+            batch = case.batches.get(item_id)
+            if batch is not None and batch.disposition != "RELEASED":
+                return Verdict.refuse(
+                    self.name, "NOT_RELEASED",
+                    f"shipment {p['shipment_id']} in event {event.event_id} carries batch "
+                    f"{item_id}, which the qualified person has not released; wait for "
+                    "release before shipping",
+                )
+        return ACCEPT
+
+    def _receipt(self, event: InboundEvent, case: CaseState) -> Verdict:
+        shipment_id = event.payload["shipment_id"]
+        shipment = case.shipments.get(shipment_id)
+        if shipment is None or shipment.received:
+            state = "was never dispatched" if shipment is None else "was already received"
+            return Verdict.refuse(
+                self.name, "RECEIPT_WITHOUT_DISPATCH",
+                f"event {event.event_id} receives shipment {shipment_id} for therapy "
+                f"{event.coi}, but that shipment {state}; hold the goods and ask the sender "
+                "for the dispatch record",
+            )
+        if shipment.recipient != event.producer:
+            return Verdict.refuse(
+                self.name, "WRONG_RECIPIENT",
+                f"event {event.event_id} receives shipment {shipment_id} as {event.producer}, "
+                f"but it was dispatched to {shipment.recipient}; the named recipient must "
+                "receive it, or record a custody transfer",
+            )
+        return ACCEPT
+
+    def _sample_received(self, event: InboundEvent, case: CaseState) -> Verdict:
+        sample_id = event.payload["sample_id"]
+        item = case.items.get(sample_id)
+        if item is None:
+            return ACCEPT  # R5 owns "not this patient's sample"
+        if item.open_dispatch is not None:
+            return self._in_transit(event, sample_id, item.open_dispatch)
+        if item.holder != event.producer:
+            return self._not_holder(event, sample_id, event.producer, item.holder)
+        return ACCEPT
+
+    def _excursion(self, event: InboundEvent, case: CaseState) -> Verdict:
+        for item_id in event.payload["item_ids"]:
+            if item_id not in case.items:
+                return self._unknown(event, item_id)
+        return ACCEPT
+
+    def _unusable(self, event: InboundEvent, dose_id: str, dose: DoseRecord) -> Verdict | None:
+        """A refusal if the dose may not go further towards the patient, else None."""
+        if dose.status is DoseStatus.QUARANTINED:
+            return Verdict.refuse(
+                self.name, "DOSE_QUARANTINED",
+                f"dose {dose_id} in event {event.event_id} ({event.event_type}) is "
+                "quarantined after a temperature excursion; do not use it: return it to the "
+                "pharmacy and wait for the manufacturer's assessment",
+                alert=event.event_type in ("DoseDispensed", "DoseAdministered"),
+            )
+        if dose.status is DoseStatus.EXPIRED or (
+                dose.expiry_us is not None and event.occurred_at_us >= dose.expiry_us):
+            return Verdict.refuse(
+                self.name, "DOSE_EXPIRED",
+                f"dose {dose_id} in event {event.event_id} ({event.event_type}) expired at "
+                f"{dose.expiry_us} µs; destroy it and use another dose",
+            )
+        if dose.status in FINAL_DOSE:
+            return Verdict.refuse(
+                self.name, "DOSE_USED",
+                f"dose {dose_id} in event {event.event_id} ({event.event_type}) is already "
+                f"{dose.status.value}; use another dose",
+            )
+        return None
+
+    def _not_placed(self, event: InboundEvent, dose_id: str, dose: DoseRecord) -> Verdict:
+        return Verdict.refuse(
+            self.name, "DOSE_NOT_PLACED",
+            f"dose {dose_id} in event {event.event_id} ({event.event_type}) is "
+            f"{dose.status.value}, not placed in the site's storage; receive it and record "
+            "its placement (InventoryPlaced) first",
+        )
+
+    def _placement(self, event: InboundEvent, case: CaseState) -> Verdict:
+        dose_id = event.payload["dose_id"]
+        dose, item = case.doses.get(dose_id), case.items.get(dose_id)
+        if dose is None or item is None:
+            return ACCEPT  # R5 owns "not this patient's dose"
+        refused = self._unusable(event, dose_id, dose)
+        if refused is not None:
+            return refused
+        if item.open_dispatch is not None:
+            return self._in_transit(event, dose_id, item.open_dispatch)
+        if item.holder != event.producer:
+            return self._not_holder(event, dose_id, event.producer, item.holder)
+        if dose.status is DoseStatus.RESERVED:
+            return Verdict.refuse(
+                self.name, "DOSE_RESERVED",
+                f"event {event.event_id} places dose {dose_id}, which is reserved for "
+                f"administration {dose.reserved_for}; dispense it or let the reservation go",
+            )
+        return ACCEPT
+
+    def _reservation(self, event: InboundEvent, case: CaseState) -> Verdict:
+        dose_id = event.payload["dose_id"]
+        dose = case.doses.get(dose_id)
+        if dose is None:
+            return ACCEPT
+        refused = self._unusable(event, dose_id, dose)
+        if refused is not None:
+            return refused
+        if dose.status is not DoseStatus.PLACED:
+            return self._not_placed(event, dose_id, dose)
+        return ACCEPT
+
+    def _dispense(self, event: InboundEvent, case: CaseState) -> Verdict:
+        dose_id = event.payload["dose_id"]
+        dose = case.doses.get(dose_id)
+        if dose is None:
+            return ACCEPT
+        refused = self._unusable(event, dose_id, dose)
+        if refused is not None:
+            return refused
+        if dose.status is DoseStatus.DISPENSED:
+            return Verdict.refuse(
+                self.name, "DOSE_USED",
+                f"dose {dose_id} in event {event.event_id} was already dispensed; use "
+                "another dose",
+            )
+        if dose.status not in (DoseStatus.PLACED, DoseStatus.RESERVED):
+            return self._not_placed(event, dose_id, dose)
+        wanted = event.payload.get("administration_id")
+        if dose.status is DoseStatus.RESERVED and wanted is not None \
+                and wanted != dose.reserved_for:
+            return Verdict.refuse(
+                self.name, "DOSE_RESERVED",
+                f"event {event.event_id} dispenses dose {dose_id} for administration "
+                f"{wanted}, but the dose is reserved for administration {dose.reserved_for}; "
+                "dispense the dose reserved for this administration",
+            )
+        return ACCEPT
+
+    def _administration(self, event: InboundEvent, case: CaseState) -> Verdict:
+        dose_id = event.payload["dose_id"]
+        dose = case.doses.get(dose_id)
+        if dose is None:
+            return ACCEPT
+        refused = self._unusable(event, dose_id, dose)
+        if refused is not None:
+            return refused
+        if dose.status is not DoseStatus.DISPENSED:
+            return Verdict.refuse(
+                self.name, "DOSE_NOT_DISPENSED",
+                f"dose {dose_id} in event {event.event_id} is {dose.status.value}, not "
+                "dispensed; the pharmacy must dispense it before administration",
+            )
+        return ACCEPT
+
+    def _dose_end(self, event: InboundEvent, case: CaseState) -> Verdict:
+        dose_id = event.payload["dose_id"]
+        dose = case.doses.get(dose_id)
+        if dose is None or dose.status not in FINAL_DOSE:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "DOSE_USED",
+            f"event {event.event_id} ({event.event_type}) names dose {dose_id}, which is "
+            f"already {dose.status.value}; check the dose id",
+        )
+
+    _checks: dict[str, Callable[[Custody, InboundEvent, CaseState], Verdict]] = {
+        "CustodyTransferred": _transfer,
+        "ShipmentDispatched": _dispatch,
+        "ShipmentReceived": _receipt,
+        "SampleReceived": _sample_received,
+        "TemperatureExcursion": _excursion,
+        "InventoryPlaced": _placement,
+        "DoseReserved": _reservation,
+        "DoseDispensed": _dispense,
+        "DoseAdministered": _administration,
+        "DoseDestroyed": _dose_end,
+        "DoseExpired": _dose_end,
+    }
+
+
+# -- R7 consent --------------------------------------------------------------------------
+
+TREATMENT = "TREATMENT"
+GENOME_STORAGE = "GENOME_STORAGE"
+PAYER_SHARING = "PAYER_SHARING"
+RESEARCH = "RESEARCH"
+
+# event type -> consent scope it needs at its occurred-at
+CONSENT_SCOPES: dict[str, str] = {
+    "TherapyOrdered": TREATMENT,
+    "AdministrationScheduled": TREATMENT,
+    "SampleCollected": TREATMENT,
+    "ManufacturingStarted": TREATMENT,
+    "DoseReserved": TREATMENT,
+    "DoseDispensed": TREATMENT,
+    "DoseAdministered": TREATMENT,
+    "SequencingCompleted": GENOME_STORAGE,
+    "VariantCallsProduced": GENOME_STORAGE,
+    "NeoantigenDesignProduced": GENOME_STORAGE,
+    "ClaimSubmitted": PAYER_SHARING,
+    "OutcomeMilestoneReached": PAYER_SHARING,
+    "ResearchDataRequested": RESEARCH,
+}
+
+
+class Consent:
+    """R7: the consent scope an event needs holds at its occurred-at."""
+
+    name = "R7"
+
+    def __init__(self, scopes: Mapping[str, str] = CONSENT_SCOPES) -> None:
+        self.scopes = scopes
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        scope = self.scopes.get(event.event_type)
+        if scope is None:
+            return ACCEPT
+        at = event.occurred_at_us
+        if case.consent_covers(scope, at):
+            return ACCEPT
+        ended = case.consent_ended(scope, at)
+        if ended is not None and ended.withdrawn_at_us is not None \
+                and at >= ended.withdrawn_at_us:
+            return Verdict.refuse(
+                self.name, "CONSENT_WITHDRAWN",
+                f"event {event.event_id} ({event.event_type}) needs {scope} consent, which "
+                f"the patient of therapy {event.coi} withdrew at {ended.withdrawn_at_us} µs "
+                f"(the event occurred at {at} µs); stop this use of the patient's data",
+            )
+        if ended is not None:
+            return Verdict.refuse(
+                self.name, "CONSENT_EXPIRED",
+                f"event {event.event_id} ({event.event_type}) needs {scope} consent, which "
+                f"expired at {ended.expires_at_us} µs for therapy {event.coi} (the event "
+                f"occurred at {at} µs); record a renewed consent first",
+            )
+        return Verdict.refuse(
+            self.name, "CONSENT_MISSING",
+            f"event {event.event_id} ({event.event_type}) needs {scope} consent, which therapy "
+            f"{event.coi} did not hold at {at} µs; record the patient's consent first",
+        )
+
+
+def default_rules(registry: KeyRegistry) -> AllOf:
+    """The gatekeeper's rule set, cheapest refusals first and signatures before trust.
+
+    ``registry`` is held, not copied: registry events the gatekeeper accepts are folded
+    into it and count for the very next event.
+    """
+    return AllOf([
+        Idempotence(),
+        Signatures(registry),
+        HashChain(),
+        RoleAllowed(registry),
+        Lifecycle(),
+        ChainOfIdentity(),
+        Custody(),
+        Consent(),
+    ])

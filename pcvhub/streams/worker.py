@@ -1,0 +1,61 @@
+"""`pcvhub worker`: compose and run the gatekeeper for this deployment.
+
+A worker needs three things besides Kafka: the trust anchor (the first registrar's
+public keys, ``<data_dir>/trust-anchor.json``), its own signing key (actor
+``hub-gatekeeper`` in the encrypted key store; it signs rejections and alerts) and the
+registry of every other actor, which it reads from the canonical log before it judges
+anything, then keeps following (registrations accepted by other workers reach it that
+way).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import faust
+
+from pcvhub.config import Settings
+from pcvhub.streams.app import build_app
+from pcvhub.streams.gatekeeper import Gatekeeper
+from pcvhub.streams.rules import default_rules
+from pcvhub.trust.heads import ChainHeads
+from pcvhub.trust.issuer import EventIssuer
+from pcvhub.trust.keys import KeyStore, passphrase_from_env
+from pcvhub.trust.registry import ANCHOR_FILE, load_anchor
+
+GATEKEEPER_ACTOR = "hub-gatekeeper"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GatekeeperWorker:
+    app: faust.App
+    gatekeeper: Gatekeeper
+    follower: ChainHeads  # folds registry events from the canonical log into the registry
+
+
+def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> GatekeeperWorker:
+    """The Faust app, its gatekeeper and the registry follower (not started)."""
+    registry = load_anchor(settings.data_dir / ANCHOR_FILE)
+    signer = KeyStore(settings.data_dir / "keys", passphrase_from_env()).latest(GATEKEEPER_ACTOR)
+    gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(signer), registry)
+    follower = ChainHeads(settings, on_accepted=registry.observe)
+    return GatekeeperWorker(build_app(settings, gatekeeper, app_id), gatekeeper, follower)
+
+
+def run(settings: Settings, app_id: str = "pcvhub-gatekeeper", loglevel: str = "WARNING",
+        catch_up_timeout: float = 300.0) -> None:
+    """Read the registry from the log, then run the Faust worker until stopped."""
+    worker = compose(settings, app_id)
+    worker.follower.start()
+    if not worker.follower.wait_caught_up(catch_up_timeout):
+        raise TimeoutError(f"the canonical log was not read within {catch_up_timeout:.0f}s; "
+                           "is Kafka reachable?")
+    registry = worker.gatekeeper.registry
+    log.warning("registry read from the log: %d actors, %d keys",
+                len(registry.actors), len(registry.keys))
+    try:
+        faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        worker.follower.stop()

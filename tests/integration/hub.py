@@ -1,0 +1,150 @@
+"""An isolated hub on the session's broker: its own topic prefix, data folder and workers.
+
+Each test gets topics no other test writes to, a key store and trust anchor of its own,
+and real ``pcvhub worker`` processes it can start and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from pcvhub.config import Settings
+from pcvhub.infra.topics_admin import ensure_topics
+from pcvhub.streams.worker import GATEKEEPER_ACTOR
+from pcvhub.topics import topic_name
+from pcvhub.trust.issuer import now_us
+from pcvhub.trust.keys import KeyStore
+from pcvhub.trust.registry import ANCHOR_FILE, Actor, KeyRecord, write_anchor
+from pcvhub.trust.signing import EventSigner
+
+PASSPHRASE = "integration-test-passphrase"
+
+
+@dataclass
+class IsolatedHub:
+    settings: Settings
+    root: Path
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, settings: Settings, bootstrap: str, root: Path) -> IsolatedHub:
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        mine = replace(settings, bootstrap_servers=bootstrap, topic_prefix=prefix,
+                       data_dir=root / "data")
+        ensure_topics(mine, bootstrap, brokers=1)
+        return cls(mine, root)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PCVHUB_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers,
+                    PCVHUB_TOPIC_PREFIX=self.settings.topic_prefix,
+                    PCVHUB_DATA_DIR=str(self.settings.data_dir),
+                    PCVHUB_KEY_PASSPHRASE=PASSPHRASE)
+
+    # -- identities -----------------------------------------------------------------
+    def install_identities(self, registrar: EventSigner, valid_from_us: int) -> EventSigner:
+        """Write the trust anchor for ``registrar``; create the gatekeeper's key."""
+        write_anchor(self.settings.data_dir / ANCHOR_FILE,
+                     Actor(registrar.producer, "test registrar", frozenset({"REGISTRAR"}), "hub"),
+                     KeyRecord(registrar.producer, registrar.key_id, registrar.keys.public,
+                               valid_from_us))
+        store = KeyStore(self.settings.data_dir / "keys", PASSPHRASE.encode())
+        return store.create(GATEKEEPER_ACTOR, str(now_us()))
+
+    # -- workers --------------------------------------------------------------------
+    def start_worker(self, name: str = "w1") -> subprocess.Popen:
+        log = (self.root / f"worker-{name}.log").open("a")
+        workdir = self.root / f"worker-{name}"
+        workdir.mkdir(exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pcvhub.cli", "worker", "--app-id",
+             f"{self.settings.topic_prefix}-gatekeeper"],
+            cwd=workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        os.killpg(proc.pid, sig)
+        proc.wait(30)
+
+    def stop_all(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+
+    def worker_log(self, name: str = "w1") -> str:
+        path = self.root / f"worker-{name}.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    # -- topics ---------------------------------------------------------------------
+    def send(self, records: Iterable[tuple[bytes, bytes]], source: str = "direct") -> int:
+        producer = Producer(self.settings.producer(**{"linger.ms": 5}))
+        topic = topic_name(f"ingress.{source}", self.settings.topic_prefix)
+        count = 0
+        for key, value in records:
+            producer.produce(topic, key=key, value=value)
+            count += 1
+            if count % 1000 == 0:
+                producer.poll(0)
+        assert producer.flush(60) == 0
+        return count
+
+    def read_all(self, suffix: str) -> list:
+        """Every record currently on one of this hub's topics."""
+        topic = topic_name(suffix, self.settings.topic_prefix)
+        consumer = Consumer(self.settings.librdkafka(**{
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}))
+        try:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            ends = {}
+            for p in parts:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    ends[p] = high
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            records = []
+            while ends:
+                for msg in consumer.consume(1000, timeout=1.0):
+                    if msg.error():
+                        continue
+                    records.append(msg)
+                    if msg.offset() >= ends.get(msg.partition(), 0) - 1:
+                        ends.pop(msg.partition(), None)
+            return records
+        finally:
+            consumer.close()
+
+    def count(self, suffix: str) -> int:
+        topic = topic_name(suffix, self.settings.topic_prefix)
+        consumer = Consumer(self.settings.librdkafka(**{"group.id": "counter"}))
+        try:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            return sum(h - lo for lo, h in (consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=10) for p in parts))
+        finally:
+            consumer.close()
+
+    def wait_answered(self, n: int, timeout: float, watch: subprocess.Popen | None = None
+                      ) -> int:
+        """Wait until canonical + rejected hold at least ``n`` records."""
+        deadline = time.monotonic() + timeout
+        answered = 0
+        while time.monotonic() < deadline:
+            answered = self.count("events") + self.count("rejected")
+            if answered >= n:
+                return answered
+            if watch is not None and watch.poll() is not None:
+                raise AssertionError(f"worker exited with {watch.returncode}:\n{self.worker_log()}")
+            time.sleep(0.5)
+        return answered
