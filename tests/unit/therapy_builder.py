@@ -177,7 +177,7 @@ HAPPY_PATH = happy_path(2)
 class TherapyScenario:
     """One therapy of one patient, its cast of actors and its folded ``CaseState``."""
 
-    def __init__(self, hub: Hub, *, doses: int = 2,
+    def __init__(self, hub: Hub, *, doses: int = 2, cast: dict[str, Party] | None = None,
                  patient_hash: str = "a1" * 32, tick_us: int = 1_000_000,
                  therapy_type: str = "individualized-neoantigen-mRNA",
                  shelf_life_us: int | None = 90 * DAY_US) -> None:
@@ -192,7 +192,8 @@ class TherapyScenario:
         self.now_us = T0_US
         self.log: list[InboundEvent] = []  # committed events, in order
         suffix = self.coi[-6:].lower()
-        self.actors: dict[str, Party] = {
+        # A cohort shares one cast (``cast``); a lone scenario registers its own.
+        self.actors: dict[str, Party] = cast or {
             name: hub.register(f"{name}-{suffix}", {role}, org)
             for name, (role, org) in CAST.items()}
         self.sample_id = "SMP-1"
