@@ -11,19 +11,23 @@ import argparse
 
 from rich.console import Console
 
-from bench import crypto
+from bench import crypto, gatekeeper
 from bench.report import print_figures
 
-SECTIONS = {"crypto": crypto.run}
+SECTIONS = {"crypto": crypto.run, "gatekeeper": gatekeeper.run}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("sections", nargs="*", choices=[*SECTIONS, []], default=[])
+    parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="fewer items, for a smoke run")
     args = parser.parse_args()
     console = Console()
     figures = []
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; "
+                     f"known: {', '.join(SECTIONS)}")
     for name in args.sections or list(SECTIONS):
         console.print(f"[bold]bench {name}[/] ...")
         figures.extend(SECTIONS[name](quick=args.quick))

@@ -14,12 +14,12 @@ from collections import Counter
 import pytest
 
 from pcvhub.schemas.codec import decode_envelope, decode_payload
+from pcvhub.streams.sandbox import Sandbox
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
 from ..unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
-from .hub import IsolatedHub
 
 pytestmark = pytest.mark.kafka
 
@@ -29,7 +29,7 @@ INVALID_EACH = 100  # garbage, unregistered signer, duplicate: 300 invalid in al
 
 @pytest.fixture
 def hub(kafka, settings, tmp_path):
-    isolated = IsolatedHub.create(settings, kafka.bootstrap_servers, tmp_path)
+    isolated = Sandbox.create(settings, kafka.bootstrap_servers, tmp_path)
     yield isolated
     isolated.stop_all()
 

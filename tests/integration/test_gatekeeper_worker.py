@@ -14,18 +14,18 @@ from collections import Counter
 import pytest
 
 from pcvhub.schemas.codec import decode_envelope, decode_payload
+from pcvhub.streams.sandbox import Sandbox
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
 from ..unit.therapy_builder import DAY_US, T0_US, Hub, TherapyScenario
-from .hub import IsolatedHub
 
 pytestmark = pytest.mark.kafka
 
 
-def _rejections(hub: IsolatedHub) -> dict[str, dict]:
+def _rejections(hub: Sandbox) -> dict[str, dict]:
     found = {}
     for msg in hub.read_all("rejected"):
         env = decode_envelope(msg.value())
@@ -36,7 +36,7 @@ def _rejections(hub: IsolatedHub) -> dict[str, dict]:
 
 @pytest.fixture
 def hub(kafka, settings, tmp_path):
-    isolated = IsolatedHub.create(settings, kafka.bootstrap_servers, tmp_path)
+    isolated = Sandbox.create(settings, kafka.bootstrap_servers, tmp_path)
     yield isolated
     isolated.stop_all()
 

@@ -1,7 +1,7 @@
-"""An isolated hub on the session's broker: its own topic prefix, data folder and workers.
+"""An isolated gatekeeper deployment on an existing broker, for tests and benchmarks.
 
-Each test gets topics no other test writes to, a key store and trust anchor of its own,
-and real ``pcvhub worker`` processes it can start and SIGKILL.
+A sandbox has topics no one else writes to (its own prefix), a key store and trust
+anchor of its own, and real ``pcvhub worker`` processes it can start and SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,17 +27,18 @@ from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import ANCHOR_FILE, Actor, KeyRecord, write_anchor
 from pcvhub.trust.signing import EventSigner
 
-PASSPHRASE = "integration-test-passphrase"
+PASSPHRASE = "sandbox-passphrase"  # a throw-away key store: not a secret
 
 
 @dataclass
-class IsolatedHub:
+class Sandbox:
     settings: Settings
     root: Path
     workers: list[subprocess.Popen] = field(default_factory=list)
 
     @classmethod
-    def create(cls, settings: Settings, bootstrap: str, root: Path) -> IsolatedHub:
+    def create(cls, settings: Settings, bootstrap: str, root: Path) -> Sandbox:
+        root.mkdir(parents=True, exist_ok=True)
         prefix = f"t{uuid.uuid4().hex[:10]}"
         mine = replace(settings, bootstrap_servers=bootstrap, topic_prefix=prefix,
                        data_dir=root / "data")
@@ -62,12 +63,13 @@ class IsolatedHub:
         return store.create(GATEKEEPER_ACTOR, str(now_us()))
 
     # -- workers --------------------------------------------------------------------
-    def start_worker(self, name: str = "w1") -> subprocess.Popen:
+    def start_worker(self, name: str = "w1", module: str = "pcvhub.cli") -> subprocess.Popen:
+        """``python -m <module> worker`` with this sandbox's settings in its environment."""
         log = (self.root / f"worker-{name}.log").open("a")
         workdir = self.root / f"worker-{name}"
         workdir.mkdir(exist_ok=True)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pcvhub.cli", "worker", "--app-id",
+            [sys.executable, "-m", module, "worker", "--app-id",
              f"{self.settings.topic_prefix}-gatekeeper"],
             cwd=workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
@@ -97,7 +99,8 @@ class IsolatedHub:
             count += 1
             if count % 1000 == 0:
                 producer.poll(0)
-        assert producer.flush(60) == 0
+        if producer.flush(60):
+            raise RuntimeError(f"records to {topic} not acknowledged within 60 s")
         return count
 
     def read_all(self, suffix: str) -> list:

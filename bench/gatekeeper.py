@@ -1,0 +1,136 @@
+"""Gatekeeper end to end: ingress -> verified, rule-checked -> canonical topic.
+
+Baseline: the unsigned pass-through Faust agent (``bench/passthrough.py``) on the same
+broker in the same run, fed the same records. Both are measured after a warm-up record
+has gone through, so worker start-up is not counted. Latency: a steady 500 events/s
+for ``LATENCY_SECONDS``; per event, time from the producer's acknowledgement-free send
+to its arrival on the canonical topic, read by a consumer in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer
+
+from bench.report import Figure
+from pcvhub.config import load_settings
+from pcvhub.infra.kafka import LocalKafka
+from pcvhub.schemas.codec import decode_envelope
+from pcvhub.streams.sandbox import Sandbox
+from pcvhub.topics import topic_name
+from pcvhub.trust.registry import Actor, registration_payload
+from tests.unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
+
+THERAPIES = 120  # x 42 events
+LATENCY_RATE = 500
+LATENCY_SECONDS = 10
+
+
+def _prepared(root: Path, therapies: int):
+    """Two sandboxes on the local broker (baseline, gatekeeper) and a signed cohort."""
+    settings = load_settings()
+    kafka = LocalKafka(settings)
+    kafka.up()
+    baseline = Sandbox.create(settings, kafka.bootstrap_servers, root / "baseline")
+    sandbox = Sandbox.create(settings, kafka.bootstrap_servers, root / "gatekeeper")
+    builder = Hub()
+    gatekeeper = sandbox.install_identities(builder.registrar.issuer.signer,
+                                            valid_from_us=T0_US - 365 * DAY_US)
+    builder.admit(builder.registry_event("ActorRegistered", registration_payload(
+        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
+        gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
+    cast = {name: builder.register(f"{name}-bench", {role}, org)
+            for name, (role, org) in CAST.items()}
+    scenarios = [TherapyScenario(builder, cast=cast, patient_hash=f"{i:064x}")
+                 for i in range(therapies)]
+    events = [e for s in scenarios for e in s.full_therapy()]
+    return baseline, sandbox, builder.registry_log, events
+
+
+def _throughput(sandbox: Sandbox, module: str, warmup, records) -> float:
+    worker = sandbox.start_worker(module.rsplit(".", 1)[-1], module=module)
+    try:
+        sandbox.send(warmup)
+        base = sandbox.wait_answered(len(warmup), 180, worker)
+        started = time.perf_counter()
+        sandbox.send(records)
+        done = sandbox.wait_answered(base + len(records), 600, worker)
+        elapsed = time.perf_counter() - started
+        if done < base + len(records):
+            raise RuntimeError(f"{module}: only {done - base}/{len(records)} answered")
+        return len(records) / elapsed
+    finally:
+        sandbox.kill(worker)
+
+
+def _latency(sandbox: Sandbox, records) -> tuple[float, float]:
+    settings = sandbox.settings
+    consumer = Consumer(settings.librdkafka(**{"group.id": "bench-latency",
+                                               "auto.offset.reset": "latest"}))
+    consumer.subscribe([topic_name("events", settings.topic_prefix)])
+    while not consumer.assignment():
+        consumer.poll(0.2)
+    producer = Producer(settings.producer(**{"linger.ms": 0}))
+    topic = topic_name("ingress.direct", settings.topic_prefix)
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    interval = 1 / LATENCY_RATE
+    start = time.perf_counter()
+    for i, (key, value) in enumerate(records):
+        target = start + i * interval
+        while time.perf_counter() < target:
+            for msg in consumer.consume(100, timeout=0):
+                _arrived(msg, sent_at, latencies)
+        sent_at[decode_envelope(value).event_id] = time.perf_counter()
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    producer.flush(30)
+    deadline = time.perf_counter() + 60
+    while len(latencies) < len(records) and time.perf_counter() < deadline:
+        for msg in consumer.consume(100, timeout=0.2):
+            _arrived(msg, sent_at, latencies)
+    consumer.close()
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+def _arrived(msg, sent_at: dict[str, float], latencies: list[float]) -> None:
+    if msg.error():
+        return
+    sent = sent_at.get(decode_envelope(msg.value()).event_id)
+    if sent is not None:
+        latencies.append(time.perf_counter() - sent)
+
+
+def run(quick: bool = False) -> list[Figure]:
+    repo = Path(__file__).resolve().parent.parent
+    os.environ["PYTHONPATH"] = f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    with tempfile.TemporaryDirectory(prefix="pcvhub-bench-") as tmp:
+        therapies = THERAPIES // 4 if quick else THERAPIES
+        baseline_box, sandbox, registrations, events = _prepared(Path(tmp), therapies + 15)
+        regs = [(e.coi.encode(), e.raw) for e in registrations]
+        records = [(e.coi.encode(), e.raw) for e in events]
+        latency_n = LATENCY_RATE * (LATENCY_SECONDS // (4 if quick else 1))
+        throughput_part = records[: len(records) - latency_n]
+        latency_part = records[len(records) - latency_n:]
+        baseline = _throughput(baseline_box, "bench.passthrough", regs, throughput_part)
+        hub_rate = _throughput(sandbox, "pcvhub.cli", regs, throughput_part)
+        worker = sandbox.start_worker("latency")
+        try:
+            sandbox.wait_answered(len(regs) + len(throughput_part), 120, worker)
+            p50, p99 = _latency(sandbox, latency_part)
+        finally:
+            sandbox.stop_all()
+    name = "pass-through Faust agent"
+    return [
+        Figure("gatekeeper", f"{name} (unsigned copy)", baseline, "events/s"),
+        Figure("gatekeeper", "verified + rule-checked, end to end", hub_rate, "events/s",
+               name, baseline),
+        Figure("gatekeeper", f"latency p50 at {LATENCY_RATE}/s", p50, "ms"),
+        Figure("gatekeeper", f"latency p99 at {LATENCY_RATE}/s", p99, "ms"),
+    ]

@@ -1,0 +1,39 @@
+"""The baseline of the gatekeeper benchmark: an unsigned pass-through Faust agent.
+
+Same broker, same topics, same partition-preserving writes as the gatekeeper, but no
+decoding, verification or rules: it copies every ingress record to the canonical topic.
+Run by the benchmark as ``python -m bench.passthrough worker --app-id ID``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import faust
+
+from pcvhub.config import load_settings
+from pcvhub.topics import TOPICS, TopicRole, topic_name
+
+
+def build(app_id: str) -> faust.App:
+    settings = load_settings()
+    prefix = settings.topic_prefix
+    app = faust.App(app_id, broker=settings.faust_broker(), store="memory://",
+                    web_enabled=False, topic_replication_factor=1, topic_allow_declare=False,
+                    consumer_auto_offset_reset="earliest", producer_acks=-1)
+    ingress = app.topic(*[s.name(prefix) for s in TOPICS if s.role is TopicRole.INGRESS],
+                        key_serializer="raw", value_serializer="raw")
+    sink = app.topic(topic_name("events", prefix), key_serializer="raw", value_serializer="raw")
+
+    @app.agent(ingress)
+    async def copy(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await sink.send(key=event.key, value=event.value,
+                            partition=event.message.partition)
+
+    return app
+
+
+if __name__ == "__main__":
+    app_id = sys.argv[sys.argv.index("--app-id") + 1]
+    faust.Worker(build(app_id), loglevel="WARNING", quiet=True).execute_from_commandline()
