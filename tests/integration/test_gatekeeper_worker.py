@@ -50,6 +50,12 @@ def test_a_therapy_and_its_faults_through_a_worker_killed_twice(hub):
         gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
     scenario = TherapyScenario(builder)
     therapy = scenario.full_therapy()
+    # A second therapy whose dose had a temperature excursion, then someone tries to
+    # dispense it: refused (R6) and raised as an alert people see.
+    quarantined = TherapyScenario(builder, cast=scenario.actors, patient_hash="b2" * 32)
+    quarantined.run_until("reserve#1")
+    quarantined.accept(quarantined.excursion([quarantined.dose(1)]))
+    bad_dispense = quarantined.dispense(1)
     registrations = builder.registry_log
 
     # Faults, each to be refused with its code:
@@ -75,8 +81,9 @@ def test_a_therapy_and_its_faults_through_a_worker_killed_twice(hub):
     worker = hub.start_worker()
     hub.send([(unregistered.key, unregistered.wire), (therapy[0].coi.encode(), duplicate),
               (therapy[0].coi.encode(), garbage)])
+    hub.send([(e.coi.encode(), e.raw) for e in [*quarantined.log, bad_dispense]])
 
-    expected = len(registrations) + len(therapy) + 3
+    expected = len(registrations) + len(therapy) + 3 + len(quarantined.log) + 1
     assert hub.wait_answered(expected, 180, worker) == expected, hub.worker_log()
 
     canonical = [decode_envelope(m.value()) for m in hub.read_all("events")]
@@ -90,4 +97,12 @@ def test_a_therapy_and_its_faults_through_a_worker_killed_twice(hub):
     garbage_refusal = next(p for p in rejected.values() if p["original"] == garbage)
     assert garbage_refusal["reason_code"] == "MALFORMED"
     assert "envelope" in garbage_refusal["reason"]
-    assert len(rejected) == 3
+    assert rejected[bad_dispense.event_id]["reason_code"] == "DOSE_QUARANTINED"
+    assert len(rejected) == 4
+    alerts = []
+    for msg in hub.read_all("alerts"):
+        env = decode_envelope(msg.value())
+        alerts.append(decode_payload(env.schema_fingerprint, env.payload, env.event_type)[1])
+    [alert] = [a for a in alerts if a["subject_event_id"] == bad_dispense.event_id]
+    assert alert["code"] == "DOSE_QUARANTINED" and alert["severity"] == "CRITICAL"
+    assert quarantined.dose(1) in alert["message"]
