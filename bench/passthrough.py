@@ -20,7 +20,8 @@ def build(app_id: str) -> faust.App:
     prefix = settings.topic_prefix
     app = faust.App(app_id, broker=settings.faust_broker(), store="memory://",
                     web_enabled=False, topic_replication_factor=1, topic_allow_declare=False,
-                    consumer_auto_offset_reset="earliest", producer_acks=-1)
+                    consumer_auto_offset_reset="earliest", producer_acks=-1,
+                    producer_linger=0.005)  # the same producer settings as the gatekeeper
     ingress = app.topic(*[s.name(prefix) for s in TOPICS if s.role is TopicRole.INGRESS],
                         key_serializer="raw", value_serializer="raw")
     sink = app.topic(topic_name("events", prefix), key_serializer="raw", value_serializer="raw")

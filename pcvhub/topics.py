@@ -90,3 +90,11 @@ def topic_spec(suffix: str) -> TopicSpec:
 def topic_name(suffix: str, prefix: str = "pcvhub") -> str:
     """Full topic name for a suffix of the table, e.g. ``topic_name("events")``."""
     return topic_spec(suffix).name(prefix)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java, librdkafka murmur2, aiokafka) picks
+    for ``key``: positive murmur2 modulo the partition count."""
+    from aiokafka.partitioner import murmur2  # the Java algorithm, shipped with Faust's client
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

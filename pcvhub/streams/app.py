@@ -101,6 +101,9 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Batch output records for a few ms: with no linger each record is its own request
+        # and the idempotent producer's in-flight limit caps the worker near 600 records/s.
+        producer_linger=0.005,
         broker_commit_interval=1.0,
     )
     ingress_names = [s.name(prefix) for s in TOPICS if s.role is TopicRole.INGRESS]

@@ -19,10 +19,11 @@ from pcvhub.config import Settings
 from pcvhub.streams.app import build_app
 from pcvhub.streams.gatekeeper import Gatekeeper
 from pcvhub.streams.rules import default_rules
+from pcvhub.topics import partition_for, topic_spec
 from pcvhub.trust.heads import ChainHeads
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
-from pcvhub.trust.registry import ANCHOR_FILE, load_anchor
+from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, load_anchor
 
 GATEKEEPER_ACTOR = "hub-gatekeeper"
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> Gatekeeper
     registry = load_anchor(settings.data_dir / ANCHOR_FILE)
     signer = KeyStore(settings.data_dir / "keys", passphrase_from_env()).latest(GATEKEEPER_ACTOR)
     gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(signer), registry)
-    follower = ChainHeads(settings, on_accepted=registry.observe)
+    # Registry events all live in the partition of REGISTRY_COI: follow only that one.
+    registry_partition = partition_for(REGISTRY_COI.encode(), topic_spec("events").partitions)
+    follower = ChainHeads(settings, on_accepted=registry.observe, partitions=[registry_partition])
     return GatekeeperWorker(build_app(settings, gatekeeper, app_id), gatekeeper, follower)
 
 

@@ -25,10 +25,13 @@ class ChainHeads:
     """Follows the canonical topic in a background thread; thread-safe lookups."""
 
     def __init__(self, settings: Settings,
-                 on_accepted: Callable[[Envelope], None] | None = None) -> None:
+                 on_accepted: Callable[[Envelope], None] | None = None,
+                 partitions: Iterable[int] | None = None) -> None:
         """``on_accepted`` is called (in the follower thread, in log order per partition)
-        with every envelope read from the canonical topic."""
+        with every envelope read from the canonical topic; ``partitions`` limits the
+        following to those partitions (default: all)."""
         self.settings = settings
+        self._only = None if partitions is None else set(partitions)
         self._on_accepted = on_accepted
         self._caught_up = threading.Event()
         self.topic = topic_name("events", settings.topic_prefix)
@@ -61,7 +64,8 @@ class ChainHeads:
         }))
         try:
             metadata = consumer.list_topics(self.topic, timeout=10).topics[self.topic]
-            partitions = sorted(metadata.partitions)
+            partitions = sorted(p for p in metadata.partitions
+                                if self._only is None or p in self._only)
             # The end of each partition when we started: past it, we have caught up.
             ends = {p: consumer.get_watermark_offsets(TopicPartition(self.topic, p),
                                                       timeout=10)[1] for p in partitions}

@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from pcvhub.config import Settings
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.infra.topics_admin import ensure_topics
-from pcvhub.topics import TOPICS, topic_name
+from pcvhub.topics import TOPICS, partition_for, topic_name
 
 pytestmark = pytest.mark.kafka
 
@@ -98,11 +98,13 @@ def test_confluent_and_aiokafka_place_a_coi_key_in_the_same_partition(
         assert err is None
         placed[msg.key()] = msg.partition()  # type: ignore[attr-defined]
 
-    keys = [f"PCV-SITE1-2026-{i:012X}".encode() for i in range(40)]
+    keys = [f"PCV-SITE1-2026-{i:012X}".encode() for i in range(40)] + [b"pcvhub:registry"]
     for key in keys:
         producer.produce(topic, key=key, value=b"x", on_delivery=on_delivery)
     assert producer.flush(15) == 0
     partitions = list(range(6))
     expected = {k: DefaultPartitioner()(k, partitions, partitions) for k in keys}
     assert placed == expected
+    # ... and the project's own function (used to find the registry's partition) agrees.
+    assert placed == {k: partition_for(k, 6) for k in keys}
     assert len(set(placed.values())) > 1  # the keys really spread
