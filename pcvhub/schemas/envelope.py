@@ -21,6 +21,23 @@ class SignatureMeaning(enum.StrEnum):
     VERIFIED = "VERIFIED"
 
 
+#: GxP electronic signatures (21 CFR Part 11): these event types must be signed with this
+#: meaning (the gatekeeper's R2 refuses others). The meaning is part of the signed bytes,
+#: so an approval can never be passed off as a mere authored record, or the reverse.
+#: Every other event type is signed AUTHORED. Producers read this table too.
+REQUIRED_MEANING: dict[str, SignatureMeaning] = {
+    "DesignApproved": SignatureMeaning.APPROVED,
+    "QcResultRecorded": SignatureMeaning.REVIEWED,
+    "BatchDispositioned": SignatureMeaning.RESPONSIBLE,
+    "IdentityVerified": SignatureMeaning.VERIFIED,
+}
+
+
+def meaning_for(event_type: str) -> SignatureMeaning:
+    """The meaning a producer signs ``event_type`` (short name) with."""
+    return REQUIRED_MEANING.get(event_type, SignatureMeaning.AUTHORED)
+
+
 @dataclass(frozen=True)
 class HybridSignature:
     """Both halves are required: a verifier rejects an event missing either."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pcvhub.schemas.envelope import SignatureMeaning
+from pcvhub.schemas.envelope import REQUIRED_MEANING, SignatureMeaning
 from pcvhub.streams.case import (
     FINAL_DOSE,
     PRECONDITIONS,
@@ -207,16 +207,6 @@ SITE_BOUND: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "ClaimSubmitted": _always,
     "IdentityVerified": lambda p: p["step"] != "SAMPLE_RECEIPT",
 }
-
-# GxP electronic signatures (21 CFR Part 11): the meaning is part of the signed bytes, so
-# an approval can never be passed off as a mere authored record, or the other way round.
-REQUIRED_MEANING: dict[str, SignatureMeaning] = {
-    "DesignApproved": SignatureMeaning.APPROVED,
-    "QcResultRecorded": SignatureMeaning.REVIEWED,
-    "BatchDispositioned": SignatureMeaning.RESPONSIBLE,
-    "IdentityVerified": SignatureMeaning.VERIFIED,
-}
-
 
 class RoleAllowed:
     """R2: the producer holds a role that may emit this event type, on the right chain,
