@@ -11,10 +11,10 @@ import argparse
 
 from rich.console import Console
 
-from bench import crypto, gatekeeper
+from bench import crypto, gatekeeper, mllp
 from bench.report import print_figures
 
-SECTIONS = {"crypto": crypto.run, "gatekeeper": gatekeeper.run}
+SECTIONS = {"crypto": crypto.run, "gatekeeper": gatekeeper.run, "mllp": mllp.run}
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pcvhub.cli_keys import keys_app
+from pcvhub.cli_serve import register as register_serve
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.infra.kafka import InfraError, LocalKafka
 
@@ -18,6 +19,7 @@ app = typer.Typer(help="pcvhub: the signed, event-sourced hub for personalized c
 infra_app = typer.Typer(help="Run a local Apache Kafka (KRaft) on loopback.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(keys_app, name="keys")
+register_serve(app)
 schemas_app = typer.Typer(help="The Avro event catalog and its released versions.",
                           no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")

@@ -26,15 +26,17 @@ class ChainHeads:
 
     def __init__(self, settings: Settings,
                  on_accepted: Callable[[Envelope], None] | None = None,
-                 partitions: Iterable[int] | None = None) -> None:
+                 partitions: Iterable[int] | None = None, topic: str = "events") -> None:
         """``on_accepted`` is called (in the follower thread, in log order per partition)
-        with every envelope read from the canonical topic; ``partitions`` limits the
-        following to those partitions (default: all)."""
+        with every envelope read from the topic; ``partitions`` limits the following to
+        those partitions (default: all). ``topic`` is a suffix of the topic table: the
+        canonical log by default; a producer may follow ``rejected`` the same way to learn
+        which of its events were refused."""
         self.settings = settings
         self._only = None if partitions is None else set(partitions)
         self._on_accepted = on_accepted
         self._caught_up = threading.Event()
-        self.topic = topic_name("events", settings.topic_prefix)
+        self.topic = topic_name(topic, settings.topic_prefix)
         self._heads: dict[str, bytes] = {}
         self._accepted: set[str] = set()
         self._changed = threading.Condition()

@@ -1,0 +1,102 @@
+"""`pcvhub serve`: every connector of one deployment in one process.
+
+Each listener prints one line when it is ready: ``mllp 127.0.0.1:PORT`` (HL7 v2 over
+MLLP, mutual TLS), ``http https://127.0.0.1:PORT`` (FHIR R4, bearer tokens over TLS)
+and ``drop PATH`` (the MES/LIMS file drop). Each protocol has its own ``Connector``
+(its own ingress topic and log follower); the HL7 and FHIR listeners sign as the
+hospital site's connector actor, the file drop as the manufacturer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pcvhub.config import Settings
+from pcvhub.connectors.common import Connector, LocalCA
+from pcvhub.connectors.fhir import FhirServer
+from pcvhub.connectors.hl7 import MessageMapper, MllpListener
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What to serve. Port 0 picks a free port (printed on the listener's line)."""
+
+    site_id: str
+    actor_id: str  # the hospital site's connector actor (HL7 and FHIR)
+    host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    http_port: int = 8443
+    drop: Path | None = None  # the MES/LIMS folder; None: no file drop
+    drop_actor_id: str | None = None
+    drop_site_id: str | None = None
+    settle_s: float = 2.0
+
+
+def _file_drop() -> Callable[..., Awaitable[None]] | None:
+    """The file-drop connector's entry point, if this installation has it."""
+    try:
+        from pcvhub.connectors.files import run_file_drop
+    except ImportError:
+        return None
+    return run_file_drop
+
+
+async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
+                announce: Callable[[str], None] = print) -> None:
+    """Start every listener, announce each, run until ``stop`` is set, then close all."""
+    ca = LocalCA.open(settings)
+    opened: list[Connector] = []
+
+    def open_connector(source: str) -> Connector:
+        connector = Connector.open(settings, options.actor_id, source,
+                                   site_id=options.site_id, settle_s=options.settle_s)
+        opened.append(connector)
+        return connector.start()
+
+    tasks: list[asyncio.Task[None]] = []
+    mllp: MllpListener | None = None
+    fhir: FhirServer | None = None
+    try:
+        hl7_connector = await asyncio.to_thread(open_connector, "hl7")
+        mllp = await MllpListener(hl7_connector, MessageMapper(hl7_connector),
+                                  ca.server_context(require_client_certificate=True),
+                                  options.host, options.mllp_port).start()
+        announce(f"mllp {mllp.host}:{mllp.port}")
+        fhir_connector = await asyncio.to_thread(open_connector, "fhir")
+        fhir = await FhirServer(fhir_connector, ca, options.host, options.http_port).start()
+        announce(f"http {fhir.base_url}")
+        if options.drop is not None:
+            run_file_drop = _file_drop()
+            if run_file_drop is None:
+                raise RuntimeError("--drop was given, but pcvhub.connectors.files is not "
+                                   "installed")
+            options.drop.mkdir(parents=True, exist_ok=True)
+            extra = {k: v for k, v in (("actor_id", options.drop_actor_id),
+                                       ("site_id", options.drop_site_id)) if v}
+            tasks.append(asyncio.create_task(run_file_drop(settings, options.drop, stop,
+                                                           **extra)))
+            announce(f"drop {options.drop.resolve()}")
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter:
+                task.result()  # a connector that stopped on its own: say why
+    finally:
+        stop.set()
+        if mllp is not None:
+            await mllp.close()
+        if fhir is not None:
+            await fhir.close()
+        for task in tasks:
+            try:
+                await asyncio.wait_for(task, 30)
+            except Exception as exc:  # report, keep closing the rest
+                log.error("connector task ended with %s", exc)
+        for connector in opened:
+            connector.close()
