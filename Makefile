@@ -5,9 +5,9 @@ PYTHON  ?= python3
 export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
 export PCVHUB_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test bench lint clean-data
+.PHONY: setup liboqs chromium demo test bench lint clean-data
 
-setup: $(VENV)/.installed liboqs
+setup: $(VENV)/.installed liboqs chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ $(VENV)/.installed: pyproject.toml
 # liboqs (C) for the archive-signature backend, built from registry sources; idempotent.
 liboqs:
 	bash infra/liboqs/build.sh
+
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never
+# downloads a browser of its own). Needs root or sudo, as apt does.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium fonts-liberation fonts-dejavu-core >/dev/null; }
 
 demo: setup
 	$(BIN)/pcvhub demo

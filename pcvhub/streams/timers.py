@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from pcvhub.streams.case import USABLE_DOSE, CaseState, DoseStatus, Stage
 
@@ -25,6 +25,11 @@ WARNING = "WARNING"
 CRITICAL = "CRITICAL"
 
 _UNUSED_DOSE = USABLE_DOSE | {DoseStatus.DISPENSED}
+
+
+def _iso(us: int) -> str:
+    """Event time as people read it in an alert (UTC, to the minute)."""
+    return datetime.fromtimestamp(us / 1_000_000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _us(span: timedelta) -> int:
@@ -158,12 +163,12 @@ class TurnaroundTimers:
             if notice < expiry:
                 yield _Deadline(
                     "DOSE_EXPIRY_NOTICE", f"{dose_id}@{expiry}", notice, INFO,
-                    f"therapy {coi}: dose {dose_id} ({dose.status}) expires at {expiry} µs "
+                    f"therapy {coi}: dose {dose_id} ({dose.status}) expires at {_iso(expiry)} "
                     "and is not yet administered; plan its administration or its destruction",
                 )
             yield _Deadline(
                 "DOSE_EXPIRED", f"{dose_id}@{expiry}", expiry, WARNING,
-                f"therapy {coi}: dose {dose_id} passed its expiry ({expiry} µs) unused; "
+                f"therapy {coi}: dose {dose_id} passed its expiry ({_iso(expiry)}) unused; "
                 "quarantine and destroy it, and ask the manufacturer for a replacement",
             )
         fulfilled = {a.administration_id for a in case.administrations.values()}
@@ -174,7 +179,7 @@ class TurnaroundTimers:
                 "ADMINISTRATION_OVERDUE", admin_id,
                 visit.scheduled_for_us + _us(policy.administration_grace), WARNING,
                 f"therapy {coi}: administration {admin_id} (dose {visit.dose_number}) was "
-                f"scheduled for {visit.scheduled_for_us} µs at site {visit.site} and is not "
+                f"scheduled for {_iso(visit.scheduled_for_us)} at site {visit.site} and is not "
                 f"recorded within {policy.administration_grace}; contact the patient and "
                 "reschedule, or record the administration",
             )
