@@ -11,10 +11,11 @@ import argparse
 
 from rich.console import Console
 
-from bench import crypto, gatekeeper, mllp
+from bench import crypto, gatekeeper, mllp, projections
 from bench.report import print_figures
 
-SECTIONS = {"crypto": crypto.run, "gatekeeper": gatekeeper.run, "mllp": mllp.run}
+SECTIONS = {"crypto": crypto.run, "gatekeeper": gatekeeper.run, "mllp": mllp.run,
+            "projections": projections.run}
 
 
 def main() -> None:

@@ -45,9 +45,20 @@ def inclusion_path(hashes: Sequence[bytes], index: int) -> list[bytes]:
 
 
 def tree(leaves: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
-    """Root and every leaf's inclusion path for a batch of leaves."""
-    hashes = [leaf_hash(leaf) for leaf in leaves]
-    return root_of(hashes), [inclusion_path(hashes, i) for i in range(len(hashes))]
+    """Root and every leaf's inclusion path for a batch of leaves, in one pass (n log n)."""
+    return _subtree([leaf_hash(leaf) for leaf in leaves]) if leaves else (root_of([]), [])
+
+
+def _subtree(hashes: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """(root, paths) of a subtree: a leaf's path is its path in its half plus the other
+    half's root, exactly PATH(m, D[n]) of RFC 9162 without recomputing any subtree."""
+    if len(hashes) == 1:
+        return hashes[0], [[]]
+    k = _split(len(hashes))
+    left_root, left_paths = _subtree(hashes[:k])
+    right_root, right_paths = _subtree(hashes[k:])
+    return (node_hash(left_root, right_root),
+            [[*p, right_root] for p in left_paths] + [[*p, left_root] for p in right_paths])
 
 
 def root_from_path(leaf: bytes, index: int, tree_size: int, path: Sequence[bytes]) -> bytes | None:

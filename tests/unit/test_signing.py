@@ -190,3 +190,14 @@ def test_proof_of_a_one_event_batch_is_empty_and_still_verifies(signer, registry
     assert only.batch_proof == MerkleProof(0, 1, (), only.batch_proof.root)
     assert registry.verify(only).ok
     assert encode_envelope(only)  # encodes with an empty path
+
+
+def test_one_pass_tree_gives_the_rfc9162_paths():
+    """`tree` builds every path in one pass; each must equal the definition's PATH(m, D[n])."""
+    rng = random.Random(5)
+    for size in (1, 2, 3, 5, 8, 13, 64, 100):
+        leaves = [rng.randbytes(8) for _ in range(size)]
+        hashes = [merkle.leaf_hash(leaf) for leaf in leaves]
+        root, paths = merkle.tree(leaves)
+        assert root == merkle.root_of(hashes)
+        assert paths == [merkle.inclusion_path(hashes, i) for i in range(size)]

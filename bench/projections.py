@@ -1,0 +1,236 @@
+"""Projection rebuild rate and audit query latency.
+
+1. A log is built once into a sandbox's canonical topic: the registry, then whole valid
+   therapies sharing one cast (about 42 events each), signed in Merkle batches of 64 per
+   actor (signing each of a million events on its own would take the better part of an
+   hour), written straight to the topic. Its build time is reported.
+2. Baseline: a raw confluent-kafka consumer reads the same topic from the beginning to
+   its end, touching every value, in the same run.
+3. Rebuild: ``pcvhub.projections.runner.rebuild`` replays the topic into a fresh DuckDB
+   file (decode, re-verify both signatures and the Merkle path, fold, write in
+   transactions with the offsets). Rate and ratio to the baseline.
+4. The same two on a small log of individually signed events, where re-verifying
+   ML-DSA-65 on every event dominates.
+5. Audit latency: ``SELECT * FROM audit(coi)`` for random therapies of the big file,
+   opened read-only as an analyst would; p50 and p95.
+
+``--quick`` uses 20,000 events instead of 1,000,000. The sandbox topics are deleted at
+the end (a million events are about 3.6 GB on the broker).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from rich.console import Console
+
+from bench.report import Figure
+from pcvhub.config import load_settings
+from pcvhub.infra.kafka import LocalKafka
+from pcvhub.projections.runner import RunProgress, rebuild
+from pcvhub.streams.sandbox import Sandbox
+from pcvhub.topics import TOPICS, topic_name
+from tests.unit.test_projection_scenario import signed_cohort
+from tests.unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
+
+BIG_LOG = 1_000_000
+QUICK_LOG = 20_000
+SINGLE_LOG = 10_000  # individually signed events
+CHUNK = 20_000  # events generated and written at a time (bounded memory)
+AUDIT_QUERIES = 200
+console = Console()
+
+
+def _sandbox(root: Path, name: str) -> tuple[Sandbox, Hub]:
+    settings = load_settings()
+    kafka = LocalKafka(settings)
+    kafka.up()
+    sandbox = Sandbox.create(settings, kafka.bootstrap_servers, root / name)
+    builder = Hub()
+    sandbox.install_identities(builder.registrar.issuer.signer,
+                               valid_from_us=T0_US - 365 * DAY_US)
+    return sandbox, builder
+
+
+def _write(sandbox: Sandbox, records: list[tuple[bytes, bytes]], producer: Producer) -> None:
+    topic = topic_name("events", sandbox.settings.topic_prefix)
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:  # the local queue is full: let the broker catch up
+                producer.poll(0.1)
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError(f"records to {topic} not acknowledged within 120 s")
+
+
+def build_batched_log(sandbox: Sandbox, builder: Hub, events: int) -> tuple[int, float]:
+    """Registry plus ``events`` batch-signed therapy events; (records, seconds)."""
+    started = time.perf_counter()
+    cast = {name: builder.register(f"{name}-bench", {role}, org)
+            for name, (role, org) in CAST.items()}
+    producer = Producer(sandbox.settings.producer(**{"linger.ms": 20,
+                                                     "queue.buffering.max.kbytes": 262144}))
+    _write(sandbox, [(e.coi.encode(), e.raw) for e in builder.registry_log], producer)
+    written = len(builder.registry_log)
+    while written < events + len(builder.registry_log):
+        chunk = signed_cohort(builder, cast, min(CHUNK, events + len(builder.registry_log)
+                                                 - written), seed=written)
+        _write(sandbox, [(e.key, e.wire) for e in chunk], producer)
+        written += len(chunk)
+        console.print(f"  log: {written:,} records written "
+                      f"({time.perf_counter() - started:,.0f}s)", highlight=False)
+    return written, time.perf_counter() - started
+
+
+def build_single_log(sandbox: Sandbox, builder: Hub, events: int) -> int:
+    cast = {name: builder.register(f"{name}-single", {role}, org)
+            for name, (role, org) in CAST.items()}
+    records = [(e.coi.encode(), e.raw) for e in builder.registry_log]
+    while len(records) < events:
+        records += [(e.coi.encode(), e.raw) for e in TherapyScenario(
+            builder, cast=cast, patient_hash=f"{len(records):064x}").full_therapy()]
+    producer = Producer(sandbox.settings.producer(**{"linger.ms": 20}))
+    _write(sandbox, records, producer)
+    return len(records)
+
+
+def raw_consume(sandbox: Sandbox) -> int:
+    """Read the canonical topic from the start to its end with a bare consumer."""
+    topic = topic_name("events", sandbox.settings.topic_prefix)
+    consumer = Consumer(sandbox.settings.librdkafka(**{
+        "group.id": "bench-raw", "enable.auto.commit": False}))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        pending = {p for p, end in ends.items() if end > 0}
+        count = 0
+        while pending:
+            for msg in consumer.consume(2000, timeout=1.0):
+                if msg.error():
+                    continue
+                count += len(msg.value() or b"") > 0
+                if msg.offset() >= ends[msg.partition()] - 1:
+                    pending.discard(msg.partition())
+        return count
+    finally:
+        consumer.close()
+
+
+def timed_rebuild(sandbox: Sandbox, out: Path) -> float:
+    """Events per second of a rebuild into ``out`` (start-up included)."""
+    reported = [time.monotonic()]
+
+    def progress(p: RunProgress) -> None:
+        if time.monotonic() - reported[0] >= 15:
+            reported[0] = time.monotonic()
+            console.print(f"  rebuild: {p.records:,} records ({p.rate:,.0f}/s), "
+                          f"{p.behind:,} behind", highlight=False)
+
+    started = time.perf_counter()
+    done = rebuild(sandbox.settings, out, on_batch=progress)
+    return done.records / (time.perf_counter() - started)
+
+
+def rate_pair(sandbox: Sandbox, root: Path, repeats: int) -> tuple[float, float]:
+    """(raw consumer events/s, rebuild events/s): medians of ``repeats`` runs each."""
+    raw = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        count = raw_consume(sandbox)
+        raw.append(count / (time.perf_counter() - started))
+    rebuilt = []
+    for n in range(repeats):
+        out = root / f"rebuild-{sandbox.settings.topic_prefix}-{n}.duckdb"
+        rebuilt.append(timed_rebuild(sandbox, out))
+        if n < repeats - 1:
+            out.unlink()
+    return statistics.median(raw), statistics.median(rebuilt)
+
+
+def audit_latency(db: Path, queries: int) -> tuple[float, float, int]:
+    """(p50 ms, p95 ms, rows of the largest answer) of audit(coi) for random therapies."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cois = [row[0] for row in con.execute(
+            "SELECT coi FROM log.therapy_progress WHERE coi <> 'pcvhub:registry'").fetchall()]
+        rng = random.Random(1)
+        con.execute("SELECT * FROM audit(?)", [cois[0]]).fetchall()  # warm the catalog
+        latencies, largest = [], 0
+        for coi in rng.sample(cois, min(queries, len(cois))):
+            started = time.perf_counter()
+            rows = con.execute("SELECT * FROM audit(?)", [coi]).fetchall()
+            latencies.append((time.perf_counter() - started) * 1000)
+            largest = max(largest, len(rows))
+        cuts = statistics.quantiles(latencies, n=100)
+        return cuts[49], cuts[94], largest
+    finally:
+        con.close()
+
+
+def _drop_topics(sandbox: Sandbox) -> None:
+    admin = AdminClient(sandbox.settings.librdkafka())
+    names = [spec.name(sandbox.settings.topic_prefix) for spec in TOPICS]
+    for future in admin.delete_topics(names, operation_timeout=60).values():
+        try:
+            future.result()
+        except Exception as exc:  # a topic that is already gone is fine
+            console.print(f"  (could not delete a bench topic: {exc})")
+
+
+def run(quick: bool = False) -> list[Figure]:
+    events = QUICK_LOG if quick else BIG_LOG
+    single = SINGLE_LOG // 5 if quick else SINGLE_LOG
+    repeats = 3 if quick else 1  # a million-event rebuild takes minutes
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="pcvhub-bench-projections-") as tmp:
+        root = Path(tmp)
+        big, builder = _sandbox(root, "big")
+        small, small_builder = _sandbox(root, "single")
+        try:
+            console.print(f"  building a log of {events:,} batch-signed events ...")
+            records, build_seconds = build_batched_log(big, builder, events)
+            figures.append(Figure("projections", f"log build: {records:,} events, batch-signed "
+                                  "(generate, sign, write)", build_seconds, "s"))
+            raw, rebuilt = rate_pair(big, root, repeats)
+            name = "raw confluent-kafka consumer"
+            figures.append(Figure("projections", f"{name} ({records:,} events)", raw,
+                                  "events/s"))
+            figures.append(Figure("projections", "rebuild, batch-signed events", rebuilt,
+                                  "events/s", name, raw))
+            db = root / f"rebuild-{big.settings.topic_prefix}-{repeats - 1}.duckdb"
+            p50, p95, largest = audit_latency(db, AUDIT_QUERIES)
+            figures.append(Figure("projections", f"audit(coi) p50 on {records:,} events",
+                                  p50, "ms"))
+            figures.append(Figure("projections", f"audit(coi) p95 on {records:,} events "
+                                  f"(<= {largest} rows each)", p95, "ms"))
+            console.print(f"  building a log of {single:,} individually signed events ...")
+            single_records = build_single_log(small, small_builder, single)
+            raw, rebuilt = rate_pair(small, root, 3)
+            figures.append(Figure("projections", f"{name} ({single_records:,} events)", raw,
+                                  "events/s"))
+            figures.append(Figure("projections", "rebuild, individually signed events",
+                                  rebuilt, "events/s", name, raw))
+        finally:
+            _drop_topics(big)
+            _drop_topics(small)
+    return figures
+
+
+if __name__ == "__main__":  # python -m bench.projections [--quick]
+    import sys
+
+    from bench.report import print_figures
+
+    print_figures(run(quick="--quick" in sys.argv), console)
