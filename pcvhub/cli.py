@@ -10,7 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pcvhub.cli_keys import keys_app
+from pcvhub.cli_projections import register as register_projections
 from pcvhub.cli_serve import register as register_serve
+from pcvhub.cli_web import register as register_web
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.infra.kafka import InfraError, LocalKafka
 
@@ -19,7 +21,9 @@ app = typer.Typer(help="pcvhub: the signed, event-sourced hub for personalized c
 infra_app = typer.Typer(help="Run a local Apache Kafka (KRaft) on loopback.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(keys_app, name="keys")
+register_projections(app)
 register_serve(app)
+register_web(app)
 schemas_app = typer.Typer(help="The Avro event catalog and its released versions.",
                           no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
@@ -152,13 +156,17 @@ def worker(
 
 @app.command("demo")
 def demo(
-    keep_running: bool = typer.Option(False, help="Leave the broker running afterwards."),
+    patients: int = typer.Option(50, "--patients", min=1, help="Patients in the synthetic "
+                                 "cohort (each a whole therapy with two doses)."),
+    keep_running: bool = typer.Option(False, "--keep-running", help="After the summary, keep "
+                                      "the hub and the dashboard running until Ctrl-C."),
 ) -> None:
-    """Bring the broker up, send one event and read it back, bring it down."""
+    """Start the hub (broker, gatekeeper, projections, connectors) and drive a synthetic
+    cohort through it end to end, with faults the hub must catch; print a summary."""
     from pcvhub.demo import run_demo
 
     try:
-        code = run_demo(console, keep_running=keep_running)
+        code = run_demo(console, patients=patients, keep_running=keep_running)
     except (ConfigError, InfraError) as exc:
         _fail(str(exc))
     raise typer.Exit(code=code)

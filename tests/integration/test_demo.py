@@ -1,22 +1,111 @@
-"""The README's first command, run against the session's broker."""
+"""The README's first command, with a small cohort, on the session's broker.
+
+Given three patients, when `pcvhub demo` runs (its own topic prefix and data folder; real
+`pcvhub worker`, `pcvhub project` and `pcvhub serve` processes; HL7 over MLLP, FHIR, the
+MES drop folder and the payer's 835 inbox), then every therapy completes, every injected
+fault is reported with the hub's reason, nothing else is refused, and the DuckDB
+projections hold what the summary says.
+"""
 
 from __future__ import annotations
 
 import io
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from pcvhub.demo import run_demo
+from pcvhub.projections.runner import DEFAULT_FILE
+from pcvhub.projections.store import connect
 
 pytestmark = pytest.mark.kafka
 
+#: what the hub must answer to each injected fault (rejections view: reason codes)
+REFUSED_FOR = {
+    "DOSE_QUARANTINED",  # excursion, then dispense
+    "DESIGN_ALTERED_AFTER_APPROVAL",  # the MES batch names another design hash
+    "CLAIM_WITHOUT_ADMINISTRATION",  # a claim for a dose never given
+    "IDENTITY_MISMATCH",  # the bedside scan of another patient's wristband
+    "HL7_UNKNOWN_PATIENT",  # the MLLP listener's AE for that administration: no MATCH scan
+    "UNREGISTERED_KEY",  # a sequencing result signed by an unregistered actor
+}
 
-def test_demo_round_trips_and_verifies_every_event(kafka):
+
+@dataclass
+class DemoRun:
+    code: int
+    text: str
+    data_dir: Path
+
+    def query(self, sql: str) -> list[tuple]:
+        con = connect(self.data_dir / DEFAULT_FILE, read_only=True)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+
+@pytest.fixture(scope="module")
+def demo(kafka, settings, tmp_path_factory) -> DemoRun:
+    data_dir = tmp_path_factory.mktemp("demo") / "demo"
     out = io.StringIO()
-    code = run_demo(Console(file=out, width=200), keep_running=True)
-    text = out.getvalue()
-    assert code == 0, text
-    assert "all 4 events round-tripped through Kafka and verified" in text
-    assert text.count("both signatures verify") == 4
-    assert "ML-DSA-65 signature does not verify" in text  # the flipped bit is caught
+    code = run_demo(Console(file=out, width=240), patients=3,
+                    settings=replace(settings, bootstrap_servers=kafka.bootstrap_servers),
+                    data_dir=data_dir, topic_prefix=f"t{uuid.uuid4().hex[:10]}")
+    return DemoRun(code, out.getvalue(), data_dir)
+
+
+def test_every_therapy_completes_and_the_demo_exits_0(demo):
+    assert demo.code == 0, demo.text
+    assert "3 of 3 therapies completed" in demo.text
+    stages = demo.query("SELECT stage, doses_usable FROM case_status")
+    assert stages == [("FOLLOW_UP", 0)] * 3
+
+
+@pytest.mark.parametrize(("fault", "evidence"), [
+    ("temperature excursion, then an attempt to dispense", "DOSE_QUARANTINED"),
+    ("design altered after approval", "DESIGN_ALTERED_AFTER_APPROVAL"),
+    ("claim for a dose never given", "CLAIM_WITHOUT_ADMINISTRATION"),
+    ("dose scanned for the wrong patient", "IDENTITY_MISMATCH"),
+    ("dose scanned for the wrong patient", "ACK AE: no bedside identity check"),
+    ("message from an unregistered signer", "UNREGISTERED_KEY"),
+    ("duplicate HL7 message", "already applied, not applied again"),
+])
+def test_each_injected_fault_is_reported_with_the_hubs_reason(demo, fault, evidence):
+    rows = [line for line in demo.text.splitlines() if evidence in line]
+    assert rows, f"no summary line shows {evidence!r}:\n{demo.text}"
+    assert "✔" in rows[0], rows[0]  # caught, not merely mentioned
+    assert fault.split(",")[0][:20] in demo.text
+    assert "faults injected and caught: 7 of 7" in demo.text
+
+
+def test_nothing_valid_is_refused(demo):
+    assert "0 refusals and 0 alerts unexplained" in demo.text, demo.text
+    codes = [code for (code,) in demo.query("SELECT reason_code FROM rejections")]
+    assert sorted(codes) == sorted(REFUSED_FOR), codes
+    # the alerts are the gatekeeper's on the patient-safety refusals, no timer fired
+    alerts = demo.query("SELECT rule, code FROM alerts ORDER BY code")
+    assert alerts == [("R5", "DESIGN_ALTERED_AFTER_APPROVAL"), ("R6", "DOSE_QUARANTINED"),
+                      ("R5", "IDENTITY_MISMATCH")]
+
+
+def test_the_duplicate_hl7_order_is_on_the_log_once(demo):
+    orders = demo.query("SELECT coi, count(*) FROM log.therapy_ordered "
+                        "WHERE log_topic = 'events' GROUP BY coi")
+    assert [n for _, n in orders] == [1, 1, 1]
+
+
+def test_doses_claims_and_turnaround_are_projected(demo):
+    doses = dict(demo.query("SELECT status, count(*) FROM inventory GROUP BY status"))
+    # two doses each; the quarantined vial of the excursion was destroyed, not given
+    assert doses == {"ADMINISTERED": 5, "DESTROYED": 1}
+    claims = dict(demo.query("SELECT status, count(*) FROM billing_claims GROUP BY status"))
+    assert claims == {"PAID": 4, "SUBMITTED": 1}  # the last claim is not remitted yet
+    (median,), = demo.query("SELECT median(vein_to_vein_days) FROM turnaround")
+    assert 20 < median < 45
+    assert "claims paid $250,000 (4), outstanding $62,500 (1)" in demo.text
+    outbox = list((demo.data_dir / "runs").glob("*/claims-outbox/*.837"))
+    assert len(outbox) == 1 and "CLM*CLM-P001-1*62500" in outbox[0].read_text()

@@ -1,0 +1,556 @@
+"""A whole, valid therapy built step by step from real signed events.
+
+This is the one place that knows what each step of a therapy says (its payload) and who
+signs it. The unit tests use it to build therapies in memory (``tests/unit/therapy_builder``
+re-exports it); the demo uses it for the events partners send straight to the hub
+(lab, design service, approvers, qualified person, courier, pharmacy, bedside, billing)
+and folds what the connectors wrote into the same ``CaseState``.
+
+``Hub`` is the trust side: a registrar (the trust anchor), the live ``KeyRegistry`` the
+rules read, the registry chain (``REGISTRY_COI``) and the default rule set. Actors are
+registered the way production registers them: the registrar signs an ``ActorRegistered``
+event, the rules judge it on the registry chain, and only then is it folded into the
+registry.
+
+``TherapyScenario`` registers one actor per role (with real hybrid keys) and issues each
+step of one therapy as an ``InboundEvent`` decoded from its wire bytes, exactly as the
+gatekeeper sees it. Issuing a step does *not* apply it: a test judges the event, then
+calls ``commit`` (or uses ``accept``, which judges, commits and fails on a refusal).
+
+    hub = Hub()
+    scenario = TherapyScenario(hub)
+    scenario.run_until("approve_second")     # enrol ... both design approvals, committed
+    event = scenario.start_manufacturing()   # the next step, not yet applied
+    verdict = hub.judge(event, scenario.case)
+
+Steps are labels: a method name, or ``name#n`` for the step of dose ``n``
+(``"dispense#2"``). Event time is a scenario clock (``tick_us`` per event) so timers can
+be tested with compressed durations; ``clock_to`` sets it for the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pcvhub.ids import new_coi
+from pcvhub.schemas.catalog import load_catalog
+from pcvhub.schemas.codec import decode_envelope, decode_payload
+from pcvhub.schemas.envelope import SignatureMeaning
+from pcvhub.streams.case import CaseState
+from pcvhub.streams.event import InboundEvent
+from pcvhub.streams.rules import default_rules
+from pcvhub.streams.verdict import Verdict
+from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.issuer import EventIssuer
+from pcvhub.trust.registry import (
+    REGISTRY_COI,
+    Actor,
+    KeyRecord,
+    KeyRegistry,
+    registration_payload,
+    revocation_payload,
+)
+from pcvhub.trust.signing import EventSigner, HybridKeyPair
+
+SITE = "KYOTO01"
+T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+DAY_US = 86_400_000_000
+NIL_UUID = "00000000-0000-0000-0000-000000000000"  # "no such event", still a valid uuid
+APPROVED = SignatureMeaning.APPROVED
+
+
+def decode_inbound(wire: bytes) -> InboundEvent:
+    """Decode wire bytes the way the gatekeeper does (envelope, payload, short type)."""
+    envelope = decode_envelope(wire)
+    full_name, payload = decode_payload(envelope.schema_fingerprint, envelope.payload,
+                                        envelope.event_type)
+    return InboundEvent(envelope, load_catalog().short_name(full_name), payload, wire)
+
+
+@dataclass
+class Party:
+    """An actor as it acts: its id, roles, site, private keys and its event issuer."""
+
+    actor_id: str
+    roles: frozenset[str]
+    site: str
+    issuer: EventIssuer
+
+    @property
+    def key_id(self) -> str:
+        return self.issuer.signer.key_id
+
+    @classmethod
+    def new(cls, actor_id: str, roles: frozenset[str], site: str) -> Party:
+        signer = EventSigner(actor_id, f"{actor_id}-k1", HybridKeyPair.generate())
+        return cls(actor_id, roles, site, EventIssuer(signer))
+
+
+class Hub:
+    """The registrar, the live key registry, the registry chain and the rules."""
+
+    def __init__(self, start_us: int = T0_US, registrar: Party | None = None) -> None:
+        """:param registrar: the trust anchor's actor (default: a fresh one, for tests)."""
+        self.registrar = registrar or Party.new("hub-registrar", frozenset({"REGISTRAR"}),
+                                                "HUB")
+        self.anchor_valid_from_us = start_us - 365 * DAY_US
+        self.registry = KeyRegistry.with_anchor(
+            self.anchor_actor,
+            KeyRecord(self.registrar.actor_id, self.registrar.key_id,
+                      self.registrar.issuer.signer.keys.public, self.anchor_valid_from_us))
+        self.registry_case = CaseState.new(REGISTRY_COI)
+        self.registry_log: list[InboundEvent] = []  # admitted registry events, in order
+        self.rules = default_rules(self.registry)
+        self.clock_us = start_us - DAY_US  # actors are registered the day before
+
+    @property
+    def anchor_actor(self) -> Actor:
+        return Actor(self.registrar.actor_id, "pcvhub registrar", self.registrar.roles, "HUB")
+
+    def judge(self, event: InboundEvent, case: CaseState) -> Verdict:
+        return self.rules.check(event, case)
+
+    def registry_event(self, event_type: str, payload: dict[str, Any], *,
+                       by: Party | None = None, at_us: int | None = None) -> InboundEvent:
+        """A registry event on the registry chain, signed by the registrar unless ``by``."""
+        if at_us is None:
+            self.clock_us += 1
+            at_us = self.clock_us
+        issued = (by or self.registrar).issuer.issue(
+            event_type, REGISTRY_COI, payload, occurred_at_us=at_us,
+            prev_hash=self.registry_case.head)
+        return decode_inbound(issued.wire)
+
+    def admit(self, event: InboundEvent) -> InboundEvent:
+        """Judge a registry event; fold it into the registry chain and the key registry."""
+        verdict = self.judge(event, self.registry_case)
+        if not verdict.accepted:
+            raise AssertionError(f"{event.event_type} refused: {verdict}")
+        self.registry_case.apply(event, chain_digest(event.envelope))
+        self.registry.apply_event(event.event_id, event.event_type, event.payload)
+        self.registry_log.append(event)
+        return event
+
+    def register(self, actor_id: str, roles: set[str] | frozenset[str], site: str) -> Party:
+        """A new actor with fresh keys, registered through the registrar."""
+        party = Party.new(actor_id, frozenset(roles), site)
+        return self.register_party(party, f"{actor_id} (test)")
+
+    def register_party(self, party: Party, display_name: str) -> Party:
+        """Register an actor whose keys already exist (e.g. in a key store); its key is
+        valid from the registrar's clock on."""
+        actor = Actor(party.actor_id, display_name, party.roles, party.site)
+        self.admit(self.registry_event("ActorRegistered", registration_payload(
+            actor, party.key_id, party.issuer.signer.keys.public, self.clock_us)))
+        return party
+
+    def revoke(self, party: Party, at_us: int, reason: str = "COMPROMISED") -> InboundEvent:
+        return self.admit(self.registry_event(
+            "KeyRevoked", revocation_payload(party.actor_id, party.key_id, at_us, reason),
+            at_us=at_us))
+
+
+# name in the scenario -> (role, site or organisation); hospital staff work at SITE
+CAST: dict[str, tuple[str, str]] = {
+    "physician": ("PHYSICIAN", SITE),
+    "nurse": ("NURSE", SITE),
+    "pharmacist": ("HOSPITAL_PHARMACIST", SITE),
+    "billing": ("BILLING", SITE),
+    "lab": ("SEQUENCING_LAB", "GENOLAB"),
+    "designer": ("DESIGN_SERVICE", "NEOAI"),
+    "approver1": ("DESIGN_APPROVER", "TUMOUR-BOARD"),
+    "approver2": ("DESIGN_APPROVER", "TUMOUR-BOARD"),
+    "manufacturer": ("MANUFACTURER", "MFG-KOBE"),
+    "qc": ("QC_ANALYST", "MFG-KOBE"),
+    "qp": ("QUALIFIED_PERSON", "MFG-KOBE"),
+    "courier": ("COURIER", "COLDCHAIN"),
+    "payer": ("PAYER", "NHI"),
+    "researcher": ("RESEARCHER", "UNIV-RES"),
+}
+
+_BEFORE_DOSES = (
+    "enrol", "confirm_eligibility", "consent_treatment", "consent_genome", "consent_payer",
+    "diagnose", "order", "collect", "hand_over_sample", "receive_sample", "sequence",
+    "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
+    "complete_step", "record_qc", "release", "ship", "receive_at_site",
+)
+_PER_DOSE = ("schedule", "reserve", "dispense", "verify_identity", "administer", "outcome",
+             "claim", "adjudicate", "pay")
+
+
+def happy_path(doses: int = 2) -> tuple[str, ...]:
+    """Every step of a complete therapy: each dose placed, then each dose given and billed,
+    then the outcome-based milestone."""
+    placed = tuple(f"place#{n}" for n in range(1, doses + 1))
+    given = tuple(f"{step}#{n}" for n in range(1, doses + 1) for step in _PER_DOSE)
+    return (*_BEFORE_DOSES, *placed, *given, "milestone")
+
+
+HAPPY_PATH = happy_path(2)
+
+
+class TherapyScenario:
+    """One therapy of one patient, its cast of actors and its folded ``CaseState``."""
+
+    def __init__(self, hub: Hub, *, doses: int = 2, cast: dict[str, Party] | None = None,
+                 patient_hash: str = "a1" * 32, tick_us: int = 1_000_000,
+                 therapy_type: str = "individualized-neoantigen-mRNA",
+                 shelf_life_us: int | None = 90 * DAY_US, site: str = SITE,
+                 coi: str | None = None, start_us: int = T0_US) -> None:
+        self.hub = hub
+        self.site = site
+        self.coi = coi or new_coi(site, 2026)
+        self.case = CaseState.new(self.coi)
+        self.patient_hash = patient_hash
+        self.therapy_type = therapy_type
+        self.tick_us = tick_us
+        self.shelf_life_us = shelf_life_us
+        self.now_us = start_us
+        self.log: list[InboundEvent] = []  # committed events, in order
+        # what a dose is billed, to whom, in which currency
+        self.payer_id = "NHI"
+        self.currency = "JPY"
+        self.dose_price = Decimal("1250000.00")
+        self.procedure_modifiers: list[str] | None = None
+        self.diagnosis_codes = ["C43.5"]
+        suffix = self.coi[-6:].lower()
+        # A cohort shares one cast (``cast``); a lone scenario registers its own.
+        self.actors: dict[str, Party] = cast or {
+            name: hub.register(f"{name}-{suffix}", {role}, org)
+            for name, (role, org) in CAST.items()}
+        self.sample_id = "SMP-1"
+        self.sequencing_hash = "5e" * 32
+        self.variant_calls_hash = "7c" * 32
+        self.design_id = "DSN-1"
+        self.design_hash = "de" * 32
+        self.batch_id = "BATCH-1"
+        self.shipment_id = "SHP-1"
+        self.dose_ids = [f"DOSE-{n}" for n in range(1, doses + 1)]
+        self.path = happy_path(doses)
+        self._position = 0  # how far run_until has walked the path
+
+    def id_of(self, name: str) -> str:
+        return self.actors[name].actor_id
+
+    def clock_to(self, at_us: int) -> None:
+        """Make the next issued step occur at ``at_us`` (the clock then ticks on from it)."""
+        self.now_us = at_us - self.tick_us
+
+    # -- issuing, judging, committing ------------------------------------------------
+
+    def issue(self, actor: str | Party, event_type: str, payload: dict[str, Any], *,
+              occurred_at_us: int | None = None, prev_hash: bytes | None = None,
+              meaning: SignatureMeaning = SignatureMeaning.AUTHORED,
+              coi: str | None = None) -> InboundEvent:
+        """Sign ``payload`` as ``actor``, chained to the case head, and decode it back."""
+        who = self.actors[actor] if isinstance(actor, str) else actor
+        if occurred_at_us is None:
+            self.now_us += self.tick_us
+            occurred_at_us = self.now_us
+        issued = who.issuer.issue(
+            event_type, coi or self.coi, payload, occurred_at_us=occurred_at_us,
+            prev_hash=self.case.head if prev_hash is None else prev_hash, meaning=meaning)
+        return decode_inbound(issued.wire)
+
+    def judge(self, event: InboundEvent) -> Verdict:
+        return self.hub.judge(event, self.case)
+
+    def commit(self, event: InboundEvent) -> InboundEvent:
+        """Fold an (accepted) event into the scenario's case, as the gatekeeper does."""
+        self.case.apply(event, chain_digest(event.envelope))
+        self.log.append(event)
+        return event
+
+    def accept(self, event: InboundEvent) -> InboundEvent:
+        """Judge with the hub's rules; raise AssertionError on a refusal; commit."""
+        verdict = self.judge(event)
+        if not verdict.accepted:
+            raise AssertionError(f"{event.event_type} refused: {verdict}")
+        return self.commit(event)
+
+    def step(self, label: str) -> InboundEvent:
+        """Issue (not judge) the step named ``label`` (``"name"`` or ``"name#n"``)."""
+        name, _, number = label.partition("#")
+        method: Callable[..., InboundEvent] = getattr(self, name)
+        return method(int(number)) if number else method()
+
+    def run(self, labels: tuple[str, ...]) -> list[InboundEvent]:
+        """Issue, judge and commit each step."""
+        return [self.accept(self.step(label)) for label in labels]
+
+    def run_until(self, last: str, *, skipping: tuple[str, ...] = ()) -> list[InboundEvent]:
+        """Run the happy path up to and including ``last``, leaving out ``skipping``;
+        a second call continues where the previous one stopped."""
+        end = self.path.index(last) + 1
+        steps, self._position = self.path[self._position:end], end
+        return self.run(tuple(s for s in steps if s not in skipping))
+
+    def full_therapy(self) -> list[InboundEvent]:
+        return self.run(self.path)
+
+    # -- the hospital ------------------------------------------------------------------
+
+    def enrol(self) -> InboundEvent:
+        return self.issue("physician", "PatientEnrolled", {
+            "patient_hash": self.patient_hash, "site_id": self.site,
+            "mrn_assigning_authority": "KUH", "sex": "FEMALE",
+            "therapy_type": self.therapy_type, "trial_id": "NCT01234567"})
+
+    def confirm_eligibility(self, eligible: bool = True) -> InboundEvent:
+        return self.issue("physician", "EligibilityConfirmed", {
+            "criteria_version": "protocol v2.1", "eligible": eligible,
+            "confirmed_by": self.id_of("physician"),
+            "failed_criteria": None if eligible else ["ECOG<=1"]})
+
+    def consent(self, scope: str, *, expires_at_us: int | None = None) -> InboundEvent:
+        return self.issue("physician", "ConsentGranted", {
+            "scope": scope, "consent_document_ref": f"DocumentReference/consent-{scope}",
+            "expires_at": expires_at_us, "consent_form_version": "v3.2"})
+
+    def consent_treatment(self) -> InboundEvent:
+        return self.consent("TREATMENT")
+
+    def consent_genome(self) -> InboundEvent:
+        return self.consent("GENOME_STORAGE")
+
+    def consent_payer(self) -> InboundEvent:
+        return self.consent("PAYER_SHARING")
+
+    def withdraw(self, scope: str) -> InboundEvent:
+        return self.issue("physician", "ConsentWithdrawn", {
+            "scope": scope, "consent_document_ref": f"DocumentReference/withdrawal-{scope}"})
+
+    def diagnose(self) -> InboundEvent:
+        return self.issue("physician", "DiagnosisRecorded", {
+            "icd10_code": "C43.5", "icdo3_morphology": "8720/3", "icdo3_topography": "C44.5",
+            "stage": "IIIB", "hla_type": ["HLA-A*02:01", "HLA-B*07:02", "HLA-C*07:02"],
+            "staging_system": "AJCC 8th edition"})
+
+    def order(self) -> InboundEvent:
+        return self.issue("physician", "TherapyOrdered", {
+            "order_id": "ORD-1", "ordering_clinician": self.id_of("physician"),
+            "site_id": self.site, "therapy_type": self.therapy_type,
+            "placer_order_number": "PLC-0001"})
+
+    def collect(self) -> InboundEvent:
+        return self.issue("nurse", "SampleCollected", {
+            "sample_id": self.sample_id, "donation_id": "W1234 26 000001",
+            "sample_type": "TUMOUR_TISSUE", "location": "theatre 3",
+            "preservation": "FRESH_FROZEN"})
+
+    def hand_over_sample(self) -> InboundEvent:
+        return self.transfer("nurse", self.sample_id, "nurse", "lab", item_kind="SAMPLE")
+
+    def transfer(self, signer: str, item_id: str, giver: str, taker: str,
+                 item_kind: str | None = None,
+                 location: str = "pathology hand-over desk") -> InboundEvent:
+        return self.issue(signer, "CustodyTransferred", {
+            "item_id": item_id, "from_actor": self.id_of(giver),
+            "to_actor": self.id_of(taker), "location": location,
+            "item_kind": item_kind, "seal_id": "SEAL-77"})
+
+    # -- the sequencing lab and the design service -------------------------------------
+
+    def receive_sample(self) -> InboundEvent:
+        return self.issue("lab", "SampleReceived", {
+            "sample_id": self.sample_id, "condition": "ACCEPTABLE",
+            "location": "accessioning freezer 1", "temperature_celsius": -78.5})
+
+    def sequence(self, sample_ids: list[str] | None = None,
+                 by: str | Party = "lab") -> InboundEvent:
+        return self.issue(by, "SequencingCompleted", {
+            "sample_ids": sample_ids or [self.sample_id], "content_hash": self.sequencing_hash,
+            "storage_ref": "genome-store://genolab/run-42", "platform": "Illumina NovaSeq X",
+            "mean_coverage": 150.0, "assay": "WES tumour/normal + RNA-seq"})
+
+    def call_variants(self, sequencing_hash: str | None = None) -> InboundEvent:
+        return self.issue("lab", "VariantCallsProduced", {
+            "content_hash": self.variant_calls_hash,
+            "sequencing_hash": sequencing_hash or self.sequencing_hash,
+            "storage_ref": "genome-store://genolab/run-42/somatic.vcf.gz",
+            "pipeline_version": "somatic-wes 4.2.1", "variant_count": 312,
+            "reference_genome": "GRCh38"})
+
+    def design(self, sequencing_hash: str | None = None) -> InboundEvent:
+        return self.issue("designer", "NeoantigenDesignProduced", {
+            "design_id": self.design_id, "design_hash": self.design_hash,
+            "sequencing_hash": sequencing_hash or self.sequencing_hash,
+            "model_id": "neoagent 3.1", "model_hash": "ab" * 32, "epitope_count": 20,
+            "variant_calls_hash": self.variant_calls_hash})
+
+    def approval(self, approver: str, design_hash: str | None = None,
+                 meaning: SignatureMeaning = APPROVED) -> InboundEvent:
+        return self.issue(approver, "DesignApproved", {
+            "design_id": self.design_id, "design_hash": design_hash or self.design_hash,
+            "approver_role": "medical reviewer"}, meaning=meaning)
+
+    def approve_first(self) -> InboundEvent:
+        return self.approval("approver1")
+
+    def approve_second(self) -> InboundEvent:
+        return self.approval("approver2")
+
+    # -- the manufacturer --------------------------------------------------------------
+
+    def start_manufacturing(self, design_hash: str | None = None) -> InboundEvent:
+        return self.issue("manufacturer", "ManufacturingStarted", {
+            "batch_id": self.batch_id, "design_hash": design_hash or self.design_hash,
+            "facility_id": "MFG-KOBE-1", "planned_dose_count": len(self.dose_ids),
+            "batch_record_version": "MBR-7"})
+
+    def complete_step(self) -> InboundEvent:
+        return self.issue("manufacturer", "ManufacturingStepCompleted", {
+            "batch_id": self.batch_id, "step": "fill-finish",
+            "operator": self.id_of("manufacturer"), "equipment_id": "FILL-02",
+            "parameter_hash": "9a" * 32})
+
+    def record_qc(self, result: str = "PASS") -> InboundEvent:
+        return self.issue("qc", "QcResultRecorded", {
+            "batch_id": self.batch_id, "test": "sterility", "specification": "no growth",
+            "value": "no growth" if result == "PASS" else "growth", "result": result,
+            "method_ref": "Ph. Eur. 2.6.1"}, meaning=SignatureMeaning.REVIEWED)
+
+    def release(self, disposition: str = "RELEASED", signer: str = "qp") -> InboundEvent:
+        released = disposition == "RELEASED"
+        expiry = (self.now_us + self.tick_us + self.shelf_life_us
+                  if released and self.shelf_life_us is not None else None)
+        return self.issue(signer, "BatchDispositioned", {
+            "batch_id": self.batch_id, "disposition": disposition,
+            "qualified_person": self.id_of(signer),
+            "dose_ids": self.dose_ids if released else [], "expiry": expiry,
+            "reason": None if released else "sterility failure",
+            "certificate_ref": "CoA-BATCH-1"}, meaning=SignatureMeaning.RESPONSIBLE)
+
+    def ship(self, shipment_id: str | None = None, by: str = "manufacturer") -> InboundEvent:
+        return self.issue(by, "ShipmentDispatched", {
+            "shipment_id": shipment_id or self.shipment_id, "item_ids": self.dose_ids,
+            "recipient": self.id_of("pharmacist"), "courier": "ColdChain Express",
+            "destination_site_id": self.site, "temperature_range": "-80..-60 C",
+            "tracking_number": "CC-123456", "logger_id": "LOG-9"})
+
+    def receive_at_site(self, shipment_id: str | None = None,
+                        by: str = "pharmacist") -> InboundEvent:
+        return self.issue(by, "ShipmentReceived", {
+            "shipment_id": shipment_id or self.shipment_id,
+            "location": "pharmacy freezer 2", "seal_intact": True})
+
+    # -- pharmacy, bedside, follow-up (per dose n) -------------------------------------
+
+    def dose(self, n: int) -> str:
+        return self.dose_ids[n - 1]
+
+    def place(self, n: int, site: str | None = None) -> InboundEvent:
+        return self.issue("pharmacist", "InventoryPlaced", {
+            "dose_id": self.dose(n), "site_id": site or self.site,
+            "location": "pharmacy freezer 2, shelf 3", "placement_method": "CONSIGNMENT"})
+
+    def schedule(self, n: int) -> InboundEvent:
+        return self.issue("physician", "AdministrationScheduled", {
+            "administration_id": f"ADM-{n}", "dose_number": n,
+            "scheduled_for": self.now_us + 10 * self.tick_us, "site_id": self.site})
+
+    def reserve(self, n: int) -> InboundEvent:
+        return self.issue("pharmacist", "DoseReserved", {
+            "dose_id": self.dose(n), "administration_id": f"ADM-{n}",
+            "reserved_until": self.now_us + 20 * self.tick_us})
+
+    def dispense(self, n: int, dose_id: str | None = None,
+                 identity_check_event_id: str | None = None) -> InboundEvent:
+        return self.issue("pharmacist", "DoseDispensed", {
+            "dose_id": dose_id or self.dose(n), "administration_id": f"ADM-{n}",
+            "identity_check_event_id": identity_check_event_id,
+            "dispensed_to": self.id_of("nurse")})
+
+    def verify_identity(self, n: int, patient_hash: str | None = None,
+                        result: str = "MATCH", step: str = "BEDSIDE") -> InboundEvent:
+        return self.issue("nurse", "IdentityVerified", {
+            "patient_hash": patient_hash or self.patient_hash, "step": step,
+            "method": "WRISTBAND_BARCODE", "result": result, "dose_id": self.dose(n)},
+            meaning=SignatureMeaning.VERIFIED)
+
+    def last_check_of(self, n: int) -> str:
+        """The latest accepted identity check of dose ``n`` (any result), or a nil id."""
+        checks = [e for e, c in self.case.identity_checks.items() if c.dose_id == self.dose(n)]
+        return checks[-1] if checks else NIL_UUID
+
+    def administer(self, n: int, dose_id: str | None = None,
+                   identity_check_event_id: str | None = None,
+                   by: str = "nurse") -> InboundEvent:
+        return self.issue(by, "DoseAdministered", {
+            "dose_id": dose_id or self.dose(n), "administration_id": f"ADM-{n}",
+            "dose_number": n,
+            "identity_check_event_id": identity_check_event_id or self.last_check_of(n),
+            "route": "INTRAMUSCULAR", "administered_by": self.id_of("nurse"),
+            "body_site": "left deltoid"})
+
+    def administration_event_of(self, n: int) -> str:
+        found = [e for e, a in self.case.administrations.items()
+                 if a.administration_id == f"ADM-{n}"]
+        return found[-1] if found else NIL_UUID
+
+    def outcome(self, n: int) -> InboundEvent:
+        return self.issue("physician", "OutcomeRecorded", {
+            "time_point": f"week-{6 * n}", "recist_response": "SD",
+            "ctdna_status": "NOT_DETECTED", "survival_status": "ALIVE",
+            "response_criteria": "RECIST 1.1"})
+
+    # -- receivables -------------------------------------------------------------------
+
+    def claim(self, n: int, administration_event_id: str | None = None,
+              claim_id: str | None = None) -> InboundEvent:
+        return self.issue("billing", "ClaimSubmitted", {
+            "claim_id": claim_id or f"CLM-{n}",
+            "administration_event_id": administration_event_id or self.administration_event_of(n),
+            "payer_id": self.payer_id, "amount": self.dose_price, "currency": self.currency,
+            "procedure_code": "J3590", "diagnosis_codes": self.diagnosis_codes,
+            "procedure_modifiers": self.procedure_modifiers})
+
+    def adjudicate(self, n: int) -> InboundEvent:
+        return self.issue("payer", "ClaimAdjudicated", {
+            "claim_id": f"CLM-{n}", "payer_id": self.payer_id, "status": "APPROVED",
+            "allowed_amount": self.dose_price, "currency": self.currency})
+
+    def pay(self, n: int) -> InboundEvent:
+        return self.issue("billing", "PaymentPosted", {
+            "claim_id": f"CLM-{n}", "payer_id": self.payer_id, "amount": self.dose_price,
+            "currency": self.currency, "remittance_ref": f"TRN-{n}", "paid_on": self.now_us})
+
+    def milestone(self) -> InboundEvent:
+        evidence = [e.event_id for e in self.log if e.event_type == "OutcomeRecorded"]
+        return self.issue("payer", "OutcomeMilestoneReached", {
+            "agreement_id": "OBA-2026-1", "milestone": "stable disease at week 12",
+            "payer_id": self.payer_id, "amount": Decimal("500000.00"), "currency": self.currency,
+            "evidence_event_ids": evidence, "payment_direction": "PAYER_TO_MANUFACTURER"})
+
+    # -- off the happy path ------------------------------------------------------------
+
+    def excursion(self, item_ids: list[str] | None = None) -> InboundEvent:
+        return self.issue("pharmacist", "TemperatureExcursion", {
+            "item_ids": item_ids or self.dose_ids, "min_celsius": -21.0,
+            "max_celsius": -5.0, "duration_seconds": 1800, "logger_id": "FRZ-2",
+            "allowed_range": "-80..-60 C"})
+
+    def research_use(self, request_id: str = "RQ-1") -> InboundEvent:
+        return self.issue("researcher", "ResearchDataRequested", {
+            "request_id": request_id, "purpose": "RESEARCH",
+            "requester": self.id_of("researcher"), "dataset": "outcomes-v1",
+            "ethics_approval_ref": "IRB-2026-014"})
+
+    def adverse_event(self) -> InboundEvent:
+        return self.issue("physician", "AdverseEventReported", {
+            "term": "Injection site reaction", "ctcae_grade": 1, "serious": False,
+            "related_to_therapy": "PROBABLE", "onset": self.now_us, "ctcae_version": "5.0"})
+
+    def expire(self, n: int) -> InboundEvent:
+        expiry = self.case.doses[self.dose(n)].expiry_us if self.dose(n) in self.case.doses \
+            else None
+        return self.issue("pharmacist", "DoseExpired", {
+            "dose_id": self.dose(n), "expired_at": expiry or self.now_us})
+
+    def destroy(self, n: int) -> InboundEvent:
+        return self.issue("pharmacist", "DoseDestroyed", {
+            "dose_id": self.dose(n), "reason": "temperature excursion",
+            "witness": self.id_of("nurse")})
