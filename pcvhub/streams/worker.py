@@ -11,6 +11,8 @@ way).
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass
 
 import faust
@@ -58,7 +60,18 @@ def run(settings: Settings, app_id: str = "pcvhub-gatekeeper", loglevel: str = "
     registry = worker.gatekeeper.registry
     log.warning("registry read from the log: %d actors, %d keys",
                 len(registry.actors), len(registry.keys))
+    code = 0
     try:
         faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
     finally:
         worker.follower.stop()
+    # Faust can leave its consumer's ServiceThread (non-daemon, own event loop) running
+    # after a stop that began during start-up or a rebalance; the interpreter then waits
+    # for it forever (seen: a worker alive an hour after SIGTERM). Every output has been
+    # flushed by the time Faust returns, and the design survives SIGKILL anyway, so end
+    # the process here.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
