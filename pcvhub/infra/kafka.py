@@ -265,6 +265,11 @@ class LocalKafka:
             cwd=self.node_dir(node_id), start_new_session=True,
         )
         log.close()
+        # Until the child has exec'd Java its /proc cmdline is still ours, and pid() (which
+        # checks for kafka.Kafka to ignore recycled pids) would call it dead: wait for exec.
+        deadline = time.monotonic() + 10
+        while not _pid_is_kafka(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._pid_file(node_id).write_text(str(proc.pid))
         return proc.pid
 
@@ -275,7 +280,11 @@ class LocalKafka:
         self._prepare(java, libs)
         for node_id in self.node_ids:
             self.start_node(node_id, java, libs)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except InfraError:
+            self.down()  # leave nothing half-started behind
+            raise
         from pcvhub.infra.topics_admin import ensure_topics
 
         ensure_topics(self.settings, self.bootstrap_servers, self.brokers)

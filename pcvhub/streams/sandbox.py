@@ -43,7 +43,25 @@ class Sandbox:
         mine = replace(settings, bootstrap_servers=bootstrap, topic_prefix=prefix,
                        data_dir=root / "data")
         ensure_topics(mine, bootstrap, brokers=1)
-        return cls(mine, root)
+        sandbox = cls(mine, root)
+        sandbox.wait_for_leaders()
+        return sandbox
+
+    def wait_for_leaders(self, timeout: float = 30.0) -> None:
+        """New topics answer NOT_LEADER for a moment: wait until every partition has one."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.settings.librdkafka())
+        prefix = f"{self.settings.topic_prefix}."
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            topics = admin.list_topics(timeout=10).topics
+            mine = [t for name, t in topics.items() if name.startswith(prefix)]
+            if mine and all(t.error is None and p.leader >= 0 and p.error is None
+                            for t in mine for p in t.partitions.values()):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"topics {prefix}* have no leader after {timeout:.0f}s")
 
     @property
     def env(self) -> dict[str, str]:
