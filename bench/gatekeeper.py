@@ -19,12 +19,12 @@ from confluent_kafka import Consumer, Producer
 
 from bench.report import Figure
 from pcvhub.config import load_settings
+from pcvhub.demo.therapy import CAST, DAY_US, T0_US, Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.schemas.codec import decode_envelope
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import topic_name
 from pcvhub.trust.registry import Actor, registration_payload
-from tests.unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
 
 THERAPIES = 120  # x 42 events for the throughput runs
 LATENCY_RATE = 500

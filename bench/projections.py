@@ -33,12 +33,12 @@ from rich.console import Console
 
 from bench.report import Figure
 from pcvhub.config import load_settings
+from pcvhub.demo.therapy import CAST, DAY_US, T0_US, Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.projections.runner import RunProgress, rebuild
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import TOPICS, topic_name
 from tests.unit.test_projection_scenario import signed_cohort
-from tests.unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
 
 BIG_LOG = 1_000_000
 QUICK_LOG = 20_000
