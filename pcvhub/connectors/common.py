@@ -226,6 +226,15 @@ class EventRequest:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """The gatekeeper's refusal of one event, as read from the rejected topic."""
+
+    rule: str
+    reason_code: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class _InFlight:
     """An event this connector wrote whose acceptance the log has not shown yet."""
 
@@ -268,6 +277,10 @@ class Connector:
         self._written: set[str] = set()  # event ids on our ingress topic
         self._in_flight: dict[str, list[_InFlight]] = {}  # per CoI, in chain order
         self._lock = threading.Lock()
+        # Verdicts someone waits for (``expect`` / ``wait_verdict``): refusals of those ids.
+        self._awaited: set[str] = set()
+        self._refused: dict[str, Refusal] = {}
+        self._verdict = threading.Condition()
         self._started = False
 
     @classmethod
@@ -371,6 +384,38 @@ class Connector:
                 if refused in ids:
                     del chain[ids.index(refused):]
                     break
+        # Only now tell a waiter: the chain no longer names the refused event, so what it
+        # sends next cannot be chained onto it.
+        with self._verdict:
+            if refused in self._awaited:
+                self._refused[refused] = Refusal(payload["rule"], payload["reason_code"],
+                                                 payload["reason"])
+                self._verdict.notify_all()
+
+    def expect(self, event_id: str) -> None:
+        """Say that a verdict on ``event_id`` will be awaited (call before sending it)."""
+        with self._verdict:
+            self._awaited.add(event_id)
+
+    def wait_verdict(self, event_id: str, timeout: float) -> Refusal | bool | None:
+        """True if accepted, the Refusal if refused, None if no verdict within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.is_accepted(event_id):
+                    return True
+                with self._verdict:
+                    refusal = self._refused.get(event_id)
+                    if refusal is not None:
+                        return refusal
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._verdict.wait(min(remaining, 0.05))
+        finally:
+            with self._verdict:
+                self._awaited.discard(event_id)
+                self._refused.pop(event_id, None)
 
     def already_written(self, event_id: str) -> bool:
         """True if this event id is on our ingress topic or on the canonical log."""

@@ -12,9 +12,7 @@ Entry point (what ``pcvhub serve`` runs)::
 
 or, with a ``Connector`` (source ``files``) you opened and started yourself::
 
-    drop = FileDrop(connector, folder).start()
-    await drop.run(stop_event)          # until stop_event is set
-    drop.close()
+    await FileDrop(connector, folder).run(stop_event)   # until stop_event is set
 
 The connector's actor must be registered with roles MANUFACTURER, QC_ANALYST and
 CONNECTOR at the plant (``QcResultRecorded`` is accepted only from a QC analyst, signed
@@ -59,7 +57,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,23 +65,19 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
 from watchfiles import awatch
 
 from pcvhub.config import Settings
 from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import Connector, EventRequest, deterministic_event_id
+from pcvhub.connectors.common import Connector, EventRequest, Refusal, deterministic_event_id
 from pcvhub.ids import is_valid_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import (
     SchemaValidationError,
-    decode_envelope,
-    decode_payload,
     encode_payload,
     to_us,
 )
 from pcvhub.schemas.envelope import SignatureMeaning, meaning_for
-from pcvhub.topics import topic_name
 
 log = logging.getLogger(__name__)
 
@@ -414,105 +407,6 @@ def _meets(value: Decimal, specification: str) -> bool | None:
 
 
 
-# -- the gatekeeper's verdicts on what the connector sent ------------------------------
-
-@dataclass(frozen=True)
-class Refusal:
-    """The gatekeeper's refusal of one event, as read from the rejected topic."""
-
-    rule: str
-    reason_code: str
-    reason: str
-
-
-class GatekeeperVerdicts:
-    """Follows the rejected topic from its end at start, keeping refusals of awaited ids.
-
-    Together with ``Connector.wait_accepted`` this tells whether each event a drop file
-    produced was accepted or refused, so the result file reports the gatekeeper's verdict,
-    not just "sent", and the next row of the same therapy is chained onto a settled head.
-    """
-
-    def __init__(self, connector: Connector) -> None:
-        self.connector = connector
-        self.topic = topic_name("rejected", connector.settings.topic_prefix)
-        self._awaited: set[str] = set()
-        self._refused: dict[str, Refusal] = {}
-        self._changed = threading.Condition()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, timeout: float = 30.0) -> GatekeeperVerdicts:
-        self._thread = threading.Thread(target=self._follow, name="refusals", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"could not start following {self.topic} within {timeout:.0f}s")
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _follow(self) -> None:
-        consumer = Consumer(self.connector.settings.librdkafka(**{
-            "group.id": "pcvhub-file-drop-verdicts",  # assign() only: never joins or commits
-            "enable.auto.commit": False,
-        }))
-        try:
-            parts = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
-            # Explicit end offsets, read now: a refusal written after this point is seen
-            # even if it arrives before the consumer's first fetch.
-            consumer.assign([TopicPartition(self.topic, p, consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=10)[1]) for p in parts])
-            self._ready.set()
-            while not self._stop.is_set():
-                for msg in consumer.consume(500, timeout=0.2):
-                    value = msg.value()
-                    if not msg.error() and value is not None:
-                        self._observe(value)
-        finally:
-            consumer.close()
-
-    def _observe(self, wire: bytes) -> None:
-        try:
-            env = decode_envelope(wire)
-            _, p = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
-        except ValueError:
-            return  # not a readable refusal: nothing of ours to learn from it
-        with self._changed:
-            if p.get("rejected_event_id") in self._awaited:
-                self._refused[p["rejected_event_id"]] = Refusal(
-                    p["rule"], p["reason_code"], p["reason"])
-                self._changed.notify_all()
-
-    def expect(self, event_id: str) -> None:
-        """Say that a verdict on ``event_id`` will be awaited (before sending it)."""
-        with self._changed:
-            self._awaited.add(event_id)
-
-    def wait(self, event_id: str, timeout: float) -> Refusal | bool | None:
-        """True if accepted, the Refusal if refused, None if no verdict within timeout."""
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.connector.is_accepted(event_id):
-                    return True
-                with self._changed:
-                    refusal = self._refused.get(event_id)
-                    if refusal is not None:
-                        return refusal
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return None
-                    self._changed.wait(min(remaining, 0.05))
-        finally:
-            with self._changed:
-                self._awaited.discard(event_id)
-                self._refused.pop(event_id, None)
-
-
 # -- the folder ------------------------------------------------------------------------
 
 class TransientFailure(RuntimeError):
@@ -654,7 +548,6 @@ class FileDrop:
     def __init__(self, connector: Connector, folder: Path, *, verdict_timeout_s: float = 30.0,
                  settle_s: float = 0.3, force_polling: bool = False) -> None:
         self.connector = connector
-        self.verdicts = GatekeeperVerdicts(connector)
         self.verdict_timeout_s = verdict_timeout_s
         self.drop = DropFolder(folder, SUFFIXES, self.handle, settle_s=settle_s,
                                force_polling=force_polling)
@@ -662,13 +555,6 @@ class FileDrop:
     @property
     def folder(self) -> Path:
         return self.drop.folder
-
-    def start(self) -> FileDrop:
-        self.verdicts.start()
-        return self
-
-    def close(self) -> None:
-        self.verdicts.stop()
 
     async def run(self, stop_event: asyncio.Event) -> None:
         await self.drop.run(stop_event)
@@ -707,7 +593,7 @@ class FileDrop:
                 continue
             if checked.coi in waiting:  # chain onto a settled head of this therapy
                 self._settle(*waiting.pop(checked.coi))
-            self.verdicts.expect(event_id)
+            self.connector.expect(event_id)
             try:
                 self.connector.emit([EventRequest(
                     checked.event_type, checked.coi, checked.payload,
@@ -721,7 +607,7 @@ class FileDrop:
         return results
 
     def _settle(self, event_id: str, entry: dict[str, Any]) -> None:
-        verdict = self.verdicts.wait(event_id, self.verdict_timeout_s)
+        verdict = self.connector.wait_verdict(event_id, self.verdict_timeout_s)
         if verdict is True:
             entry["status"] = ACCEPTED
         elif isinstance(verdict, Refusal):
@@ -780,10 +666,7 @@ async def run_file_drop(settings: Settings, folder: Path, stop_event: asyncio.Ev
     """Open the connector, follow the log, watch ``folder`` until ``stop_event`` is set."""
     connector = await asyncio.to_thread(
         lambda: Connector.open(settings, actor_id, "files", site_id=site_id).start())
-    drop = FileDrop(connector, folder, force_polling=force_polling)
     try:
-        await asyncio.to_thread(drop.start)
-        await drop.run(stop_event)
+        await FileDrop(connector, folder, force_polling=force_polling).run(stop_event)
     finally:
-        drop.close()
         connector.close()

@@ -60,16 +60,14 @@ from fhir.resources.R4B.claim import Claim as FhirClaim
 
 from pcvhub.config import Settings
 from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import Connector, EventRequest, deterministic_event_id
+from pcvhub.connectors.common import Connector, EventRequest, Refusal, deterministic_event_id
 from pcvhub.connectors.files import (
     ACCEPTED,
     ALREADY_ACCEPTED,
     PENDING,
     REFUSED,
     DropFolder,
-    GatekeeperVerdicts,
     Outcome,
-    Refusal,
     TransientFailure,
 )
 from pcvhub.schemas.codec import decode_payload
@@ -733,17 +731,9 @@ class RemittanceDrop:
         self.connector = connector
         self.claims = ClaimIndex()
         connector.watch(self.claims.observe)  # before connector.start(): sees the whole log
-        self.verdicts = GatekeeperVerdicts(connector)
         self.verdict_timeout_s = verdict_timeout_s
         self.drop = DropFolder(inbox, REMITTANCE_SUFFIXES, self.handle, settle_s=settle_s,
                                force_polling=force_polling)
-
-    def start(self) -> RemittanceDrop:
-        self.verdicts.start()
-        return self
-
-    def close(self) -> None:
-        self.verdicts.stop()
 
     async def run(self, stop_event: asyncio.Event) -> None:
         await self.drop.run(stop_event)
@@ -822,14 +812,14 @@ class RemittanceDrop:
         event = {"event_type": request.event_type, "event_id": request.event_id}
         if self.connector.is_accepted(request.event_id):
             return {**event, "status": ALREADY_ACCEPTED}
-        self.verdicts.expect(request.event_id)
+        self.connector.expect(request.event_id)
         try:
             self.connector.emit([EventRequest(
                 request.event_type, request.coi, request.payload, occurred_at_us=issued_at,
                 event_id=request.event_id)])
         except IngressWriteError as exc:
             raise TransientFailure(str(exc)) from exc
-        verdict = self.verdicts.wait(request.event_id, self.verdict_timeout_s)
+        verdict = self.connector.wait_verdict(request.event_id, self.verdict_timeout_s)
         if verdict is True:
             return {**event, "status": ACCEPTED}
         if isinstance(verdict, Refusal):
@@ -880,8 +870,6 @@ async def run_payer_gateway(settings: Settings, inbox: Path, stop_event: asyncio
     remittances = RemittanceDrop(connector, inbox, force_polling=force_polling)
     await asyncio.to_thread(connector.start)  # after RemittanceDrop watched the log
     try:
-        await asyncio.to_thread(remittances.start)
         await remittances.run(stop_event)
     finally:
-        remittances.close()
         connector.close()

@@ -244,11 +244,9 @@ class PayerGateway:
         remittances = RemittanceDrop(connector, self.inbox)  # watches before the log is read
         await asyncio.to_thread(connector.start)
         try:
-            await asyncio.to_thread(remittances.start)
             self.ready.set()
             await remittances.run(self._stop)
         finally:
-            remittances.close()
             connector.close()
 
     def close(self) -> None:
