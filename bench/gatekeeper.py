@@ -19,12 +19,11 @@ from confluent_kafka import Consumer, Producer
 
 from bench.report import Figure
 from pcvhub.config import load_settings
-from pcvhub.demo.therapy import CAST, DAY_US, T0_US, Hub, TherapyScenario
+from pcvhub.demo.therapy import Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.schemas.codec import decode_envelope
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import topic_name
-from pcvhub.trust.registry import Actor, registration_payload
 
 THERAPIES = 120  # x 42 events for the throughput runs
 LATENCY_RATE = 500
@@ -39,13 +38,8 @@ def _prepared(root: Path, therapies: int):
     baseline = Sandbox.create(settings, kafka.bootstrap_servers, root / "baseline")
     sandbox = Sandbox.create(settings, kafka.bootstrap_servers, root / "gatekeeper")
     builder = Hub()
-    gatekeeper = sandbox.install_identities(builder.registrar.issuer.signer,
-                                            valid_from_us=T0_US - 365 * DAY_US)
-    builder.admit(builder.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
-    cast = {name: builder.register(f"{name}-bench", {role}, org)
-            for name, (role, org) in CAST.items()}
+    builder.deploy_gatekeeper(sandbox)
+    cast = builder.register_cast("bench")
     scenarios = [TherapyScenario(builder, cast=cast, patient_hash=f"{i:064x}")
                  for i in range(therapies)]
     events = [e for s in scenarios for e in s.full_therapy()]

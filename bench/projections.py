@@ -33,7 +33,7 @@ from rich.console import Console
 
 from bench.report import Figure
 from pcvhub.config import load_settings
-from pcvhub.demo.therapy import CAST, DAY_US, T0_US, Hub, TherapyScenario
+from pcvhub.demo.therapy import DAY_US, T0_US, Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.projections.runner import RunProgress, rebuild
 from pcvhub.streams.sandbox import Sandbox
@@ -76,8 +76,7 @@ def _write(sandbox: Sandbox, records: list[tuple[bytes, bytes]], producer: Produ
 def build_batched_log(sandbox: Sandbox, builder: Hub, events: int) -> tuple[int, float]:
     """Registry plus ``events`` batch-signed therapy events; (records, seconds)."""
     started = time.perf_counter()
-    cast = {name: builder.register(f"{name}-bench", {role}, org)
-            for name, (role, org) in CAST.items()}
+    cast = builder.register_cast("bench")
     producer = Producer(sandbox.settings.producer(**{"linger.ms": 20,
                                                      "queue.buffering.max.kbytes": 262144}))
     _write(sandbox, [(e.coi.encode(), e.raw) for e in builder.registry_log], producer)
@@ -93,8 +92,7 @@ def build_batched_log(sandbox: Sandbox, builder: Hub, events: int) -> tuple[int,
 
 
 def build_single_log(sandbox: Sandbox, builder: Hub, events: int) -> int:
-    cast = {name: builder.register(f"{name}-single", {role}, org)
-            for name, (role, org) in CAST.items()}
+    cast = builder.register_cast("single")
     records = [(e.coi.encode(), e.raw) for e in builder.registry_log]
     while len(records) < events:
         records += [(e.coi.encode(), e.raw) for e in TherapyScenario(

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pcvhub.ids import new_coi
 from pcvhub.schemas.catalog import load_catalog
@@ -54,6 +54,9 @@ from pcvhub.trust.registry import (
     revocation_payload,
 )
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
+
+if TYPE_CHECKING:
+    from pcvhub.streams.sandbox import Sandbox
 
 SITE = "KYOTO01"
 T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
@@ -147,6 +150,26 @@ class Hub:
             actor, party.key_id, party.issuer.signer.keys.public, self.clock_us)))
         return party
 
+    def register_cast(self, suffix: str) -> dict[str, Party]:
+        """One registered party per part of ``CAST``; the therapies of a cohort share it."""
+        return {name: self.register(f"{name}-{suffix}", {role}, org)
+                for name, (role, org) in CAST.items()}
+
+    def register_gatekeeper(self, gatekeeper: EventSigner) -> InboundEvent:
+        """Register the gatekeeper's own key (it signs rejections and alerts)."""
+        return self.admit(self.registry_event("ActorRegistered", registration_payload(
+            Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
+            gatekeeper.key_id, gatekeeper.keys.public, self.clock_us)))
+
+    def deploy_gatekeeper(self, sandbox: Sandbox) -> EventSigner:
+        """Make this hub's registrar the sandbox's trust anchor, give the sandbox a
+        gatekeeper key and register it: what every sandboxed run starts with."""
+        registrar = self.registrar.issuer.signer
+        anchor = self.registry.keys[(registrar.producer, registrar.key_id)]
+        gatekeeper = sandbox.install_identities(registrar, valid_from_us=anchor.valid_from_us)
+        self.register_gatekeeper(gatekeeper)
+        return gatekeeper
+
     def revoke(self, party: Party, at_us: int, reason: str = "COMPROMISED") -> InboundEvent:
         return self.admit(self.registry_event(
             "KeyRevoked", revocation_payload(party.actor_id, party.key_id, at_us, reason),
@@ -218,9 +241,7 @@ class TherapyScenario:
         self.diagnosis_codes = ["C43.5"]
         suffix = self.coi[-6:].lower()
         # A cohort shares one cast (``cast``); a lone scenario registers its own.
-        self.actors: dict[str, Party] = cast or {
-            name: hub.register(f"{name}-{suffix}", {role}, org)
-            for name, (role, org) in CAST.items()}
+        self.actors: dict[str, Party] = cast or hub.register_cast(suffix)
         self.sample_id = "SMP-1"
         self.sequencing_hash = "5e" * 32
         self.variant_calls_hash = "7c" * 32

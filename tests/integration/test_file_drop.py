@@ -26,7 +26,7 @@ from pcvhub.trust.issuer import now_us
 from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import Actor, registration_payload
 
-from ..unit.therapy_builder import DAY_US, T0_US, Hub, TherapyScenario
+from ..unit.therapy_builder import Hub, TherapyScenario
 
 pytestmark = pytest.mark.kafka
 
@@ -89,11 +89,7 @@ def plant(kafka, settings, tmp_path_factory):
     root = tmp_path_factory.mktemp("file-drop")
     hub = Sandbox.create(settings, kafka.bootstrap_servers, root)
     builder = Hub()
-    gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
-                                        valid_from_us=T0_US - 365 * DAY_US)
-    builder.admit(builder.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
+    builder.deploy_gatekeeper(hub)
     mes = KeyStore(hub.settings.data_dir / "keys", PASSPHRASE.encode()).create(MES, str(now_us()))
     builder.admit(builder.registry_event("ActorRegistered", registration_payload(
         Actor(MES, "Kobe plant MES / LIMS", MES_ROLES, MES_SITE), mes.key_id, mes.keys.public,

@@ -10,9 +10,8 @@ import pytest
 
 from pcvhub.schemas.codec import decode_envelope
 from pcvhub.streams.sandbox import Sandbox
-from pcvhub.trust.registry import Actor, registration_payload
 
-from ..unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
+from ..unit.therapy_builder import Hub, TherapyScenario
 
 pytestmark = pytest.mark.kafka
 
@@ -28,13 +27,8 @@ def hub(kafka, settings, tmp_path):
 
 def test_a_worker_joining_and_one_leaving_lose_and_duplicate_nothing(hub):
     builder = Hub()
-    gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
-                                        valid_from_us=T0_US - 365 * DAY_US)
-    builder.admit(builder.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
-    cast = {name: builder.register(f"{name}-group", {role}, org)
-            for name, (role, org) in CAST.items()}
+    builder.deploy_gatekeeper(hub)
+    cast = builder.register_cast("group")
     therapies = [TherapyScenario(builder, cast=cast, patient_hash=f"{i:064x}").full_therapy()
                  for i in range(THERAPIES)]
     # Round-robin across therapies keeps each therapy in order and every partition busy.

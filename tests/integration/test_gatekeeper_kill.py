@@ -16,10 +16,9 @@ import pytest
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.trust.issuer import EventIssuer
-from pcvhub.trust.registry import Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
-from ..unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
+from ..unit.therapy_builder import T0_US, Hub, TherapyScenario
 
 pytestmark = pytest.mark.kafka
 
@@ -36,8 +35,7 @@ def hub(kafka, settings, tmp_path):
 
 def _cohort(builder: Hub) -> list:
     """Therapies sharing one cast, interleaved as they would arrive from many sites."""
-    cast = {name: builder.register(f"{name}-cohort", {role}, org)
-            for name, (role, org) in CAST.items()}
+    cast = builder.register_cast("cohort")
     therapies = []
     total = 0
     while total < VALID_TARGET:
@@ -59,11 +57,7 @@ def _cohort(builder: Hub) -> list:
 
 def test_sigkill_twice_loses_and_duplicates_nothing(hub):
     builder = Hub()
-    gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
-                                        valid_from_us=T0_US - 365 * DAY_US)
-    builder.admit(builder.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
+    builder.deploy_gatekeeper(hub)
     valid = _cohort(builder)
     registrations = builder.registry_log
 

@@ -17,10 +17,9 @@ from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer
-from pcvhub.trust.registry import Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
-from ..unit.therapy_builder import DAY_US, T0_US, Hub, TherapyScenario
+from ..unit.therapy_builder import Hub, TherapyScenario
 
 pytestmark = pytest.mark.kafka
 
@@ -43,11 +42,7 @@ def hub(kafka, settings, tmp_path):
 
 def test_a_therapy_and_its_faults_through_a_worker_killed_twice(hub):
     builder = Hub()
-    registrar = builder.registrar.issuer.signer
-    gatekeeper = hub.install_identities(registrar, valid_from_us=T0_US - 365 * DAY_US)
-    builder.admit(builder.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
+    builder.deploy_gatekeeper(hub)
     scenario = TherapyScenario(builder)
     therapy = scenario.full_therapy()
     # A second therapy whose dose had a temperature excursion, then someone tries to

@@ -29,7 +29,7 @@ from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import Actor, registration_payload
 
 from ..unit.test_payer import CANCER_CENTER, pyx12_accepts, remittance_835
-from ..unit.therapy_builder import DAY_US, T0_US, Hub, TherapyScenario
+from ..unit.therapy_builder import Hub, TherapyScenario
 
 pytestmark = pytest.mark.kafka
 
@@ -86,11 +86,7 @@ def payer(kafka, settings, tmp_path_factory):
     root = tmp_path_factory.mktemp("payer")
     hub = Sandbox.create(settings, kafka.bootstrap_servers, root)
     builder = Hub()
-    gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
-                                        valid_from_us=T0_US - 365 * DAY_US)
-    builder.admit(builder.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper.key_id, gatekeeper.keys.public, builder.clock_us)))
+    builder.deploy_gatekeeper(hub)
     key = KeyStore(hub.settings.data_dir / "keys", PASSPHRASE.encode()).create(GATEWAY,
                                                                                 str(now_us()))
     builder.admit(builder.registry_event("ActorRegistered", registration_payload(

@@ -25,8 +25,8 @@ from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import topic_name
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent
 
-from ..unit.test_projection_scenario import register_gatekeeper, signed_cohort
-from ..unit.therapy_builder import CAST, DAY_US, T0_US, Hub
+from ..unit.test_projection_scenario import signed_cohort
+from ..unit.therapy_builder import DAY_US, T0_US, Hub
 from .test_projection_runner import RunnerProcess, cli
 
 pytestmark = pytest.mark.kafka
@@ -83,9 +83,8 @@ def test_two_sigkills_while_consuming_100k_events_end_in_the_rebuilds_digest(
     builder = Hub()
     gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
                                         valid_from_us=T0_US - 365 * DAY_US)
-    register_gatekeeper(builder, gatekeeper)
-    cast = {name: builder.register(f"{name}-kill", {role}, org)
-            for name, (role, org) in CAST.items()}
+    builder.register_gatekeeper(gatekeeper)
+    cast = builder.register_cast("kill")
     cohort = signed_cohort(builder, cast, EVENTS)
     rng = random.Random(11)
     extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, rng)

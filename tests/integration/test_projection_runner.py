@@ -31,7 +31,7 @@ from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import topic_name
 
 from ..unit.test_projection_scenario import scripted_log
-from ..unit.therapy_builder import CAST, DAY_US, T0_US, Hub, TherapyScenario
+from ..unit.therapy_builder import DAY_US, T0_US, Hub, TherapyScenario
 
 pytestmark = pytest.mark.kafka
 
@@ -179,7 +179,7 @@ def test_a_worker_answered_scenario_projected_live_published_and_rebuilt(hub: Sa
 def test_a_record_that_is_no_envelope_is_kept_aside_and_the_runner_carries_on(
         hub: Sandbox) -> None:
     builder = Hub()
-    cast = {name: builder.register(f"{name}-k", {role}, org) for name, (role, org) in CAST.items()}
+    cast = builder.register_cast("k")
     first, second = (TherapyScenario(builder, cast=cast) for _ in range(2))
     canonical = topic_name("events", hub.settings.topic_prefix)
     producer = Producer(hub.settings.producer())

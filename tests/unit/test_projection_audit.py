@@ -19,13 +19,13 @@ from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
 from .test_projection_scenario import PARTITIONS, anchor_of, canonical_records, project
-from .therapy_builder import CAST, Hub, TherapyScenario
+from .therapy_builder import Hub, TherapyScenario
 
 
 def one_therapy() -> tuple[Hub, TherapyScenario, list[tuple[bytes, bytes]]]:
     """A registry and one whole therapy, as (key, wire) in log order."""
     hub = Hub()
-    cast = {name: hub.register(f"{name}-x", {role}, org) for name, (role, org) in CAST.items()}
+    cast = hub.register_cast("x")
     scenario = TherapyScenario(hub, cast=cast)
     events = scenario.full_therapy()
     return hub, scenario, [(e.coi.encode(), e.raw) for e in [*hub.registry_log, *events]]

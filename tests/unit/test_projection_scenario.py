@@ -46,7 +46,6 @@ from pcvhub.trust.registry import (
     Actor,
     KeyRecord,
     KeyRegistry,
-    registration_payload,
 )
 from pcvhub.trust.signing import EventSigner, HybridKeyPair, verify_envelope
 
@@ -64,12 +63,6 @@ def anchor_of(hub: Hub) -> KeyRegistry:
         Actor(registrar.actor_id, "pcvhub registrar", registrar.roles, "HUB"),
         KeyRecord(registrar.actor_id, registrar.key_id, registrar.issuer.signer.keys.public,
                   T0_US - 365 * DAY_US))
-
-
-def register_gatekeeper(hub: Hub, gatekeeper: EventSigner) -> None:
-    hub.admit(hub.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper.key_id, gatekeeper.keys.public, hub.clock_us)))
 
 
 class PayerScenario(TherapyScenario):
@@ -161,7 +154,7 @@ def scripted_log(hub: Hub | None = None, gatekeeper: EventSigner | None = None) 
     hub = hub or Hub()
     if gatekeeper is None:
         gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
-    register_gatekeeper(hub, gatekeeper)
+    hub.register_gatekeeper(gatekeeper)
     kyoto = {name: hub.register(f"{name}-kyoto", {role}, org) for name, (role, org)
              in CAST.items()}
     osaka = {**kyoto, **{name: hub.register(f"{name}-osaka", {CAST[name][0]}, "OSAKA02")
@@ -349,7 +342,7 @@ def test_the_scripted_log_is_answered_as_the_scenario_says() -> None:
 
 def test_a_batch_signed_cohort_verifies_and_chains() -> None:
     hub = Hub()
-    cast = {name: hub.register(f"{name}-c", {role}, org) for name, (role, org) in CAST.items()}
+    cast = hub.register_cast("c")
     stream = signed_cohort(hub, cast, 100, batch=30)
     assert len(stream) >= 100
     heads: dict[str, bytes] = {}
