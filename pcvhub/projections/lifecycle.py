@@ -3,11 +3,11 @@
 The gatekeeper judges events against the therapy's lifecycle (``pcvhub.streams.case``);
 the projections only *report* the stage the accepted events reached. Workers do not
 import each other, so the stage moves are restated here as a table
-(:data:`TRANSITIONS`), with the same stage names and the same conditions: a consent moves
-an enrolled therapy only, a design is approved by its second different approver, a
-rejected batch sends the therapy back to APPROVED, only the first dose shipment and its
-receipt move the therapy, an outcome recorded while a dose is dispensed does not skip its
-administration. Repeated doses loop DISPENSED -> ADMINISTERED -> FOLLOW_UP -> DISPENSED.
+(:data:`TRANSITIONS`), over the same stages (``pcvhub.schemas.stages``) and with the same
+conditions: a consent moves an enrolled therapy only, a design is approved by its second
+different approver, a rejected batch sends the therapy back to APPROVED, only the first
+dose shipment and its receipt move the therapy, an outcome recorded while a dose is
+dispensed does not skip its administration. Repeated doses loop DISPENSED -> ADMINISTERED -> FOLLOW_UP -> DISPENSED.
 
 A fold reads one chain only, and every event of a chain is in one partition of the
 canonical topic, so its result does not depend on how partitions interleave: a rebuilt
@@ -19,31 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-
-class Stage(StrEnum):
-    """Lifecycle stages, in the order a therapy first reaches them."""
-
-    NEW = "NEW"
-    ENROLLED = "ENROLLED"
-    CONSENTED = "CONSENTED"
-    ORDERED = "ORDERED"
-    COLLECTED = "COLLECTED"
-    RECEIVED_AT_LAB = "RECEIVED_AT_LAB"
-    SEQUENCED = "SEQUENCED"
-    DESIGNED = "DESIGNED"
-    APPROVED = "APPROVED"
-    MANUFACTURING = "MANUFACTURING"
-    QC = "QC"
-    RELEASED = "RELEASED"
-    SHIPPED = "SHIPPED"
-    RECEIVED_AT_SITE = "RECEIVED_AT_SITE"
-    PLACED = "PLACED"
-    DISPENSED = "DISPENSED"
-    ADMINISTERED = "ADMINISTERED"
-    FOLLOW_UP = "FOLLOW_UP"
+from pcvhub.schemas.stages import Stage
 
 
 @dataclass

@@ -26,31 +26,9 @@ from enum import StrEnum
 from typing import Any
 
 from pcvhub.schemas import codec
+from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS
-
-
-class Stage(StrEnum):
-    """Lifecycle stages of a therapy, in the order a therapy first reaches them."""
-
-    NEW = "NEW"
-    ENROLLED = "ENROLLED"
-    CONSENTED = "CONSENTED"
-    ORDERED = "ORDERED"
-    COLLECTED = "COLLECTED"
-    RECEIVED_AT_LAB = "RECEIVED_AT_LAB"
-    SEQUENCED = "SEQUENCED"
-    DESIGNED = "DESIGNED"
-    APPROVED = "APPROVED"
-    MANUFACTURING = "MANUFACTURING"
-    QC = "QC"
-    RELEASED = "RELEASED"
-    SHIPPED = "SHIPPED"
-    RECEIVED_AT_SITE = "RECEIVED_AT_SITE"
-    PLACED = "PLACED"
-    DISPENSED = "DISPENSED"
-    ADMINISTERED = "ADMINISTERED"
-    FOLLOW_UP = "FOLLOW_UP"
 
 
 class DoseStatus(StrEnum):
