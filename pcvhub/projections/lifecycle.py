@@ -7,7 +7,8 @@ import each other, so the stage moves are restated here as a table
 conditions: a consent moves an enrolled therapy only, a design is approved by its second
 different approver, a rejected batch sends the therapy back to APPROVED, only the first
 dose shipment and its receipt move the therapy, an outcome recorded while a dose is
-dispensed does not skip its administration. Repeated doses loop DISPENSED -> ADMINISTERED -> FOLLOW_UP -> DISPENSED.
+dispensed does not skip its administration. Repeated doses loop
+DISPENSED -> ADMINISTERED -> FOLLOW_UP -> DISPENSED.
 
 A fold reads one chain only, and every event of a chain is in one partition of the
 canonical topic, so its result does not depend on how partitions interleave: a rebuilt
