@@ -98,3 +98,9 @@ def partition_for(key: bytes, partitions: int) -> int:
     from aiokafka.partitioner import murmur2  # the Java algorithm, shipped with Faust's client
 
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+#: Header the gatekeeper puts on every record it writes (canonical, rejected, alerts):
+#: the ingress position (``topic/partition/offset``) the record answers. The gatekeeper
+#: rebuilds what it already answered from it; projections and audits show it.
+SOURCE_HEADER = "pcvhub-source"

@@ -42,7 +42,6 @@ REJECTED = "rejected"
 ALERTS = "alerts"
 #: the topics a projection reads, by role (suffixes of the topic table)
 TOPIC_ROLES = (CANONICAL, REJECTED, ALERTS)
-SOURCE_HEADER = "pcvhub-source"  # the gatekeeper's header naming the ingress position
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

@@ -32,11 +32,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from pcvhub.config import Settings
 from pcvhub.projections.projection import Projection
-from pcvhub.projections.projector import CANONICAL, SOURCE_HEADER, TOPIC_ROLES, LogRecord
+from pcvhub.projections.projector import CANONICAL, TOPIC_ROLES, LogRecord
 from pcvhub.projections.store import ProjectionStore
 from pcvhub.schemas.codec import DecodeError, decode_envelope
 from pcvhub.schemas.envelope import Envelope
-from pcvhub.topics import topic_name
+from pcvhub.topics import SOURCE_HEADER, topic_name
 from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, KeyRegistry, load_anchor
 
 log = logging.getLogger(__name__)

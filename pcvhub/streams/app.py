@@ -32,8 +32,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pcvhub.config import Settings
 from pcvhub.streams.event import SourcePosition
-from pcvhub.streams.gatekeeper import SOURCE_HEADER, Gatekeeper, Output, PartitionLedger
-from pcvhub.topics import TOPICS, TopicRole, topic_name
+from pcvhub.streams.gatekeeper import Gatekeeper, Output, PartitionLedger
+from pcvhub.topics import SOURCE_HEADER, TOPICS, TopicRole, topic_name
 
 log = logging.getLogger(__name__)
 

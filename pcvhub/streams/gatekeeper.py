@@ -24,11 +24,11 @@ from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.streams.timers import TurnaroundTimers
 from pcvhub.streams.verdict import AllOf, Verdict
+from pcvhub.topics import SOURCE_HEADER
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_EVENTS, KeyRegistry
 
-SOURCE_HEADER = "pcvhub-source"
 ALERT_NAMESPACE = uuid.UUID("6f1d0c2e-8b1f-4c55-9a57-0c1f0b8a9d10")
 
 
