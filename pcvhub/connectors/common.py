@@ -47,13 +47,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jwt
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -62,11 +61,11 @@ from cryptography.x509.oid import NameOID
 
 from pcvhub.config import Settings
 from pcvhub.connectors.base import IngressWriter
-from pcvhub.schemas.codec import decode_envelope, decode_payload
+from pcvhub.log.reader import LogFollower, deployment_verifier, read_verified
+from pcvhub.log.verify import CANONICAL, REJECTED, VerifiedRecord
+from pcvhub.schemas.codec import decode_payload
 from pcvhub.schemas.envelope import Envelope, SignatureMeaning
-from pcvhub.topics import partition_for, topic_name
-from pcvhub.trust.canonical import chain_digest
-from pcvhub.trust.heads import ChainHeads
+from pcvhub.topics import partition_for, topic_name, topic_spec
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent, now_us
 from pcvhub.trust.keys import KeyStore, KeyStoreError, passphrase_from_env
 from pcvhub.trust.registry import ANCHOR_FILE, KeyRegistry, load_anchor
@@ -267,13 +266,18 @@ class Connector:
         self.patients = PatientIndex()
         self.bedside = BedsideChecks()
         self.ingress_topic = topic_name(f"ingress.{source}", settings.topic_prefix)
-        self._observers: list[Callable[[Envelope, str, dict[str, Any] | None], None]] = []
+        self._observers: list[Callable[[VerifiedRecord], None]] = []
         self._writer = IngressWriter(settings, source)
         self._rejected = _RejectedWriter(settings)
-        self._heads = ChainHeads(settings, on_accepted=self._on_accepted)
+        # Everything read back is verified first, with one registry folded from the trust
+        # anchor (pcvhub.log): a forged registration or refusal never reaches the folds.
+        self.verifier = deployment_verifier(settings, f"connector {source}", registry)
+        self._heads = LogFollower(settings, [CANONICAL], self.verifier, self._on_accepted,
+                                  name=f"{source}-canonical")
         # Our own events the gatekeeper refused must leave the in-flight chain, or every
         # later event of that therapy would be chained onto a refused one (R3 refuses it).
-        self._refusals = ChainHeads(settings, on_accepted=self._on_refused, topic="rejected")
+        self._refusals = LogFollower(settings, [REJECTED], self.verifier, self._on_refused,
+                                     name=f"{source}-refusals")
         self._written: set[str] = set()  # event ids on our ingress topic
         self._in_flight: dict[str, list[_InFlight]] = {}  # per CoI, in chain order
         self._lock = threading.Lock()
@@ -297,34 +301,32 @@ class Connector:
     def actor_id(self) -> str:
         return self.signer.producer
 
-    def watch(self, observer: Callable[[Envelope, str, dict[str, Any] | None], None]) -> None:
-        """Call ``observer(envelope, short_type, payload)`` for every accepted event (payload
-        decoded for types the connector indexes, else None). Register before ``start``."""
+    def watch(self, observer: Callable[[VerifiedRecord], None]) -> None:
+        """Call ``observer(record)`` for every event of the canonical log, once the log
+        reader verified it. Register before ``start``."""
         self._observers.append(observer)
 
     # -- start and stop -------------------------------------------------------------
 
     def start(self, timeout: float = 120.0) -> Connector:
         """Read our own ingress topic, then catch up with the canonical log."""
-        for msg in read_topic(self.settings, self.ingress_topic):
-            try:
-                env = decode_envelope(msg.value())
-            except Exception:  # not ours to judge: the gatekeeper refuses garbage
+        # Our own ingress topic: what this actor wrote, accepted or not yet judged. What
+        # the verifier quarantines (garbage, someone else's bytes) is not ours to judge.
+        for outcome in read_verified(self.settings, f"ingress.{self.source}", self.verifier):
+            if not isinstance(outcome, VerifiedRecord) or outcome.event.producer != self.actor_id:
                 continue
-            if env.producer != self.actor_id:
-                continue
+            env = outcome.envelope
             self._written.add(env.event_id)
             self._in_flight.setdefault(env.coi, []).append(
-                _InFlight(env.event_id, env.prev_hash, chain_digest(env)))
-            if short_type(env.event_type) == "PatientEnrolled":
-                _, payload = decode_payload(env.schema_fingerprint, env.payload)
-                self.patients.observe(env, payload, accepted=False)
+                _InFlight(env.event_id, env.prev_hash, outcome.digest))
+            if outcome.event_type == "PatientEnrolled":
+                self.patients.observe(env, outcome.payload, accepted=False)
         self._heads.start()
         self._refusals.start()
         if not (self._heads.wait_caught_up(timeout) and self._refusals.wait_caught_up(timeout)):
             self._heads.stop()
             self._refusals.stop()
-            raise TimeoutError(f"the canonical log {self._heads.topic} was not read within "
+            raise TimeoutError(f"the canonical log {self.ingress_topic} was not read within "
                                f"{timeout:.0f}s; is Kafka at {self.settings.bootstrap_servers} "
                                "reachable?")
         self._started = True
@@ -345,6 +347,7 @@ class Connector:
     def close(self) -> None:
         self._heads.stop()
         self._refusals.stop()
+        self.verifier.close()
         self._writer.close()
         self._rejected.close()
 
@@ -356,25 +359,19 @@ class Connector:
 
     # -- following the log ------------------------------------------------------------
 
-    def _on_accepted(self, env: Envelope) -> None:
-        """Runs in the chain-heads thread for every event of the canonical log."""
-        kind = short_type(env.event_type)
-        payload: dict[str, Any] | None = None
-        if kind in ("PatientEnrolled", "IdentityVerified"):
-            _, payload = decode_payload(env.schema_fingerprint, env.payload)
-            if kind == "PatientEnrolled":
-                self.patients.observe(env, payload, accepted=True)
-            else:
-                self.bedside.observe(env, kind, payload)
-        self.registry.observe(env)
+    def _on_accepted(self, record: VerifiedRecord) -> None:
+        """Runs in the canonical follower's thread for every verified canonical event
+        (the verifier has already folded registry events into ``self.registry``)."""
+        if record.event_type == "PatientEnrolled":
+            self.patients.observe(record.envelope, record.payload, accepted=True)
+        elif record.event_type == "IdentityVerified":
+            self.bedside.observe(record.envelope, record.event_type, record.payload)
         for observer in self._observers:
-            observer(env, kind, payload)
+            observer(record)
 
-    def _on_refused(self, env: Envelope) -> None:
+    def _on_refused(self, record: VerifiedRecord) -> None:
         """Runs in the refusals thread: drop a refused event of ours and all chained on it."""
-        if short_type(env.event_type) != "EventRejected":
-            return
-        _, payload = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
+        payload = record.payload
         refused = payload.get("rejected_event_id")
         if refused is None or refused not in self._written:
             return
@@ -422,14 +419,14 @@ class Connector:
         with self._lock:
             if event_id in self._written:
                 return True
-        return self._heads.is_accepted(event_id)
+        return self._heads.has_read(event_id)
 
     def is_accepted(self, event_id: str) -> bool:
-        return self._heads.is_accepted(event_id)
+        return self._heads.has_read(event_id)
 
     def wait_accepted(self, event_ids: Iterable[str], timeout: float) -> set[str]:
         """Wait until each id is on the canonical log; return those still missing."""
-        return self._heads.wait_accepted(event_ids, timeout)
+        return self._heads.wait_read(event_ids, timeout)
 
     # -- issuing and writing ------------------------------------------------------------
 
@@ -442,7 +439,7 @@ class Connector:
         back is not made to wait for the gatekeeper. When someone else wrote in between,
         the log's head wins and our in-flight record is dropped.
         """
-        canonical = self._heads.head(coi)
+        canonical = self.verifier.head(coi)
         chain = self._in_flight.get(coi)
         if not chain:
             return canonical
@@ -468,7 +465,7 @@ class Connector:
                        if self._in_flight.get(r.coi)]
         if waiting and self.settle_s > 0:
             # Give the gatekeeper a moment: chaining onto a confirmed head is safer.
-            self._heads.wait_accepted(waiting, self.settle_s)
+            self._heads.wait_read(waiting, self.settle_s)
         with self._lock:
             issued: list[IssuedEvent] = []
             heads: dict[str, bytes] = {}
@@ -528,60 +525,19 @@ class _RejectedWriter(IngressWriter):
         self.topic = topic_name("rejected", settings.topic_prefix)
 
 
-def read_topic(settings: Settings, topic: str) -> Iterator[Any]:
-    """Every record of ``topic`` from the beginning to its end when the call started."""
-    consumer = Consumer(settings.librdkafka(**{
-        "group.id": "pcvhub-connector-replay",  # assign() only: never joins or commits
-        "enable.auto.commit": False,
-    }))
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        if metadata.error is not None:
-            raise RuntimeError(f"cannot read {topic}: {metadata.error.str()}")
-        ends = {}
-        for p in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        while ends:
-            for msg in consumer.consume(1000, timeout=1.0):
-                if msg.error():
-                    continue
-                yield msg
-                if msg.offset() >= ends.get(msg.partition(), 0) - 1:
-                    ends.pop(msg.partition(), None)
-    finally:
-        consumer.close()
-
-
 def therapy_log(settings: Settings, coi: str) -> list[Envelope]:
-    """Every accepted event of one therapy, in chain order, read from its partition of the
-    canonical topic (connectors must not depend on the projections)."""
-    topic = topic_name("events", settings.topic_prefix)
-    consumer = Consumer(settings.librdkafka(**{
-        "group.id": "pcvhub-connector-therapy-reader",  # assign() only
-        "enable.auto.commit": False,
-    }))
+    """Every accepted event of one therapy, in chain order, read and verified from its
+    partition of the canonical topic (connectors must not depend on the projections).
+
+    A fresh verifier reads the whole partition: the chain can only be checked from its
+    start. Costly on a long log; it serves the FHIR history endpoint, not a hot path."""
+    partition = partition_for(coi.encode(), topic_spec(CANONICAL).partitions)
+    verifier = deployment_verifier(settings, f"history of {coi}")
     try:
-        count = len(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        partition = partition_for(coi.encode(), count)
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        found: list[Envelope] = []
-        if high <= low:
-            return found
-        consumer.assign([TopicPartition(topic, partition, low)])
-        position = low
-        while position < high:
-            for msg in consumer.consume(1000, timeout=1.0):
-                if msg.error():
-                    continue
-                position = msg.offset() + 1
-                if msg.key() == coi.encode():
-                    found.append(decode_envelope(msg.value()))
-        return found
+        return [o.envelope for o in read_verified(settings, CANONICAL, verifier, [partition])
+                if isinstance(o, VerifiedRecord) and o.coi == coi]
     finally:
-        consumer.close()
+        verifier.close()
 
 
 # -- authentication of callers -----------------------------------------------------------

@@ -70,8 +70,7 @@ from pcvhub.connectors.files import (
     Outcome,
     TransientFailure,
 )
-from pcvhub.schemas.codec import decode_payload
-from pcvhub.schemas.envelope import Envelope
+from pcvhub.log.verify import VerifiedRecord
 from pcvhub.trust.issuer import now_us
 
 log = logging.getLogger(__name__)
@@ -675,13 +674,13 @@ class ClaimIndex:
         self._claims: dict[str, SubmittedClaim] = {}
         self._lock = threading.Lock()
 
-    def observe(self, env: Envelope, kind: str, payload: dict[str, Any] | None) -> None:
+    def observe(self, record: VerifiedRecord) -> None:
         """A ``Connector.watch`` observer."""
-        if kind != "ClaimSubmitted":
+        if record.event_type != "ClaimSubmitted":
             return
-        _, p = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
+        p = record.payload
         with self._lock:
-            self._claims[p["claim_id"]] = SubmittedClaim(env.coi, p["payer_id"], p["amount"],
+            self._claims[p["claim_id"]] = SubmittedClaim(record.coi, p["payer_id"], p["amount"],
                                                          p["currency"])
 
     def get(self, claim_id: str) -> SubmittedClaim | None:

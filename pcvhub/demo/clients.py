@@ -26,13 +26,12 @@ from typing import Any
 import httpx
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import issue_token, short_type
+from pcvhub.connectors.common import issue_token
 from pcvhub.connectors.hl7.listener import frame
 from pcvhub.demo.messages import Ack
-from pcvhub.schemas.codec import decode_payload
-from pcvhub.schemas.envelope import Envelope
+from pcvhub.log.reader import LogFollower, deployment_verifier
+from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, VerifiedRecord
 from pcvhub.streams.event import InboundEvent
-from pcvhub.trust.heads import ChainHeads
 from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.trust.signing import EventSigner
 
@@ -201,10 +200,12 @@ class LogWatch:
         self._folds: dict[str, Callable[[InboundEvent], None]] = {}
         self._unclaimed: dict[str, list[InboundEvent]] = {}  # therapies nobody follows yet
         self._on_accept: list[Callable[[InboundEvent], None]] = []
+        # One verifier for the three topics: one registry, folded from the trust anchor.
+        self.verifier = deployment_verifier(settings, "demo log watch")
         self._followers = [
-            ChainHeads(settings, on_accepted=self._event),
-            ChainHeads(settings, on_accepted=self._refusal, topic="rejected"),
-            ChainHeads(settings, on_accepted=self._alert, topic="alerts"),
+            LogFollower(settings, [CANONICAL], self.verifier, self._event, name="demo-events"),
+            LogFollower(settings, [REJECTED], self.verifier, self._refusal, name="demo-refusals"),
+            LogFollower(settings, [ALERTS], self.verifier, self._alert, name="demo-alerts"),
         ]
 
     def start(self, timeout: float = 60.0) -> LogWatch:
@@ -212,12 +213,14 @@ class LogWatch:
             follower.start()
         for follower in self._followers:
             if not follower.wait_caught_up(timeout):
-                raise DemoError(f"could not read {follower.topic} within {timeout:.0f} s")
+                raise DemoError(f"could not read {', '.join(follower.suffixes)} within "
+                                f"{timeout:.0f} s")
         return self
 
     def stop(self) -> None:
         for follower in self._followers:
             follower.stop()
+        self.verifier.close()
 
     def on_accept(self, callback: Callable[[InboundEvent], None]) -> None:
         self._on_accept.append(callback)
@@ -232,10 +235,8 @@ class LogWatch:
 
     # -- the followers' callbacks (each in its follower's thread) ---------------------------
 
-    def _event(self, env: Envelope) -> None:
-        kind = short_type(env.event_type)
-        _, payload = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
-        event = InboundEvent(env, kind, payload, b"")
+    def _event(self, record: VerifiedRecord) -> None:
+        event, env = record.event, record.envelope
         with self._changed:
             fold = self._folds.get(env.coi)
             if fold is None and env.coi != REGISTRY_COI:
@@ -249,8 +250,8 @@ class LogWatch:
             self.accepted += 1
             self._changed.notify_all()
 
-    def _refusal(self, env: Envelope) -> None:
-        _, p = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
+    def _refusal(self, record: VerifiedRecord) -> None:
+        env, p = record.envelope, record.payload
         refusal = Refusal(env.coi, p.get("rejected_event_id"), p.get("rejected_event_type"),
                           p["rule"], p["reason_code"], p["reason"], env.producer,
                           bytes(p["original"]))
@@ -261,8 +262,8 @@ class LogWatch:
                                                         refusal.reason)
             self._changed.notify_all()
 
-    def _alert(self, env: Envelope) -> None:
-        _, p = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
+    def _alert(self, record: VerifiedRecord) -> None:
+        env, p = record.envelope, record.payload
         with self._changed:
             self.alerts.append(Alert(env.coi, str(p["severity"]), p["rule"], p["code"],
                                      p["message"], p["subject_event_id"]))

@@ -14,7 +14,6 @@ from rich.console import Console
 
 from pcvhub.config import Settings, load_settings
 from pcvhub.connectors.base import IngressWriter
-from pcvhub.connectors.common import read_topic
 from pcvhub.demo.clients import DemoError, DropFolder, LogWatch
 from pcvhub.demo.cohort import build_cohort
 from pcvhub.demo.deployment import Deployment, forget_previous_run, prepare, wait_for_topics
@@ -30,8 +29,8 @@ from pcvhub.demo.driver import (
 from pcvhub.demo.stack import PayerGateway, Stack, cli_command
 from pcvhub.demo.summary import Report, read_figures, render
 from pcvhub.infra.topics_admin import TopicSetupError, ensure_topics
-from pcvhub.schemas.codec import decode_envelope
-from pcvhub.topics import topic_name
+from pcvhub.log.reader import read_verified
+from pcvhub.log.verify import VerifiedRecord
 from pcvhub.trust.issuer import IssuedEvent
 from pcvhub.trust.keys import KeyStoreError
 
@@ -106,8 +105,9 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                       deployment.run_dir / "claims-outbox")
         drive = drive_cohort(world, console)
         receivables = settle_receivables(world, drive, console)
-        hl7_ids = [decode_envelope(m.value()).event_id for m in read_topic(
-            deployment.settings, topic_name("ingress.hl7", prefix))]
+        hl7_ids = [o.event_id for o in read_verified(deployment.settings, "ingress.hl7",
+                                                     watch.verifier)
+                   if isinstance(o, VerifiedRecord)]
         accounting = account(world, hl7_ids)
         with console.status("projecting the log into DuckDB ..."):
             stack.stop(projections)  # one writer per file: finish with a catch-up run

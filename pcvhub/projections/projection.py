@@ -7,17 +7,13 @@ feeds it from Kafka; tests feed it records they made, in any batching.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from pcvhub.projections.projector import CANONICAL, LogRecord, Projector, RowBatch
+from pcvhub.log.verify import CANONICAL, LogVerifier, RawRecord, RegistryLookahead
+from pcvhub.projections.projector import Projector, RowBatch
 from pcvhub.projections.store import ProjectionStore
-from pcvhub.projections.verification import SignatureCheck
-from pcvhub.schemas.envelope import Envelope
 from pcvhub.trust.registry import KeyRegistry
-
-#: reads the registry chain's partition from an offset to its current end
-RegistryReader = Callable[[int], Iterable[Envelope]]
 
 
 def anchor_name(anchor: KeyRegistry, anchored: bool) -> str:
@@ -35,30 +31,34 @@ class Projection:
     :param anchor: the trust anchor's registry (empty, with ``anchored`` False, if none).
     :param registry_partition: the canonical partition holding the registry chain.
     :param read_registry: reads that partition ahead, from an offset (see
-        ``pcvhub.projections.verification``); None to never read ahead.
+        ``pcvhub.log.verify``); None to never read ahead.
+
+    Records are verified by the one log reader's ``LogVerifier``, resumed where the file
+    stands: the registry events it admitted before, the chain heads, the registry
+    partition's next offset.
     """
 
     def __init__(self, path: Path, topic_prefix: str, anchor: KeyRegistry, anchored: bool,
-                 registry_partition: int, read_registry: RegistryReader | None = None) -> None:
+                 registry_partition: int, read_registry: RegistryLookahead | None = None
+                 ) -> None:
         self.store = ProjectionStore(path, {"topic_prefix": topic_prefix,
                                             "trust_anchor": anchor_name(anchor, anchored)},
                                      anchor=anchor if anchored else None)
         try:
             self.positions = self.store.offsets()
-            registry = self.store.fold_registry(anchor.copy())
-
-            def catch_up() -> Iterable[Envelope]:
-                if read_registry is None:
-                    return ()
-                return read_registry(self.positions.get((CANONICAL, registry_partition), 0))
-
-            checker = SignatureCheck(registry, anchored, catch_up)
-            self.projector = Projector(checker, self.store.progress(), self.positions)
+            progress = self.store.progress()
+            self.verifier = LogVerifier(
+                self.store.fold_registry(anchor.copy()), registry_partition,
+                lookahead=read_registry,
+                heads={coi: bytes.fromhex(p.head) for coi, p in progress.items()},
+                registry_cursor=self.positions.get((CANONICAL, registry_partition), 0),
+                reader="projection")
+            self.projector = Projector(self.verifier, progress, self.positions)
         except BaseException:
             self.store.close()
             raise
 
-    def apply(self, records: Sequence[LogRecord]) -> RowBatch:
+    def apply(self, records: Sequence[RawRecord]) -> RowBatch:
         """Project ``records`` and commit them with their offsets, in one transaction."""
         batch = self.projector.project(records)
         self.store.write(batch)

@@ -19,6 +19,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pcvhub.log.verify import (
+    ALERTS,
+    CANONICAL,
+    REJECTED,
+    LogPosition,
+    LogVerifier,
+    Quarantined,
+    RawRecord,
+    VerifiedRecord,
+)
 from pcvhub.projections import lifecycle
 from pcvhub.projections.lifecycle import TherapyProgress
 from pcvhub.projections.schema import (
@@ -30,16 +40,15 @@ from pcvhub.projections.schema import (
     Table,
     payload_tables,
 )
-from pcvhub.projections.verification import SignatureCheck
 from pcvhub.schemas.catalog import load_catalog
-from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
+from pcvhub.schemas.codec import DecodeError, decode_envelope
 from pcvhub.schemas.envelope import Envelope
+from pcvhub.topics import SOURCE_HEADER
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
 
-CANONICAL = "events"
-REJECTED = "rejected"
-ALERTS = "alerts"
+#: signature_check of a record the log reader admitted
+VERIFIED = "VERIFIED"
 #: the topics a projection reads, by role (suffixes of the topic table)
 TOPIC_ROLES = (CANONICAL, REJECTED, ALERTS)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -51,18 +60,6 @@ class OffsetRegression(RuntimeError):
     def __init__(self, topic: str, partition: int, offset: int, next_offset: int) -> None:
         super().__init__(f"{topic}[{partition}] delivered offset {offset}, but offsets up to "
                          f"{next_offset - 1} are already projected; refusing to project it twice")
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    """One record as read: its topic role, position, key, bytes and ingress header."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    source: str | None = None
 
 
 @dataclass
@@ -90,14 +87,15 @@ def sha256_hex(data: bytes) -> str:
 class Projector:
     """Projects records; holds the committed folds and positions between batches.
 
-    :param checker: re-verifies signatures (and folds the registry chain it verifies).
+    :param verifier: the one log reader's verifier (pcvhub.log): it admits or quarantines
+        each record and folds the registry chain; resumed with the file's chain heads.
     :param progress: the committed fold of every chain, by CoI (from the file).
     :param positions: the committed next offset per (topic role, partition).
     """
 
-    def __init__(self, checker: SignatureCheck, progress: dict[str, TherapyProgress],
+    def __init__(self, verifier: LogVerifier, progress: dict[str, TherapyProgress],
                  positions: dict[tuple[str, int], int]) -> None:
-        self.checker = checker
+        self.verifier = verifier
         self.progress = progress
         self.positions = positions
         self.catalog = load_catalog()
@@ -106,16 +104,16 @@ class Projector:
             short: [c.name for c in table.columns[len(RECORD_COLUMNS):]]
             for short, table in self.tables.items()}
 
-    def project(self, records: Iterable[LogRecord]) -> RowBatch:
+    def project(self, records: Iterable[RawRecord]) -> RowBatch:
         batch = RowBatch()
-        self.checker.new_batch()
         for record in records:
-            expected = batch.offsets.get((record.topic, record.partition),
-                                         self.positions.get((record.topic, record.partition), 0))
-            if record.offset < expected:
-                raise OffsetRegression(record.topic, record.partition, record.offset, expected)
+            at = record.position
+            expected = batch.offsets.get((at.topic, at.partition),
+                                         self.positions.get((at.topic, at.partition), 0))
+            if at.offset < expected:
+                raise OffsetRegression(at.topic, at.partition, at.offset, expected)
             self._project_one(record, batch)
-            batch.offsets[(record.topic, record.partition)] = record.offset + 1
+            batch.offsets[(at.topic, at.partition)] = at.offset + 1
             batch.records += 1
         return batch
 
@@ -126,60 +124,85 @@ class Projector:
 
     # -- one record ---------------------------------------------------------------------
 
-    def _project_one(self, record: LogRecord, batch: RowBatch) -> None:
-        position = (record.topic, record.partition, record.offset)
+    def _project_one(self, record: RawRecord, batch: RowBatch) -> None:
+        """Rows of one record. The verifier decides first: an admitted record is projected
+        whole; a quarantined one only into ``envelopes`` (with why, for the audit view) or,
+        if it cannot even be decoded, into ``unreadable``. Nothing quarantined reaches the
+        payload tables, the chains or the lifecycle, so no view folds it."""
+        at = record.position
+        position = (at.topic, at.partition, at.offset)
         raw = record.value or b""
-        try:
-            env = decode_envelope(raw)
-            full_name, payload = decode_payload(env.schema_fingerprint, env.payload,
-                                                env.event_type)
-        except DecodeError as exc:
+        head_before = self.verifier.head(_claimed_coi(record))
+        outcome = self.verifier.admit(record)
+        if isinstance(outcome, Quarantined) and outcome.envelope is None:
             key = (record.key or b"").decode("utf-8", "replace")
-            batch.add(UNREADABLE, (*position, key, sha256_hex(raw), raw, str(exc)))
+            batch.add(UNREADABLE, (*position, key, sha256_hex(raw), raw, outcome.reason))
             return
-        short = self.catalog.short_name(full_name)
-        outcome = self.checker.check(env)
-        self.checker.fold(env, outcome)
-        chain_seq = chain_link = None
+        env = outcome.envelope
+        assert env is not None  # for the type checker: decoded, by the branch above
+        short = self.catalog.short_name(env.event_type)
         digest = chain_digest(env)
-        if record.topic == CANONICAL:
-            chain_seq, chain_link = self._chain(env, short, payload, digest, record, batch)
+        chain_seq: int | None = None
+        chain_link: str | None = None
+        if isinstance(outcome, VerifiedRecord):
+            check, detail = VERIFIED, None
+            if at.topic == CANONICAL:
+                chain_seq, chain_link = self._chain(env, short, outcome.payload, digest, at,
+                                                    batch)
+        else:
+            check, detail = outcome.code, outcome.reason
+            if at.topic == CANONICAL:
+                chain_link = _link(bytes(env.prev_hash), head_before)
+        source = record.header(SOURCE_HEADER)
         batch.add(ENVELOPES, (
             *position, env.event_id, short, env.coi, from_us(env.occurred_at_us),
             from_us(env.signed_at_us), env.producer, env.key_id, env.meaning.value,
             bytes(env.prev_hash).hex(), digest.hex(), chain_seq, chain_link,
             bytes(env.schema_fingerprint).hex(),
             None if env.batch_proof is None else bytes(env.batch_proof.root).hex(),
-            sha256_hex(raw), record.source, outcome[0], outcome[1]))
+            sha256_hex(raw), None if source is None else source.decode("utf-8", "replace"),
+            check, detail))
+        if not isinstance(outcome, VerifiedRecord):
+            return
+        payload = outcome.payload
         fields = self._payload_fields[short]
         batch.add(self.tables[short], (
             *position, env.event_id, env.coi, from_us(env.occurred_at_us), env.producer,
             *(payload.get(name) for name in fields)))
-        if record.topic == REJECTED and short == "EventRejected":
+        if at.topic == REJECTED and short == "EventRejected":
             batch.add(REJECTED_ENVELOPES, (*position, *_claimed(payload["original"])))
 
     def _chain(self, env: Envelope, short: str, payload: dict[str, Any], digest: bytes,
-               record: LogRecord, batch: RowBatch) -> tuple[int, str]:
+               at: LogPosition, batch: RowBatch) -> tuple[int, str]:
         """Advance the chain (and, for a therapy, the lifecycle) of a canonical event."""
         progress = batch.progress.get(env.coi)
         if progress is None:
             committed = self.progress.get(env.coi)
             progress = committed.copy() if committed is not None else TherapyProgress()
             batch.progress[env.coi] = progress
-        prev = bytes(env.prev_hash).hex()
-        if progress.chain_seq == 0:
-            link = "GENESIS" if prev == "" else "BROKEN"
-        else:
-            link = "LINKED" if prev == progress.head else "BROKEN"
+        # The verifier admitted it, so it names the chain's head: GENESIS or LINKED.
+        link = "GENESIS" if progress.chain_seq == 0 else "LINKED"
         progress.chain_seq += 1
         progress.head = digest.hex()
         if env.coi != REGISTRY_COI:
             entered = lifecycle.advance(progress, short, payload, env.producer)
             if entered is not None:
-                batch.add(STAGE_ENTRIES, (record.partition, record.offset, env.coi,
+                batch.add(STAGE_ENTRIES, (at.partition, at.offset, env.coi,
                                           entered.value, from_us(env.occurred_at_us),
                                           env.event_id, short))
         return progress.chain_seq, link
+
+
+def _claimed_coi(record: RawRecord) -> str:
+    """The therapy a record's key names (canonical records are keyed by CoI)."""
+    return (record.key or b"").decode("utf-8", "replace")
+
+
+def _link(prev: bytes, head: bytes) -> str:
+    """How a quarantined canonical record relates to its chain as admitted so far."""
+    if prev == head:
+        return "GENESIS" if not prev else "LINKED"
+    return "BROKEN"
 
 
 def _claimed(original: bytes) -> tuple[Any, ...]:

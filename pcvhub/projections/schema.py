@@ -172,9 +172,11 @@ ENVELOPES = Table(
         Column("source", "VARCHAR", "Ingress position topic/partition/offset the gatekeeper "
                                     "answered with this record (pcvhub-source header)."),
         Column("signature_check", "VARCHAR",
-               "Re-verification of both signatures (Ed25519 and ML-DSA-65) against the "
-               "signer's registered public keys: VERIFIED, or why not (UNREGISTERED_KEY, "
-               "NO_TRUST_ANCHOR, SIGNATURE_INVALID, BATCH_PATH_INVALID, UNSIGNED...)."),
+               "The log reader's verdict (pcvhub.log.verify): VERIFIED (both signatures, "
+               "the key's registration, the hash chain, the signer's right to write there), "
+               "or the code it was quarantined for (UNREGISTERED_KEY, NOT_REGISTRAR, "
+               "HASH_CHAIN_BROKEN, SIGNATURE_INVALID, WRONG_SIGNER...). Only VERIFIED "
+               "records reach the payload tables."),
         Column("signature_detail", "VARCHAR", "Sentence explaining a failed check; NULL "
                                               "when verified."),
     ),

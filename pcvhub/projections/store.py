@@ -32,7 +32,6 @@ from pcvhub.projections.schema import (
     Table,
     all_tables,
 )
-from pcvhub.projections.verification import FOLDABLE
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
 
 
@@ -120,9 +119,8 @@ class ProjectionStore:
                 for coi, seq, head, stage, state in rows}
 
     def fold_registry(self, registry: KeyRegistry) -> KeyRegistry:
-        """Fold the registry events already projected (and verified) into ``registry``,
-        in log order, as the runner folded them when it read them."""
-        outcomes = ", ".join(f"'{o}'" for o in sorted(FOLDABLE))
+        """Fold the registry events already projected (admitted by the log reader) into
+        ``registry``, in log order, as the verifier folded them when it read them."""
         events: list[tuple[int, int, str, str, dict[str, Any]]] = []
         for event_type in sorted(REGISTRY_EVENTS):
             table = schema.payload_table(event_type)
@@ -133,7 +131,7 @@ class ProjectionStore:
                 f"FROM {table.qualified} t JOIN {ENVELOPES.qualified} e "
                 "USING (log_topic, log_partition, log_offset) "
                 "WHERE t.log_topic = 'events' AND t.coi = ? "
-                f"AND e.signature_check IN ({outcomes})", [REGISTRY_COI]).fetchall()
+                "AND e.signature_check = 'VERIFIED'", [REGISTRY_COI]).fetchall()
             events += [(row[0], row[1], event_type, row[2],
                         dict(zip(fields, row[3:], strict=True))) for row in rows]
         for _, _, event_type, event_id, payload in sorted(events, key=lambda e: e[:2]):

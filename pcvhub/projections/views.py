@@ -78,7 +78,7 @@ class Macro:
 TRUSTED_REGISTRY = f"""
     SELECT log_topic, log_partition, log_offset FROM log.envelopes
     WHERE log_topic = 'events' AND coi = {REGISTRY}
-      AND signature_check IN ('VERIFIED', 'NO_TRUST_ANCHOR')"""
+      AND signature_check = 'VERIFIED'"""
 
 SIGNING_KEYS = View(
     "signing_keys",
@@ -221,13 +221,17 @@ def _audit_sql(therapy: str) -> str:
     ),
     placed AS (
         SELECT o.*, coalesce(ev.chain_seq, 0) AS timeline_seq
-        FROM others o ASOF LEFT JOIN (SELECT coi, occurred_at, chain_seq FROM events) ev
+        FROM others o ASOF LEFT JOIN (SELECT coi, occurred_at, chain_seq FROM events
+                                      WHERE chain_seq IS NOT NULL) ev
           ON o.coi = ev.coi AND o.event_time >= ev.occurred_at
     ),
     entries AS (
         SELECT coi, chain_seq AS timeline_seq, 'EVENT' AS entry, 0 AS entry_rank,
                occurred_at AS event_time, event_id, event_type, producer AS actor, key_id,
-               meaning, 'ACCEPTED' AS outcome, NULL AS detail, NULL AS recorded_by, signature_check,
+               meaning,
+               CASE WHEN signature_check = 'VERIFIED' THEN 'ACCEPTED'
+                    ELSE 'QUARANTINED ' || signature_check END AS outcome,
+               signature_detail AS detail, NULL AS recorded_by, signature_check,
                key_standing, chain_seq, chain_link, prev_hash, chain_hash, log_topic,
                log_partition, log_offset
         FROM events
@@ -263,7 +267,7 @@ AUDIT_TRAIL = View(
         "coi": "Chain-of-identity id of the therapy.",
         "timeline_seq": "Chain position of the event; for a refusal or alert, that of the "
                         "last event that happened before it (0 if none).",
-        "entry": "EVENT (accepted, on the canonical log), REJECTION or ALERT.",
+        "entry": "EVENT (a record of the canonical log), REJECTION or ALERT.",
         "event_time": "Event time: of the event, of the refused event as it claims, or the "
               "alert's due time (else the time of the refused event it is about).",
         "event_id": "Event id; for a refusal the refused event's id, for an alert its "
@@ -275,8 +279,11 @@ AUDIT_TRAIL = View(
         "actor_site": "Registered site or organisation of the actor.",
         "key_id": "Key the actor signed with.",
         "meaning": "Part 11 meaning of an event's signature.",
-        "outcome": "ACCEPTED, REJECTED <rule> <code>, or ALERT <severity> <code>.",
-        "detail": "The refusal's reason or the alert's message.",
+        "outcome": "ACCEPTED, QUARANTINED <code> (on the canonical log, but the log reader "
+                   "could not verify it: never folded into any other view), REJECTED <rule> "
+                   "<code>, or ALERT <severity> <code>.",
+        "detail": "The refusal's reason, the alert's message, or why a record is "
+                  "quarantined.",
         "recorded_by": "The gatekeeper actor that signed a refusal or alert record.",
         "signature_check": "Re-verification of the record's signatures (see "
                            "log.envelopes.signature_check).",
@@ -920,7 +927,9 @@ CASE_STATUS_MACRO = Macro("case_status_as_of", "as_of", f"""
     latest AS (
         SELECT coi, arg_max(event_type, log_offset) AS last_event_type,
                arg_max(occurred_at, log_offset) AS last_event_at
-        FROM log.envelopes WHERE log_topic = 'events' AND coi <> {REGISTRY} GROUP BY coi
+        FROM log.envelopes
+        WHERE log_topic = 'events' AND coi <> {REGISTRY} AND signature_check = 'VERIFIED'
+        GROUP BY coi
     ),
     doses AS (
         SELECT coi, count(*) FILTER (WHERE status IN {USABLE}) AS doses_usable,
@@ -944,7 +953,7 @@ CASE_STATUS_MACRO = Macro("case_status_as_of", "as_of", f"""
     ),
     refusals AS (
         SELECT coi, count(*) AS rejections FROM log.envelopes
-        WHERE log_topic = 'rejected' GROUP BY coi
+        WHERE log_topic = 'rejected' AND signature_check = 'VERIFIED' GROUP BY coi
     )
     SELECT c.coi, e.site_id, e.therapy_type, e.enrolled_at, c.stage, s.stage_since,
            CASE WHEN c.stage = 'FOLLOW_UP' AND coalesce(d.doses_usable, 0) = 0

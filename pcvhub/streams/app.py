@@ -24,65 +24,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, TopicPartition
 
 from pcvhub.config import Settings
+from pcvhub.log.reader import deployment_verifier, read_verified
+from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, VerifiedRecord
 from pcvhub.streams.event import SourcePosition
 from pcvhub.streams.gatekeeper import Gatekeeper, Output, PartitionLedger
-from pcvhub.topics import SOURCE_HEADER, TOPICS, TopicRole, topic_name
+from pcvhub.topics import TOPICS, TopicRole, topic_name
 
 log = logging.getLogger(__name__)
 
 
-def _source_of(headers: Iterable[tuple[str, bytes]] | None) -> SourcePosition | None:
-    for name, value in headers or ():
-        if name == SOURCE_HEADER:
-            return SourcePosition.from_header(value)
-    return None
-
-
-def read_partition(settings: Settings, topic: str, partition: int) -> list[Any]:
-    """Every record of one partition, from the beginning to the current end."""
-    consumer = Consumer(settings.librdkafka(**{
-        "group.id": "pcvhub-gatekeeper-ledger",  # never commits: only assign() is used
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-        "isolation.level": "read_committed",
-    }))
-    try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        if high <= low:
-            return []
-        consumer.assign([TopicPartition(topic, partition, low)])
-        records: list[Any] = []
-        while True:
-            batch = consumer.consume(1000, timeout=1.0)
-            for msg in batch:
-                if msg.error():
-                    if msg.error().code() == -191:  # _PARTITION_EOF
-                        return records
-                    raise RuntimeError(f"reading {topic}[{partition}]: {msg.error().str()}")
-                records.append(msg)
-                if msg.offset() >= high - 1:
-                    return records
-    finally:
-        consumer.close()
-
-
 def rebuild_ledger(settings: Settings, gatekeeper: Gatekeeper, partition: int) -> PartitionLedger:
-    """Fold partition ``partition`` of the outputs into a fresh ledger."""
-    prefix = settings.topic_prefix
+    """Fold partition ``partition`` of the outputs into a fresh ledger.
+
+    Every record is admitted by the one log reader first, with a registry of its own folded
+    from the trust anchor: a record some other writer put on an output topic (a forged
+    registration, a refusal that would mark an ingress position answered) is quarantined
+    and reported, and the ingress record it would have hidden is judged again.
+    """
+    verifier = deployment_verifier(settings, f"gatekeeper ledger rebuild of partition {partition}")
     ledger = PartitionLedger(partition)
-    for msg in read_partition(settings, topic_name("events", prefix), partition):
-        gatekeeper.replay_accepted(msg.value(), _source_of(msg.headers()), ledger)
-    for msg in read_partition(settings, topic_name("rejected", prefix), partition):
-        gatekeeper.replay_rejected(_source_of(msg.headers()), ledger)
-    for msg in read_partition(settings, topic_name("alerts", prefix), partition):
-        gatekeeper.replay_alert(msg.value(), ledger)
+    replay = {CANONICAL: gatekeeper.replay_accepted, REJECTED: gatekeeper.replay_rejected,
+              ALERTS: gatekeeper.replay_alert}
+    try:
+        for suffix, fold in replay.items():
+            for outcome in read_verified(settings, suffix, verifier, [partition]):
+                if isinstance(outcome, VerifiedRecord):
+                    fold(outcome.event, ledger)
+    finally:
+        verifier.close()
+    if verifier.report.quarantined:
+        log.warning("partition %d: %d record(s) of the outputs quarantined, not folded: %s",
+                    partition, verifier.report.quarantined, dict(verifier.report.by_code))
     return ledger
 
 

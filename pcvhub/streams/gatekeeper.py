@@ -19,7 +19,6 @@ from typing import Any
 
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
-from pcvhub.schemas.envelope import Envelope
 from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.streams.timers import TurnaroundTimers
@@ -185,20 +184,21 @@ class Gatekeeper:
                        issued.envelope.event_id)]
 
     # -- rebuilding the ledger from the log --------------------------------------
+    # Each replay takes a record the one log reader admitted (pcvhub.log): what was
+    # written to an output topic by anything but a gatekeeper never reaches these.
 
-    def replay_accepted(self, raw: bytes, source: SourcePosition | None,
-                        ledger: PartitionLedger) -> None:
-        event = self.decode(raw, source)
+    def replay_accepted(self, event: InboundEvent, ledger: PartitionLedger) -> None:
         self._fold(event, ledger.case(event.coi))
         ledger.watermark_us = max(ledger.watermark_us, event.occurred_at_us)
-        if source is not None:
-            ledger.answered.add((source.topic, source.offset))
+        if event.source is not None:
+            ledger.answered.add((event.source.topic, event.source.offset))
 
-    def replay_rejected(self, source: SourcePosition | None, ledger: PartitionLedger) -> None:
-        if source is not None:
-            ledger.answered.add((source.topic, source.offset))
+    def replay_rejected(self, refusal: InboundEvent, ledger: PartitionLedger) -> None:
+        """A refusal answers the ingress position its signed payload names (a connector's
+        refusal of input that never reached Kafka names none: partition -1)."""
+        p = refusal.payload
+        if p["source_partition"] >= 0:
+            ledger.answered.add((p["source_topic"], p["source_offset"]))
 
-    def replay_alert(self, raw: bytes, ledger: PartitionLedger) -> None:
-        envelope: Envelope = decode_envelope(raw)
-        _, payload = decode_payload(envelope.schema_fingerprint, envelope.payload)
-        ledger.alert_ids.add(str(payload["alert_id"]))
+    def replay_alert(self, alert: InboundEvent, ledger: PartitionLedger) -> None:
+        ledger.alert_ids.add(str(alert.payload["alert_id"]))

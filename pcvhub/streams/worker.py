@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import faust
 
 from pcvhub.config import Settings
+from pcvhub.log.reader import LogFollower, deployment_verifier, registry_partition
+from pcvhub.log.verify import CANONICAL
 from pcvhub.streams.app import build_app
 from pcvhub.streams.gatekeeper import Gatekeeper
 from pcvhub.streams.rules import default_rules
-from pcvhub.topics import partition_for, topic_spec
-from pcvhub.trust.heads import ChainHeads
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
-from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, load_anchor
+from pcvhub.trust.registry import ANCHOR_FILE, load_anchor
 
 GATEKEEPER_ACTOR = "hub-gatekeeper"
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class GatekeeperWorker:
     app: faust.App
     gatekeeper: Gatekeeper
-    follower: ChainHeads  # folds registry events from the canonical log into the registry
+    follower: LogFollower  # verifies registry events on the canonical log, folds them
 
 
 def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> GatekeeperWorker:
@@ -44,8 +44,11 @@ def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> Gatekeeper
     signer = KeyStore(settings.data_dir / "keys", passphrase_from_env()).latest(GATEKEEPER_ACTOR)
     gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(signer), registry)
     # Registry events all live in the partition of REGISTRY_COI: follow only that one.
-    registry_partition = partition_for(REGISTRY_COI.encode(), topic_spec("events").partitions)
-    follower = ChainHeads(settings, on_accepted=registry.observe, partitions=[registry_partition])
+    # The verifier folds into the gatekeeper's own registry, and only what a registrar
+    # signed on the registry chain (pcvhub.log.verify).
+    verifier = deployment_verifier(settings, "gatekeeper registry follower", registry)
+    follower = LogFollower(settings, [CANONICAL], verifier, partitions=[registry_partition()],
+                           name="registry-follower")
     return GatekeeperWorker(build_app(settings, gatekeeper, app_id), gatekeeper, follower)
 
 
@@ -58,8 +61,10 @@ def run(settings: Settings, app_id: str = "pcvhub-gatekeeper", loglevel: str = "
         raise TimeoutError(f"the canonical log was not read within {catch_up_timeout:.0f}s; "
                            "is Kafka reachable?")
     registry = worker.gatekeeper.registry
-    log.warning("registry read from the log: %d actors, %d keys",
-                len(registry.actors), len(registry.keys))
+    report = worker.follower.verifier.report
+    log.warning("registry read from the log: %d actors, %d keys; %d record(s) quarantined%s",
+                len(registry.actors), len(registry.keys), report.quarantined,
+                "".join(f"\n  {q}" for q in report.first))
     code = 0
     try:
         faust.Worker(worker.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -13,13 +13,13 @@ is known only through events the gatekeeper accepted.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pcvhub.schemas.codec import decode_payload, to_us
+from pcvhub.schemas.codec import to_us
 from pcvhub.schemas.envelope import Envelope
 from pcvhub.trust.signing import PublicKeys, Verification, verify_envelope
 
@@ -95,11 +95,26 @@ class KeyRegistry:
         """(code, reason) why this actor's key cannot sign at ``at_us``, or None."""
         key = self.keys.get((actor_id, key_id))
         if key is None:
-            known = sorted(k for a, k in self.keys if a == actor_id)
-            return "UNREGISTERED_KEY", (f"key {key_id} is not registered for actor {actor_id}"
-                    + (f" (registered keys: {', '.join(known)})" if known else
-                       " (the actor has no registered key: an unregistered signer)"))
+            return self._unregistered(actor_id, key_id)
         return key.problem_at(at_us)
+
+    def registration_problem(self, actor_id: str, key_id: str, at_us: int
+                             ) -> tuple[str, str] | None:
+        """Like :meth:`key_problem`, but only what a registration fixes for good: the key is
+        registered and valid from before ``at_us``. Revocation and expiry arrive later on
+        the registry chain (see ``pcvhub.log.verify`` for who judges them)."""
+        key = self.keys.get((actor_id, key_id))
+        if key is None:
+            return self._unregistered(actor_id, key_id)
+        if at_us < key.valid_from_us:
+            return key.problem_at(at_us)
+        return None
+
+    def _unregistered(self, actor_id: str, key_id: str) -> tuple[str, str]:
+        known = sorted(k for a, k in self.keys if a == actor_id)
+        return "UNREGISTERED_KEY", (f"key {key_id} is not registered for actor {actor_id}"
+                + (f" (registered keys: {', '.join(known)})" if known else
+                   " (the actor has no registered key: an unregistered signer)"))
 
     def verify(self, env: Envelope) -> Verification:
         """R1: key known and valid at occurred-at, and both signatures verify."""
@@ -143,18 +158,6 @@ class KeyRegistry:
         self.applied.add(event_id)
         self.apply(event_type, payload)
         return True
-
-    def observe(self, env: Envelope) -> None:
-        """Fold an accepted envelope read from the log if it is a registry event."""
-        short = env.event_type.rsplit(".", 1)[-1]
-        if short in REGISTRY_EVENTS and env.event_id not in self.applied:
-            _, payload = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
-            self.apply_event(env.event_id, short, payload)
-
-    def apply_all(self, events: Iterable[tuple[str, Mapping[str, Any]]]) -> KeyRegistry:
-        for event_type, payload in events:
-            self.apply(event_type, payload)
-        return self
 
 
 def _opt_us(value: datetime | int | None) -> int | None:

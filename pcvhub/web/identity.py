@@ -243,7 +243,17 @@ def chain_of_identity(reader: Reader, coi: str, timeline: list[Row]) -> list[Lin
     links = {key: Link(key, title, proves) for key, (title, proves) in LINKS.items()}
     signed = {e["event_id"]: e for e in timeline if e["entry"] == "EVENT"}
     steps = [{**signed[s["event_id"]], **s} for s in reader.rows(CHAIN_SQL, {"coi": coi})]
-    for step in sorted(steps, key=lambda s: s["chain_seq"]):
+    # Records on the canonical log that the log reader quarantined are in no payload table,
+    # so CHAIN_SQL cannot see them: they are shown on the link they claim to act on, as
+    # what breaks it, with the reader's reason.
+    for entry in signed.values():
+        key = LINK_OF_EVENT.get(entry["event_type"] or "")
+        if key is not None and entry["outcome"].startswith("QUARANTINED"):
+            steps.append({**entry, "link": key, "step": f"{entry['event_type']} (quarantined)",
+                          "item": None, "fingerprint": None, "holds": False,
+                          "checked": "verified by the log reader"})
+    for step in sorted(steps, key=lambda s: (s["chain_seq"] is None, s["chain_seq"] or 0,
+                                             s["log_offset"])):
         links[step["link"]].steps.append(step)
     for entry in timeline:
         if entry["entry"] == "REJECTION":

@@ -51,5 +51,5 @@ def test_a_worker_joining_and_one_leaving_lose_and_duplicate_nothing(hub):
     expected = len(registrations) + len(records)
     assert hub.wait_answered(expected, 300, second) == expected, hub.worker_log("b")
     assert hub.count("rejected") == 0, "a valid event was refused during a rebalance"
-    canonical = Counter(decode_envelope(m.value()).event_id for m in hub.read_all("events"))
+    canonical = Counter(decode_envelope(m.value).event_id for m in hub.read_all("events"))
     assert canonical == Counter(e.event_id for e in [*registrations, *stream])

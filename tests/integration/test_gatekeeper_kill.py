@@ -107,13 +107,13 @@ def test_sigkill_twice_loses_and_duplicates_nothing(hub):
     expected += len(duplicates)
     assert hub.wait_answered(expected, 600, worker) == expected, hub.worker_log()
 
-    canonical = Counter(decode_envelope(m.value()).event_id for m in hub.read_all("events"))
+    canonical = Counter(decode_envelope(m.value).event_id for m in hub.read_all("events"))
     wanted = Counter(e.event_id for e in [*registrations, *valid])
     assert canonical == wanted  # every valid id exactly once, nothing else
 
     refused: Counter = Counter()
     for msg in hub.read_all("rejected"):
-        env = decode_envelope(msg.value())
+        env = decode_envelope(msg.value)
         _, p = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
         refused[(p["original"], p["reason_code"])] += 1
     wanted_refusals = Counter({(w, c): 1 for w, c in invalid.items()})

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.kafka
 def _rejections(hub: Sandbox) -> dict[str, dict]:
     found = {}
     for msg in hub.read_all("rejected"):
-        env = decode_envelope(msg.value())
+        env = decode_envelope(msg.value)
         _, payload = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
         found[payload["rejected_event_id"] or f"@{payload['source_offset']}"] = payload
     return found
@@ -81,7 +81,7 @@ def test_a_therapy_and_its_faults_through_a_worker_killed_twice(hub):
     expected = len(registrations) + len(therapy) + 3 + len(quarantined.log) + 1
     assert hub.wait_answered(expected, 180, worker) == expected, hub.worker_log()
 
-    canonical = [decode_envelope(m.value()) for m in hub.read_all("events")]
+    canonical = [decode_envelope(m.value) for m in hub.read_all("events")]
     counts = Counter(e.event_id for e in canonical)
     assert max(counts.values()) == 1, "an event was written twice"
     in_chain = [e for e in canonical if e.coi == therapy[0].coi]
@@ -96,7 +96,7 @@ def test_a_therapy_and_its_faults_through_a_worker_killed_twice(hub):
     assert len(rejected) == 4
     alerts = []
     for msg in hub.read_all("alerts"):
-        env = decode_envelope(msg.value())
+        env = decode_envelope(msg.value)
         alerts.append(decode_payload(env.schema_fingerprint, env.payload, env.event_type)[1])
     [alert] = [a for a in alerts if a["subject_event_id"] == bad_dispense.event_id]
     assert alert["code"] == "DOSE_QUARANTINED" and alert["severity"] == "CRITICAL"

@@ -120,7 +120,7 @@ def payer(kafka, settings, tmp_path_factory):
 def _by_id(hub: Sandbox, suffix: str) -> dict[str, tuple]:
     found = {}
     for msg in hub.read_all(suffix):
-        env = decode_envelope(msg.value())
+        env = decode_envelope(msg.value)
         _, payload = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
         found[env.event_id] = (env, payload)
     return found

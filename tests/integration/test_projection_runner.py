@@ -179,6 +179,7 @@ def test_a_worker_answered_scenario_projected_live_published_and_rebuilt(hub: Sa
 def test_a_record_that_is_no_envelope_is_kept_aside_and_the_runner_carries_on(
         hub: Sandbox) -> None:
     builder = Hub()
+    builder.deploy_gatekeeper(hub)  # the trust anchor the runner verifies the log from
     cast = builder.register_cast("k")
     first, second = (TherapyScenario(builder, cast=cast) for _ in range(2))
     canonical = topic_name("events", hub.settings.topic_prefix)

@@ -35,9 +35,10 @@ from pcvhub.connectors.common import (
     private_key_pem,
 )
 from pcvhub.connectors.hl7.listener import frame
+from pcvhub.log.reader import LogFollower, deployment_verifier
+from pcvhub.log.verify import CANONICAL
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
-from pcvhub.trust.heads import ChainHeads
 from pcvhub.trust.issuer import EventIssuer, now_us
 from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
@@ -97,8 +98,11 @@ class Deployment:
         return signer
 
     def wait_registered(self, timeout: float = 180) -> None:
-        with ChainHeads(self.hub.settings) as heads:
-            missing = heads.wait_accepted(self.registered, timeout)
+        settings = self.hub.settings
+        verifier = deployment_verifier(settings, "test deployment")
+        with LogFollower(settings, [CANONICAL], verifier) as canonical:
+            missing = canonical.wait_read(self.registered, timeout)
+        verifier.close()
         assert not missing, f"registrations not accepted: {missing}\n{self.hub.worker_log()}"
 
     def connector(self, source: str, settle_s: float = 5.0) -> Connector:
@@ -127,7 +131,7 @@ class Deployment:
         """(envelope, short type, payload) of every record on one of the hub's topics."""
         found = []
         for msg in self.hub.read_all(suffix):
-            env = decode_envelope(msg.value())
+            env = decode_envelope(msg.value)
             full, payload = decode_payload(env.schema_fingerprint, env.payload, env.event_type)
             found.append((env, full.rsplit(".", 1)[-1], payload))
         return found

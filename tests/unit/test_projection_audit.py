@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pcvhub.projections.projector import LogRecord
-from pcvhub.projections.runner import partition_of
+from pcvhub.log.verify import RawRecord
 from pcvhub.projections.store import connect
 from pcvhub.schemas.codec import decode_envelope, encode_envelope, encode_payload
+from pcvhub.topics import partition_for
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
@@ -41,7 +41,7 @@ def audit(path: Path, coi: str) -> list[dict]:
         con.close()
 
 
-def test_a_payload_altered_on_the_log_fails_verification_and_breaks_the_next_link(
+def test_a_payload_altered_on_the_log_is_quarantined_and_so_is_the_chain_after_it(
         tmp_path: Path) -> None:
     hub, scenario, log = one_therapy()
     position = next(i for i, (_, wire) in enumerate(log)
@@ -52,14 +52,26 @@ def test_a_payload_altered_on_the_log_fails_verification_and_breaks_the_next_lin
         "stage": "I", "hla_type": ["HLA-A*01:01"], "diagnosed_on": None, "staging_system": None})
     log[position] = (log[position][0], encode_envelope(replace(original, payload=altered_body)))
     project(tmp_path / "p.duckdb", list(canonical_records(log)), anchor_of(hub))
-    trail = {r["event_id"]: r for r in audit(tmp_path / "p.duckdb", scenario.coi)}
-    altered = trail[original.event_id]
-    assert (altered["signature_check"], altered["verification"]) == (
-        "SIGNATURE_INVALID", "SIGNATURE_INVALID")
-    following = next(r for r in trail.values() if r["chain_seq"] == altered["chain_seq"] + 1)
-    assert following["chain_link"] == "BROKEN"  # it names the digest of the original
-    assert following["verification"] == "VERIFIED"
+    trail = sorted(audit(tmp_path / "p.duckdb", scenario.coi), key=lambda r: r["log_offset"])
+    at = next(i for i, r in enumerate(trail) if r["event_id"] == original.event_id)
+    altered, following, *rest = trail[at:]
+    assert (altered["signature_check"], altered["outcome"]) == (
+        "SIGNATURE_INVALID", "QUARANTINED SIGNATURE_INVALID")
+    assert altered["chain_link"] == "LINKED" and altered["chain_seq"] is None
+    # The next event names the digest of the original, which is not on the log: its own
+    # signature holds, but nothing after the alteration can be proven to follow from it.
+    assert (following["chain_link"], following["signature_check"]) == (
+        "BROKEN", "HASH_CHAIN_BROKEN")
+    assert {r["signature_check"] for r in rest} == {"HASH_CHAIN_BROKEN"}
+    assert {r["verification"] for r in trail[:at]} == {"VERIFIED"}
     assert len(trail) == len(scenario.log)  # nothing dropped
+    stages = connect(tmp_path / "p.duckdb", read_only=True)
+    try:
+        entered = stages.execute("SELECT count(*) FROM log.stage_entries WHERE coi = ? AND "
+                                 "log_offset >= ?", [scenario.coi, altered["log_offset"]])
+        assert entered.fetchone() == (0,)  # quarantined records move no lifecycle
+    finally:
+        stages.close()
 
 
 def test_an_event_from_an_unregistered_key_written_to_the_log_is_not_verified(
@@ -99,8 +111,10 @@ def test_events_signed_after_a_later_reported_compromise_are_flagged(tmp_path: P
     assert {r["verification"] for r in others} == {"VERIFIED"}
 
 
-def test_without_a_trust_anchor_the_registry_is_taken_on_the_gatekeepers_word(
+def test_without_a_trust_anchor_nothing_is_verified_and_no_actor_is_registered(
         tmp_path: Path) -> None:
+    """The registry chain is verified from the trust anchor's registrar: without the
+    anchor there is no one to start from, so no registration and no event counts."""
     hub, scenario, log = one_therapy()
     project(tmp_path / "p.duckdb", list(canonical_records(log)), anchor=None)
     con = connect(tmp_path / "p.duckdb", read_only=True)
@@ -108,18 +122,20 @@ def test_without_a_trust_anchor_the_registry_is_taken_on_the_gatekeepers_word(
         outcomes = dict(con.execute(
             "SELECT coi = ?, list(DISTINCT signature_check) FROM log.envelopes GROUP BY ALL",
             [REGISTRY_COI]).fetchall())
+        actors = con.execute("SELECT count(*) FROM actors").fetchone()
     finally:
         con.close()
-    assert outcomes == {True: ["NO_TRUST_ANCHOR"], False: ["VERIFIED"]}
+    assert outcomes == {True: ["UNREGISTERED_KEY"], False: ["UNREGISTERED_KEY"]}
+    assert actors == (0,)
 
 
 def test_keys_registered_in_a_partition_read_later_are_found_by_reading_ahead(
         tmp_path: Path) -> None:
     """The therapy's partition first, the registry's partition last: the projection reads
     the registry partition ahead to find the signers' keys."""
-    registry_partition = partition_of(REGISTRY_COI, PARTITIONS)
+    registry_partition = partition_for(REGISTRY_COI.encode(), PARTITIONS)
     hub, scenario, log = one_therapy()
-    while partition_of(scenario.coi, PARTITIONS) == registry_partition:  # 1 in 6
+    while partition_for(scenario.coi.encode(), PARTITIONS) == registry_partition:  # 1 in 6
         hub, scenario, log = one_therapy()
     records = list(canonical_records(log))
     registry_last = ([r for r in records if r.partition != registry_partition]
@@ -134,9 +150,9 @@ def test_an_unreadable_record_on_the_log_is_kept_and_the_next_one_projected(
     hub, scenario, log = one_therapy()
     records = list(canonical_records(log))
     therapy_partition = next(r.partition for r in records if r.key == scenario.coi.encode())
-    garbage = LogRecord("events", therapy_partition, 10_000, scenario.coi.encode(),
+    garbage = RawRecord.at("events", therapy_partition, 10_000, scenario.coi.encode(),
                         b"\xc3\x01garbage", None)
-    after = replace(records[-1], offset=10_001)  # a valid record right after it
+    after = replace(records[-1], position=replace(records[-1].position, offset=10_001))
     project(tmp_path / "p.duckdb", [*records[:-1], garbage, after], anchor_of(hub))
     con = connect(tmp_path / "p.duckdb", read_only=True)
     try:

@@ -16,15 +16,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pcvhub.log.verify import RawRecord
 from pcvhub.projections import lifecycle
 from pcvhub.projections.digest import digest_file
 from pcvhub.projections.lifecycle import TherapyProgress
 from pcvhub.projections.projection import Projection
-from pcvhub.projections.projector import LogRecord, OffsetRegression
-from pcvhub.projections.runner import partition_of
+from pcvhub.projections.projector import OffsetRegression
 from pcvhub.projections.schema import LayoutError
 from pcvhub.projections.store import connect
 from pcvhub.streams.case import CaseState
+from pcvhub.topics import partition_for
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
 
@@ -38,21 +39,21 @@ def scripted() -> ScriptedLog:
 
 
 @pytest.fixture(scope="module")
-def records(scripted: ScriptedLog) -> list[LogRecord]:
+def records(scripted: ScriptedLog) -> list[RawRecord]:
     return scripted.gatekeep()
 
 
 @pytest.fixture(scope="module")
-def reference(scripted: ScriptedLog, records: list[LogRecord],
+def reference(scripted: ScriptedLog, records: list[RawRecord],
               tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("reference") / "hub.duckdb"
     project(path, records, scripted.anchor, batch=len(records))
     return digest_file(path).sha256
 
 
-def interleave(records: list[LogRecord], rng: random.Random) -> list[LogRecord]:
+def interleave(records: list[RawRecord], rng: random.Random) -> list[RawRecord]:
     """Another order Kafka could deliver: each topic-partition's own order kept."""
-    queues: dict[tuple[str, int], list[LogRecord]] = {}
+    queues: dict[tuple[str, int], list[RawRecord]] = {}
     for record in records:
         queues.setdefault((record.topic, record.partition), []).append(record)
     for queue in queues.values():
@@ -70,7 +71,7 @@ def interleave(records: list[LogRecord], rng: random.Random) -> list[LogRecord]:
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 40))
 def test_any_interleaving_and_batching_gives_the_same_digest(
-        scripted: ScriptedLog, records: list[LogRecord], reference: str,
+        scripted: ScriptedLog, records: list[RawRecord], reference: str,
         tmp_path_factory: pytest.TempPathFactory, seed: int, batch: int) -> None:
     path = tmp_path_factory.mktemp("shuffled") / "hub.duckdb"
     shuffled = interleave(records, random.Random(seed))
@@ -79,7 +80,7 @@ def test_any_interleaving_and_batching_gives_the_same_digest(
 
 
 def test_a_restart_between_batches_continues_to_the_same_digest(
-        scripted: ScriptedLog, records: list[LogRecord], reference: str,
+        scripted: ScriptedLog, records: list[RawRecord], reference: str,
         tmp_path: Path) -> None:
     path = tmp_path / "hub.duckdb"
     shuffled = interleave(records, random.Random(3))
@@ -89,11 +90,11 @@ def test_a_restart_between_batches_continues_to_the_same_digest(
 
 
 def test_a_record_already_projected_is_refused_and_nothing_is_written(
-        scripted: ScriptedLog, records: list[LogRecord], tmp_path: Path) -> None:
+        scripted: ScriptedLog, records: list[RawRecord], tmp_path: Path) -> None:
     path = tmp_path / "hub.duckdb"
     project(path, records[:30], scripted.anchor)
     before = digest_file(path).sha256
-    registry_partition = partition_of(REGISTRY_COI, PARTITIONS)
+    registry_partition = partition_for(REGISTRY_COI.encode(), PARTITIONS)
     with Projection(path, "test", scripted.anchor, True, registry_partition) as projection:
         with pytest.raises(OffsetRegression, match=r"already projected"):
             projection.apply([records[30], records[5]])
@@ -101,14 +102,14 @@ def test_a_record_already_projected_is_refused_and_nothing_is_written(
 
 
 def test_the_digest_changes_when_the_log_does(scripted: ScriptedLog,
-                                              records: list[LogRecord], reference: str,
+                                              records: list[RawRecord], reference: str,
                                               tmp_path: Path) -> None:
     project(tmp_path / "short.duckdb", records[:-1], scripted.anchor)
     assert digest_file(tmp_path / "short.duckdb").sha256 != reference
 
 
 def test_a_file_for_another_deployment_is_refused(scripted: ScriptedLog,
-                                                   records: list[LogRecord],
+                                                   records: list[RawRecord],
                                                    tmp_path: Path) -> None:
     project(tmp_path / "hub.duckdb", records[:5], scripted.anchor)
     with pytest.raises(RuntimeError, match="topic_prefix = 'test'.*'other'"):
@@ -116,7 +117,7 @@ def test_a_file_for_another_deployment_is_refused(scripted: ScriptedLog,
 
 
 def test_a_file_verified_under_another_trust_anchor_is_refused(scripted: ScriptedLog,
-                                                               records: list[LogRecord],
+                                                               records: list[RawRecord],
                                                                tmp_path: Path) -> None:
     project(tmp_path / "hub.duckdb", records[:5], anchor=None)
     with pytest.raises(RuntimeError, match="trust_anchor = 'none'"):
@@ -124,7 +125,7 @@ def test_a_file_verified_under_another_trust_anchor_is_refused(scripted: Scripte
 
 
 def test_a_file_of_another_table_layout_must_be_rebuilt(scripted: ScriptedLog,
-                                                         records: list[LogRecord],
+                                                         records: list[RawRecord],
                                                          tmp_path: Path) -> None:
     project(tmp_path / "hub.duckdb", records[:5], scripted.anchor)
     con = duckdb.connect(str(tmp_path / "hub.duckdb"))
@@ -180,7 +181,7 @@ def test_the_fold_survives_its_own_serialisation(scripted: ScriptedLog) -> None:
 
 
 def test_projected_files_open_read_only_while_closed(scripted: ScriptedLog,
-                                                      records: list[LogRecord],
+                                                      records: list[RawRecord],
                                                       tmp_path: Path) -> None:
     project(tmp_path / "hub.duckdb", records, scripted.anchor)
     con = connect(tmp_path / "hub.duckdb", read_only=True)

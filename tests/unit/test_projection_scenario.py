@@ -30,15 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from pcvhub.ids import new_coi
+from pcvhub.log.verify import RawRecord
 from pcvhub.projections.projection import Projection
-from pcvhub.projections.projector import LogRecord
-from pcvhub.projections.runner import partition_of
 from pcvhub.schemas.codec import decode_envelope, decode_payload, encode_envelope
 from pcvhub.schemas.envelope import Envelope, SignatureMeaning
 from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.streams.gatekeeper import Gatekeeper, PartitionLedger
 from pcvhub.streams.rules import default_rules
+from pcvhub.topics import partition_for
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent
 from pcvhub.trust.registry import (
@@ -128,7 +128,7 @@ class ScriptedLog:
     def anchor(self) -> KeyRegistry:
         return anchor_of(self.hub)
 
-    def gatekeep(self) -> list[LogRecord]:
+    def gatekeep(self) -> list[RawRecord]:
         """The records a gatekeeper worker writes for the registrations then ``ingress``,
         in the order it writes them."""
         registry = self.anchor  # the gatekeeper folds registrations into it as it accepts
@@ -136,16 +136,16 @@ class ScriptedLog:
         ledgers = {p: PartitionLedger(p) for p in range(PARTITIONS)}
         next_ingress = dict.fromkeys(range(PARTITIONS), 0)
         next_out: dict[tuple[str, int], int] = {}
-        records: list[LogRecord] = []
+        records: list[RawRecord] = []
         for key, wire in [*self.registrations, *self.ingress]:
-            partition = partition_of(key.decode(), PARTITIONS)
+            partition = partition_for(key, PARTITIONS)
             source = SourcePosition(INGRESS, partition, next_ingress[partition])
             next_ingress[partition] += 1
             for output in gate.judge(wire, key, source, ledgers[partition]):
                 offset = next_out.get((output.topic, partition), 0)
                 next_out[(output.topic, partition)] = offset + 1
-                records.append(LogRecord(output.topic, partition, offset, output.key,
-                                         output.value, source.header().decode()))
+                records.append(RawRecord.at(output.topic, partition, offset, output.key,
+                                            output.value, source.header()))
         return records
 
 
@@ -286,19 +286,19 @@ def signed_cohort(hub: Hub, cast: dict[str, Party], events: int, *, batch: int =
     return stream
 
 
-def project(path: Path, records: Sequence[LogRecord], anchor: KeyRegistry | None, *,
+def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None, *,
             batch: int = 50, topic_prefix: str = "test",
-            log: Sequence[LogRecord] | None = None) -> None:
+            log: Sequence[RawRecord] | None = None) -> None:
     """Project ``records`` into ``path`` in batches, as the runner does (no Kafka): the
     registry partition is read ahead from ``log`` (the whole log the records are part
     of; by default the records themselves)."""
-    registry_partition = partition_of(REGISTRY_COI, PARTITIONS)
+    registry_partition = partition_for(REGISTRY_COI.encode(), PARTITIONS)
     key = REGISTRY_COI.encode()
 
-    def read_registry(from_offset: int) -> list[Envelope]:
-        return [decode_envelope(r.value) for r in (records if log is None else log)
+    def read_registry(from_offset: int) -> list[RawRecord]:
+        return [r for r in (records if log is None else log)
                 if r.topic == "events" and r.partition == registry_partition and r.key == key
-                and r.offset >= from_offset and r.value is not None]
+                and r.offset >= from_offset]
 
     with Projection(path, topic_prefix, anchor or KeyRegistry(), anchor is not None,
                     registry_partition, read_registry) as projection:
@@ -306,12 +306,12 @@ def project(path: Path, records: Sequence[LogRecord], anchor: KeyRegistry | None
             projection.apply(records[start:start + batch])
 
 
-def canonical_records(events: list[tuple[bytes, bytes]]) -> Iterator[LogRecord]:
+def canonical_records(events: list[tuple[bytes, bytes]]) -> Iterator[RawRecord]:
     """Records as they would sit on the canonical topic (written there directly)."""
     offsets = dict.fromkeys(range(PARTITIONS), 0)
     for key, wire in events:
-        partition = partition_of(key.decode(), PARTITIONS)
-        yield LogRecord("events", partition, offsets[partition], key, wire, None)
+        partition = partition_for(key, PARTITIONS)
+        yield RawRecord.at("events", partition, offsets[partition], key, wire, None)
         offsets[partition] += 1
 
 

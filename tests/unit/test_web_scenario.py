@@ -25,9 +25,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from pcvhub.ids import new_coi
-from pcvhub.projections.projector import LogRecord
-from pcvhub.projections.runner import partition_of
+from pcvhub.log.verify import RawRecord
 from pcvhub.projections.store import connect
+from pcvhub.topics import partition_for
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
@@ -89,10 +89,10 @@ def web_scenario(path: Path) -> WebScenario:
     forged = stranger.issue("SampleReceived", c.coi, {
         "sample_id": c.sample_id, "condition": "ACCEPTABLE", "location": "unknown bench",
         "temperature_celsius": 4.0}, occurred_at_us=c.now_us + 1, prev_hash=c.case.head)
-    partition = partition_of(c.coi, PARTITIONS)
+    partition = partition_for(c.coi.encode(), PARTITIONS)
     offset = 1 + max(r.offset for r in records
                      if r.topic == "events" and r.partition == partition)
-    records.append(LogRecord("events", partition, offset, forged.key, forged.wire))
+    records.append(RawRecord.at("events", partition, offset, forged.key, forged.wire))
     project(path, records, log.anchor)
     therapies = [*log.therapies.values(), d, e]
     return WebScenario(path, log, d, e, altered.event_id, coi_f, forged.envelope.event_id,

@@ -1,0 +1,333 @@
+"""The one Kafka read loop: records in, ``RawRecord`` out, then through a ``LogVerifier``.
+
+Three ways to read, one consumer underneath (``TopicReader``):
+
+- ``read_raw`` / ``read_verified``: a topic (or some partitions) from the beginning to the
+  end it had when the call started, e.g. to rebuild a partition's state or check a topic.
+- ``LogFollower``: follow topics in a background thread for ever, handing every admitted
+  record to a callback in log order per partition; it says when it has caught up with
+  what was on the log when it started, and which event ids it has read.
+- ``RegistryLookahead``: read the registry partition of the canonical topic ahead of the
+  other partitions (a ``LogVerifier`` asks for it when a signer's key is not known yet).
+
+Readers never join consumer groups or commit offsets (``assign`` only): where a reader
+stands is its own business (a projection file stores it beside its rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from pcvhub.config import Settings
+from pcvhub.log.verify import (
+    CANONICAL,
+    LogPosition,
+    LogVerifier,
+    Quarantined,
+    RawRecord,
+    VerifiedRecord,
+)
+from pcvhub.topics import partition_for, topic_name, topic_spec
+from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, KeyRegistry, load_anchor
+
+log = logging.getLogger(__name__)
+#: librdkafka wants a group id even for assign-only consumers; nothing is ever committed
+READER_GROUP = "pcvhub-log-reader"
+
+
+class LogReadError(RuntimeError):
+    """Kafka refuses a read (missing topic, fatal client error, read timed out)."""
+
+
+def registry_partition() -> int:
+    """The canonical partition that holds the registry chain."""
+    return partition_for(REGISTRY_COI.encode(), topic_spec(CANONICAL).partitions)
+
+
+def deployment_verifier(settings: Settings, reader: str, registry: KeyRegistry | None = None
+                        ) -> LogVerifier:
+    """A verifier for this deployment: the trust anchor's registry (or ``registry``, which
+    must itself have started from the anchor), reading the registry chain ahead."""
+    if registry is None:
+        registry = load_anchor(Path(settings.data_dir) / ANCHOR_FILE)
+    return LogVerifier(registry, registry_partition(),
+                       lookahead=RegistryLookahead(settings), reader=reader)
+
+
+class TopicReader:
+    """One assign-only consumer over given topic partitions; yields ``RawRecord`` batches.
+
+    :param suffixes: topic suffixes of the topic table (``events``, ``rejected``...).
+    :param start: next offset per (suffix, partition); missing ones start at the beginning.
+    :param partitions: read only these partition numbers (default: all).
+    """
+
+    def __init__(self, settings: Settings, suffixes: Sequence[str], *,
+                 start: dict[tuple[str, int], int] | None = None,
+                 partitions: Iterable[int] | None = None) -> None:
+        self.settings = settings
+        self._names = {s: topic_name(s, settings.topic_prefix) for s in suffixes}
+        self._suffix = {name: s for s, name in self._names.items()}
+        client = settings.librdkafka(**{"group.id": READER_GROUP,
+                                        "enable.auto.commit": False})
+        self._consumer = Consumer({**client, "auto.offset.reset": "earliest"})
+        # Watermarks are asked of a consumer that fetches nothing: the fetching one would
+        # answer each query only after its pending long-poll fetch.
+        self._watermarks = Consumer(client)
+        only = None if partitions is None else set(partitions)
+        self.partitions = {s: [p for p in range(self._count(s)) if only is None or p in only]
+                           for s in suffixes}
+        start = start or {}
+        self._consumer.assign([
+            TopicPartition(self._names[s], p, start.get((s, p), OFFSET_BEGINNING))
+            for s, ps in self.partitions.items() for p in ps])
+
+    def _count(self, suffix: str) -> int:
+        name = self._names[suffix]
+        metadata = self._watermarks.list_topics(name, timeout=10).topics.get(name)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise LogReadError(
+                f"topic {name} does not exist on {self.settings.bootstrap_servers}; create "
+                "the topics with `pcvhub infra up` (or check PCVHUB_TOPIC_PREFIX)")
+        return len(metadata.partitions)
+
+    def ends(self) -> dict[tuple[str, int], int]:
+        """The next offset to be written, per (suffix, partition), as of now."""
+        return {(s, p): self._watermarks.get_watermark_offsets(
+                    TopicPartition(self._names[s], p), timeout=10)[1]
+                for s, ps in self.partitions.items() for p in ps}
+
+    def fetched(self) -> dict[tuple[str, int], int]:
+        """The consumer's next fetch offset per (suffix, partition), where known."""
+        return {(self._suffix[tp.topic], tp.partition): tp.offset
+                for tp in self._consumer.position(self._consumer.assignment())
+                if tp.offset >= 0}
+
+    def poll(self, max_records: int = 1000, timeout: float = 0.5) -> list[RawRecord]:
+        """The next records (possibly none); transient client errors are retried by
+        librdkafka and only logged, fatal ones raise ``LogReadError``."""
+        return [r for r in map(self._raw, self._consumer.consume(max_records, timeout))
+                if r is not None]
+
+    def _raw(self, msg: Message) -> RawRecord | None:
+        error = msg.error()
+        if error is not None:
+            if error.fatal():
+                raise LogReadError(f"reading {msg.topic()}[{msg.partition()}]: {error.str()}")
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("reading %s[%s]: %s", msg.topic(), msg.partition(), error.str())
+            return None
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            return None
+        headers = msg.headers() or []
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        return RawRecord(LogPosition(self._suffix[topic], partition, offset),
+                         _bytes(msg.key()), _bytes(msg.value()),
+                         tuple((k, _bytes(v) or b"") for k, v in pairs))
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._watermarks.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value
+
+
+def read_raw(settings: Settings, suffix: str, partitions: Iterable[int] | None = None,
+             timeout: float = 120.0) -> Iterator[RawRecord]:
+    """Every record of ``suffix`` (those partitions) from the beginning to the end it had
+    when the call started, in offset order per partition."""
+    with TopicReader(settings, [suffix], partitions=partitions) as reader:
+        behind = {tp: end for tp, end in reader.ends().items() if end > 0}
+        deadline = time.monotonic() + timeout
+        while behind:
+            if time.monotonic() > deadline:
+                raise LogReadError(f"could not read {suffix} to its end within {timeout:.0f}s "
+                                   f"(still behind on partitions {sorted(p for _, p in behind)})")
+            for record in reader.poll():
+                yield record
+                tp = (record.position.topic, record.position.partition)
+                if tp in behind and record.position.offset >= behind[tp] - 1:
+                    del behind[tp]
+
+
+def read_verified(settings: Settings, suffix: str, verifier: LogVerifier,
+                  partitions: Iterable[int] | None = None
+                  ) -> Iterator[VerifiedRecord | Quarantined]:
+    """``read_raw`` through ``verifier``: what it admitted or quarantined, in log order."""
+    for record in read_raw(settings, suffix, partitions):
+        yield verifier.admit(record)
+
+
+class RegistryLookahead:
+    """Reads the registry partition of the canonical topic from an offset to its current
+    end (see ``pcvhub.log.verify``). Idle between reads: an assigned consumer would
+    long-poll, and every watermark query would then wait behind a fetch."""
+
+    def __init__(self, settings: Settings, timeout: float = 60.0) -> None:
+        self.settings = settings
+        self.topic = topic_name(CANONICAL, settings.topic_prefix)
+        self.partition = registry_partition()
+        self.timeout = timeout
+        self._consumer: Consumer | None = None
+
+    def __call__(self, from_offset: int) -> Iterator[RawRecord]:
+        if self._consumer is None:
+            self._consumer = Consumer(self.settings.librdkafka(**{
+                "group.id": READER_GROUP, "enable.auto.commit": False}))
+        consumer = self._consumer
+        tp = TopicPartition(self.topic, self.partition)
+        high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+        if from_offset >= high:
+            return
+        consumer.assign([TopicPartition(self.topic, self.partition, from_offset)])
+        position, deadline = from_offset, time.monotonic() + self.timeout
+        try:
+            while position < high:
+                if time.monotonic() > deadline:
+                    raise LogReadError(
+                        f"could not read {self.topic}[{self.partition}] from {position} to "
+                        f"{high} within {self.timeout:.0f}s while looking for a signer's key")
+                for msg in consumer.consume(500, timeout=1.0):
+                    offset = msg.offset()
+                    if msg.error() or offset is None:
+                        continue
+                    position = offset + 1
+                    headers = msg.headers() or []
+                    yield RawRecord(LogPosition(CANONICAL, self.partition, offset),
+                                    _bytes(msg.key()), _bytes(msg.value()),
+                                    tuple((k, _bytes(v) or b"") for k, v in headers))
+        finally:
+            consumer.unassign()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class LogFollower:
+    """Follows topics in a thread; every admitted record goes to ``on_record``.
+
+    :param suffixes: topics to follow (suffixes of the topic table), from the beginning.
+    :param verifier: admits or quarantines each record (it may be shared between
+        followers of one deployment).
+    :param on_record: called in the follower thread, in log order per partition, with
+        each admitted record; quarantined records go to ``on_quarantine`` if given (they
+        are always counted in ``verifier.report`` and logged).
+    :param partitions: follow only these partition numbers (default: all).
+
+    A callback that raises is logged with the record's position and the follower goes
+    on: one bad record (or one bug in a fold) never stops a connector reading the log.
+    """
+
+    def __init__(self, settings: Settings, suffixes: Sequence[str], verifier: LogVerifier,
+                 on_record: Callable[[VerifiedRecord], None] | None = None, *,
+                 on_quarantine: Callable[[Quarantined], None] | None = None,
+                 partitions: Iterable[int] | None = None, name: str = "log-follower") -> None:
+        self.settings = settings
+        self.suffixes = list(suffixes)
+        self.verifier = verifier
+        self.name = name
+        self._on_record = on_record
+        self._on_quarantine = on_quarantine
+        self._partitions = None if partitions is None else list(partitions)
+        self._seen: set[str] = set()
+        self._caught_up = threading.Event()
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def start(self) -> LogFollower:
+        self._thread = threading.Thread(target=self._follow, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> LogFollower:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _follow(self) -> None:
+        try:
+            with TopicReader(self.settings, self.suffixes, partitions=self._partitions) as reader:
+                behind = {tp: end for tp, end in reader.ends().items() if end > 0}
+                if not behind:
+                    self._caught_up.set()
+                while not self._stop.is_set():
+                    records = reader.poll(500, timeout=0.2)
+                    for record in records:
+                        self._deliver(self.verifier.admit(record))
+                        tp = (record.position.topic, record.position.partition)
+                        if tp in behind and record.position.offset >= behind[tp] - 1:
+                            del behind[tp]
+                            if not behind:
+                                self._caught_up.set()
+                    if records:
+                        with self._changed:
+                            self._changed.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - reported to waiters, then logged
+            self._failure = exc
+            log.exception("%s stopped following %s", self.name, ", ".join(self.suffixes))
+            with self._changed:
+                self._changed.notify_all()
+
+    def _deliver(self, outcome: VerifiedRecord | Quarantined) -> None:
+        try:
+            if isinstance(outcome, VerifiedRecord):
+                if self._on_record is not None:
+                    self._on_record(outcome)
+                with self._changed:
+                    self._seen.add(outcome.event_id)
+            elif self._on_quarantine is not None:
+                self._on_quarantine(outcome)
+        except Exception:  # noqa: BLE001 - see the class doc
+            log.exception("%s: folding %s failed; following on", self.name, outcome.position)
+
+    # -- what it has read -------------------------------------------------------------------
+
+    def wait_caught_up(self, timeout: float) -> bool:
+        """Block until everything on the log when the follower started has been read."""
+        deadline = time.monotonic() + timeout
+        while not self._caught_up.wait(min(0.2, max(deadline - time.monotonic(), 0))):
+            if self._failure is not None or time.monotonic() >= deadline:
+                return False
+        return True
+
+    def has_read(self, event_id: str) -> bool:
+        """True once an admitted record of this event id has been folded."""
+        with self._changed:
+            return event_id in self._seen
+
+    def wait_read(self, event_ids: Iterable[str], timeout: float) -> set[str]:
+        """Wait until each id has been read (admitted); return those still missing."""
+        wanted = set(event_ids)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                missing = wanted - self._seen
+                remaining = deadline - time.monotonic()
+                if not missing or remaining <= 0 or self._failure is not None:
+                    return missing
+                self._changed.wait(remaining)

@@ -1,0 +1,414 @@
+"""Admit or quarantine one record read back from a topic (no Kafka here).
+
+``LogVerifier.admit(record)`` decodes the record and checks, in this order:
+
+1. **Decoding**: the envelope and its payload are readable Avro (else ``MALFORMED``).
+2. **Where it stands**: a canonical record is keyed by its chain-of-identity id
+   (``KEY_NOT_COI``); registry events live on the registry chain and nothing else does
+   (``REGISTRY_OFF_CHAIN``); the rejected and alerts topics hold only the gatekeeper's
+   record types (``WRONG_TOPIC``).
+3. **The signer's key**: registered on the registry chain (or the trust anchor) and valid
+   from before the event occurred (``UNREGISTERED_KEY``, ``KEY_NOT_YET_VALID``). For
+   registry events the whole window counts, revocation included.
+4. **Both signatures** (Ed25519 and ML-DSA-65, or the batch signature and the event's
+   inclusion path): ``SIGNATURE_INVALID``, ``BATCH_PATH_INVALID``, ``UNSIGNED``.
+5. **Who may write there**: a registry event counts only if a REGISTRAR key known at that
+   point of the registry chain signed it (``NOT_REGISTRAR``); refusals are signed by the
+   gatekeeper or a connector, alerts by the gatekeeper (``WRONG_SIGNER``).
+6. **The hash chain** (canonical topic): the record names the chain digest of the last
+   admitted record of its therapy (``HASH_CHAIN_BROKEN``).
+
+Only then does it fold: the therapy's chain head moves, and a registry event goes into
+the key registry. A record that fails is **quarantined**: returned as ``Quarantined``
+with its position and reason, counted in ``report``, logged, and never folded.
+
+Why revocation and expiry count only on the registry chain: the registry chain and a
+therapy's chain live in different partitions, and Kafka orders nothing across
+partitions. Whether a later revocation had been read before an event would depend on how
+a reader's fetches interleaved, so two readers of the same log would disagree. The
+gatekeeper judged the key's whole window when it accepted the event (R1), and the audit
+view shows each key's standing as the registry stands now.
+
+The registry chain lives in one partition of the canonical topic. A record of another
+partition (or topic) may be read before the registration of its signer's key; the
+verifier then reads the registry partition ahead to its current end (``lookahead``) and
+asks again. What it read ahead it answers from memory when the main stream reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pcvhub.schemas.catalog import load_catalog
+from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
+from pcvhub.schemas.envelope import Envelope
+from pcvhub.streams.event import InboundEvent, SourcePosition
+from pcvhub.topics import SOURCE_HEADER
+from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
+from pcvhub.trust.signing import verify_envelope
+
+log = logging.getLogger(__name__)
+
+CANONICAL = "events"
+REJECTED = "rejected"
+ALERTS = "alerts"
+REGISTRAR = "REGISTRAR"
+
+#: What may stand on the gatekeeper's side topics, and which roles may sign it there.
+#: Connectors write the refusals of input they could not even turn into an event.
+SIDE_TOPICS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    REJECTED: (frozenset({"EventRejected"}), frozenset({"GATEKEEPER", "CONNECTOR"})),
+    ALERTS: (frozenset({"AlertRaised", "CustodyViolationDetected"}), frozenset({"GATEKEEPER"})),
+}
+
+#: How many quarantined records a report keeps whole (the rest are counted only).
+REPORT_SAMPLES = 20
+
+
+@dataclass(frozen=True, order=True)
+class LogPosition:
+    """Where a record stands: topic suffix of the topic table, partition, offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as Kafka returned it: nothing about it is believed yet."""
+
+    position: LogPosition
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def header(self, name: str) -> bytes | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+    @property
+    def topic(self) -> str:
+        return self.position.topic
+
+    @property
+    def partition(self) -> int:
+        return self.position.partition
+
+    @property
+    def offset(self) -> int:
+        return self.position.offset
+
+    @classmethod
+    def at(cls, topic: str, partition: int, offset: int, key: bytes | None,
+           value: bytes | None, source: bytes | None = None) -> RawRecord:
+        """A record at a position, with the gatekeeper's source header if given."""
+        headers = () if source is None else ((SOURCE_HEADER, source),)
+        return cls(LogPosition(topic, partition, offset), key, value, headers)
+
+
+@dataclass(frozen=True)
+class VerifiedRecord:
+    """A record that passed every check: the decoded event, where it stands, its digest.
+
+    ``event.source`` is the ingress position the gatekeeper answered with it (from the
+    ``pcvhub-source`` header; ``None`` if the record has none).
+    """
+
+    position: LogPosition
+    key: bytes | None
+    event: InboundEvent
+    digest: bytes
+
+    @property
+    def envelope(self) -> Envelope:
+        return self.event.envelope
+
+    @property
+    def event_type(self) -> str:
+        return self.event.event_type
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.event.payload
+
+    @property
+    def event_id(self) -> str:
+        return self.event.event_id
+
+    @property
+    def coi(self) -> str:
+        return self.event.coi
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A record that failed a check: never folded, reported with where and why.
+
+    ``envelope``/``event_type`` are what the record claims, when it could be decoded.
+    """
+
+    position: LogPosition
+    key: bytes | None
+    raw: bytes
+    code: str
+    reason: str
+    envelope: Envelope | None = None
+    event_type: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.position} {self.code}: {self.reason}"
+
+
+@dataclass
+class QuarantineReport:
+    """Counts of what a verifier admitted and quarantined, and the first quarantined."""
+
+    admitted: int = 0
+    by_code: Counter[str] = field(default_factory=Counter)
+    first: list[Quarantined] = field(default_factory=list)
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.by_code.values())
+
+    def add(self, outcome: VerifiedRecord | Quarantined) -> None:
+        if isinstance(outcome, VerifiedRecord):
+            self.admitted += 1
+            return
+        self.by_code[outcome.code] += 1
+        if len(self.first) < REPORT_SAMPLES:
+            self.first.append(outcome)
+
+
+#: Reads the registry partition of the canonical topic from an offset to its current end.
+RegistryLookahead = Callable[[int], Iterable[RawRecord]]
+
+
+class _Refused(Exception):
+    """One failed check, on the way to a ``Quarantined``."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+class LogVerifier:
+    """Decodes and verifies records in log order; the only fold of the registry from a log.
+
+    :param registry: the key registry to verify with and fold into; it starts from the
+        deployment's trust anchor (``load_anchor``), never from anything read.
+    :param registry_partition: the canonical partition that holds the registry chain.
+    :param lookahead: reads that partition ahead (see the module doc); None: never.
+    :param heads: chain heads already admitted (a resumed reader), by CoI.
+    :param registry_cursor: the registry partition's next offset already folded.
+    :param reader: who reads, for the log lines of quarantined records.
+
+    Thread-safe: one verifier may serve several followers of one deployment (a
+    connector follows the canonical and rejected topics with one registry).
+    """
+
+    def __init__(self, registry: KeyRegistry, registry_partition: int | None = None, *,
+                 lookahead: RegistryLookahead | None = None,
+                 heads: dict[str, bytes] | None = None, registry_cursor: int = 0,
+                 reader: str = "log reader") -> None:
+        self.registry = registry
+        self.registry_partition = registry_partition
+        self.heads: dict[str, bytes] = dict(heads or {})
+        self.report = QuarantineReport()
+        self.reader = reader
+        self.catalog = load_catalog()
+        self._lookahead = lookahead
+        self._registry_cursor = registry_cursor
+        self._ahead: dict[LogPosition, VerifiedRecord | Quarantined] = {}
+        self._reading_ahead = False
+        self._lock = threading.RLock()
+
+    # -- the one entry point --------------------------------------------------------------
+
+    def admit(self, record: RawRecord) -> VerifiedRecord | Quarantined:
+        """Verify one record (records of one partition in offset order) and fold it."""
+        with self._lock:
+            outcome = self._ahead.pop(record.position, None)
+            if outcome is None:
+                outcome = self._judge(record)
+                if self._in_registry_partition(record.position):
+                    # judged here: reading ahead must not judge it a second time
+                    self._registry_cursor = max(self._registry_cursor,
+                                                record.position.offset + 1)
+            self.report.add(outcome)
+        if isinstance(outcome, Quarantined):
+            log.warning("%s: quarantined %s", self.reader, outcome)
+        return outcome
+
+    def admit_all(self, records: Iterable[RawRecord]) -> list[VerifiedRecord | Quarantined]:
+        return [self.admit(r) for r in records]
+
+    def close(self) -> None:
+        """Close the lookahead's consumer, if it has one."""
+        close = getattr(self._lookahead, "close", None)
+        if close is not None:
+            close()
+
+    def head(self, coi: str) -> bytes:
+        """Chain digest of the last admitted canonical record of ``coi`` (b"" if none)."""
+        with self._lock:
+            return self.heads.get(coi, b"")
+
+    # -- the checks ------------------------------------------------------------------------
+
+    def _judge(self, record: RawRecord) -> VerifiedRecord | Quarantined:
+        raw = record.value or b""
+        envelope: Envelope | None = None
+        short: str | None = None
+        try:
+            try:
+                envelope = decode_envelope(raw)
+                full_name, payload = decode_payload(envelope.schema_fingerprint,
+                                                    envelope.payload, envelope.event_type)
+            except DecodeError as exc:
+                raise _Refused("MALFORMED", str(exc)) from None
+            short = self.catalog.short_name(full_name)
+            event = InboundEvent(envelope, short, payload, raw, self._source(record))
+            on_registry = self._placed(record, event)
+            self._signed(event, full_window=on_registry)
+            self._signer_may_write(record, event, on_registry)
+            digest = chain_digest(envelope)
+            if record.position.topic == CANONICAL:
+                self._linked(event)
+        except _Refused as refused:
+            return Quarantined(record.position, record.key, raw, refused.code, refused.reason,
+                               envelope, short)
+        # -- fold: only what passed every check --
+        if record.position.topic == CANONICAL:
+            self.heads[event.coi] = digest
+            if on_registry:
+                self.registry.apply_event(event.event_id, short, payload)
+        return VerifiedRecord(record.position, record.key, event, digest)
+
+    def _source(self, record: RawRecord) -> SourcePosition | None:
+        header = record.header(SOURCE_HEADER)
+        if header is None:
+            return None
+        try:
+            return SourcePosition.from_header(header)
+        except ValueError:
+            raise _Refused("BAD_SOURCE_HEADER",
+                           f"header {SOURCE_HEADER} is {header[:60]!r}, not "
+                           "topic/partition/offset") from None
+
+    def _placed(self, record: RawRecord, event: InboundEvent) -> bool:
+        """Check the record stands where its kind may; True if it is a registry event."""
+        topic, kind = record.position.topic, event.event_type
+        registry_kind, registry_chain = kind in REGISTRY_EVENTS, event.coi == REGISTRY_COI
+        if topic == CANONICAL:
+            if record.key != event.coi.encode():
+                raise _Refused("KEY_NOT_COI",
+                               f"record key {record.key!r} is not the event's chain-of-"
+                               f"identity id {event.coi}")
+            if registry_kind != registry_chain:
+                raise _Refused("REGISTRY_OFF_CHAIN",
+                               f"event {event.event_id} ({kind}) on chain {event.coi}: "
+                               f"registry events, and only they, live on {REGISTRY_COI}")
+            return registry_kind
+        allowed = SIDE_TOPICS.get(topic)
+        if allowed is not None and kind not in allowed[0]:
+            raise _Refused("WRONG_TOPIC", f"event {event.event_id} is a {kind}; {topic} holds "
+                                          f"only {', '.join(sorted(allowed[0]))}")
+        return False
+
+    def _signed(self, event: InboundEvent, *, full_window: bool) -> None:
+        env = event.envelope
+        problem = self._key_problem(env, full_window)
+        if problem is not None:
+            raise _Refused(*problem)
+        result = verify_envelope(env, self.registry.keys[(env.producer, env.key_id)].public)
+        if not result.ok:
+            raise _Refused(result.code, str(result))
+
+    def _key_problem(self, env: Envelope, full_window: bool) -> tuple[str, str] | None:
+        problem = self._registry_problem(env, full_window)
+        if problem is not None and problem[0] == "UNREGISTERED_KEY" and self._read_ahead():
+            problem = self._registry_problem(env, full_window)
+        return problem
+
+    def _registry_problem(self, env: Envelope, full_window: bool) -> tuple[str, str] | None:
+        if full_window:
+            problem = self.registry.key_problem(env.producer, env.key_id, env.occurred_at_us)
+        else:
+            problem = self.registry.registration_problem(env.producer, env.key_id,
+                                                         env.occurred_at_us)
+        if problem is None:
+            return None
+        return problem[0], f"event {env.event_id}: {problem[1]}"
+
+    def _signer_may_write(self, record: RawRecord, event: InboundEvent, on_registry: bool
+                          ) -> None:
+        roles = self.registry.roles_of(event.producer)
+        if on_registry and REGISTRAR not in roles:
+            raise _Refused("NOT_REGISTRAR",
+                           f"registry event {event.event_id} ({event.event_type}) is signed by "
+                           f"{event.producer}, who is not a registrar on the registry chain "
+                           f"(roles: {', '.join(sorted(roles)) or 'none'}); only a REGISTRAR "
+                           "key known at that point of the chain may change the registry")
+        allowed = SIDE_TOPICS.get(record.position.topic)
+        if allowed is not None and not roles & allowed[1]:
+            raise _Refused("WRONG_SIGNER",
+                           f"{event.event_type} {event.event_id} on {record.position.topic} is "
+                           f"signed by {event.producer} (roles: "
+                           f"{', '.join(sorted(roles)) or 'none'}); only "
+                           f"{' or '.join(sorted(allowed[1]))} may write there")
+
+    def _linked(self, event: InboundEvent) -> None:
+        head = self.heads.get(event.coi, b"")
+        prev = bytes(event.envelope.prev_hash)
+        if prev != head:
+            raise _Refused("HASH_CHAIN_BROKEN",
+                           f"event {event.event_id} ({event.event_type}) names previous hash "
+                           f"{prev.hex()[:16] or '(none)'} but the last admitted record of "
+                           f"{event.coi} has hash {head.hex()[:16] or '(none: it is new)'}: a "
+                           "record is missing, altered, replayed or inserted")
+
+    # -- reading the registry chain ahead ----------------------------------------------------
+
+    def _read_ahead(self) -> bool:
+        """Read the registry partition to its current end; True if it held anything new."""
+        if self._lookahead is None or self._reading_ahead or self.registry_partition is None:
+            return False
+        self._reading_ahead = True
+        found = False
+        try:
+            for record in self._lookahead(self._registry_cursor):
+                if record.position.offset < self._registry_cursor:
+                    continue
+                self._registry_cursor = record.position.offset + 1
+                if record.key == REGISTRY_COI.encode() and record.position not in self._ahead:
+                    self._ahead[record.position] = self._judge(record)
+                    found = True
+        finally:
+            self._reading_ahead = False
+        return found
+
+    def _in_registry_partition(self, position: LogPosition) -> bool:
+        return position.topic == CANONICAL and position.partition == self.registry_partition
+
+
+def verify_all(verifier: LogVerifier, records: Sequence[RawRecord]
+               ) -> tuple[list[VerifiedRecord], list[Quarantined]]:
+    """Admit records in order; split what passed from what was quarantined."""
+    passed: list[VerifiedRecord] = []
+    quarantined: list[Quarantined] = []
+    for outcome in verifier.admit_all(records):
+        if isinstance(outcome, VerifiedRecord):
+            passed.append(outcome)
+        else:
+            quarantined.append(outcome)
+    return passed, quarantined
