@@ -3,8 +3,9 @@
 Private keys stay in the local encrypted key store (``<data_dir>/keys``). What the hub
 needs to know about keys travels as events: with ``--publish`` each command issues the
 matching registry event (ActorRegistered, KeyRotated, KeyRevoked), signed by the
-registrar's key from the same store, onto the direct ingress topic, where the gatekeeper
-admits it like any other event.
+registrar's key from the same store and linked onto the head of the registry chain, onto
+the direct ingress topic, and waits until the gatekeeper has accepted it
+(``pcvhub.connectors.registrar``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pcvhub.config import load_settings
-from pcvhub.trust.issuer import EventIssuer, IssuedEvent, now_us
+from pcvhub.trust.issuer import now_us
 from pcvhub.trust.keys import KeyStore, KeyStoreError, passphrase_from_env
 from pcvhub.trust.registry import (
     ANCHOR_FILE,
-    REGISTRY_COI,
     Actor,
     KeyRecord,
     registration_payload,
@@ -49,19 +49,21 @@ def _store() -> KeyStore:
 
 
 def _publish(store: KeyStore, registrar: str, event_type: str, payload: dict) -> None:
-    from pcvhub.connectors.base import IngressWriter
+    """Link onto the registry chain, send, and say "published" only once accepted."""
+    from pcvhub.connectors.registrar import RegistryPublishError, publish_registry_event
 
     try:
         signer = store.latest(registrar)
     except KeyStoreError as exc:
         _fail(str(exc))
-    issued: IssuedEvent = EventIssuer(signer).issue(event_type, REGISTRY_COI, payload)
-    writer = IngressWriter(load_settings(), "direct")
     try:
-        writer.write([issued])
-    finally:
-        writer.close()
-    console.print(f"published {event_type} {issued.envelope.event_id} signed by {registrar}")
+        with console.status(f"publishing {event_type}: reading the registry chain, then "
+                            "waiting for the gatekeeper's verdict ..."):
+            issued = publish_registry_event(load_settings(), signer, event_type, payload)
+    except RegistryPublishError as exc:
+        _fail(str(exc))
+    console.print(f"published {event_type} {issued.envelope.event_id} signed by {registrar}: "
+                  "accepted onto the registry chain")
 
 
 def _now_iso() -> str:
