@@ -5,9 +5,9 @@ PYTHON  ?= python3
 export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
 export PCVHUB_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: setup liboqs chromium demo test bench lint clean-data
+.PHONY: setup liboqs avro-java chromium demo test bench lint clean-data
 
-setup: $(VENV)/.installed liboqs chromium
+setup: $(VENV)/.installed liboqs avro-java chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 # liboqs (C) for the archive-signature backend, built from registry sources; idempotent.
 liboqs:
 	bash infra/liboqs/build.sh
+
+# The Java reference reader (Apache Avro for Java, from Maven Central) that tests/interop
+# runs over records the hub wrote; cached under .cache/avro-java, a no-op when up to date.
+avro-java:
+	bash infra/avro-java/build.sh >/dev/null
 
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never
 # downloads a browser of its own). Needs root or sudo, as apt does.

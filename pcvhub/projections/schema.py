@@ -165,7 +165,10 @@ ENVELOPES = Table(
                                         "(names the previous event's chain_hash) or BROKEN; "
                                         "NULL on other topics."),
         Column("schema_fingerprint", "VARCHAR", "CRC-64-AVRO fingerprint (hex) of the schema "
-                                                "the payload was written with."),
+                                                "the payload was written with, as the "
+                                                "envelope carries it (byte-reversed in "
+                                                "records written before the byte-order "
+                                                "fix)."),
         Column("batch_root", "VARCHAR", "Merkle root (hex) of the signed batch the event was "
                                         "part of; NULL for an individually signed event."),
         Column("record_sha256", "VARCHAR", "SHA-256 (hex) of the record's bytes on the log."),

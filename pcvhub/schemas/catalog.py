@@ -6,18 +6,28 @@ every version that has ever been released; events on the log were written with o
 them, so a reader looks the writer schema up by the fingerprint the envelope carries
 and resolves it against the current schema (Avro schema resolution).
 
-Fingerprints are CRC-64-AVRO of the Parsing Canonical Form, as 8 little-endian bytes,
-exactly the header of Avro single-object encoding; any Avro implementation computes
-the same value from the ``.avsc`` alone.
+Fingerprints are CRC-64-AVRO (the Rabin fingerprint of the Avro specification) of the
+Parsing Canonical Form, as 8 little-endian bytes: exactly the 8 bytes after ``C3 01`` in
+Avro single-object encoding, so any Avro implementation computes and finds the same value
+from the ``.avsc`` alone.
+
+Legacy byte order: until this was fixed, pcvhub wrote every fingerprint byte-reversed
+(the value's most significant byte first), both in the single-object header and in the
+envelope's ``schema_fingerprint``. Such records are on logs kept forever, and their
+signatures cover ``schema_fingerprint`` as written, so they cannot be rewritten. Readers
+therefore find a writer schema by either form through :meth:`Catalog.version_for_fingerprint`,
+which says which form it was (:attr:`FingerprintForm.LEGACY_REVERSED`); writers only ever
+use the spec's form (:func:`fingerprint`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 from fastavro.schema import fingerprint as _fingerprint_hex
@@ -30,9 +40,18 @@ ENVELOPE_NAME = "pcvhub.Envelope"
 
 
 def fingerprint(schema: dict[str, Any]) -> bytes:
-    """CRC-64-AVRO of the Parsing Canonical Form, little-endian (single-object header)."""
-    digest = _fingerprint_hex(to_parsing_canonical_form(schema), "CRC-64-AVRO")
-    return int(digest, 16).to_bytes(8, "little")
+    """CRC-64-AVRO of the Parsing Canonical Form, little-endian (single-object header).
+
+    fastavro's hex string already spells the bytes in little-endian order (for
+    ``Envelope.avsc`` the value is 0xb2a3e5216910b837 and the hex ``37b8106921e5a3b2``),
+    so the bytes are read straight from it, not re-ordered.
+    """
+    return bytes.fromhex(_fingerprint_hex(to_parsing_canonical_form(schema), "CRC-64-AVRO"))
+
+
+def legacy_reversed_fingerprint(spec_fingerprint: bytes) -> bytes:
+    """The byte-reversed form of a fingerprint that pcvhub wrote before the fix (read only)."""
+    return bytes(reversed(spec_fingerprint))
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,24 @@ class SchemaVersion:
         return self.full_name.rsplit(".", 1)[-1]
 
 
+class FingerprintForm(Enum):
+    """Which byte order a fingerprint found on the log was written in."""
+
+    SPEC = "spec"  # little-endian, as the Avro specification says: what pcvhub writes
+    LEGACY_REVERSED = "legacy-reversed"  # byte-reversed, as pcvhub wrote it before the fix
+
+
+class FingerprintMatch(NamedTuple):
+    """The schema version a fingerprint names, and the byte order it was written in."""
+
+    version: SchemaVersion
+    form: FingerprintForm
+
+    @property
+    def is_legacy(self) -> bool:
+        return self.form is FingerprintForm.LEGACY_REVERSED
+
+
 class UnknownEventType(KeyError):
     def __str__(self) -> str:
         return f"unknown event type {self.args[0]!r}: no schema of that name in pcvhub/schemas/avro"
@@ -69,9 +106,36 @@ class Catalog:
     def __init__(self, current: list[SchemaVersion], released: list[SchemaVersion]) -> None:
         self.current = {s.full_name: s for s in current}
         self._by_short = {s.short_name: s.full_name for s in current}
+        #: Every known version by its fingerprint in the spec's byte order (the only form
+        #: pcvhub writes). To read a record, use :meth:`version_for_fingerprint`.
         self.by_fingerprint: dict[bytes, SchemaVersion] = {}
         for version in [*released, *current]:
             self.by_fingerprint.setdefault(version.fingerprint, version)
+        self._by_legacy_fingerprint = {legacy_reversed_fingerprint(fp): version
+                                       for fp, version in self.by_fingerprint.items()}
+        for legacy, version in self._by_legacy_fingerprint.items():
+            other = self.by_fingerprint.get(legacy)
+            # A reversed fingerprint equal to another version's real one would make a record
+            # ambiguous. With 64-bit fingerprints that is astronomically unlikely, but if a
+            # new schema ever did it, loading the catalog must fail rather than misread.
+            if other is not None and other is not version:
+                raise ValueError(f"fingerprint {legacy.hex()} of {other.path} is the "
+                                 f"byte-reversed fingerprint of {version.path}")
+
+    def version_for_fingerprint(self, fingerprint: bytes) -> FingerprintMatch | None:
+        """The schema version a fingerprint read from the log names, in either byte order.
+
+        The spec's little-endian form is tried first; the byte-reversed form that pcvhub
+        wrote before the fix is accepted so that records already on logs stay readable
+        (their signatures cover the bytes as written, so they are never rewritten).
+        ``None`` when no current or released version has that fingerprint.
+        """
+        fingerprint = bytes(fingerprint)
+        if (version := self.by_fingerprint.get(fingerprint)) is not None:
+            return FingerprintMatch(version, FingerprintForm.SPEC)
+        if (version := self._by_legacy_fingerprint.get(fingerprint)) is not None:
+            return FingerprintMatch(version, FingerprintForm.LEGACY_REVERSED)
+        return None
 
     @property
     def envelope(self) -> SchemaVersion:

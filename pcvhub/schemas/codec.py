@@ -3,9 +3,15 @@
 Wire format (argued in the issue note): Avro **single-object encoding** of the
 ``pcvhub.Envelope`` record: ``C3 01`` + CRC-64-AVRO fingerprint (8 bytes, little-endian)
 + Avro binary body. The payload inside is the Avro binary body of the event schema, and
-the envelope names that schema's fingerprint. Any Avro implementation can therefore read
-the log with the ``.avsc`` files alone: no registry service has to be up, reachable or
-kept for decades beside the archive.
+the envelope names that schema's fingerprint (same 8-byte form). Any Avro implementation
+can therefore read the log with the ``.avsc`` files alone: no registry service has to be
+up, reachable or kept for decades beside the archive.
+
+Records written before the byte-order fix carry both fingerprints byte-reversed (see
+``pcvhub.schemas.catalog``). The decoders accept that legacy form through
+``Catalog.version_for_fingerprint`` and keep ``Envelope.schema_fingerprint`` exactly as
+read, because the signature and the chain digest cover those bytes. Encoders always
+write the spec's form.
 
 Errors say what was wrong and where: ``SchemaValidationError`` names the field of a
 payload being written, ``DecodeError`` names the part of the bytes that could not be
@@ -108,12 +114,17 @@ def _read_exactly(body: bytes, writer: Any, reader: Any, where: str) -> Any:
 
 def decode_payload(schema_fingerprint: bytes, body: bytes, event_type: str | None = None
                    ) -> tuple[str, dict[str, Any]]:
-    """Read a payload written with any known version; resolve it to the current schema."""
+    """Read a payload written with any known version; resolve it to the current schema.
+
+    ``schema_fingerprint`` may be in the spec's byte order or the legacy reversed one.
+    """
     catalog = load_catalog()
-    writer = catalog.by_fingerprint.get(bytes(schema_fingerprint))
-    if writer is None:
+    match = catalog.version_for_fingerprint(schema_fingerprint)
+    if match is None:
         raise DecodeError("payload", f"schema fingerprint {bytes(schema_fingerprint).hex()} "
-                                     "is not in the catalog (current or released)")
+                                     "is not in the catalog (current or released), in the "
+                                     "spec's byte order or the legacy reversed one")
+    writer = match.version
     if event_type is not None and writer.full_name != event_type:
         raise DecodeError("event_type", f"envelope says {event_type} but the fingerprint is "
                                         f"that of {writer.full_name}")
@@ -148,7 +159,11 @@ def _envelope_record(env: Envelope) -> dict[str, Any]:
 
 
 def encode_envelope(env: Envelope) -> bytes:
-    """Single-object encoding of the envelope: what goes on a topic."""
+    """Single-object encoding of the envelope: what goes on a topic.
+
+    ``env.schema_fingerprint`` is written as given: :func:`encode_payload` gives the
+    spec's form, and an envelope read from the log keeps the bytes it was signed with.
+    """
     schema = load_catalog().envelope
     out = io.BytesIO()
     out.write(SINGLE_OBJECT_MAGIC + schema.fingerprint)
@@ -157,15 +172,20 @@ def encode_envelope(env: Envelope) -> bytes:
 
 
 def decode_envelope(data: bytes) -> Envelope:
-    """Envelope from wire bytes; the payload stays encoded (see :func:`decode_payload`)."""
+    """Envelope from wire bytes; the payload stays encoded (see :func:`decode_payload`).
+
+    The header's fingerprint may be in the spec's byte order or the legacy reversed one;
+    ``schema_fingerprint`` is returned exactly as it is in the record, in either form.
+    """
     catalog = load_catalog()
     if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
         raise DecodeError("envelope header", f"expected Avro single-object marker C3 01, got "
                                              f"{bytes(data[:2]).hex() or 'nothing'}")
-    writer = catalog.by_fingerprint.get(bytes(data[2:10]))
-    if writer is None or writer.full_name != catalog.envelope.full_name:
+    match = catalog.version_for_fingerprint(data[2:10])
+    if match is None or match.version.full_name != catalog.envelope.full_name:
         raise DecodeError("envelope header", f"fingerprint {bytes(data[2:10]).hex()} is not a "
                                              "known version of pcvhub.Envelope")
+    writer = match.version
     rec = _read_exactly(bytes(data[10:]), writer.parsed, catalog.envelope.parsed, "envelope")
     sig, proof = rec["signature"], rec["batch_proof"]
     try:

@@ -61,7 +61,9 @@ class Envelope:
     """One signed event.
 
     ``payload`` is the Avro binary body of the schema named by ``event_type`` and
-    identified by ``schema_fingerprint`` (CRC-64-AVRO, 8 bytes little-endian).
+    identified by ``schema_fingerprint`` (CRC-64-AVRO, 8 bytes little-endian; records
+    written before the byte-order fix carry it byte-reversed, and it is kept exactly as
+    read because the signature covers it).
     ``prev_hash`` is the chain digest of the previous accepted event of the same
     CoI, or ``b""`` for the first event of a therapy.
     Times are microseconds since the Unix epoch, UTC.

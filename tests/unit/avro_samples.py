@@ -2,6 +2,8 @@
 
 Values are drawn from a seeded ``random.Random`` so a failure is reproducible; each
 type gets a value of its logical type (datetimes for timestamps, Decimal for money...).
+``plain`` turns such a value (or what a decoder returns) into plain JSON values, so
+data read by another implementation, or stored in a fixture, compares field by field.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 _START = datetime(2026, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def sample(schema: Any, rng: random.Random, named: dict[str, Any] | None = None) -> Any:
@@ -69,3 +72,28 @@ def sample(schema: Any, rng: random.Random, named: dict[str, Any] | None = None)
     if kind in named:
         return sample(named[kind], rng, named)
     raise ValueError(f"no sample for Avro type {kind!r}")
+
+
+def plain(value: Any) -> Any:
+    """A datum as JSON values, in the one form every Avro reader can be compared in.
+
+    Timestamps become microseconds since the epoch, dates ISO strings, decimals plain
+    strings (no exponent, all digits of the scale), UUIDs strings, bytes and fixed lower
+    hex; enum symbols are strings already. Records and maps become dicts, arrays lists.
+    """
+    if isinstance(value, datetime):
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

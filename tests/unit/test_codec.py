@@ -9,7 +9,7 @@ import random
 import avro.io
 import avro.schema
 import pytest
-from fastavro.schema import to_parsing_canonical_form
+from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from pcvhub.ids import new_coi, uuid7
 from pcvhub.schemas.catalog import load_catalog
@@ -42,13 +42,19 @@ def _envelope(**changes) -> Envelope:
     return Envelope(**fields)
 
 
+def _fastavro_fingerprint(version) -> bytes:
+    """fastavro's CRC-64-AVRO hex spells the little-endian bytes: read as is, never reversed."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(version.raw), "CRC-64-AVRO"))
+
+
 def test_envelope_round_trips_with_and_without_batch_proof():
     plain = _envelope()
     batched = _envelope(batch_proof=MerkleProof(3, 7, (b"a" * 32, b"b" * 32), b"r" * 32))
+    header = SINGLE_OBJECT_MAGIC + _fastavro_fingerprint(CATALOG.envelope)
     for env in (plain, batched, _envelope(signature=None, prev_hash=b"")):
         wire = encode_envelope(env)
-        assert wire[:2] == SINGLE_OBJECT_MAGIC
-        assert wire[2:10] == CATALOG.envelope.fingerprint
+        assert wire[:10] == header
+        assert env.schema_fingerprint == _fastavro_fingerprint(CATALOG.schema(env.event_type))
         assert decode_envelope(wire) == env
 
 
@@ -68,16 +74,18 @@ def _apache_schema(version):
     return avro.schema.parse(json.dumps(version.raw))
 
 
-def test_fingerprints_agree_with_apache_avro():
+def _apache_fingerprint(version) -> bytes:
     """Apache avro (Python 1.12) keeps ``{"type": "string"}`` for logical-type primitives
     in its canonical form, against the specification's PRIMITIVES rule (Java and fastavro
     reduce it to ``"string"``). So Apache fingerprints the specification's canonical form
-    (which carries no logical types); both CRC-64-AVRO implementations must then agree."""
-    for version in CATALOG.current.values():
-        canonical = to_parsing_canonical_form(version.raw)
-        apache = avro.schema.parse(canonical).fingerprint("CRC-64-AVRO")
-        # Apache returns the CRC big-endian; single-object encoding stores it little-endian.
-        assert bytes(reversed(apache)) == version.fingerprint, version.full_name
+    (which carries no logical types). It returns the 8 bytes little-endian, exactly as
+    single-object encoding stores them."""
+    return avro.schema.parse(to_parsing_canonical_form(version.raw)).fingerprint("CRC-64-AVRO")
+
+
+def test_fingerprints_agree_with_apache_avro():
+    for version in CATALOG.by_fingerprint.values():
+        assert _apache_fingerprint(version) == version.fingerprint, version.path
 
 
 @pytest.mark.parametrize("event_type", CATALOG.event_types())
@@ -95,14 +103,25 @@ def test_fastavro_writes_apache_reads_and_back(event_type):
 
 
 def test_apache_avro_reads_a_whole_envelope_from_its_wire_bytes():
+    """Read as a single-object reader would: the header's fingerprint finds the envelope
+    schema, the envelope's schema_fingerprint finds the payload schema (Apache's values)."""
+    schemas_by_apache_fingerprint = {_apache_fingerprint(v): v for v in CATALOG.current.values()}
     env = _envelope()
     wire = encode_envelope(env)
-    apache = _apache_schema(CATALOG.envelope)
-    record = avro.io.DatumReader(apache).read(avro.io.BinaryDecoder(io.BytesIO(wire[10:])))
+    assert wire[:2] == SINGLE_OBJECT_MAGIC
+    envelope_version = schemas_by_apache_fingerprint[wire[2:10]]
+    assert envelope_version.full_name == "pcvhub.Envelope"
+    record = avro.io.DatumReader(_apache_schema(envelope_version)).read(
+        avro.io.BinaryDecoder(io.BytesIO(wire[10:])))
     assert record["event_id"] == env.event_id
     assert record["coi"] == env.coi
     assert record["payload"] == env.payload
     assert record["signature"]["ml_dsa_65"] == env.signature.ml_dsa_65
+    payload_version = schemas_by_apache_fingerprint[record["schema_fingerprint"]]
+    assert payload_version.full_name == env.event_type
+    payload = avro.io.DatumReader(_apache_schema(payload_version)).read(
+        avro.io.BinaryDecoder(io.BytesIO(record["payload"])))
+    assert payload["consent_document_ref"] == "DocumentReference/77"
 
 
 def test_missing_field_is_named():
