@@ -208,3 +208,14 @@ def decode_envelope(data: bytes) -> Envelope:
         batch_proof=None if proof is None else MerkleProof(
             proof["leaf_index"], proof["tree_size"], tuple(proof["path"]), proof["root"]),
     )
+
+
+def written_in_legacy_form(data: bytes, env: Envelope) -> bool:
+    """True if a record names its schemas in the legacy byte-reversed form (header or
+    ``schema_fingerprint``): readable, since such records are on logs already, but not
+    what any current producer writes, so the gatekeeper refuses it as new input."""
+    catalog = load_catalog()
+    found = (catalog.version_for_fingerprint(data[2:10]),
+             catalog.version_for_fingerprint(env.schema_fingerprint))
+    return any(match is not None and match.is_legacy for match in found)
+

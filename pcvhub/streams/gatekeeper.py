@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pcvhub.schemas.catalog import load_catalog
-from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
+from pcvhub.schemas.codec import (
+    DecodeError,
+    decode_envelope,
+    decode_payload,
+    written_in_legacy_form,
+)
 from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.streams.timers import TurnaroundTimers
@@ -102,6 +107,14 @@ class Gatekeeper:
         except DecodeError as exc:
             coi = key.decode("utf-8", "replace") if key else ""
             return [self._rejection(raw, source, coi, "", "R0", "MALFORMED", str(exc))]
+        if written_in_legacy_form(raw, event.envelope):
+            return [self._rejection(
+                raw, source, event.coi, event.event_id, "R0", "LEGACY_FINGERPRINT",
+                "the record names its Avro schemas by CRC-64-AVRO fingerprints in the "
+                "byte-reversed order pcvhub wrote before the fix (the Avro spec and every "
+                "other implementation read them little-endian); re-issue it with a current "
+                "pcvhub codec, which writes the spec's form",
+                event.event_type)]
         if key is not None and key != event.coi.encode():
             return [self._rejection(
                 raw, source, event.coi, event.event_id, "R0", "KEY_NOT_COI",

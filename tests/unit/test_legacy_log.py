@@ -139,3 +139,29 @@ def test_an_unknown_fingerprint_in_either_form_is_refused():
     with pytest.raises(DecodeError) as err:
         decode_envelope(bytes(wire))
     assert err.value.where == "envelope header"
+
+
+def test_the_gatekeeper_refuses_new_input_in_the_legacy_form_and_names_why():
+    """Old records stay readable on the log; a producer still writing the reversed form is
+    told so at the door, before any rule, so nothing non-conformant reaches the log."""
+    from pcvhub.streams.event import SourcePosition
+    from pcvhub.streams.gatekeeper import Gatekeeper, PartitionLedger
+    from pcvhub.streams.rules import default_rules
+    from pcvhub.trust.issuer import EventIssuer
+    from pcvhub.trust.signing import EventSigner, HybridKeyPair
+
+    from .therapy_builder import Hub
+
+    hub = Hub()
+    gatekeeper = Gatekeeper(default_rules(hub.registry), EventIssuer(EventSigner(
+        "hub-gatekeeper", "gk-1", HybridKeyPair.generate())), hub.registry)
+    record = next(r for r in RECORDS if r["event_type"].endswith("SampleCollected"))
+    wire = bytes.fromhex(record["wire"])
+    coi = decode_envelope(wire).coi.encode()
+    outputs = gatekeeper.judge(wire, coi, SourcePosition("ingress.direct", 0, 0),
+                               PartitionLedger(0))
+    assert [o.topic for o in outputs] == ["rejected"]
+    refusal = decode_envelope(outputs[0].value)
+    _, payload = decode_payload(refusal.schema_fingerprint, refusal.payload)
+    assert (payload["rule"], payload["reason_code"]) == ("R0", "LEGACY_FINGERPRINT")
+    assert "byte-reversed" in payload["reason"] and payload["original"] == wire
