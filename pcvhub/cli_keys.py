@@ -48,7 +48,8 @@ def _store() -> KeyStore:
         raise
 
 
-def _publish(store: KeyStore, registrar: str, event_type: str, payload: dict) -> None:
+def _publish(store: KeyStore, registrar: str, event_type: str, payload: dict,
+             wait: bool = True) -> None:
     """Link onto the registry chain, send, and say "published" only once accepted."""
     from pcvhub.connectors.registrar import RegistryPublishError, publish_registry_event
 
@@ -59,9 +60,14 @@ def _publish(store: KeyStore, registrar: str, event_type: str, payload: dict) ->
     try:
         with console.status(f"publishing {event_type}: reading the registry chain, then "
                             "waiting for the gatekeeper's verdict ..."):
-            issued = publish_registry_event(load_settings(), signer, event_type, payload)
+            issued = publish_registry_event(load_settings(), signer, event_type, payload,
+                                            wait=wait)
     except RegistryPublishError as exc:
         _fail(str(exc))
+    if not wait:
+        console.print(f"sent {event_type} {issued.envelope.event_id} signed by {registrar}, "
+                      "linked onto the registry chain; the gatekeeper judges it when it runs")
+        return
     console.print(f"published {event_type} {issued.envelope.event_id} signed by {registrar}: "
                   "accepted onto the registry chain")
 
@@ -77,6 +83,9 @@ def keys_new(
     role: list[str] = typer.Option([], help="Role the actor holds (repeat for several)."),
     site: str = typer.Option("hub", help="Site the actor belongs to."),
     publish: bool = typer.Option(False, help="Issue ActorRegistered to the hub."),
+    wait: bool = typer.Option(True, help="With --publish: wait for the gatekeeper's verdict "
+                                         "(--no-wait: the gatekeeper's own key, before the "
+                                         "first worker runs)."),
     registrar: str = typer.Option("hub-registrar", help="Actor whose key signs the registration."),
     anchor: bool = typer.Option(False, help="Make this actor the deployment's trust anchor "
                                             "(the first registrar): writes trust-anchor.json."),
@@ -93,7 +102,8 @@ def keys_new(
         console.print(f"trust anchor written to {path}")
     if publish:
         _publish(store, registrar, "ActorRegistered",
-                 registration_payload(actor, signer.key_id, signer.keys.public, now_us()))
+                 registration_payload(actor, signer.key_id, signer.keys.public, now_us()),
+                 wait=wait)
 
 
 @keys_app.command("list")

@@ -32,9 +32,12 @@ class RegistryPublishError(RuntimeError):
 
 
 def publish_registry_event(settings: Settings, registrar: EventSigner, event_type: str,
-                           payload: Mapping[str, Any], timeout: float = 60.0) -> IssuedEvent:
+                           payload: Mapping[str, Any], timeout: float = 60.0,
+                           wait: bool = True) -> IssuedEvent:
     """Link ``event_type`` onto the registry chain's head, send it, return it once the
-    gatekeeper accepted it (see the module doc for the steps)."""
+    gatekeeper accepted it (see the module doc for the steps). ``wait=False`` returns
+    once Kafka holds it, not yet judged: the gatekeeper's own registration is sent
+    before the first worker starts."""
     verifier = deployment_verifier(settings, "registrar")
     refusals: dict[str, dict[str, Any]] = {}
 
@@ -60,6 +63,8 @@ def publish_registry_event(settings: Settings, registrar: EventSigner, event_typ
                                               prev_hash=verifier.head(REGISTRY_COI))
         # -- 3. write --
         writer.write([issued])
+        if not wait:
+            return issued
         # -- 4. wait for the verdict --
         event_id = issued.envelope.event_id
         waited = 0.0
