@@ -50,6 +50,11 @@ class Settings:
     kafka_base_port: int = 19092
     kafka_cluster_base_port: int = 29092
     topic_prefix: str = "pcvhub"
+    #: what the gatekeeper's timer sweep reads as "now": ``wall`` (production) or
+    #: ``simulation`` (``<data_dir>/simulation-clock``, moved by the demo and tests)
+    timer_clock: str = "wall"
+    #: seconds between two sweeps of every open therapy for due deadlines
+    timer_sweep_seconds: float = 10.0
 
     def librdkafka(self, **extra: Any) -> dict[str, Any]:
         """Client settings for confluent-kafka (librdkafka property names)."""
@@ -129,7 +134,11 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PCVHUB_KAFKA_BASE_PORT": ("local_kafka", "base_port"),
     "PCVHUB_KAFKA_CLUSTER_BASE_PORT": ("local_kafka", "cluster_base_port"),
     "PCVHUB_TOPIC_PREFIX": ("topics", "prefix"),
+    "PCVHUB_TIMER_CLOCK": ("timers", "clock"),
+    "PCVHUB_TIMER_SWEEP_SECONDS": ("timers", "sweep_seconds"),
 }
+
+TIMER_CLOCKS = ("wall", "simulation")
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
@@ -162,6 +171,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     paths = table.get("paths", {})
     local = table.get("local_kafka", {})
     topics = table.get("topics", {})
+    timers = table.get("timers", {})
+    clock = str(timers.get("clock", "wall")).lower()
+    if clock not in TIMER_CLOCKS:
+        raise ConfigError(f"timers.clock (PCVHUB_TIMER_CLOCK) is {clock!r}; use one of "
+                          f"{', '.join(TIMER_CLOCKS)}")
     protocol = str(kafka.get("security_protocol", "PLAINTEXT")).upper()
     if protocol not in _SECURITY_PROTOCOLS:
         raise ConfigError(
@@ -191,6 +205,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                 local.get("cluster_base_port", base.kafka_cluster_base_port)
             ),
             topic_prefix=str(topics.get("prefix", base.topic_prefix)),
+            timer_clock=clock,
+            timer_sweep_seconds=float(timers.get("sweep_seconds", base.timer_sweep_seconds)),
         )
     except ValueError as exc:
-        raise ConfigError(f"a port setting is not an integer: {exc}") from exc
+        raise ConfigError(f"a port or timer setting is not a number: {exc}") from exc

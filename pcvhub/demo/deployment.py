@@ -145,7 +145,9 @@ class Deployment:
         return {"PCVHUB_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
                 "PCVHUB_TOPIC_PREFIX": self.settings.topic_prefix,
                 "PCVHUB_DATA_DIR": str(self.data_dir),
-                "PCVHUB_KEY_PASSPHRASE": self.passphrase}
+                "PCVHUB_KEY_PASSPHRASE": self.passphrase,
+                # the cohort lives in simulated time: timers never read the wall clock
+                "PCVHUB_TIMER_CLOCK": "simulation"}
 
     def cast(self) -> dict[str, Party]:
         return {part: self.parties[actor_id] for part, actor_id in CAST.items()}

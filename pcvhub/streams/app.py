@@ -18,6 +18,8 @@ not use it. Instead the outputs are the checkpoint:
    what reached it is a prefix of what was sent: the hash chain on the log never skips.
 6. On revocation the producer is flushed and the partition's ledger dropped; the next
    owner rebuilds it from the log.
+7. A timer sweeps every owned partition on processing time (``pcvhub.clock``) and raises
+   the alerts of passed deadlines, for therapies that receive no event at all.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 import faust
 
+from pcvhub.clock import clock_for
 from pcvhub.config import Settings
 from pcvhub.log.reader import deployment_verifier, read_verified
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, VerifiedRecord
@@ -118,10 +121,31 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
                 await (await send(alert))  # the alert is on the log before its primary
             await send(primary)
 
+    # Step 7. Timers on processing time: every sweep interval, each owned partition's
+    # open therapies are checked for passed deadlines and their alerts raised, with no
+    # event needed. Alert ids are deterministic and the ledger holds those already on the
+    # log, so a sweep after a crash (or after another worker's) raises nothing twice.
+    clock = clock_for(settings.timer_clock, settings.data_dir)
+    owned: set[int] = set()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        owned.update(tp.partition for tp in assigned if tp.topic in ingress_names)
+
+    @app.timer(interval=settings.timer_sweep_seconds)
+    async def sweep() -> None:
+        for partition in sorted(owned):
+            ledger = await ledger_for(partition)
+            if partition not in owned:
+                continue  # revoked while its ledger was being rebuilt
+            for alert in gatekeeper.sweep(ledger, clock.now_us()):
+                await (await send(alert))
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         # Faust has already waited for the agent and flushed the producer (step 6).
         for tp in revoked:
             ledgers.pop(tp.partition, None)
+            owned.discard(tp.partition)
 
     return app

@@ -34,6 +34,9 @@ from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_EVENTS, KeyRegistry
 
 ALERT_NAMESPACE = uuid.UUID("6f1d0c2e-8b1f-4c55-9a57-0c1f0b8a9d10")
+#: Header on an alert a timer sweep raised (no ingress record caused it): the sweep's
+#: "now". The ledger rebuild folds the alert id from the signed payload either way.
+SWEEP_HEADER = "pcvhub-sweep"
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,14 @@ class Output:
     key: bytes | None
     value: bytes
     partition: int
-    source: SourcePosition
+    source: SourcePosition | None  # the ingress record answered; None for a sweep's alert
     event_id: str = ""
+    swept_at_us: int | None = None  # the sweep's "now", for an alert no record caused
 
     @property
     def headers(self) -> list[tuple[str, bytes]]:
+        if self.source is None:
+            return [(SWEEP_HEADER, str(self.swept_at_us).encode())]
         return [(SOURCE_HEADER, self.source.header())]
 
 
@@ -176,11 +182,29 @@ class Gatekeeper:
                                    due_at_us=getattr(due, "due_at_us", None))
         return outputs
 
+    def sweep(self, ledger: PartitionLedger, now_us: int) -> list[Output]:
+        """Timer alerts of every open therapy of the partition, due at ``now_us``
+        (processing time; never earlier than the partition's event time). No event of
+        the therapy is needed: a stalled therapy is exactly what the sweep is for. Alert
+        ids are those the per-event check would raise, so nothing is raised twice."""
+        now = max(now_us, ledger.watermark_us)
+        outputs: list[Output] = []
+        for case in list(ledger.cases.values()):
+            if case.is_registry:
+                continue
+            for due in self.timers.due(case, now):
+                outputs += self._raise(ledger, None, case.coi, due.key, rule="TIMER",
+                                       kind=due.kind, severity=due.severity,
+                                       detail=due.detail, due_at_us=due.due_at_us,
+                                       swept_at_us=now)
+        return outputs
+
     def _raise(self, ledger: PartitionLedger, source: SourcePosition | None, coi: str,
                basis: str, *, rule: str, kind: str, severity: str, detail: str,
-               due_at_us: int | None = None) -> list[Output]:
+               due_at_us: int | None = None, swept_at_us: int | None = None
+               ) -> list[Output]:
         identifier = alert_id(basis, kind)
-        if identifier in ledger.alert_ids or source is None:
+        if identifier in ledger.alert_ids or (source is None and swept_at_us is None):
             return []
         ledger.alert_ids.add(identifier)
         payload: dict[str, Any] = {
@@ -193,8 +217,8 @@ class Gatekeeper:
             "due_at": due_at_us,
         }
         issued = self.issuer.issue("AlertRaised", coi, payload, prev_hash=b"")
-        return [Output("alerts", coi.encode(), issued.wire, source.partition, source,
-                       issued.envelope.event_id)]
+        return [Output("alerts", coi.encode(), issued.wire, ledger.partition, source,
+                       issued.envelope.event_id, swept_at_us)]
 
     # -- rebuilding the ledger from the log --------------------------------------
     # Each replay takes a record the one log reader admitted (pcvhub.log): what was

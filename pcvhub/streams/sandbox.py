@@ -70,7 +70,10 @@ class Sandbox:
         return dict(os.environ, PCVHUB_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers,
                     PCVHUB_TOPIC_PREFIX=self.settings.topic_prefix,
                     PCVHUB_DATA_DIR=str(self.settings.data_dir),
-                    PCVHUB_KEY_PASSPHRASE=PASSPHRASE)
+                    PCVHUB_KEY_PASSPHRASE=PASSPHRASE,
+                    # tests replay back-dated therapies: the timer sweep reads the
+                    # sandbox's simulation clock (event time only until a test moves it)
+                    PCVHUB_TIMER_CLOCK="simulation", PCVHUB_TIMER_SWEEP_SECONDS="1")
 
     # -- identities -----------------------------------------------------------------
     def install_identities(self, registrar: EventSigner, valid_from_us: int) -> EventSigner:

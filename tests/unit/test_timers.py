@@ -145,3 +145,44 @@ def test_policies_are_chosen_per_therapy_type(scenario: TherapyScenario) -> None
 def test_a_negative_duration_is_refused() -> None:
     with pytest.raises(ValueError, match="sample_to_design"):
         TimerPolicy(sample_to_design=timedelta(seconds=-1))
+
+
+def test_the_sweep_alerts_a_stalled_therapy_once_and_a_rebuilt_ledger_remembers(
+        scenario: TherapyScenario) -> None:
+    """No event arrives after the sample: only the sweep, on processing time, sees the
+    deadline pass. Its alert carries no ingress source; a second sweep, or a sweep over
+    a ledger rebuilt from the alerts on the log, raises nothing again."""
+    from pcvhub.schemas.codec import decode_envelope, decode_payload, to_us
+    from pcvhub.streams.gatekeeper import SWEEP_HEADER, Gatekeeper, PartitionLedger
+    from pcvhub.streams.rules import default_rules
+    from pcvhub.trust.issuer import EventIssuer
+    from pcvhub.trust.signing import EventSigner, HybridKeyPair
+
+    from .therapy_builder import decode_inbound
+
+    hub = scenario.hub
+    gatekeeper = Gatekeeper(default_rules(hub.registry), EventIssuer(EventSigner(
+        "hub-gatekeeper", "gk-1", HybridKeyPair.generate())), hub.registry,
+        TurnaroundTimers(FAST))
+    ledger = PartitionLedger(0)
+    for event in scenario.run_until("collect"):
+        gatekeeper.replay_accepted(event, ledger)
+    deadline = scenario.now_us + 20 * TICK
+    assert gatekeeper.sweep(ledger, deadline - 1) == []
+    [alert] = gatekeeper.sweep(ledger, deadline)
+    assert alert.topic == "alerts" and alert.source is None
+    assert alert.headers == [(SWEEP_HEADER, str(deadline).encode())]
+    env = decode_envelope(alert.value)
+    _, payload = decode_payload(env.schema_fingerprint, env.payload)
+    assert payload["code"] == "TAT_SAMPLE_TO_DESIGN" and to_us(payload["due_at"]) == deadline
+    assert gatekeeper.sweep(ledger, deadline + 10 * TICK) == []
+    rebuilt = PartitionLedger(0)
+    for event in scenario.log:
+        gatekeeper.replay_accepted(event, rebuilt)
+    gatekeeper.replay_alert(decode_inbound(alert.value), rebuilt)
+    assert gatekeeper.sweep(rebuilt, deadline + 10 * TICK) == []
+    # event time is the lower bound: a clock behind the partition never hides a deadline
+    late = PartitionLedger(0, watermark_us=deadline)
+    for event in scenario.log:
+        gatekeeper.replay_accepted(event, late)
+    assert len(gatekeeper.sweep(late, 0)) == 1
