@@ -11,11 +11,11 @@ import argparse
 
 from rich.console import Console
 
-from bench import crypto, gatekeeper, mllp, projections
+from bench import crypto, gatekeeper, log_reader, mllp, projections
 from bench.report import print_figures
 
-SECTIONS = {"crypto": crypto.run, "gatekeeper": gatekeeper.run, "mllp": mllp.run,
-            "projections": projections.run}
+SECTIONS = {"crypto": crypto.run, "log": log_reader.run, "gatekeeper": gatekeeper.run,
+            "mllp": mllp.run, "projections": projections.run}
 
 
 def main() -> None:
