@@ -209,4 +209,5 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             timer_sweep_seconds=float(timers.get("sweep_seconds", base.timer_sweep_seconds)),
         )
     except ValueError as exc:
-        raise ConfigError(f"a port or timer setting is not a number: {exc}") from exc
+        raise ConfigError(f"a port setting is not an integer, or the timer sweep interval "
+                          f"not a number: {exc}") from exc

@@ -30,6 +30,7 @@ REQUIRED_MEANING: dict[str, SignatureMeaning] = {
     "QcResultRecorded": SignatureMeaning.REVIEWED,
     "BatchDispositioned": SignatureMeaning.RESPONSIBLE,
     "IdentityVerified": SignatureMeaning.VERIFIED,
+    "AlertResolved": SignatureMeaning.RESPONSIBLE,
 }
 
 

@@ -51,8 +51,10 @@ def rebuild_ledger(settings: Settings, gatekeeper: Gatekeeper, partition: int) -
     """
     verifier = deployment_verifier(settings, f"gatekeeper ledger rebuild of partition {partition}")
     ledger = PartitionLedger(partition)
-    replay = {CANONICAL: gatekeeper.replay_accepted, REJECTED: gatekeeper.replay_rejected,
-              ALERTS: gatekeeper.replay_alert}
+    # Alerts first: an alert was on its topic before any acknowledgement naming it was
+    # accepted, and the case fold of that acknowledgement needs to know the alert.
+    replay = {ALERTS: gatekeeper.replay_alert, CANONICAL: gatekeeper.replay_accepted,
+              REJECTED: gatekeeper.replay_rejected}
     try:
         for suffix, fold in replay.items():
             for outcome in read_verified(settings, suffix, verifier, [partition]):

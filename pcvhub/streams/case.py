@@ -4,7 +4,9 @@
 who the patient is, which consents hold, which sequencing data, designs and batches
 belong to this therapy, who holds each physical item, what each dose may still be used
 for. It is rebuilt by folding the canonical log (``apply`` in log order), so it holds
-only facts that accepted events state, never alerts or judgements.
+only facts that accepted events state, never judgements; the one exception is the set of
+alerts the gatekeeper raised for the therapy (``alerts``), which it writes itself and
+reads back from the alerts topic, so that an acknowledgement can name only a real one.
 
 ``apply`` is called only after the rules accepted the event; it trusts the event and
 never refuses. Handlers are a table keyed by the short event type; a type without a
@@ -42,6 +44,14 @@ class DoseStatus(StrEnum):
     QUARANTINED = "QUARANTINED"    # after a temperature excursion, until destroyed
     EXPIRED = "EXPIRED"
     DESTROYED = "DESTROYED"
+
+
+class AlertStatus(StrEnum):
+    """Where an alert raised for a therapy stands, as its owners recorded it."""
+
+    OPEN = "OPEN"
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    RESOLVED = "RESOLVED"
 
 
 #: statuses from which a dose may still go to the patient
@@ -186,6 +196,9 @@ class CaseState:
     research_requests: set[str] = field(default_factory=set)
     adverse_events: int = 0
     last_outcome_at_us: int | None = None
+    #: alerts the gatekeeper raised for this therapy (it wrote them itself; the ledger
+    #: rebuild reads them back from the alerts topic), and what their owners did
+    alerts: dict[str, AlertStatus] = field(default_factory=dict)
 
     @classmethod
     def new(cls, coi: str) -> CaseState:
@@ -317,6 +330,8 @@ LIFECYCLE: dict[str, Transition] = {
     "ClaimAdjudicated": Transition(_from(S.DISPENSED), requires="administered_before"),
     "PaymentPosted": Transition(_from(S.DISPENSED), requires="administered_before"),
     "OutcomeMilestoneReached": Transition(_from(S.DISPENSED), requires="administered_before"),
+    "AlertAcknowledged": Transition(frozenset(Stage), requires="alert_open"),
+    "AlertResolved": Transition(frozenset(Stage), requires="alert_open"),
 }
 
 #: the registry's own chain: actors and keys, in any order, and nothing else
@@ -365,6 +380,11 @@ PRECONDITIONS: dict[str, Precondition] = {
     "administered_before": Precondition(
         lambda case, p: bool(case.administrations), "OUT_OF_ORDER",
         "at least one administration of the therapy", "record the administration first"),
+    "alert_open": Precondition(
+        lambda case, p: case.alerts.get(p["alert_id"]) in (AlertStatus.OPEN,
+                                                            AlertStatus.ACKNOWLEDGED),
+        "NO_OPEN_ALERT", "an alert raised for this therapy and not yet resolved",
+        "name an open alert of this therapy (see the alerts view)"),
 }
 
 
@@ -639,6 +659,16 @@ def _milestone(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     case.milestones.add((p["agreement_id"], p["milestone"]))
 
 
+def _alert_acknowledged(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    if case.alerts.get(p["alert_id"]) is AlertStatus.OPEN:
+        case.alerts[p["alert_id"]] = AlertStatus.ACKNOWLEDGED
+
+
+def _alert_resolved(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    if p["alert_id"] in case.alerts:
+        case.alerts[p["alert_id"]] = AlertStatus.RESOLVED
+
+
 _HANDLERS: dict[str, Handler] = {
     "PatientEnrolled": _enrolled,
     "EligibilityConfirmed": _eligibility,
@@ -674,4 +704,6 @@ _HANDLERS: dict[str, Handler] = {
     "ClaimAdjudicated": _adjudicated,
     "PaymentPosted": _paid,
     "OutcomeMilestoneReached": _milestone,
+    "AlertAcknowledged": _alert_acknowledged,
+    "AlertResolved": _alert_resolved,
 }

@@ -24,7 +24,7 @@ from pcvhub.schemas.codec import (
     decode_payload,
     written_in_legacy_form,
 )
-from pcvhub.streams.case import CaseState
+from pcvhub.streams.case import AlertStatus, CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.streams.timers import TurnaroundTimers
 from pcvhub.streams.verdict import AllOf, Verdict
@@ -207,6 +207,7 @@ class Gatekeeper:
         if identifier in ledger.alert_ids or (source is None and swept_at_us is None):
             return []
         ledger.alert_ids.add(identifier)
+        ledger.case(coi).alerts.setdefault(identifier, AlertStatus.OPEN)
         payload: dict[str, Any] = {
             "alert_id": identifier,
             "severity": severity,
@@ -238,4 +239,8 @@ class Gatekeeper:
             ledger.answered.add((p["source_topic"], p["source_offset"]))
 
     def replay_alert(self, alert: InboundEvent, ledger: PartitionLedger) -> None:
-        ledger.alert_ids.add(str(alert.payload["alert_id"]))
+        """Replayed before the canonical events (``rebuild_ledger``), so that the
+        acknowledgements and resolutions on the therapy's chain find their alert."""
+        identifier = str(alert.payload["alert_id"])
+        ledger.alert_ids.add(identifier)
+        ledger.case(alert.coi).alerts.setdefault(identifier, AlertStatus.OPEN)

@@ -185,6 +185,11 @@ ROLES: dict[str, frozenset[str]] = {
     "ClaimAdjudicated": _roles("PAYER", connector=True),
     "PaymentPosted": _roles("BILLING", "PAYER", connector=True),
     "OutcomeMilestoneReached": _roles("PAYER", "MANUFACTURER", connector=True),
+    # alerts get owners: whoever acts on the therapy may take one on; closing one is
+    # signed RESPONSIBLE by the people answerable for the step it is about
+    "AlertAcknowledged": _roles(*CLINICAL, *PHARMACY, "SEQUENCING_LAB", "DESIGN_SERVICE",
+                                "MANUFACTURER", "QC_ANALYST", "QUALIFIED_PERSON", "COURIER"),
+    "AlertResolved": _roles("PHYSICIAN", *PHARMACY, "MANUFACTURER", "QUALIFIED_PERSON"),
 }
 
 

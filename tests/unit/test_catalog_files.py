@@ -64,6 +64,8 @@ EVENT_TYPES = (
     "EventRejected",
     "CustodyViolationDetected",
     "AlertRaised",
+    "AlertAcknowledged",
+    "AlertResolved",
 )
 
 PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -147,8 +149,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 41
-    assert len(set(EVENT_TYPES)) == 41
+    assert len(EVENT_TYPES) == 43
+    assert len(set(EVENT_TYPES)) == 43
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

@@ -63,3 +63,13 @@ def test_topic_table_keeps_the_log_forever_and_compacts_registries() -> None:
     assert topic_name("events") == "pcvhub.events"
     with pytest.raises(KeyError, match="no topic"):
         topic_name("evnets")
+
+
+def test_the_timer_clock_is_wall_unless_a_deployment_says_simulation() -> None:
+    assert (load_settings({}).timer_clock, load_settings({}).timer_sweep_seconds) == (
+        "wall", 10.0)
+    simulated = load_settings({"PCVHUB_TIMER_CLOCK": "Simulation",
+                               "PCVHUB_TIMER_SWEEP_SECONDS": "0.5"})
+    assert (simulated.timer_clock, simulated.timer_sweep_seconds) == ("simulation", 0.5)
+    with pytest.raises(ConfigError, match="PCVHUB_TIMER_CLOCK"):
+        load_settings({"PCVHUB_TIMER_CLOCK": "sundial"})
