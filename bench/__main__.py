@@ -11,17 +11,19 @@ import argparse
 
 from rich.console import Console
 
-from bench import crypto, gatekeeper, log_reader, mllp, projections
+from bench import crypto, gatekeeper, log_reader, mllp, projections, vault
 from bench.report import print_figures
 
 SECTIONS = {"crypto": crypto.run, "log": log_reader.run, "gatekeeper": gatekeeper.run,
-            "mllp": mllp.run, "projections": projections.run}
+            "mllp": mllp.run, "projections": projections.run, "vault": vault.run}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="fewer items, for a smoke run")
+    parser.add_argument("--vault-gib", type=int, default=4,
+                        help="input size of the vault peak-memory run (16 for the full CRAM)")
     args = parser.parse_args()
     console = Console()
     figures = []
@@ -31,7 +33,10 @@ def main() -> None:
                      f"known: {', '.join(SECTIONS)}")
     for name in args.sections or list(SECTIONS):
         console.print(f"[bold]bench {name}[/] ...")
-        figures.extend(SECTIONS[name](quick=args.quick))
+        if name == "vault":
+            figures.extend(vault.run(quick=args.quick, peak_gib=args.vault_gib))
+        else:
+            figures.extend(SECTIONS[name](quick=args.quick))
     print_figures(figures, console)
 
 

@@ -115,6 +115,11 @@ def avro_sql_type(avro: Any, where: str) -> str:
         return "BLOB"
     if kind == "array":
         return avro_sql_type(avro["items"], where) + "[]"
+    if kind == "record":  # a nested record (e.g. one row of GenomeStored's share map)
+        members = ", ".join(
+            '"{}" {}'.format(f["name"], avro_sql_type(f["type"], where + "." + f["name"]))
+            for f in avro["fields"])
+        return f"STRUCT({members})"
     if kind in _PRIMITIVES:
         return _PRIMITIVES[kind]
     raise UnsupportedAvroType(f"{where}: Avro type {avro} has no column mapping")

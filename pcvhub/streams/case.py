@@ -295,6 +295,7 @@ LIFECYCLE: dict[str, Transition] = {
                                  advance_if="at_collected"),
     "SequencingCompleted": Transition(frozenset({S.RECEIVED_AT_LAB, S.SEQUENCED}), S.SEQUENCED),
     "VariantCallsProduced": Transition(frozenset({S.SEQUENCED})),
+    "GenomeStored": Transition(_from(S.SEQUENCED)),
     "NeoantigenDesignProduced": Transition(frozenset({S.SEQUENCED, S.DESIGNED}), S.DESIGNED),
     "DesignApproved": Transition(frozenset({S.DESIGNED}), S.APPROVED,
                                  advance_if="two_different_approvers"),

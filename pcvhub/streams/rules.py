@@ -153,6 +153,7 @@ ROLES: dict[str, frozenset[str]] = {
     "SampleReceived": _roles("SEQUENCING_LAB"),
     "SequencingCompleted": _roles("SEQUENCING_LAB"),
     "VariantCallsProduced": _roles("SEQUENCING_LAB"),
+    "GenomeStored": _roles("SEQUENCING_LAB"),
     "NeoantigenDesignProduced": _roles("DESIGN_SERVICE"),
     "DesignApproved": _roles("DESIGN_APPROVER"),
     # manufacturer, QC, qualified person

@@ -35,6 +35,7 @@ EVENT_TYPES = (
     "SampleReceived",
     "SequencingCompleted",
     "VariantCallsProduced",
+    "GenomeStored",
     "NeoantigenDesignProduced",
     "DesignApproved",
     "ManufacturingStarted",
@@ -149,8 +150,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 43
-    assert len(set(EVENT_TYPES)) == 43
+    assert len(EVENT_TYPES) == 44
+    assert len(set(EVENT_TYPES)) == 44
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

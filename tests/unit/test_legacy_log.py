@@ -51,8 +51,13 @@ def _signer_keys() -> PublicKeys:
 RECORDS = _records()
 
 
+# event types introduced after the byte-order fix were never written in the legacy form
+NEWER_THAN_THE_FIX = {"pcvhub.events.GenomeStored", "pcvhub.events.AlertAcknowledged",
+                      "pcvhub.events.AlertResolved"}
+
+
 def test_the_fixture_has_every_event_type_and_both_signing_paths():
-    assert {r["event_type"] for r in RECORDS} == set(CATALOG.event_types())
+    assert {r["event_type"] for r in RECORDS} == set(CATALOG.event_types()) - NEWER_THAN_THE_FIX
     assert {r["signed"] for r in RECORDS} == {"individually", "batch"}
 
 

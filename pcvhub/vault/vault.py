@@ -1,0 +1,98 @@
+"""Putting a file into the vault and getting it back: split, seal per site, tree, event.
+
+:func:`put` streams a file through :func:`~pcvhub.vault.stream.split_stream`, seals each
+share to its site's public key (HPKE X-Wing, bound to CoI, chunk and share index) and hands
+the sealed bytes to ``store``; it returns the manifest and the ``GenomeStored`` payload
+(root, chunking, scheme, k, n, share map: never data). :func:`sealed_source` is the way
+back: it opens sealed shares with the site keys for :func:`~pcvhub.vault.stream.restore_stream`.
+Real storage sites come in the next issue; tests and the benchmark use a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidTag
+
+from pcvhub.vault.chunks import DEFAULT_CHUNK_SIZE
+from pcvhub.vault.randomness import Randomness
+from pcvhub.vault.sealing import (
+    SEALING_HPKE,
+    SiteKeyPair,
+    SitePublicKey,
+    open_sealed,
+    seal,
+    share_context,
+)
+from pcvhub.vault.stream import Manifest, ShareSource, ShareTampered, split_stream
+
+#: store(share_index, chunk_index, sealed bytes)
+SealedStore = Callable[[int, int, bytes], None]
+#: fetch(share_index, chunk_index) -> sealed bytes, or None when the site is unreachable
+SealedFetch = Callable[[int, int], "bytes | None"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where one share index goes: the site's id, its public key and its storage reference."""
+
+    site_id: str
+    public_key: SitePublicKey
+    storage_ref: str
+
+
+def put(source: BinaryIO, coi: str, sites: list[Site], store: SealedStore, k: int = 2,
+        chunk_size: int = DEFAULT_CHUNK_SIZE, randomness: Randomness | None = None,
+        on_chunk: Callable[[int], None] | None = None) -> tuple[Manifest, dict[str, Any]]:
+    """Split, seal and store; share index i (1-based) goes to ``sites[i - 1]``."""
+    hpke_keys = [site.public_key.hpke_key() for site in sites]
+
+    def seal_and_store(share_index: int, chunk_index: int, share: memoryview) -> None:
+        context = share_context(coi, chunk_index, share_index)
+        store(share_index, chunk_index, seal(share, hpke_keys[share_index - 1], context))
+
+    manifest = split_stream(source, seal_and_store, k=k, n=len(sites), chunk_size=chunk_size,
+                            randomness=randomness, on_chunk=on_chunk)
+    return manifest, genome_stored_payload(manifest, sites)
+
+
+def sealed_source(coi: str, fetch: SealedFetch,
+                  site_keys: Mapping[int, SiteKeyPair]) -> ShareSource:
+    """A share source that opens each sealed share with its site's key (sites you hold)."""
+    private = {index: key.hpke_key() for index, key in site_keys.items()}
+
+    def source(share_index: int, chunk_index: int) -> bytes | None:
+        if share_index not in private:
+            return None
+        sealed = fetch(share_index, chunk_index)
+        if sealed is None:
+            return None
+        try:
+            return open_sealed(sealed, private[share_index],
+                               share_context(coi, chunk_index, share_index))
+        except InvalidTag as exc:
+            raise ShareTampered(f"share {share_index} of chunk {chunk_index}") from exc
+
+    return source
+
+
+def genome_stored_payload(manifest: Manifest, sites: list[Site],
+                          sealing: str = SEALING_HPKE) -> dict[str, Any]:
+    """The ``GenomeStored`` payload: where the shares are and how to check them, no data."""
+    return {
+        "root_hash": manifest.root.hex(),
+        "content_size": manifest.tree.size,
+        "chunk_size": manifest.tree.chunk_size,
+        "chunk_count": manifest.tree.chunk_count,
+        "scheme": manifest.scheme,
+        "randomness": manifest.randomness,
+        "security": manifest.security.upper().replace("-", "_"),
+        "k": manifest.k,
+        "n": manifest.n,
+        "shares": [{"share_index": index, "site_id": site.site_id,
+                    "storage_ref": site.storage_ref, "sealing": sealing,
+                    "recipient_key_id": site.public_key.key_id}
+                   for index, site in enumerate(sites, start=1)],
+    }
