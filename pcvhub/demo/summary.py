@@ -73,7 +73,7 @@ def read_figures(path: Path) -> Figures:
                       "sum(outstanding_amount) FROM billing_claims GROUP BY status "
                       "ORDER BY status")
         (rejections,), = rows("SELECT count(*) FROM rejections")
-        open_alerts = rows("SELECT severity, code, count(*) FROM alerts WHERE status = 'OPEN' "
+        open_alerts = rows("SELECT severity, code, count(*) FROM alerts WHERE status <> 'RESOLVED' "
                            "GROUP BY ALL ORDER BY severity, code")
         (events,), = rows("SELECT count(*) FROM log.envelopes WHERE log_topic = 'events'")
     finally:

@@ -316,7 +316,8 @@ ALERTS = View(
     "DOSE_WINDOW by an administration, ADMINISTRATION_OVERDUE by that administration, "
     "DOSE_EXPIRY_NOTICE / DOSE_EXPIRED by that dose administered, destroyed (or, for the "
     "notice, recorded expired), FOLLOW_UP_DUE by an outcome after that administration. "
-    "Refusal alerts (custody rule breaches) stay OPEN: no event acknowledges them yet.",
+    "Any alert can be owned (AlertAcknowledged) and closed (AlertResolved) by people; "
+    "refusal alerts (custody rule breaches) close only that way.",
     """
     WITH raised AS (
         SELECT coi, alert_id, severity, rule, code, message, subject_event_id, due_at,
@@ -363,12 +364,31 @@ ALERTS = View(
                 SELECT min(a.occurred_at) FROM log.dose_administered a
                 WHERE a.event_id = r.anchor)))
         GROUP BY r.alert_id
+    ),
+    owned AS (
+        SELECT alert_id, arg_min(producer, log_offset) AS acknowledged_by,
+               min(occurred_at) AS acknowledged_at, arg_max(note, log_offset) AS owner_note
+        FROM log.alert_acknowledged WHERE log_topic = 'events' GROUP BY alert_id
+    ),
+    closed AS (
+        SELECT alert_id, arg_min(producer, log_offset) AS closed_by,
+               min(occurred_at) AS closed_at, arg_min(resolution, log_offset) AS resolution,
+               arg_min(reason, log_offset) AS resolution_reason,
+               arg_min(event_id, log_offset) AS closing_event_id
+        FROM log.alert_resolved WHERE log_topic = 'events' GROUP BY alert_id
     )
     SELECT r.coi, r.alert_id, r.severity, r.rule, r.code, r.message, r.subject_event_id,
            r.due_at, r.raised_at, r.raised_by,
-           CASE WHEN s.resolved_by_event_id IS NULL THEN 'OPEN' ELSE 'RESOLVED' END AS status,
-           s.resolved_by_event_id
+           CASE WHEN c.alert_id IS NOT NULL OR s.resolved_by_event_id IS NOT NULL
+                  THEN 'RESOLVED'
+                WHEN o.alert_id IS NOT NULL THEN 'ACKNOWLEDGED'
+                ELSE 'OPEN' END AS status,
+           coalesce(c.closing_event_id, s.resolved_by_event_id) AS resolved_by_event_id,
+           o.acknowledged_by, o.acknowledged_at, o.owner_note,
+           c.closed_by AS resolved_by, c.closed_at AS resolved_at, c.resolution,
+           c.resolution_reason
     FROM raised r LEFT JOIN resolved s USING (alert_id)
+    LEFT JOIN owned o USING (alert_id) LEFT JOIN closed c USING (alert_id)
     """,
     {
         "coi": "Therapy the alert is about.",
@@ -381,8 +401,18 @@ ALERTS = View(
         "due_at": "When the awaited step was due (timers), event time.",
         "raised_at": "When the gatekeeper signed the alert.",
         "raised_by": "Gatekeeper actor that signed the alert.",
-        "status": "OPEN, or RESOLVED once the awaited step is on the log.",
-        "resolved_by_event_id": "First event that resolved the alert.",
+        "status": "OPEN (nobody owns it), ACKNOWLEDGED (an owner took it on), or RESOLVED "
+                  "(the awaited step is on the log, or an owner resolved it).",
+        "resolved_by_event_id": "First event that resolved the alert (the awaited step, "
+                                "or the AlertResolved).",
+        "acknowledged_by": "Actor who first acknowledged the alert (its owner).",
+        "acknowledged_at": "When it was first acknowledged (event time).",
+        "owner_note": "The owner's latest note on what is being done.",
+        "resolved_by": "Actor who resolved it with an AlertResolved (signed RESPONSIBLE).",
+        "resolved_at": "When that resolution happened (event time).",
+        "resolution": "How it was closed: CORRECTED, NO_ACTION_NEEDED, RISK_ACCEPTED, "
+                      "SUPERSEDED.",
+        "resolution_reason": "Why, as the resolver wrote it.",
     },
 )
 
@@ -946,8 +976,8 @@ CASE_STATUS_MACRO = Macro("case_status_as_of", "as_of", f"""
         GROUP BY s.coi
     ),
     open_alerts AS (
-        SELECT coi, count(*) FILTER (WHERE status = 'OPEN') AS open_alerts,
-               count(*) FILTER (WHERE status = 'OPEN' AND severity = 'CRITICAL')
+        SELECT coi, count(*) FILTER (WHERE status <> 'RESOLVED') AS open_alerts,
+               count(*) FILTER (WHERE status <> 'RESOLVED' AND severity = 'CRITICAL')
                  AS critical_open_alerts
         FROM alerts GROUP BY coi
     ),

@@ -78,7 +78,7 @@ def overview(reader: Reader) -> dict[str, Any]:
                    count(*) FILTER (WHERE status = 'DENIED') AS denied
             FROM billing_claims GROUP BY currency ORDER BY currency"""),
         "open_alerts": reader.rows(f"""
-            SELECT * FROM alerts WHERE status = 'OPEN'
+            SELECT * FROM alerts WHERE status <> 'RESOLVED'
             ORDER BY {SEVERITY_ORDER}, raised_at DESC LIMIT 8"""),
         "recent_refusals": reader.rows(
             "SELECT * FROM rejections ORDER BY refused_at DESC, log_offset DESC LIMIT 8"),
@@ -153,8 +153,8 @@ def therapy(reader: Reader, coi: str) -> TherapyPage | None:
         chain=chain_of_identity(reader, coi, timeline),
         refusals=reader.rows("SELECT * FROM rejections WHERE coi = ? "
                              "ORDER BY refused_at, log_offset", [coi]),
-        alerts=reader.rows(f"SELECT * FROM alerts WHERE coi = ? "
-                           f"ORDER BY status = 'OPEN' DESC, {SEVERITY_ORDER}, raised_at", [coi]),
+        alerts=reader.rows(f"SELECT * FROM alerts WHERE coi = ? ORDER BY "
+                           f"status <> 'RESOLVED' DESC, {SEVERITY_ORDER}, raised_at", [coi]),
         doses=reader.rows("SELECT * FROM inventory WHERE coi = ? ORDER BY batch_id, dose_id",
                           [coi]),
         qc=reader.rows("SELECT * FROM qc_results WHERE coi = ? ORDER BY batch_id, recorded_at",
@@ -208,7 +208,7 @@ def billing(reader: Reader) -> dict[str, Any]:
 def alerts(reader: Reader) -> dict[str, Any]:
     return {
         "open": _capped(reader, f"""
-            SELECT * FROM alerts WHERE status = 'OPEN'
+            SELECT * FROM alerts WHERE status <> 'RESOLVED'
             ORDER BY {SEVERITY_ORDER}, raised_at DESC"""),
         "resolved": _capped(reader, """
             SELECT * FROM alerts WHERE status = 'RESOLVED' ORDER BY raised_at DESC"""),

@@ -109,3 +109,49 @@ def test_a_rebuilt_ledger_knows_the_alert_is_resolved() -> None:
         ward.gatekeeper.replay_accepted(event, rebuilt)
     assert rebuilt.case(ward.scenario.coi).alerts == {ward.alert_id: AlertStatus.RESOLVED}
     assert ward.gatekeeper.sweep(rebuilt, ward.now_us) == []  # and is never raised again
+
+
+def test_the_alerts_view_shows_owner_and_resolution(tmp_path) -> None:  # noqa: ANN001
+    from pcvhub.log.verify import RawRecord
+    from pcvhub.projections.store import connect
+    from pcvhub.topics import partition_for
+    from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
+
+    from .test_projection_scenario import PARTITIONS, anchor_of, project
+
+    ward = Ward()
+    hub = ward.scenario.hub
+    gatekeeper_signer = ward.gatekeeper.issuer.signer
+    hub.admit(hub.registry_event("ActorRegistered", registration_payload(
+        Actor(gatekeeper_signer.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
+        gatekeeper_signer.key_id, gatekeeper_signer.keys.public, hub.clock_us)))
+    assert ward.send("nurse", "AlertAcknowledged",
+                     {"alert_id": ward.alert_id, "note": "calling the lab"}) is None
+    assert resolve(ward, "physician", ward.alert_id) is None
+    offsets: dict[tuple[str, int], int] = {}
+
+    def at(topic: str, coi: str, wire: bytes) -> RawRecord:
+        partition = partition_for(coi.encode(), PARTITIONS)
+        offset = offsets.get((topic, partition), 0)
+        offsets[(topic, partition)] = offset + 1
+        return RawRecord.at(topic, partition, offset, coi.encode(), wire)
+
+    coi = ward.scenario.coi
+    records = [*(at("events", REGISTRY_COI, e.raw) for e in hub.registry_log),
+               *(at("events", coi, e.raw) for e in ward.scenario.log),
+               at("alerts", coi, ward.alert.value),
+               *(at("events", coi, e.raw) for e in ward.accepted)]
+    project(tmp_path / "p.duckdb", records, anchor_of(hub))
+    con = connect(tmp_path / "p.duckdb", read_only=True)
+    try:
+        row = con.execute("SELECT status, acknowledged_by, owner_note, resolved_by, resolution, "
+                          "resolution_reason FROM alerts WHERE alert_id = ?",
+                          [ward.alert_id]).fetchone()
+        open_count = con.execute("SELECT open_alerts FROM case_status WHERE coi = ?",
+                                 [coi]).fetchone()
+    finally:
+        con.close()
+    assert row == ("RESOLVED", ward.scenario.actors["nurse"].actor_id, "calling the lab",
+                   ward.scenario.actors["physician"].actor_id, "CORRECTED",
+                   "sequencing lab re-ran the library; design due tomorrow")
+    assert open_count == (0,)
