@@ -78,8 +78,10 @@ from pcvhub.demo.deployment import (
 )
 from pcvhub.demo.therapy import DAY_US, Party, TherapyScenario
 from pcvhub.ids import uuid7
-from pcvhub.streams.case import CaseState
+from pcvhub.schemas.envelope import SignatureMeaning
+from pcvhub.streams.case import AlertStatus, CaseState
 from pcvhub.streams.event import InboundEvent
+from pcvhub.streams.gatekeeper import alert_id
 from pcvhub.trust.issuer import IssuedEvent, now_us
 
 #: who writes an event: the demo itself (ingress.direct) or one of the connectors
@@ -262,6 +264,7 @@ class TherapyRun:
         self._head_writer: str | None = None  # who wrote the last event of the chain
         self._settled_at = 0.0
         self._awaiting: dict[str, CaughtFault] = {}  # injected event id -> its fault
+        self._quarantine_alert = ""  # the alert the quarantined-vial fault raises
         self._messages = 0
         self._mllp: MllpClient | None = None
         self._fhir: FhirClient | None = None
@@ -582,6 +585,7 @@ class TherapyRun:
         if n == 1 and Fault.EXCURSION_THEN_DISPENSE in p.faults:
             with self.lock:
                 wrong_vial = s.dispense(1, dose_id=s.dose(2))
+            self._quarantine_alert = alert_id(wrong_vial.event_id, "DOSE_QUARANTINED")
             self._inject(Fault.EXCURSION_THEN_DISPENSE,
                          f"dispense of {s.dose(2)}, quarantined after a freezer excursion",
                          "DOSE_QUARANTINED", wrong_vial, "gatekeeper R6")
@@ -594,6 +598,23 @@ class TherapyRun:
             nurse=s.id_of("nurse")))
         if n == 1 and Fault.EXCURSION_THEN_DISPENSE in p.faults:
             self._direct(lambda: s.destroy(2))
+            self._own_quarantine_alert()
+
+    def _own_quarantine_alert(self) -> None:
+        """The pharmacist takes on the hub's alert about the quarantined vial, then closes
+        it once the vial is destroyed: an alert with an owner and a signed resolution."""
+        s, alert = self.scenario, self._quarantine_alert
+        with self.lock:
+            # the gatekeeper raised it with the refusal (same partition, judged earlier);
+            # the demo's local case learns it as the gatekeeper's did
+            s.case.alerts.setdefault(alert, AlertStatus.OPEN)
+        self._direct(lambda: s.issue("pharmacist", "AlertAcknowledged", {
+            "alert_id": alert, "note": "vial 2 held in quarantine; destruction witnessed"}))
+        self._direct(lambda: s.issue("pharmacist", "AlertResolved", {
+            "alert_id": alert, "resolution": "CORRECTED",
+            "reason": "the quarantined vial was destroyed (witnessed); the patient received "
+                      "vial 1; no second dispense of vial 2 is possible"},
+            meaning=SignatureMeaning.RESPONSIBLE))
 
     def _wrong_patient(self) -> None:
         """The nurse scans the wristband of the patient in the next bed against this

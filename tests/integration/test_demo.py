@@ -87,9 +87,13 @@ def test_nothing_valid_is_refused(demo):
     codes = [code for (code,) in demo.query("SELECT reason_code FROM rejections")]
     assert sorted(codes) == sorted(REFUSED_FOR), codes
     # the alerts are the gatekeeper's on the patient-safety refusals, no timer fired
-    alerts = demo.query("SELECT rule, code FROM alerts ORDER BY code")
-    assert alerts == [("R5", "DESIGN_ALTERED_AFTER_APPROVAL"), ("R6", "DOSE_QUARANTINED"),
-                      ("R5", "IDENTITY_MISMATCH")]
+    alerts = demo.query("SELECT rule, code, status FROM alerts ORDER BY code")
+    assert alerts == [("R5", "DESIGN_ALTERED_AFTER_APPROVAL", "OPEN"),
+                      ("R6", "DOSE_QUARANTINED", "RESOLVED"), ("R5", "IDENTITY_MISMATCH", "OPEN")]
+    # the quarantine alert has an owner and a signed resolution, on the therapy's chain
+    [owned] = demo.query("SELECT acknowledged_by, resolved_by, resolution FROM alerts "
+                         "WHERE code = 'DOSE_QUARANTINED'")
+    assert owned[0] == owned[1] and "pharmacy" in owned[0] and owned[2] == "CORRECTED"
 
 
 def test_the_duplicate_hl7_order_is_on_the_log_once(demo):
