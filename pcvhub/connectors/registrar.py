@@ -5,7 +5,9 @@ from outside the gatekeeper) goes through ``publish_registry_event``:
 
 1. **Read the chain**: follow the registry partition of the canonical log through the one
    log reader until caught up; the verifier's head of ``pcvhub:registry`` is the digest
-   of the last registry event a registrar signed (a forged record never moves it).
+   of the last registry event a registrar signed (a forged record never moves it). A
+   registry event sent earlier and not yet judged (the gatekeeper's own registration,
+   sent before the first worker ran) is waited for first, so the new one links after it.
 2. **Link and sign**: issue the event with that head as ``prev_hash`` (R3).
 3. **Write** it to ``ingress.direct`` and wait for Kafka's acknowledgement.
 4. **Wait for the verdict**: the event on the canonical log (accepted) or an
@@ -15,6 +17,7 @@ from outside the gatekeeper) goes through ``publish_registry_event``:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,9 +43,14 @@ def publish_registry_event(settings: Settings, registrar: EventSigner, event_typ
     before the first worker starts."""
     verifier = deployment_verifier(settings, "registrar")
     refusals: dict[str, dict[str, Any]] = {}
+    sent: dict[str, bytes] = {}  # registry events on ingress.direct, in order -> digest
 
     def on_refusal(record: VerifiedRecord) -> None:
         refusals[str(record.payload.get("rejected_event_id"))] = record.payload
+
+    def on_sent(record: VerifiedRecord) -> None:
+        if record.coi == REGISTRY_COI:
+            sent[record.event_id] = record.digest
 
     # Registry events and their refusals are keyed by pcvhub:registry: one partition each.
     partition = [registry_partition()]
@@ -50,38 +58,57 @@ def publish_registry_event(settings: Settings, registrar: EventSigner, event_typ
                             name="registrar-canonical")
     rejected = LogFollower(settings, [REJECTED], verifier, on_refusal, partitions=partition,
                            name="registrar-refusals")
+    ingress = LogFollower(settings, ["ingress.direct"], verifier, on_sent, partitions=partition,
+                          name="registrar-ingress")
+
+    def unanswered(event_ids: list[str]) -> list[str]:
+        return [i for i in event_ids if not canonical.has_read(i) and i not in refusals]
+
+    def wait_answered(event_ids: list[str]) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while (waiting := unanswered(event_ids)) and time.monotonic() < deadline:
+            canonical.wait_read(waiting, 0.2)
+        return unanswered(event_ids)
+
     writer = IngressWriter(settings, "direct")
+    followers = (canonical, rejected, ingress)
     try:
-        # -- 1. read the chain --
-        canonical.start()
-        rejected.start()
-        if not (canonical.wait_caught_up(timeout) and rejected.wait_caught_up(timeout)):
+        # -- 1. read the chain, and what is still on its way to it --
+        for follower in followers:
+            follower.start()
+        if not all(f.wait_caught_up(timeout) for f in followers):
             raise RegistryPublishError(f"the registry chain was not read within {timeout:.0f}s;"
                                        f" is Kafka at {settings.bootstrap_servers} reachable?")
+        in_flight = unanswered(list(sent))
+        if in_flight and wait and (still := wait_answered(in_flight)):
+            raise RegistryPublishError(
+                f"registry event {still[-1]} sent earlier has no verdict after {timeout:.0f}s, "
+                "and a new one must link onto it or onto its predecessor: start the "
+                "gatekeeper (`pcvhub worker`), then publish again")
+        head = verifier.head(REGISTRY_COI)
+        if not wait and in_flight:
+            head = sent[in_flight[-1]]  # not yet judged: link onto it, as it will be
         # -- 2. link and sign --
         issued = EventIssuer(registrar).issue(event_type, REGISTRY_COI, dict(payload),
-                                              prev_hash=verifier.head(REGISTRY_COI))
+                                              prev_hash=head)
         # -- 3. write --
         writer.write([issued])
         if not wait:
             return issued
         # -- 4. wait for the verdict --
         event_id = issued.envelope.event_id
-        waited = 0.0
-        while waited < timeout:
-            if not canonical.wait_read([event_id], 0.2):
-                return issued
-            if event_id in refusals:
-                p = refusals[event_id]
-                raise RegistryPublishError(
-                    f"the gatekeeper refused {event_type} {event_id}: {p['rule']} "
-                    f"{p['reason_code']}: {p['reason']}")
-            waited += 0.2
-        raise RegistryPublishError(f"no verdict on {event_type} {event_id} within "
-                                   f"{timeout:.0f}s: is the gatekeeper (`pcvhub worker`) "
-                                   "running?")
+        if wait_answered([event_id]):
+            raise RegistryPublishError(f"no verdict on {event_type} {event_id} within "
+                                       f"{timeout:.0f}s: is the gatekeeper (`pcvhub worker`) "
+                                       "running?")
+        if event_id in refusals:
+            p = refusals[event_id]
+            raise RegistryPublishError(
+                f"the gatekeeper refused {event_type} {event_id}: {p['rule']} "
+                f"{p['reason_code']}: {p['reason']}")
+        return issued
     finally:
-        canonical.stop()
-        rejected.stop()
+        for follower in followers:
+            follower.stop()
         writer.close()
         verifier.close()
