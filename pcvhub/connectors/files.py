@@ -60,7 +60,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ from pcvhub.schemas.codec import (
     to_us,
 )
 from pcvhub.schemas.envelope import SignatureMeaning, meaning_for
+from pcvhub.times import utc_iso
+from pcvhub.trust.issuer import now_us
 
 log = logging.getLogger(__name__)
 
@@ -648,7 +650,7 @@ class FileDrop:
                   for status in (ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING)}
         result: dict[str, Any] = {
             "file": name, "sha256": sha256, "connector": self.connector.actor_id,
-            "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "processed_at": utc_iso(now_us()),
             "rows": len(rows), **counts, "results": rows}
         if error is not None:
             result.update(error=error, refusal_event_id=refusal)

@@ -71,6 +71,7 @@ from pcvhub.connectors.files import (
     TransientFailure,
 )
 from pcvhub.log.verify import VerifiedRecord
+from pcvhub.times import utc_iso
 from pcvhub.trust.issuer import now_us
 
 log = logging.getLogger(__name__)
@@ -851,7 +852,7 @@ class RemittanceDrop:
         counts = {s: sum(1 for e in entries if e["status"] == s)
                   for s in (ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING)}
         return {"file": name, "sha256": digest, "connector": self.connector.actor_id,
-                "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "processed_at": utc_iso(now_us()),
                 "claim_payments": len(entries), **counts, "results": entries}
 
 

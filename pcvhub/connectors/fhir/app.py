@@ -50,7 +50,9 @@ from pcvhub.connectors.common import (
 from pcvhub.connectors.fhir.mapping import ResourceMapper, ResourceProblem
 from pcvhub.schemas.codec import SchemaValidationError
 from pcvhub.schemas.envelope import Envelope
+from pcvhub.times import utc_iso
 from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.issuer import now_us
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -88,10 +90,6 @@ def fhir_path(resource_type: str, location: tuple[Any, ...]) -> str:
     return path
 
 
-def _iso(us: int) -> str:
-    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).isoformat()
-
-
 def provenance(env: Envelope, base_url: str) -> dict[str, Any]:
     """One accepted event as a Provenance resource."""
     kind = short_type(env.event_type)
@@ -105,14 +103,14 @@ def provenance(env: Envelope, base_url: str) -> dict[str, Any]:
             signatures.append({
                 "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": code,
                           "display": f"{display} ({meaning})"}],
-                "when": _iso(env.signed_at_us), "who": who,
+                "when": utc_iso(env.signed_at_us, "auto"), "who": who,
                 "sigFormat": f"application/pcvhub.{fmt}",
                 "data": base64.b64encode(data).decode()})
     return {
         "resourceType": "Provenance", "id": env.event_id,
         "target": [{"reference": f"urn:uuid:{env.event_id}", "display": kind}],
-        "occurredDateTime": _iso(env.occurred_at_us),
-        "recorded": _iso(env.signed_at_us),
+        "occurredDateTime": utc_iso(env.occurred_at_us, "auto"),
+        "recorded": utc_iso(env.signed_at_us, "auto"),
         "activity": {"coding": [{"system": "urn:pcvhub:event-type", "code": kind}]},
         "agent": [{"type": {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
@@ -131,7 +129,7 @@ def provenance(env: Envelope, base_url: str) -> dict[str, Any]:
 def history_bundle(events: list[Envelope], base_url: str) -> dict[str, Any]:
     bundle = {
         "resourceType": "Bundle", "type": "collection",
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "timestamp": utc_iso(now_us(), "auto"),
         "entry": [{"fullUrl": f"{base_url}/Provenance/{env.event_id}",
                    "resource": provenance(env, base_url)} for env in events],
     }

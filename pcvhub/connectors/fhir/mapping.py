@@ -45,6 +45,7 @@ from pcvhub.connectors.common import (
     EventRequest,
     deterministic_event_id,
 )
+from pcvhub.schemas.codec import to_us
 
 HLA_EXTENSION = "urn:pcvhub:fhir:hla-type"
 DOSE_NUMBER_EXTENSION = "urn:pcvhub:fhir:dose-number"
@@ -92,13 +93,15 @@ class MappedResource:
 
 
 def _us(moment: dt.datetime | dt.date | None) -> int | None:
+    """Event-time microseconds of a FHIR date or dateTime: a date is its midnight UTC, a
+    dateTime without an offset is read as UTC (as the HL7 feed's DTM is)."""
     if moment is None:
         return None
     if not isinstance(moment, dt.datetime):
         moment = dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.UTC)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp() * 1_000_000)
+    return to_us(moment)
 
 
 def _codes(concept: Any) -> list[tuple[str, str]]:

@@ -58,10 +58,10 @@ from pcvhub.connectors.hl7.messages import (
     repetitions,
     required,
     timestamp,
-    to_us,
     value,
 )
 from pcvhub.ids import new_coi
+from pcvhub.schemas.codec import to_us
 
 DEFAULT_THERAPY_TYPE = "individualized-neoantigen-mRNA"
 

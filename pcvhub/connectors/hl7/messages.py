@@ -195,10 +195,6 @@ def timestamp(text: str, where: Location) -> dt.datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
-def to_us(moment: dt.datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
-
-
 def decode_frame(payload: bytes) -> str:
     """The message text of an MLLP frame's payload; line feeds are read as HL7's CR."""
     try:
