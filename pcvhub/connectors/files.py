@@ -68,8 +68,9 @@ from typing import Any
 from watchfiles import awatch
 
 from pcvhub.config import Settings
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import Connector, EventRequest, Refusal, deterministic_event_id
+from pcvhub.connectors.core import Connector, EventRequest, Refusal
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.ids import is_valid_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import (

@@ -59,8 +59,7 @@ import pyx12.x12n_document
 from fhir.resources.R4B.claim import Claim as FhirClaim
 
 from pcvhub.config import Settings
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import Connector, EventRequest, Refusal, deterministic_event_id
+from pcvhub.connectors.core import Connector, EventRequest, Refusal
 from pcvhub.connectors.files import (
     ACCEPTED,
     ALREADY_ACCEPTED,
@@ -70,6 +69,8 @@ from pcvhub.connectors.files import (
     Outcome,
     TransientFailure,
 )
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.log.verify import VerifiedRecord
 from pcvhub.times import utc_iso
 from pcvhub.trust.issuer import now_us

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import Connector, LocalCA
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.fhir import FhirServer
 from pcvhub.connectors.hl7 import MessageMapper, MllpListener
+from pcvhub.connectors.tls import LocalCA
 
 log = logging.getLogger(__name__)
 

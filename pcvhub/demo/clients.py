@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import issue_token
+from pcvhub.connectors.callers import issue_token
 from pcvhub.connectors.hl7.listener import frame
 from pcvhub.demo.messages import Ack
 from pcvhub.log.reader import LogFollower, deployment_verifier

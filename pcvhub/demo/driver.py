@@ -53,9 +53,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from pcvhub.connectors.base import IngressWriter
-from pcvhub.connectors.common import deterministic_event_id
+from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.payer import ClaimOutbox, ClaimRecord
+from pcvhub.connectors.writer import IngressWriter
 from pcvhub.demo import messages
 from pcvhub.demo.clients import (
     Answer,

@@ -30,7 +30,7 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import Connector
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.payer import RemittanceDrop
 from pcvhub.demo.clients import DemoError
 from pcvhub.demo.deployment import CONNECTOR, GATEWAY, MES, PAYER, PLANT, SITE, Deployment

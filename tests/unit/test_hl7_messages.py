@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import Connector, Pseudonymiser
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.hl7.mapping import MessageMapper
 from pcvhub.connectors.hl7.messages import HL7Problem, ack, check, decode_frame
+from pcvhub.connectors.identity import Pseudonymiser
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import KeyRegistry
 from pcvhub.trust.signing import EventSigner, HybridKeyPair

@@ -13,11 +13,11 @@
   body received.
 
 Authentication: ``Authorization: Bearer <JWT>`` signed by the caller's registered Ed25519
-key (SMART Backend Services style; see ``common.issue_token``), with ``aud`` the base
-URL of this endpoint, checked against the key registry folded from the log. The caller
-must belong to this connector's site (and, for a history, to the therapy's site).
-Served over TLS with the deployment CA's server certificate, so the token never crosses
-the wire in clear.
+key (SMART Backend Services style; see ``pcvhub.connectors.callers.issue_token``), with
+``aud`` the base URL of this endpoint, checked against the key registry folded from the
+log. The caller must belong to this connector's site (and, for a history, to the
+therapy's site). Served over TLS with the deployment CA's server certificate, so the token
+never crosses the wire in clear.
 """
 
 from __future__ import annotations
@@ -37,17 +37,12 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import (
-    Caller,
-    CallerCheck,
-    CallerRefused,
-    Connector,
-    LocalCA,
-    short_type,
-    therapy_log,
-)
+from pcvhub.connectors.callers import Caller, CallerCheck, CallerRefused
+from pcvhub.connectors.core import Connector, therapy_log
 from pcvhub.connectors.fhir.mapping import ResourceMapper, ResourceProblem
+from pcvhub.connectors.tls import LocalCA
+from pcvhub.connectors.writer import IngressWriteError
+from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import SchemaValidationError
 from pcvhub.schemas.envelope import Envelope
 from pcvhub.times import utc_iso
@@ -92,7 +87,7 @@ def fhir_path(resource_type: str, location: tuple[Any, ...]) -> str:
 
 def provenance(env: Envelope, base_url: str) -> dict[str, Any]:
     """One accepted event as a Provenance resource."""
-    kind = short_type(env.event_type)
+    kind = load_catalog().short_name(env.event_type)
     meaning = env.meaning.value
     code, display = SIGNATURE_TYPES.get(meaning, SIGNATURE_TYPES["AUTHORED"])
     who = {"identifier": {"system": "urn:pcvhub:actor", "value": env.producer}}

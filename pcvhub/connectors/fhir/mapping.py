@@ -38,13 +38,9 @@ from typing import Any
 
 from fhir.resources.R4B.resource import Resource
 
-from pcvhub.connectors.common import (
-    THERAPIES,
-    Connector,
-    EnrolledPatient,
-    EventRequest,
-    deterministic_event_id,
-)
+from pcvhub.connectors.core import Connector, EventRequest
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.patients import THERAPIES, EnrolledPatient
 from pcvhub.schemas.codec import to_us
 
 HLA_EXTENSION = "urn:pcvhub:fhir:hla-type"

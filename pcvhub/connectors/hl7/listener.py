@@ -39,8 +39,8 @@ import ssl
 import uuid
 from dataclasses import dataclass
 
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import CallerCheck, CallerRefused, Connector
+from pcvhub.connectors.callers import CallerCheck, CallerRefused
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.hl7.mapping import Mapped, MessageMapper
 from pcvhub.connectors.hl7.messages import (
     APPLICATION_INTERNAL_ERROR,
@@ -56,6 +56,7 @@ from pcvhub.connectors.hl7.messages import (
     error,
     refuse,
 )
+from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.schemas.codec import SchemaValidationError
 
 log = logging.getLogger(__name__)
