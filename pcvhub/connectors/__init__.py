@@ -28,7 +28,7 @@ The protocols, each a package or module over a ``Connector``:
 
 - :mod:`.hl7`: HL7 v2.5.1 over MLLP with mutual TLS, one ACK per message;
 - :mod:`.fhir`: FHIR R4 REST with bearer tokens, one OperationOutcome per refusal;
-- :mod:`.files`: the MES / LIMS drop folder (CSV and JSON rows);
+- :mod:`.mes`: the MES / LIMS connector (CSV and JSON rows in a drop folder);
 - :mod:`.payer`: claims out (X12 837P, FHIR Claim) and remittances in (X12 835).
 
 And around them: :mod:`.serve` (``pcvhub serve``: every connector of a deployment in one

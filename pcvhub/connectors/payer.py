@@ -9,7 +9,7 @@ no currency (it is the US professional claim): a claim in another currency goes 
 as a FHIR Claim. FHIR resources are built and validated with ``fhir.resources``
 (its ``R4B`` models: R4B changed nothing in Claim, so the JSON is a valid R4 Claim).
 
-In. A folder watched like the MES drop (:class:`pcvhub.connectors.files.DropFolder`)
+In. A drop folder (:class:`pcvhub.connectors.drop_folder.DropFolder`)
 takes 835 remittance files (``*.835``, ``*.x12``, ``*.edi``). pyx12 validates the
 interchange against the 005010X221A1 map and reads it with its loop-aware reader. Each
 claim payment (loop 2100, CLP) becomes, on the claim's own therapy chain:
@@ -60,14 +60,15 @@ from fhir.resources.R4B.claim import Claim as FhirClaim
 
 from pcvhub.config import Settings
 from pcvhub.connectors.core import Connector, EventRequest, Refusal
-from pcvhub.connectors.files import (
+from pcvhub.connectors.drop_folder import (
     ACCEPTED,
     ALREADY_ACCEPTED,
     PENDING,
     REFUSED,
     DropFolder,
-    Outcome,
+    FileResult,
     TransientFailure,
+    write_atomically,
 )
 from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.writer import IngressWriteError
@@ -472,7 +473,7 @@ class ClaimOutbox:
         for claim in claims:
             resource = fhir_claim(claim, created)
             path = self.folder / f"{resource.id}.claim.json"
-            _write(path, resource.model_dump_json(indent=1).encode())
+            write_atomically(path, resource.model_dump_json(indent=1).encode())
             fhir_files.append(path)
         billable = [c for c in claims if c.currency == X12_CURRENCY]
         for payer_id in sorted({c.payer_id for c in billable}):
@@ -489,16 +490,10 @@ class ClaimOutbox:
                 raise ClaimNotBillable(f"the 837P for payer {payer_id} fails X12 validation: "
                                        + "; ".join(str(f) for f in checked.findings))
             path = self.folder / f"{payer_id}-{control:09d}.837"
-            _write(path, text.encode("ascii"))
+            write_atomically(path, text.encode("ascii"))
             x12_files.append(path)
         return WrittenClaims(tuple(x12_files), tuple(fhir_files),
                              tuple(c.claim_id for c in claims if c.currency != X12_CURRENCY))
-
-
-def _write(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)
 
 
 # -- remittances in ----------------------------------------------------------------------
@@ -739,7 +734,7 @@ class RemittanceDrop:
     async def run(self, stop_event: asyncio.Event) -> None:
         await self.drop.run(stop_event)
 
-    def handle(self, path: Path, data: bytes) -> Outcome:
+    def handle(self, path: Path, data: bytes) -> FileResult:
         endpoint = f"file://{path}"
         digest = hashlib.sha256(data).hexdigest()
         try:
@@ -758,7 +753,7 @@ class RemittanceDrop:
             return self._unreadable(path, data, digest, str(exc), checked)
         entries = self._apply(payments, endpoint)
         extra = {".999": checked.acknowledgement.encode()} if checked.acknowledgement else {}
-        return Outcome(self._result(path.name, digest, entries), extra_files=extra)
+        return FileResult(self._result(path.name, digest, entries), extra_files=extra)
 
     def _apply(self, payments: list[ClaimPayment], endpoint: str) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
@@ -839,7 +834,7 @@ class RemittanceDrop:
         return issued.envelope.event_id
 
     def _unreadable(self, path: Path, data: bytes, digest: str, reason: str,
-                    checked: X12Validation | None = None) -> Outcome:
+                    checked: X12Validation | None = None) -> FileResult:
         refusal = self._refuse(data, f"file://{path}", "INVALID_835",
                                f"remittance {path.name} was not applied: {reason}")
         result = self._result(path.name, digest, [])
@@ -847,7 +842,7 @@ class RemittanceDrop:
                       findings=[vars(f) for f in checked.findings] if checked else [])
         extra = ({".999": checked.acknowledgement.encode()}
                  if checked and checked.acknowledgement else {})
-        return Outcome(result, failed=True, extra_files=extra)
+        return FileResult(result, failed=True, extra_files=extra)
 
     def _result(self, name: str, digest: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
         counts = {s: sum(1 for e in entries if e["status"] == s)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pcvhub.connectors.files import run_file_drop
+from pcvhub.connectors.mes import run_file_drop
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
 from pcvhub.trust.issuer import now_us

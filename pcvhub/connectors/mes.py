@@ -19,13 +19,10 @@ CONNECTOR at the plant (``QcResultRecorded`` is accepted only from a QC analyst,
 REVIEWED), e.g. ``pcvhub keys new mes-kobe --role MANUFACTURER --role QC_ANALYST
 --role CONNECTOR --site MFG-KOBE --publish``.
 
-Folder layout (``folder`` is created if missing)::
-
-    folder/NAME.csv | NAME.json    dropped here (write to a dot-file or *.part, then rename)
-    folder/done/NAME               processed: every row accepted or refused with a reason
-    folder/done/NAME.result.json   the result file (also written for failed files)
-    folder/failed/NAME             unreadable (not UTF-8, not JSON, no CSV header...)
-    folder/failed/NAME.result.json the reason
+Files are ``NAME.csv`` or ``NAME.json``, dropped, watched and moved as every drop folder's
+are (:mod:`.drop_folder`): to ``done/`` once every row is accepted or refused with a
+reason, to ``failed/`` if the file cannot be read at all (not UTF-8, not JSON, no CSV
+header...); ``NAME.result.json`` beside it says what became of each row.
 
 Input. One record per CSV row or JSON object; the column (key) names are the Avro field
 names of the event (``pcvhub/schemas/avro/events``) plus three that every row has:
@@ -55,20 +52,25 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from watchfiles import awatch
-
 from pcvhub.config import Settings
 from pcvhub.connectors.core import Connector, EventRequest, Refusal
+from pcvhub.connectors.drop_folder import (
+    ACCEPTED,
+    ALREADY_ACCEPTED,
+    PENDING,
+    REFUSED,
+    DropFolder,
+    FileResult,
+    TransientFailure,
+)
 from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.ids import is_valid_coi
@@ -408,141 +410,7 @@ def _meets(value: Decimal, specification: str) -> bool | None:
     return None
 
 
-
-
-# -- the folder ------------------------------------------------------------------------
-
-class TransientFailure(RuntimeError):
-    """Processing could not finish for a reason outside the file (Kafka unreachable): the
-    file stays where it was dropped and is tried again."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a handler made of one file: the result document and where the file goes."""
-
-    result: dict[str, Any]
-    failed: bool = False  # True: unreadable, to failed/; False: processed, to done/
-    extra_files: Mapping[str, bytes] = field(default_factory=dict)  # suffix -> content
-
-
-Handler = Callable[[Path, bytes], Outcome]
-RESULT_SUFFIX = ".result.json"
-
-
-class DropFolder:
-    """A folder that files are dropped into, processed once each, and moved out of.
-
-    Watching: ``watchfiles`` (inotify/FSEvents through the Rust ``notify`` crate) wakes
-    the loop within ~0.1 s of a change; every wake, and a timeout every ``settle_s``,
-    rescans the whole folder, so a missed notification (network shares, a crash) only
-    delays a file, never loses it; ``force_polling`` serves folders that send no
-    notifications at all. A file is taken once its size and modification time stayed the
-    same for ``settle_s`` (writers should still write ``.NAME`` or ``NAME.part`` and
-    rename). The result is written (atomically) before the file is moved, so a crash in
-    between only means the file is processed again, which the handlers make harmless.
-    """
-
-    def __init__(self, folder: Path, suffixes: tuple[str, ...], handle: Handler, *,
-                 settle_s: float = 0.3, force_polling: bool = False,
-                 retry_s: float = 5.0) -> None:
-        self.folder = Path(folder)
-        self.done = self.folder / "done"
-        self.failed = self.folder / "failed"
-        self.suffixes = tuple(s.lower() for s in suffixes)
-        self.handle = handle
-        self.settle_s = settle_s
-        self.force_polling = force_polling
-        self.retry_s = retry_s
-        self._seen: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime, since
-        self._retry_after: dict[str, float] = {}
-        for where in (self.folder, self.done, self.failed):
-            where.mkdir(parents=True, exist_ok=True)
-
-    async def run(self, stop_event: asyncio.Event) -> None:
-        """Process files until ``stop_event`` is set; blocking work runs in a thread."""
-        await asyncio.to_thread(self.scan)
-        async for _ in awatch(self.folder, stop_event=stop_event, recursive=False,
-                              debounce=100, step=20, rust_timeout=int(self.settle_s * 1000),
-                              yield_on_timeout=True, force_polling=self.force_polling,
-                              watch_filter=None):
-            await asyncio.to_thread(self.scan)
-
-    def candidates(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir()
-                      if p.is_file() and p.name.lower().endswith(self.suffixes)
-                      and not p.name.startswith((".", "~"))
-                      and not p.name.endswith(RESULT_SUFFIX))
-
-    def scan(self) -> int:
-        """Process every settled file once; return how many were processed."""
-        now = time.monotonic()
-        processed = 0
-        present = set()
-        for path in self.candidates():
-            present.add(path.name)
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            seen = self._seen.get(path.name)
-            if seen is None or seen[:2] != (stat.st_size, stat.st_mtime_ns):
-                self._seen[path.name] = (stat.st_size, stat.st_mtime_ns, now)
-                if self.settle_s > 0:
-                    continue
-            elif now - seen[2] < self.settle_s:
-                continue
-            if self._retry_after.get(path.name, 0.0) > now:
-                continue
-            if self.process(path):
-                processed += 1
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
-        return processed
-
-    def process(self, path: Path) -> bool:
-        """Handle one file and move it out; False if it stays for a retry."""
-        try:
-            data = path.read_bytes()
-            outcome = self.handle(path, data)
-        except TransientFailure as exc:
-            log.warning("%s stays in %s for another try in %.0f s: %s", path.name, self.folder,
-                        self.retry_s, exc)
-            self._retry_after[path.name] = time.monotonic() + self.retry_s
-            return False
-        except FileNotFoundError:
-            return False  # taken away while we looked at it
-        destination = self._destination(self.failed if outcome.failed else self.done, path.name,
-                                        data)
-        _write_atomically(destination.with_name(destination.name + RESULT_SUFFIX),
-                          json.dumps(outcome.result, indent=1, default=str).encode())
-        for suffix, content in outcome.extra_files.items():
-            _write_atomically(destination.with_name(destination.name + suffix), content)
-        os.replace(path, destination)
-        self._seen.pop(path.name, None)
-        self._retry_after.pop(path.name, None)
-        return True
-
-    @staticmethod
-    def _destination(folder: Path, name: str, data: bytes) -> Path:
-        """``folder/name``, or with the content digest in the name if that is taken."""
-        target = folder / name
-        if not target.exists():
-            return target
-        stem, dot, suffix = name.rpartition(".")
-        return folder / f"{stem}.{hashlib.sha256(data).hexdigest()[:12]}{dot}{suffix}"
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
 # -- the MES / LIMS connector ----------------------------------------------------------
-
-ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING = "accepted", "already-accepted", "refused", "pending"
-
 
 class FileDrop:
     """The MES / LIMS file-drop connector: a ``DropFolder`` whose handler turns rows into
@@ -564,7 +432,7 @@ class FileDrop:
 
     # -- one file ------------------------------------------------------------------
 
-    def handle(self, path: Path, data: bytes) -> Outcome:
+    def handle(self, path: Path, data: bytes) -> FileResult:
         endpoint = f"file://{path}"
         try:
             drop = read_drop_file(path.name, data)
@@ -572,10 +440,10 @@ class FileDrop:
             refusal = self._refuse(data, endpoint, "UNREADABLE_FILE",
                                    f"file {path.name} cannot be read: {exc}; nothing in it was "
                                    "applied: fix the export and drop it again")
-            return Outcome(self._result(path.name, hashlib.sha256(data).hexdigest(), [],
+            return FileResult(self._result(path.name, hashlib.sha256(data).hexdigest(), [],
                                         error=str(exc), refusal=refusal), failed=True)
         rows = self._apply(drop, endpoint)
-        return Outcome(self._result(path.name, drop.sha256, rows))
+        return FileResult(self._result(path.name, drop.sha256, rows))
 
     def _apply(self, drop: DropFile, endpoint: str) -> list[dict[str, Any]]:
         """Every row to a result entry; valid rows issued, one therapy's rows in order."""
