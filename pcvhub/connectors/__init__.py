@@ -12,6 +12,9 @@ the rejected topic, ``wait_verdict`` waits for the gatekeeper's answer.
 
 What the core is made of, one concept per module:
 
+- :mod:`.outcome`: the one answer a connector gives about an input (accepted, refused
+  with its rule, code, reason and every problem, or pending), which each protocol says in
+  its own terms;
 - :mod:`.identity`: a patient's keyed pseudonym (no MRN leaves a connector) and the
   event id an outside message always maps to (a repeat is written once);
 - :mod:`.patients`: the patient index, pseudonym -> the therapy's chain of identity;

@@ -10,14 +10,16 @@ folded from the log, the patient index, the bedside checks, and its ingress writ
     connector = Connector.open(settings, "site-kyoto01-emr", "hl7", site_id="KYOTO01")
     connector.start()                      # reads its own ingress and the canonical log
     issued = connector.emit([EventRequest("TherapyOrdered", coi, payload)])
-    connector.record_refusal(raw, "mllp://127.0.0.1:2575", "HL7", "REQUIRED_FIELD_MISSING",
-                             "PID-3 is empty: ...")
+    connector.record_refusal(raw, "mllp://127.0.0.1:2575", Outcome.refuse(
+        "HL7", "HL7_REQUIRED_FIELD_MISSING", "PID-3 is empty: ..."))
     connector.close()
 
 ``emit`` issues and writes under one lock and returns only once Kafka acknowledged, so
 a positive answer to the caller (ACK AA, HTTP 201, an "accepted" line in a result file)
 always means "durably in the hub". It is blocking: from asyncio call it through
-``asyncio.to_thread``.
+``asyncio.to_thread``. What became of an input is one :class:`~.outcome.Outcome`:
+``wait_verdict`` returns the gatekeeper's (after ``expect``), ``record_refusal`` writes the
+connector's own refusal to the rejected topic.
 
 Why the patient index and the "already written" set are rebuilt from Kafka, not kept in
 a local store: the log is the truth, a second connector instance (or the same one after
@@ -40,6 +42,7 @@ from typing import Any
 from pcvhub.config import Settings
 from pcvhub.connectors.bedside import BedsideChecks
 from pcvhub.connectors.identity import Pseudonymiser
+from pcvhub.connectors.outcome import Outcome
 from pcvhub.connectors.patients import PatientIndex
 from pcvhub.connectors.writer import IngressWriter, TopicWriter
 from pcvhub.log.reader import LogFollower, deployment_verifier, read_verified
@@ -53,7 +56,7 @@ from pcvhub.trust.keys import KeyStore, passphrase_from_env
 from pcvhub.trust.registry import ANCHOR_FILE, KeyRegistry, load_anchor
 from pcvhub.trust.signing import EventSigner
 
-__all__ = ["UNKNOWN_COI", "Connector", "EventRequest", "Refusal", "therapy_log"]
+__all__ = ["UNKNOWN_COI", "Connector", "EventRequest", "therapy_log"]
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +74,6 @@ class EventRequest:
     occurred_at_us: int | None = None
     event_id: str | None = None  # deterministic id from the outside message, if any
     meaning: SignatureMeaning = SignatureMeaning.AUTHORED
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """The gatekeeper's refusal of one event, as read from the rejected topic."""
-
-    rule: str
-    reason_code: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -132,7 +126,7 @@ class Connector:
         self._lock = threading.Lock()
         # Verdicts someone waits for (``expect`` / ``wait_verdict``): refusals of those ids.
         self._awaited: set[str] = set()
-        self._refused: dict[str, Refusal] = {}
+        self._refused: dict[str, Outcome] = {}
         self._verdict = threading.Condition()
         self._started = False
 
@@ -234,8 +228,8 @@ class Connector:
         # sends next cannot be chained onto it.
         with self._verdict:
             if refused in self._awaited:
-                self._refused[refused] = Refusal(payload["rule"], payload["reason_code"],
-                                                 payload["reason"])
+                self._refused[refused] = Outcome.refuse(payload["rule"], payload["reason_code"],
+                                                        payload["reason"])
                 self._verdict.notify_all()
 
     def expect(self, event_id: str) -> None:
@@ -243,20 +237,24 @@ class Connector:
         with self._verdict:
             self._awaited.add(event_id)
 
-    def wait_verdict(self, event_id: str, timeout: float) -> Refusal | bool | None:
-        """True if accepted, the Refusal if refused, None if no verdict within ``timeout``."""
+    def wait_verdict(self, event_id: str, timeout: float) -> Outcome:
+        """The gatekeeper's answer to ``event_id``: accepted (on the canonical log), refused
+        (with its rule, code and reason), or pending if none came within ``timeout``."""
         deadline = time.monotonic() + timeout
         try:
             while True:
                 if self.is_accepted(event_id):
-                    return True
+                    return Outcome.accept()
                 with self._verdict:
                     refusal = self._refused.get(event_id)
                     if refusal is not None:
                         return refusal
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        return None
+                        return Outcome.pending(
+                            f"written to the hub; the gatekeeper's verdict did not arrive "
+                            f"within {timeout:.0f} s: it will be on the canonical or the "
+                            "rejected topic")
                     self._verdict.wait(min(remaining, 0.05))
         finally:
             with self._verdict:
@@ -338,16 +336,17 @@ class Connector:
                     self.patients.observe(env, payload, accepted=False)
         return issued
 
-    def record_refusal(self, original: bytes, endpoint: str, rule: str, reason_code: str,
-                       reason: str, *, coi: str | None = None, event_type: str | None = None,
+    def record_refusal(self, original: bytes, endpoint: str, refusal: Outcome, *,
+                       coi: str | None = None, event_type: str | None = None,
                        event_id: str | None = None) -> IssuedEvent:
         """Write an ``EventRejected`` signed by this connector to the rejected topic.
 
         :param original: the exact bytes received (a frame, a request body, a file row).
         :param endpoint: where they came in, e.g. ``mllp://127.0.0.1:2575`` or
             ``http://127.0.0.1:8080/Condition``; goes into ``source_topic``.
-        :param rule: which check refused them, e.g. ``HL7``, ``FHIR``, ``AUTH``.
-        :param reason: the sentence for a person: segment/field/element and what to do.
+        :param refusal: its ``rule`` (which check refused them, e.g. ``HL7``, ``FHIR``,
+            ``AUTH``), ``code`` and ``reason`` (the sentence for a person:
+            segment/field/element and what to do) go on the log.
 
         The refusal did not come from a Kafka record, so ``source_partition`` and
         ``source_offset`` are -1. Like the gatekeeper's refusals it is not chained.
@@ -355,14 +354,14 @@ class Connector:
         payload = {
             "rejected_event_id": event_id, "rejected_event_type": event_type,
             "source_topic": endpoint, "source_partition": -1, "source_offset": -1,
-            "rule": rule, "reason_code": reason_code, "reason": reason,
+            "rule": refusal.rule, "reason_code": refusal.code, "reason": refusal.reason,
             "original": bytes(original),
         }
         with self._lock:
             issued = self.issuer.issue("EventRejected", coi or UNKNOWN_COI, payload,
                                        prev_hash=b"")
             self._rejected.write([issued])
-        log.warning("refused input on %s: %s %s", endpoint, reason_code, reason)
+        log.warning("refused input on %s: %s %s", endpoint, refusal.code, refusal.reason)
         return issued
 
 

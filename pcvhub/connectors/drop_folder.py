@@ -31,8 +31,8 @@ from typing import Any
 
 from watchfiles import awatch
 
-__all__ = ["ACCEPTED", "ALREADY_ACCEPTED", "PENDING", "REFUSED", "RESULT_SUFFIX", "DropFolder",
-           "FileResult", "Handler", "TransientFailure", "write_atomically"]
+__all__ = ["RESULT_SUFFIX", "DropFolder", "FileResult", "Handler", "TransientFailure",
+           "write_atomically"]
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ class FileResult:
 
 Handler = Callable[[Path, bytes], FileResult]
 RESULT_SUFFIX = ".result.json"
-#: What a result file says became of one entry (a row, a claim payment, an event).
-ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING = "accepted", "already-accepted", "refused", "pending"
 
 
 class DropFolder:

@@ -54,24 +54,17 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from pcvhub.config import Settings
-from pcvhub.connectors.core import Connector, EventRequest, Refusal
-from pcvhub.connectors.drop_folder import (
-    ACCEPTED,
-    ALREADY_ACCEPTED,
-    PENDING,
-    REFUSED,
-    DropFolder,
-    FileResult,
-    TransientFailure,
-)
+from pcvhub.connectors.core import Connector, EventRequest
+from pcvhub.connectors.drop_folder import DropFolder, FileResult, TransientFailure
 from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.outcome import Outcome, Problem, Status
 from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.ids import is_valid_coi
 from pcvhub.schemas.catalog import load_catalog
@@ -91,6 +84,8 @@ FILE_EVENTS = ("ManufacturingStarted", "ManufacturingStepCompleted", "QcResultRe
 #: Columns every row has besides the payload fields.
 META_COLUMNS = ("event", "coi", "occurred_at")
 SUFFIXES = (".csv", ".json")
+#: The rule the connector's own refusals name on the rejected topic.
+RULE = "FILE"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # "< 5", "<= 0.5", ">= 90", "> 1.2", "0.8 - 1.2" at the start of a specification
 _LIMIT = re.compile(r"^\s*(<=|>=|<|>|≤|≥)\s*(-?\d+(?:\.\d+)?)")
@@ -99,17 +94,6 @@ _RANGE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:-|–|to)\s*(-?\d+(?:\.\d+)?)")
 
 class UnreadableFile(ValueError):
     """The file as a whole cannot be read as records; it goes to ``failed/``."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """What was wrong with one value of one row."""
-
-    column: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.column}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -232,17 +216,18 @@ def _json_rows(text: str) -> list[SourceRow]:
 
 # -- checking a row --------------------------------------------------------------------
 
-def check_row(row: SourceRow) -> FileRecord | list[Problem]:
-    """The record a row describes, or every problem found in it (not just the first)."""
+def check_row(row: SourceRow) -> FileRecord | Outcome:
+    """The record a row describes, or the connector's refusal of it naming every problem
+    found in it (not just the first), each at its column."""
     problems = list(row.problems)
     if problems:
-        return problems
+        return _refusal(row, problems)
     values = row.values
     event_type = _text(values.get("event"))
     if event_type not in FILE_EVENTS:
         got = "is missing" if not event_type else f"is {event_type!r}"
-        return [Problem("event", f"{got}; a MES / LIMS file carries "
-                                 f"{', '.join(FILE_EVENTS)}")]
+        return _refusal(row, [Problem("event", f"{got}; a MES / LIMS file carries "
+                                               f"{', '.join(FILE_EVENTS)}")])
     coi = _text(values.get("coi"))
     if not coi:
         problems.append(Problem("coi", "is missing; every row names its therapy's "
@@ -267,13 +252,19 @@ def check_row(row: SourceRow) -> FileRecord | list[Problem]:
     if not problems:
         problems += _domain_checks(event_type, payload)
     if problems:
-        return problems
+        return _refusal(row, problems)
     try:  # the codec has the last word on the payload's shape
         encode_payload(load_catalog().full_name(event_type), payload)
     except SchemaValidationError as exc:
-        return [Problem(exc.field, exc.reason)]
+        return _refusal(row, [Problem(exc.field, exc.reason)])
     assert occurred_us is not None
     return FileRecord(row, event_type, coi, occurred_us, payload)
+
+
+def _refusal(row: SourceRow, problems: list[Problem]) -> Outcome:
+    return Outcome.refuse(RULE, "INVALID_ROW", f"{row.where}: "
+                          + "; ".join(str(p) for p in problems)
+                          + "; the row was not applied: correct it and drop it again", problems)
 
 
 def _text(value: Any) -> str:
@@ -437,9 +428,9 @@ class FileDrop:
         try:
             drop = read_drop_file(path.name, data)
         except UnreadableFile as exc:
-            refusal = self._refuse(data, endpoint, "UNREADABLE_FILE",
-                                   f"file {path.name} cannot be read: {exc}; nothing in it was "
-                                   "applied: fix the export and drop it again")
+            refusal = self._refuse(data, endpoint, Outcome.refuse(
+                RULE, "UNREADABLE_FILE", f"file {path.name} cannot be read: {exc}; nothing in "
+                "it was applied: fix the export and drop it again"))
             return FileResult(self._result(path.name, hashlib.sha256(data).hexdigest(), [],
                                         error=str(exc), refusal=refusal), failed=True)
         rows = self._apply(drop, endpoint)
@@ -451,7 +442,7 @@ class FileDrop:
         waiting: dict[str, tuple[str, dict[str, Any]]] = {}  # coi -> (event id, its entry)
         for row in drop.rows:
             checked = check_row(row)
-            if isinstance(checked, list):
+            if isinstance(checked, Outcome):
                 results.append(self._refuse_row(row, checked, endpoint))
                 continue
             entry: dict[str, Any] = {"row": row.row, "line": row.line,
@@ -460,7 +451,7 @@ class FileDrop:
             event_id = deterministic_event_id("file-drop", drop.sha256, str(row.row))
             entry["event_id"] = event_id
             if self.connector.is_accepted(event_id):
-                entry["status"] = ALREADY_ACCEPTED
+                entry["status"] = Status.ALREADY_ACCEPTED.value
                 continue
             if checked.coi in waiting:  # chain onto a settled head of this therapy
                 self._settle(*waiting.pop(checked.coi))
@@ -479,44 +470,35 @@ class FileDrop:
 
     def _settle(self, event_id: str, entry: dict[str, Any]) -> None:
         verdict = self.connector.wait_verdict(event_id, self.verdict_timeout_s)
-        if verdict is True:
-            entry["status"] = ACCEPTED
-        elif isinstance(verdict, Refusal):
-            entry.update(status=REFUSED, refused_by="gatekeeper", rule=verdict.rule,
-                         reason_code=verdict.reason_code, reason=verdict.reason)
-        else:
-            entry.update(status=PENDING, reason=(
-                f"written to the hub; the gatekeeper's verdict did not arrive within "
-                f"{self.verdict_timeout_s:.0f} s: it will be on the canonical or the rejected "
-                "topic; drop the file again later to see it here"))
+        if verdict.status is Status.PENDING:
+            verdict = replace(verdict, reason=f"{verdict.reason}; drop the file again later "
+                                              "to see it here")
+        entry.update(verdict.as_result(refused_by="gatekeeper"))
 
-    def _refuse_row(self, row: SourceRow, problems: list[Problem], endpoint: str
-                    ) -> dict[str, Any]:
+    def _refuse_row(self, row: SourceRow, refusal: Outcome, endpoint: str) -> dict[str, Any]:
         event_type = _text(row.values.get("event")) or None
         coi = _text(row.values.get("coi"))
-        reason = (f"{row.where}: " + "; ".join(str(p) for p in problems)
-                  + "; the row was not applied: correct it and drop it again")
-        refusal = self._refuse(row.raw, f"{endpoint}#row={row.row}", "INVALID_ROW", reason,
-                               coi=coi if is_valid_coi(coi) else None,
-                               event_type=event_type if event_type in FILE_EVENTS else None)
-        return {"row": row.row, "line": row.line, "status": REFUSED, "refused_by": "connector",
-                "event_type": event_type, "problems": [
-                    {"column": p.column, "problem": p.problem} for p in problems],
-                "reason": reason, "refusal_event_id": refusal}
+        refusal_id = self._refuse(row.raw, f"{endpoint}#row={row.row}", refusal,
+                                  coi=coi if is_valid_coi(coi) else None,
+                                  event_type=event_type if event_type in FILE_EVENTS else None)
+        return {"row": row.row, "line": row.line, **refusal.as_result(refused_by="connector"),
+                "event_type": event_type,
+                "problems": [{"column": p.where, "problem": p.what} for p in refusal.problems],
+                "refusal_event_id": refusal_id}
 
-    def _refuse(self, original: bytes, endpoint: str, code: str, reason: str, *,
+    def _refuse(self, original: bytes, endpoint: str, refusal: Outcome, *,
                 coi: str | None = None, event_type: str | None = None) -> str:
         try:
-            issued = self.connector.record_refusal(original, endpoint, "FILE", code, reason,
-                                                   coi=coi, event_type=event_type)
+            issued = self.connector.record_refusal(original, endpoint, refusal, coi=coi,
+                                                   event_type=event_type)
         except IngressWriteError as exc:
             raise TransientFailure(str(exc)) from exc
         return issued.envelope.event_id
 
     def _result(self, name: str, sha256: str, rows: list[dict[str, Any]], *,
                 error: str | None = None, refusal: str | None = None) -> dict[str, Any]:
-        counts = {status: sum(1 for r in rows if r["status"] == status)
-                  for status in (ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING)}
+        counts = {status.value: sum(1 for r in rows if r["status"] == status)
+                  for status in Status}
         result: dict[str, Any] = {
             "file": name, "sha256": sha256, "connector": self.connector.actor_id,
             "processed_at": utc_iso(now_us()),

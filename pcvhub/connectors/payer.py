@@ -29,10 +29,10 @@ acknowledgement beside it. Event ids derive from the payer's trace number and th
 so a remittance sent twice posts once.
 
 Entry point for ``pcvhub serve``: ``await run_payer_gateway(settings, inbox, stop_event)``,
-or ``RemittanceDrop(connector, inbox)`` (before ``connector.start()``, so that it sees every
-ClaimSubmitted) with ``start()`` / ``run(stop_event)`` / ``close()``. Its actor holds PAYER
-and CONNECTOR: ``pcvhub keys new payer-gateway --role PAYER --role CONNECTOR
---site PAYER-GATEWAY --publish``.
+or ``RemittanceDrop(connector, inbox)`` made before ``connector.start()`` (so that it sees
+every ClaimSubmitted), then ``run(stop_event)``. Its actor holds PAYER and CONNECTOR:
+``pcvhub keys new payer-gateway --role PAYER --role CONNECTOR --site PAYER-GATEWAY
+--publish``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -59,18 +59,15 @@ import pyx12.x12n_document
 from fhir.resources.R4B.claim import Claim as FhirClaim
 
 from pcvhub.config import Settings
-from pcvhub.connectors.core import Connector, EventRequest, Refusal
+from pcvhub.connectors.core import Connector, EventRequest
 from pcvhub.connectors.drop_folder import (
-    ACCEPTED,
-    ALREADY_ACCEPTED,
-    PENDING,
-    REFUSED,
     DropFolder,
     FileResult,
     TransientFailure,
     write_atomically,
 )
 from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.outcome import Outcome, Status
 from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.log.verify import VerifiedRecord
 from pcvhub.times import utc_iso
@@ -81,6 +78,8 @@ log = logging.getLogger(__name__)
 X12_837P_VERSION = "005010X222A1"
 X12_835_VERSION = "005010X221A1"
 REMITTANCE_SUFFIXES = (".835", ".x12", ".edi")
+#: The rule the connector's own refusals name on the rejected topic.
+RULE = "X12-835"
 #: X12 837P amounts have no currency: they are US dollars.
 X12_CURRENCY = "USD"
 _ICD10 = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
@@ -685,38 +684,37 @@ class ClaimIndex:
             return self._claims.get(claim_id)
 
 
-def _problem(payment: ClaimPayment, claim: SubmittedClaim | None) -> tuple[str, str] | None:
-    """(code, reason) why a claim payment cannot be applied, or None."""
+def payment_refusal(payment: ClaimPayment, claim: SubmittedClaim | None) -> Outcome | None:
+    """The connector's refusal of a claim payment it cannot apply, or None if it can."""
     where = f"claim payment {payment.position} (CLP*{payment.claim_id}" + (
         f", line {payment.line})" if payment.line else ")")
     if claim is None:
-        return "UNKNOWN_CLAIM", (f"{where} names claim {payment.claim_id!r}, which no accepted "
-                                 "ClaimSubmitted names; the payer paid a claim the hub never "
-                                 "billed: check CLP01 against the claims sent")
+        return Outcome.refuse(RULE, "UNKNOWN_CLAIM", (
+            f"{where} names claim {payment.claim_id!r}, which no accepted ClaimSubmitted "
+            "names; the payer paid a claim the hub never billed: check CLP01 against the "
+            "claims sent"))
     if payment.status_code == REVERSAL:
-        return "REVERSAL_NOT_SUPPORTED", (f"{where} reverses an earlier payment (CLP02 = 22); "
-                                          "the hub posts no reversals: post it by hand")
+        return Outcome.refuse(RULE, "REVERSAL_NOT_SUPPORTED", (
+            f"{where} reverses an earlier payment (CLP02 = 22); the hub posts no reversals: "
+            "post it by hand"))
     if payment.status_code not in PROCESSED | {DENIED}:
-        return "UNSUPPORTED_CLAIM_STATUS", (f"{where} has status CLP02 = "
-                                            f"{payment.status_code!r}, which is no payment "
-                                            "decision on a claim (1-4, 19-21)")
+        return Outcome.refuse(RULE, "UNSUPPORTED_CLAIM_STATUS", (
+            f"{where} has status CLP02 = {payment.status_code!r}, which is no payment decision "
+            "on a claim (1-4, 19-21)"))
     if payment.payer_id is not None and payment.payer_id != claim.payer_id:
-        return "WRONG_PAYER", (f"{where} comes from payer {payment.payer_id} (REF*2U), but "
-                               f"claim {payment.claim_id} was billed to {claim.payer_id}")
+        return Outcome.refuse(RULE, "WRONG_PAYER", (
+            f"{where} comes from payer {payment.payer_id} (REF*2U), but claim "
+            f"{payment.claim_id} was billed to {claim.payer_id}"))
     if payment.currency != claim.currency:
-        return "WRONG_CURRENCY", (f"{where} is in {payment.currency}, but claim "
-                                  f"{payment.claim_id} was billed in {claim.currency}")
+        return Outcome.refuse(RULE, "WRONG_CURRENCY", (
+            f"{where} is in {payment.currency}, but claim {payment.claim_id} was billed in "
+            f"{claim.currency}"))
     if payment.charge != claim.amount:
-        return "CHARGE_MISMATCH", (f"{where} says the claim charged {payment.charge} (CLP03), "
-                                   f"but claim {payment.claim_id} billed {claim.amount}; the "
-                                   "payer answered another version of the claim")
+        return Outcome.refuse(RULE, "CHARGE_MISMATCH", (
+            f"{where} says the claim charged {payment.charge} (CLP03), but claim "
+            f"{payment.claim_id} billed {claim.amount}; the payer answered another version "
+            "of the claim"))
     return None
-
-
-@dataclass
-class _Planned:
-    entry: dict[str, Any]
-    requests: list[EventRequest] = field(default_factory=list)
 
 
 class RemittanceDrop:
@@ -763,22 +761,24 @@ class RemittanceDrop:
                                      "claim_id": payment.claim_id}
             entries.append(entry)
             claim = self.claims.get(payment.claim_id)
-            problem = _problem(payment, claim)
-            if problem is not None:
-                code, reason = problem
-                refusal = self._refuse(payment.text.encode(), f"{endpoint}#clp={payment.position}",
-                                       code, reason + "; the other claims of the file go on",
-                                       coi=claim.coi if claim else None)
-                entry.update(status=REFUSED, refused_by="connector", reason_code=code,
-                             reason=reason, refusal_event_id=refusal)
+            refusal = payment_refusal(payment, claim)
+            if refusal is not None:
+                recorded = replace(refusal, reason=f"{refusal.reason}; the other claims of the "
+                                                   "file go on")
+                refusal_id = self._refuse(payment.text.encode(),
+                                          f"{endpoint}#clp={payment.position}", recorded,
+                                          coi=claim.coi if claim else None)
+                entry.update(refusal.as_result(refused_by="connector"),
+                             refusal_event_id=refusal_id)
                 continue
-            assert claim is not None  # _problem refuses unknown claims
+            assert claim is not None  # payment_refusal refuses unknown claims
             entry["coi"] = claim.coi
             entry["events"] = [self._post(payment, claim, request, issued_at)
                                for request in self._requests(payment, claim)]
             statuses = {e["status"] for e in entry["events"]}
-            entry["status"] = next((s for s in (REFUSED, PENDING, ACCEPTED, ALREADY_ACCEPTED)
-                                    if s in statuses), ACCEPTED)
+            entry["status"] = next((s.value for s in (Status.REFUSED, Status.PENDING,
+                                                      Status.ACCEPTED, Status.ALREADY_ACCEPTED)
+                                    if s in statuses), Status.ACCEPTED.value)
         return entries
 
     def _requests(self, payment: ClaimPayment, claim: SubmittedClaim) -> list[EventRequest]:
@@ -807,7 +807,7 @@ class RemittanceDrop:
         assert request.event_id is not None
         event = {"event_type": request.event_type, "event_id": request.event_id}
         if self.connector.is_accepted(request.event_id):
-            return {**event, "status": ALREADY_ACCEPTED}
+            return {**event, "status": Status.ALREADY_ACCEPTED.value}
         self.connector.expect(request.event_id)
         try:
             self.connector.emit([EventRequest(
@@ -816,27 +816,20 @@ class RemittanceDrop:
         except IngressWriteError as exc:
             raise TransientFailure(str(exc)) from exc
         verdict = self.connector.wait_verdict(request.event_id, self.verdict_timeout_s)
-        if verdict is True:
-            return {**event, "status": ACCEPTED}
-        if isinstance(verdict, Refusal):
-            return {**event, "status": REFUSED, "refused_by": "gatekeeper", "rule": verdict.rule,
-                    "reason_code": verdict.reason_code, "reason": verdict.reason}
-        return {**event, "status": PENDING, "reason": (
-            f"written to the hub; no verdict within {self.verdict_timeout_s:.0f} s")}
+        return {**event, **verdict.as_result(refused_by="gatekeeper")}
 
-    def _refuse(self, original: bytes, endpoint: str, code: str, reason: str,
+    def _refuse(self, original: bytes, endpoint: str, refusal: Outcome,
                 coi: str | None = None) -> str:
         try:
-            issued = self.connector.record_refusal(original, endpoint, "X12-835", code, reason,
-                                                   coi=coi)
+            issued = self.connector.record_refusal(original, endpoint, refusal, coi=coi)
         except IngressWriteError as exc:
             raise TransientFailure(str(exc)) from exc
         return issued.envelope.event_id
 
     def _unreadable(self, path: Path, data: bytes, digest: str, reason: str,
                     checked: X12Validation | None = None) -> FileResult:
-        refusal = self._refuse(data, f"file://{path}", "INVALID_835",
-                               f"remittance {path.name} was not applied: {reason}")
+        refusal = self._refuse(data, f"file://{path}", Outcome.refuse(
+            RULE, "INVALID_835", f"remittance {path.name} was not applied: {reason}"))
         result = self._result(path.name, digest, [])
         result.update(error=reason, refusal_event_id=refusal,
                       findings=[vars(f) for f in checked.findings] if checked else [])
@@ -845,8 +838,7 @@ class RemittanceDrop:
         return FileResult(result, failed=True, extra_files=extra)
 
     def _result(self, name: str, digest: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        counts = {s: sum(1 for e in entries if e["status"] == s)
-                  for s in (ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING)}
+        counts = {s.value: sum(1 for e in entries if e["status"] == s) for s in Status}
         return {"file": name, "sha256": digest, "connector": self.connector.actor_id,
                 "processed_at": utc_iso(now_us()),
                 "claim_payments": len(entries), **counts, "results": entries}

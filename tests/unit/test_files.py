@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pcvhub.connectors.drop_folder import DropFolder, FileResult, TransientFailure
-from pcvhub.connectors.mes import FileRecord, Problem, UnreadableFile, check_row, read_drop_file
+from pcvhub.connectors.mes import FileRecord, UnreadableFile, check_row, read_drop_file
+from pcvhub.connectors.outcome import Outcome, Status
 from pcvhub.ids import new_coi
 
 COI = new_coi("KYOTO01", 2026)
@@ -30,13 +31,14 @@ QC = (f"QcResultRecorded,{COI},2026-01-22T10:00:00Z,BATCH-1,,,,,,,,,,endotoxin,<
       "0.8,EU/mL,PASS,Ph. Eur. 2.6.14")
 
 
-def _checked(data: bytes, name: str = "f.csv") -> list[FileRecord | list[Problem]]:
+def _checked(data: bytes, name: str = "f.csv") -> list[FileRecord | Outcome]:
     return [check_row(row) for row in read_drop_file(name, data).rows]
 
 
-def _problems(result: FileRecord | list[Problem]) -> dict[str, str]:
-    assert isinstance(result, list), f"expected a refusal, got {result}"
-    return {p.column: p.problem for p in result}
+def _problems(result: FileRecord | Outcome) -> dict[str, str]:
+    assert isinstance(result, Outcome) and result.status is Status.REFUSED, \
+        f"expected a refusal, got {result}"
+    return {p.where: p.what for p in result.problems}
 
 
 def test_a_batch_record_csv_becomes_typed_payloads():

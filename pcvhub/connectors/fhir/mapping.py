@@ -40,6 +40,7 @@ from fhir.resources.R4B.resource import Resource
 
 from pcvhub.connectors.core import Connector, EventRequest
 from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.outcome import Outcome, Problem
 from pcvhub.connectors.patients import THERAPIES, EnrolledPatient
 from pcvhub.schemas.codec import to_us
 
@@ -80,6 +81,11 @@ class ResourceProblem(Exception):
         self.code = code  # OperationOutcome issue code
         self.status = status
         self.reason_code = reason_code
+
+    def refusal(self) -> Outcome:
+        """The connector's refusal: one problem at the failing element."""
+        return Outcome.refuse("FHIR", self.reason_code,
+                              problems=(Problem(self.path, self.reason, self.code),))
 
 
 @dataclass(frozen=True)
