@@ -1,9 +1,12 @@
 """The drop folder: files put into a folder, each processed once, its result beside it.
 
 The MES / LIMS connector (:mod:`.mes`) and the payer's remittance inbox (:mod:`.payer`)
-are both fed this way; each gives a handler (file name and bytes -> :class:`FileResult`)
-and :class:`DropFolder` does the rest: watch, wait until a file has settled, write the
-result file, move the file to ``done/`` or ``failed/``.
+are both fed this way. :class:`DropFolder` is the folder: watch, wait until a file has
+settled, hand it to a handler (file path and bytes -> :class:`FileResult`), write the
+result file, move the file to ``done/`` or ``failed/``. :class:`DropConnector` is what
+both connectors do with the entries of a file (a row, a claim payment): send each one's
+event and wait for the gatekeeper's verdict, or refuse it on the connector's own
+authority, and say which in the result file, one :class:`~.outcome.Outcome` an entry.
 
 Folder layout (``folder`` is created if missing)::
 
@@ -24,15 +27,22 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from watchfiles import awatch
 
-__all__ = ["RESULT_SUFFIX", "DropFolder", "FileResult", "Handler", "TransientFailure",
-           "write_atomically"]
+from pcvhub.config import Settings
+from pcvhub.connectors.core import Connector, EventRequest
+from pcvhub.connectors.outcome import Outcome, Status
+from pcvhub.connectors.writer import IngressWriteError
+from pcvhub.times import utc_iso
+from pcvhub.trust.issuer import now_us
+
+__all__ = ["RESULT_SUFFIX", "DropConnector", "DropFolder", "FileResult", "Handler",
+           "TransientFailure", "write_atomically"]
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +174,110 @@ def write_atomically(path: Path, content: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(content)
     os.replace(tmp, path)
+
+
+class DropConnector:
+    """A connector fed by a drop folder; a subclass reads a file into entries (``handle``)
+    and says, per entry, what became of it through ``send``/``verdict`` or ``refuse``."""
+
+    #: the ingress topic it writes to (``ingress.<source>``)
+    source: ClassVar[str]
+    #: the file names it takes
+    suffixes: ClassVar[tuple[str, ...]]
+    #: the rule its own refusals name on the rejected topic (FILE, X12-835)
+    rule: ClassVar[str]
+    #: what the result file calls the entries it counts (rows, claim payments)
+    entries: ClassVar[str]
+    #: who it is when ``serve`` is not told otherwise
+    default_actor: ClassVar[str]
+    default_site: ClassVar[str]
+
+    def __init__(self, connector: Connector, folder: Path, *, verdict_timeout_s: float = 30.0,
+                 settle_s: float = 0.3, force_polling: bool = False) -> None:
+        self.connector = connector
+        self.verdict_timeout_s = verdict_timeout_s
+        self.drop = DropFolder(folder, self.suffixes, self.handle, settle_s=settle_s,
+                               force_polling=force_polling)
+
+    @property
+    def folder(self) -> Path:
+        return self.drop.folder
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        await self.drop.run(stop_event)
+
+    @classmethod
+    async def serve(cls, settings: Settings, folder: Path, stop_event: asyncio.Event, *,
+                    actor_id: str | None = None, site_id: str | None = None,
+                    force_polling: bool = False) -> None:
+        """Open the connector (as ``actor_id`` of ``site_id``), follow the log, and serve
+        ``folder`` until ``stop_event`` is set (``pcvhub serve`` runs the MES one so)."""
+        connector = await asyncio.to_thread(Connector.open, settings,
+                                            actor_id or cls.default_actor, cls.source,
+                                            site_id=site_id or cls.default_site)
+        try:
+            # made before the connector starts: what it watches on the log, it sees whole
+            drop = cls(connector, folder, force_polling=force_polling)
+            await asyncio.to_thread(connector.start)
+            await drop.run(stop_event)
+        finally:
+            connector.close()
+
+    def handle(self, path: Path, data: bytes) -> FileResult:
+        """Read one dropped file into entries and say what became of each (the subclass's
+        protocol); the ``DropFolder`` writes the result and moves the file."""
+        raise NotImplementedError
+
+    # -- one entry -------------------------------------------------------------------
+
+    def send(self, request: EventRequest) -> None:
+        """Write an entry's event (its ``event_id`` set) so that ``verdict`` can wait for
+        the gatekeeper's answer; Kafka unreachable: ``TransientFailure``."""
+        assert request.event_id is not None
+        self.connector.expect(request.event_id)
+        try:
+            self.connector.emit([request])
+        except IngressWriteError as exc:
+            raise TransientFailure(str(exc)) from exc
+
+    def verdict(self, event_id: str) -> dict[str, Any]:
+        """The gatekeeper's answer to a sent event, as its result-file entry states it."""
+        outcome = self.connector.wait_verdict(event_id, self.verdict_timeout_s)
+        if outcome.status is Status.PENDING:
+            outcome = replace(outcome, reason=f"{outcome.reason}; drop the file again later "
+                                              "to see it here")
+        return outcome.as_result(refused_by="gatekeeper")
+
+    def refuse(self, original: bytes, endpoint: str, refusal: Outcome, *,
+               coi: str | None = None, event_type: str | None = None) -> str:
+        """Record the connector's own refusal of ``original`` on the rejected topic; the
+        refusal's event id (for the result file)."""
+        try:
+            issued = self.connector.record_refusal(original, endpoint, refusal, coi=coi,
+                                                   event_type=event_type)
+        except IngressWriteError as exc:
+            raise TransientFailure(str(exc)) from exc
+        return issued.envelope.event_id
+
+    # -- the result file ---------------------------------------------------------------
+
+    def result(self, name: str, sha256: str, entries: Sequence[dict[str, Any]]
+               ) -> dict[str, Any]:
+        """The result file of a file read into ``entries``: how many of each status, and
+        each entry."""
+        counts = {status.value: sum(1 for e in entries if e["status"] == status)
+                  for status in Status}
+        return {"file": name, "sha256": sha256, "connector": self.connector.actor_id,
+                "processed_at": utc_iso(now_us()), self.entries: len(entries), **counts,
+                "results": list(entries)}
+
+    def unreadable(self, path: Path, data: bytes, code: str, reason: str, error: str, *,
+                   details: Mapping[str, Any] | None = None,
+                   extra_files: Mapping[str, bytes] | None = None) -> FileResult:
+        """A file that cannot be read into entries at all: refused whole (on the rejected
+        topic, with its bytes) and moved to ``failed/`` with ``error`` in its result."""
+        refusal = self.refuse(data, f"file://{path}", Outcome.refuse(self.rule, code, reason))
+        result = self.result(path.name, hashlib.sha256(data).hexdigest(), [])
+        result.update(error=error, refusal_event_id=refusal, **(details or {}))
+        return FileResult(result, failed=True, extra_files=extra_files or {})
+

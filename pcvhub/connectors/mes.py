@@ -8,7 +8,7 @@ writes a result file that says, per row, what became of it.
 
 Entry point (what ``pcvhub serve`` runs)::
 
-    await run_file_drop(settings, folder, stop_event)   # actor mes-kobe, site MFG-KOBE
+    await FileDrop.serve(settings, folder, stop_event)   # actor mes-kobe, site MFG-KOBE
 
 or, with a ``Connector`` (source ``files``) you opened and started yourself::
 
@@ -46,7 +46,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
@@ -54,18 +53,16 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from pcvhub.config import Settings
-from pcvhub.connectors.core import Connector, EventRequest
-from pcvhub.connectors.drop_folder import DropFolder, FileResult, TransientFailure
+from pcvhub.connectors.core import EventRequest
+from pcvhub.connectors.drop_folder import DropConnector, FileResult
 from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.outcome import Outcome, Problem, Status
-from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.ids import is_valid_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import (
@@ -74,8 +71,6 @@ from pcvhub.schemas.codec import (
     to_us,
 )
 from pcvhub.schemas.envelope import SignatureMeaning, meaning_for
-from pcvhub.times import utc_iso
-from pcvhub.trust.issuer import now_us
 
 log = logging.getLogger(__name__)
 
@@ -403,38 +398,26 @@ def _meets(value: Decimal, specification: str) -> bool | None:
 
 # -- the MES / LIMS connector ----------------------------------------------------------
 
-class FileDrop:
-    """The MES / LIMS file-drop connector: a ``DropFolder`` whose handler turns rows into
-    signed events through a ``Connector`` (source ``files``)."""
+class FileDrop(DropConnector):
+    """The MES / LIMS file-drop connector: a drop folder whose rows become signed events
+    through a ``Connector`` (source ``files``)."""
 
-    def __init__(self, connector: Connector, folder: Path, *, verdict_timeout_s: float = 30.0,
-                 settle_s: float = 0.3, force_polling: bool = False) -> None:
-        self.connector = connector
-        self.verdict_timeout_s = verdict_timeout_s
-        self.drop = DropFolder(folder, SUFFIXES, self.handle, settle_s=settle_s,
-                               force_polling=force_polling)
-
-    @property
-    def folder(self) -> Path:
-        return self.drop.folder
-
-    async def run(self, stop_event: asyncio.Event) -> None:
-        await self.drop.run(stop_event)
-
-    # -- one file ------------------------------------------------------------------
+    source = "files"
+    suffixes = SUFFIXES
+    rule = RULE
+    entries = "rows"
+    default_actor = "mes-kobe"
+    default_site = "MFG-KOBE"
 
     def handle(self, path: Path, data: bytes) -> FileResult:
-        endpoint = f"file://{path}"
         try:
             drop = read_drop_file(path.name, data)
         except UnreadableFile as exc:
-            refusal = self._refuse(data, endpoint, Outcome.refuse(
-                RULE, "UNREADABLE_FILE", f"file {path.name} cannot be read: {exc}; nothing in "
-                "it was applied: fix the export and drop it again"))
-            return FileResult(self._result(path.name, hashlib.sha256(data).hexdigest(), [],
-                                        error=str(exc), refusal=refusal), failed=True)
-        rows = self._apply(drop, endpoint)
-        return FileResult(self._result(path.name, drop.sha256, rows))
+            return self.unreadable(path, data, "UNREADABLE_FILE",
+                                   f"file {path.name} cannot be read: {exc}; nothing in it was "
+                                   "applied: fix the export and drop it again", str(exc))
+        rows = self._apply(drop, f"file://{path}")
+        return FileResult(self.result(path.name, drop.sha256, rows))
 
     def _apply(self, drop: DropFile, endpoint: str) -> list[dict[str, Any]]:
         """Every row to a result entry; valid rows issued, one therapy's rows in order."""
@@ -443,83 +426,36 @@ class FileDrop:
         for row in drop.rows:
             checked = check_row(row)
             if isinstance(checked, Outcome):
-                results.append(self._refuse_row(row, checked, endpoint))
+                results.append(self._refused_row(row, checked, endpoint))
                 continue
-            entry: dict[str, Any] = {"row": row.row, "line": row.line,
-                                     "event_type": checked.event_type, "coi": checked.coi}
-            results.append(entry)
             event_id = deterministic_event_id("file-drop", drop.sha256, str(row.row))
-            entry["event_id"] = event_id
+            entry: dict[str, Any] = {"row": row.row, "line": row.line,
+                                     "event_type": checked.event_type, "coi": checked.coi,
+                                     "event_id": event_id}
+            results.append(entry)
             if self.connector.is_accepted(event_id):
                 entry["status"] = Status.ALREADY_ACCEPTED.value
                 continue
             if checked.coi in waiting:  # chain onto a settled head of this therapy
-                self._settle(*waiting.pop(checked.coi))
-            self.connector.expect(event_id)
-            try:
-                self.connector.emit([EventRequest(
-                    checked.event_type, checked.coi, checked.payload,
-                    occurred_at_us=checked.occurred_at_us, event_id=event_id,
-                    meaning=checked.meaning)])
-            except IngressWriteError as exc:
-                raise TransientFailure(str(exc)) from exc
+                settled_id, settled = waiting.pop(checked.coi)
+                settled.update(self.verdict(settled_id))
+            self.send(EventRequest(checked.event_type, checked.coi, checked.payload,
+                                   occurred_at_us=checked.occurred_at_us, event_id=event_id,
+                                   meaning=checked.meaning))
             waiting[checked.coi] = (event_id, entry)
         for event_id, entry in waiting.values():
-            self._settle(event_id, entry)
+            entry.update(self.verdict(event_id))
         return results
 
-    def _settle(self, event_id: str, entry: dict[str, Any]) -> None:
-        verdict = self.connector.wait_verdict(event_id, self.verdict_timeout_s)
-        if verdict.status is Status.PENDING:
-            verdict = replace(verdict, reason=f"{verdict.reason}; drop the file again later "
-                                              "to see it here")
-        entry.update(verdict.as_result(refused_by="gatekeeper"))
-
-    def _refuse_row(self, row: SourceRow, refusal: Outcome, endpoint: str) -> dict[str, Any]:
+    def _refused_row(self, row: SourceRow, refusal: Outcome, endpoint: str) -> dict[str, Any]:
+        """Record a row refused by ``check_row``; its result entry, problem by problem."""
         event_type = _text(row.values.get("event")) or None
         coi = _text(row.values.get("coi"))
-        refusal_id = self._refuse(row.raw, f"{endpoint}#row={row.row}", refusal,
-                                  coi=coi if is_valid_coi(coi) else None,
-                                  event_type=event_type if event_type in FILE_EVENTS else None)
+        refusal_id = self.refuse(row.raw, f"{endpoint}#row={row.row}", refusal,
+                                 coi=coi if is_valid_coi(coi) else None,
+                                 event_type=event_type if event_type in FILE_EVENTS else None)
         return {"row": row.row, "line": row.line, **refusal.as_result(refused_by="connector"),
                 "event_type": event_type,
                 "problems": [{"column": p.where, "problem": p.what} for p in refusal.problems],
                 "refusal_event_id": refusal_id}
 
-    def _refuse(self, original: bytes, endpoint: str, refusal: Outcome, *,
-                coi: str | None = None, event_type: str | None = None) -> str:
-        try:
-            issued = self.connector.record_refusal(original, endpoint, refusal, coi=coi,
-                                                   event_type=event_type)
-        except IngressWriteError as exc:
-            raise TransientFailure(str(exc)) from exc
-        return issued.envelope.event_id
-
-    def _result(self, name: str, sha256: str, rows: list[dict[str, Any]], *,
-                error: str | None = None, refusal: str | None = None) -> dict[str, Any]:
-        counts = {status.value: sum(1 for r in rows if r["status"] == status)
-                  for status in Status}
-        result: dict[str, Any] = {
-            "file": name, "sha256": sha256, "connector": self.connector.actor_id,
-            "processed_at": utc_iso(now_us()),
-            "rows": len(rows), **counts, "results": rows}
-        if error is not None:
-            result.update(error=error, refusal_event_id=refusal)
-        return result
-
-
-#: Who the file-drop connector is by default (``pcvhub serve`` may say otherwise).
-DEFAULT_ACTOR = "mes-kobe"
-DEFAULT_SITE = "MFG-KOBE"
-
-
-async def run_file_drop(settings: Settings, folder: Path, stop_event: asyncio.Event, *,
-                        actor_id: str = DEFAULT_ACTOR, site_id: str = DEFAULT_SITE,
-                        force_polling: bool = False) -> None:
-    """Open the connector, follow the log, watch ``folder`` until ``stop_event`` is set."""
-    connector = await asyncio.to_thread(
-        lambda: Connector.open(settings, actor_id, "files", site_id=site_id).start())
-    try:
-        await FileDrop(connector, folder, force_polling=force_polling).run(stop_event)
-    finally:
-        connector.close()

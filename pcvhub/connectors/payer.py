@@ -28,7 +28,7 @@ interchange pyx12 finds invalid is refused whole, with pyx12's findings and a 99
 acknowledgement beside it. Event ids derive from the payer's trace number and the claim,
 so a remittance sent twice posts once.
 
-Entry point for ``pcvhub serve``: ``await run_payer_gateway(settings, inbox, stop_event)``,
+Entry point: ``await RemittanceDrop.serve(settings, inbox, stop_event)``,
 or ``RemittanceDrop(connector, inbox)`` made before ``connector.start()`` (so that it sees
 every ClaimSubmitted), then ``run(stop_event)``. Its actor holds PAYER and CONNECTOR:
 ``pcvhub keys new payer-gateway --role PAYER --role CONNECTOR --site PAYER-GATEWAY
@@ -37,7 +37,6 @@ every ClaimSubmitted), then ``run(stop_event)``. Its actor holds PAYER and CONNE
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -58,19 +57,11 @@ import pyx12.x12context
 import pyx12.x12n_document
 from fhir.resources.R4B.claim import Claim as FhirClaim
 
-from pcvhub.config import Settings
 from pcvhub.connectors.core import Connector, EventRequest
-from pcvhub.connectors.drop_folder import (
-    DropFolder,
-    FileResult,
-    TransientFailure,
-    write_atomically,
-)
+from pcvhub.connectors.drop_folder import DropConnector, FileResult, write_atomically
 from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.outcome import Outcome, Status
-from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.log.verify import VerifiedRecord
-from pcvhub.times import utc_iso
 from pcvhub.trust.issuer import now_us
 
 log = logging.getLogger(__name__)
@@ -717,41 +708,42 @@ def payment_refusal(payment: ClaimPayment, claim: SubmittedClaim | None) -> Outc
     return None
 
 
-class RemittanceDrop:
-    """Applies 835 files dropped into ``inbox`` through a ``Connector`` (source ``payer``)."""
+class RemittanceDrop(DropConnector):
+    """Applies 835 files dropped into an inbox through a ``Connector`` (source ``payer``)."""
+
+    source = "payer"
+    suffixes = REMITTANCE_SUFFIXES
+    rule = RULE
+    entries = "claim_payments"
+    default_actor = "payer-gateway"
+    default_site = "PAYER-GATEWAY"
 
     def __init__(self, connector: Connector, inbox: Path, *, verdict_timeout_s: float = 30.0,
                  settle_s: float = 0.3, force_polling: bool = False) -> None:
-        self.connector = connector
+        super().__init__(connector, inbox, verdict_timeout_s=verdict_timeout_s,
+                         settle_s=settle_s, force_polling=force_polling)
         self.claims = ClaimIndex()
         connector.watch(self.claims.observe)  # before connector.start(): sees the whole log
-        self.verdict_timeout_s = verdict_timeout_s
-        self.drop = DropFolder(inbox, REMITTANCE_SUFFIXES, self.handle, settle_s=settle_s,
-                               force_polling=force_polling)
-
-    async def run(self, stop_event: asyncio.Event) -> None:
-        await self.drop.run(stop_event)
 
     def handle(self, path: Path, data: bytes) -> FileResult:
-        endpoint = f"file://{path}"
-        digest = hashlib.sha256(data).hexdigest()
         try:
             text = data.decode("ascii")
         except UnicodeDecodeError as exc:
-            return self._unreadable(path, data, digest, f"byte {exc.start} is not ASCII; X12 "
+            return self._unreadable(path, data, f"byte {exc.start} is not ASCII; X12 "
                                     "interchanges are ASCII text")
         checked = validate_x12(text)
         if not checked.valid:
             reason = "; ".join(str(f) for f in checked.findings[:20])
-            return self._unreadable(path, data, digest, f"pyx12 finds the interchange invalid: "
+            return self._unreadable(path, data, f"pyx12 finds the interchange invalid: "
                                     f"{reason}", checked)
         try:
             payments = read_remittance(text)
         except UnreadableRemittance as exc:
-            return self._unreadable(path, data, digest, str(exc), checked)
-        entries = self._apply(payments, endpoint)
+            return self._unreadable(path, data, str(exc), checked)
+        entries = self._apply(payments, f"file://{path}")
         extra = {".999": checked.acknowledgement.encode()} if checked.acknowledgement else {}
-        return FileResult(self._result(path.name, digest, entries), extra_files=extra)
+        return FileResult(self.result(path.name, hashlib.sha256(data).hexdigest(), entries),
+                          extra_files=extra)
 
     def _apply(self, payments: list[ClaimPayment], endpoint: str) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
@@ -765,23 +757,24 @@ class RemittanceDrop:
             if refusal is not None:
                 recorded = replace(refusal, reason=f"{refusal.reason}; the other claims of the "
                                                    "file go on")
-                refusal_id = self._refuse(payment.text.encode(),
-                                          f"{endpoint}#clp={payment.position}", recorded,
-                                          coi=claim.coi if claim else None)
+                refusal_id = self.refuse(payment.text.encode(),
+                                         f"{endpoint}#clp={payment.position}", recorded,
+                                         coi=claim.coi if claim else None)
                 entry.update(refusal.as_result(refused_by="connector"),
                              refusal_event_id=refusal_id)
                 continue
             assert claim is not None  # payment_refusal refuses unknown claims
             entry["coi"] = claim.coi
-            entry["events"] = [self._post(payment, claim, request, issued_at)
-                               for request in self._requests(payment, claim)]
+            entry["events"] = [self._post(request)
+                               for request in self._requests(payment, claim, issued_at)]
             statuses = {e["status"] for e in entry["events"]}
             entry["status"] = next((s.value for s in (Status.REFUSED, Status.PENDING,
                                                       Status.ACCEPTED, Status.ALREADY_ACCEPTED)
                                     if s in statuses), Status.ACCEPTED.value)
         return entries
 
-    def _requests(self, payment: ClaimPayment, claim: SubmittedClaim) -> list[EventRequest]:
+    def _requests(self, payment: ClaimPayment, claim: SubmittedClaim, issued_at: int
+                  ) -> list[EventRequest]:
         # Event ids from the payer's trace number, not the file: a remittance re-sent in a
         # new interchange (new ISA control number) still posts once.
         identity = ("835", claim.payer_id, payment.trace_number, payment.claim_id,
@@ -790,7 +783,7 @@ class RemittanceDrop:
                for kind in ("ClaimAdjudicated", "PaymentPosted")}
         requests = [EventRequest("ClaimAdjudicated", claim.coi, {
             "claim_id": payment.claim_id, "payer_id": claim.payer_id, **adjudication(payment)},
-            event_id=ids["ClaimAdjudicated"])]
+            occurred_at_us=issued_at, event_id=ids["ClaimAdjudicated"])]
         if payment.paid > 0:
             paid_on = datetime(payment.paid_on.year, payment.paid_on.month, payment.paid_on.day,
                                tzinfo=UTC)
@@ -798,66 +791,23 @@ class RemittanceDrop:
                 "claim_id": payment.claim_id, "payer_id": claim.payer_id,
                 "amount": payment.paid.quantize(Decimal("0.01")), "currency": payment.currency,
                 "remittance_ref": payment.trace_number, "paid_on": paid_on},
-                event_id=ids["PaymentPosted"]))
+                occurred_at_us=issued_at, event_id=ids["PaymentPosted"]))
         return requests
 
-    def _post(self, payment: ClaimPayment, claim: SubmittedClaim, request: EventRequest,
-              issued_at: int) -> dict[str, Any]:
+    def _post(self, request: EventRequest) -> dict[str, Any]:
         """Issue one event (unless already on the log) and wait for the gatekeeper."""
         assert request.event_id is not None
         event = {"event_type": request.event_type, "event_id": request.event_id}
         if self.connector.is_accepted(request.event_id):
             return {**event, "status": Status.ALREADY_ACCEPTED.value}
-        self.connector.expect(request.event_id)
-        try:
-            self.connector.emit([EventRequest(
-                request.event_type, request.coi, request.payload, occurred_at_us=issued_at,
-                event_id=request.event_id)])
-        except IngressWriteError as exc:
-            raise TransientFailure(str(exc)) from exc
-        verdict = self.connector.wait_verdict(request.event_id, self.verdict_timeout_s)
-        return {**event, **verdict.as_result(refused_by="gatekeeper")}
+        self.send(request)
+        return {**event, **self.verdict(request.event_id)}
 
-    def _refuse(self, original: bytes, endpoint: str, refusal: Outcome,
-                coi: str | None = None) -> str:
-        try:
-            issued = self.connector.record_refusal(original, endpoint, refusal, coi=coi)
-        except IngressWriteError as exc:
-            raise TransientFailure(str(exc)) from exc
-        return issued.envelope.event_id
-
-    def _unreadable(self, path: Path, data: bytes, digest: str, reason: str,
+    def _unreadable(self, path: Path, data: bytes, reason: str,
                     checked: X12Validation | None = None) -> FileResult:
-        refusal = self._refuse(data, f"file://{path}", Outcome.refuse(
-            RULE, "INVALID_835", f"remittance {path.name} was not applied: {reason}"))
-        result = self._result(path.name, digest, [])
-        result.update(error=reason, refusal_event_id=refusal,
-                      findings=[vars(f) for f in checked.findings] if checked else [])
-        extra = ({".999": checked.acknowledgement.encode()}
-                 if checked and checked.acknowledgement else {})
-        return FileResult(result, failed=True, extra_files=extra)
+        return self.unreadable(
+            path, data, "INVALID_835", f"remittance {path.name} was not applied: {reason}",
+            reason, details={"findings": [vars(f) for f in checked.findings] if checked else []},
+            extra_files=({".999": checked.acknowledgement.encode()}
+                         if checked and checked.acknowledgement else {}))
 
-    def _result(self, name: str, digest: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        counts = {s.value: sum(1 for e in entries if e["status"] == s) for s in Status}
-        return {"file": name, "sha256": digest, "connector": self.connector.actor_id,
-                "processed_at": utc_iso(now_us()),
-                "claim_payments": len(entries), **counts, "results": entries}
-
-
-#: Who the payer connector is by default (``pcvhub serve`` may say otherwise).
-DEFAULT_ACTOR = "payer-gateway"
-DEFAULT_SITE = "PAYER-GATEWAY"
-
-
-async def run_payer_gateway(settings: Settings, inbox: Path, stop_event: asyncio.Event, *,
-                            actor_id: str = DEFAULT_ACTOR, site_id: str = DEFAULT_SITE,
-                            force_polling: bool = False) -> None:
-    """Open the connector, follow the log, apply 835 files from ``inbox`` until stopped."""
-    connector = await asyncio.to_thread(Connector.open, settings, actor_id, "payer",
-                                        site_id=site_id)
-    remittances = RemittanceDrop(connector, inbox, force_polling=force_polling)
-    await asyncio.to_thread(connector.start)  # after RemittanceDrop watched the log
-    try:
-        await remittances.run(stop_event)
-    finally:
-        connector.close()

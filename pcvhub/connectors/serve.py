@@ -19,7 +19,7 @@ from pcvhub.config import Settings
 from pcvhub.connectors.core import Connector
 from pcvhub.connectors.fhir import FhirServer
 from pcvhub.connectors.hl7 import MessageMapper, MllpListener
-from pcvhub.connectors.mes import DEFAULT_ACTOR, DEFAULT_SITE, run_file_drop
+from pcvhub.connectors.mes import FileDrop
 from pcvhub.connectors.tls import LocalCA
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,9 @@ async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
         announce(f"http {fhir.base_url}")
         if options.drop is not None:
             options.drop.mkdir(parents=True, exist_ok=True)
-            tasks.append(asyncio.create_task(run_file_drop(
-                settings, options.drop, stop, actor_id=options.drop_actor_id or DEFAULT_ACTOR,
-                site_id=options.drop_site_id or DEFAULT_SITE)))
+            tasks.append(asyncio.create_task(FileDrop.serve(
+                settings, options.drop, stop, actor_id=options.drop_actor_id,
+                site_id=options.drop_site_id)))
             announce(f"drop {options.drop.resolve()}")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
