@@ -755,6 +755,7 @@ class RemittanceDrop(DropConnector):
             claim = self.claims.get(payment.claim_id)
             refusal = payment_refusal(payment, claim)
             if refusal is not None:
+                # on the log the refusal stands alone, so it says the file was not given up
                 recorded = replace(refusal, reason=f"{refusal.reason}; the other claims of the "
                                                    "file go on")
                 refusal_id = self.refuse(payment.text.encode(),
