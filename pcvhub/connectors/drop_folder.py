@@ -209,16 +209,21 @@ class DropConnector:
     @classmethod
     async def serve(cls, settings: Settings, folder: Path, stop_event: asyncio.Event, *,
                     actor_id: str | None = None, site_id: str | None = None,
-                    force_polling: bool = False) -> None:
-        """Open the connector (as ``actor_id`` of ``site_id``), follow the log, and serve
-        ``folder`` until ``stop_event`` is set (``pcvhub serve`` runs the MES one so)."""
+                    passphrase: bytes | None = None, force_polling: bool = False,
+                    ready: Callable[[], object] | None = None) -> None:
+        """Open the connector (as ``actor_id`` of ``site_id``; the key store unlocked with
+        ``passphrase``, else ``PCVHUB_KEY_PASSPHRASE``), follow the log, call ``ready``, and
+        serve ``folder`` until ``stop_event`` is set (``pcvhub serve`` runs the MES one so)."""
         connector = await asyncio.to_thread(Connector.open, settings,
                                             actor_id or cls.default_actor, cls.source,
-                                            site_id=site_id or cls.default_site)
+                                            site_id=site_id or cls.default_site,
+                                            passphrase=passphrase)
         try:
             # made before the connector starts: what it watches on the log, it sees whole
             drop = cls(connector, folder, force_polling=force_polling)
             await asyncio.to_thread(connector.start)
+            if ready is not None:
+                ready()  # the log is read: what is dropped from now on is judged against it
             await drop.run(stop_event)
         finally:
             connector.close()
