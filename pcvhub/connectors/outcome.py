@@ -87,10 +87,11 @@ class Outcome:
 
     # -- as a drop folder's result file says it -----------------------------------------
 
-    def as_result(self, refused_by: str = "") -> dict[str, Any]:
-        """The entry of a result file: ``status``; for a refusal ``refused_by`` (gatekeeper
-        or connector), ``rule``, ``reason_code`` and ``reason``; for a pending one its
-        ``reason``. (Problems are listed by the connector, in its own words.)"""
+    def as_result(self, *, refused_by: str) -> dict[str, Any]:
+        """The entry of a result file: ``status``; for a refusal ``refused_by`` (who gave
+        this answer: ``gatekeeper`` or ``connector``), ``rule``, ``reason_code`` and
+        ``reason``; for a pending one its ``reason``. (Problems are listed by the
+        connector, in its own words.)"""
         entry: dict[str, Any] = {"status": self.status.value}
         if self.status is Status.REFUSED:
             entry.update(refused_by=refused_by, rule=self.rule, reason_code=self.code)
