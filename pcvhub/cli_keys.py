@@ -10,13 +10,12 @@ the direct ingress topic, and waits until the gatekeeper has accepted it
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pcvhub.config import load_settings
+from pcvhub.times import utc_iso
 from pcvhub.trust.issuer import now_us
 from pcvhub.trust.keys import KeyStore, KeyStoreError, passphrase_from_env
 from pcvhub.trust.registry import (
@@ -72,10 +71,6 @@ def _publish(store: KeyStore, registrar: str, event_type: str, payload: dict,
                   "accepted onto the registry chain")
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
 @keys_app.command("new")
 def keys_new(
     actor_id: str = typer.Argument(..., help="Actor id, e.g. site-tokyo-emr."),
@@ -92,7 +87,7 @@ def keys_new(
 ) -> None:
     """Create a hybrid key pair (Ed25519 + ML-DSA-65) for an actor, encrypted at rest."""
     store = _store()
-    signer = store.create(actor_id, _now_iso())
+    signer = store.create(actor_id, utc_iso(now_us(), "microseconds"))
     console.print(f"created key {signer.key_id} for {actor_id} in {store.root}")
     actor = Actor(actor_id, display_name or actor_id, frozenset(role), site)
     if anchor:
@@ -134,7 +129,7 @@ def keys_rotate(
         old = store.latest(actor_id).key_id
     except KeyStoreError as exc:
         _fail(str(exc))
-    signer = store.create(actor_id, _now_iso())
+    signer = store.create(actor_id, utc_iso(now_us(), "microseconds"))
     console.print(f"rotated {actor_id}: {old} -> {signer.key_id} "
                   f"(old key valid {overlap_hours:g} h more)")
     if publish:

@@ -9,7 +9,7 @@ no currency (it is the US professional claim): a claim in another currency goes 
 as a FHIR Claim. FHIR resources are built and validated with ``fhir.resources``
 (its ``R4B`` models: R4B changed nothing in Claim, so the JSON is a valid R4 Claim).
 
-In. A folder watched like the MES drop (:class:`pcvhub.connectors.files.DropFolder`)
+In. A drop folder (:class:`pcvhub.connectors.drop_folder.DropFolder`)
 takes 835 remittance files (``*.835``, ``*.x12``, ``*.edi``). pyx12 validates the
 interchange against the 005010X221A1 map and reads it with its loop-aware reader. Each
 claim payment (loop 2100, CLP) becomes, on the claim's own therapy chain:
@@ -28,16 +28,15 @@ interchange pyx12 finds invalid is refused whole, with pyx12's findings and a 99
 acknowledgement beside it. Event ids derive from the payer's trace number and the claim,
 so a remittance sent twice posts once.
 
-Entry point for ``pcvhub serve``: ``await run_payer_gateway(settings, inbox, stop_event)``,
-or ``RemittanceDrop(connector, inbox)`` (before ``connector.start()``, so that it sees every
-ClaimSubmitted) with ``start()`` / ``run(stop_event)`` / ``close()``. Its actor holds PAYER
-and CONNECTOR: ``pcvhub keys new payer-gateway --role PAYER --role CONNECTOR
---site PAYER-GATEWAY --publish``.
+Entry point: ``await RemittanceDrop.serve(settings, inbox, stop_event)``,
+or ``RemittanceDrop(connector, inbox)`` made before ``connector.start()`` (so that it sees
+every ClaimSubmitted), then ``run(stop_event)``. Its actor holds PAYER and CONNECTOR:
+``pcvhub keys new payer-gateway --role PAYER --role CONNECTOR --site PAYER-GATEWAY
+--publish``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -45,7 +44,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -58,18 +57,10 @@ import pyx12.x12context
 import pyx12.x12n_document
 from fhir.resources.R4B.claim import Claim as FhirClaim
 
-from pcvhub.config import Settings
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import Connector, EventRequest, Refusal, deterministic_event_id
-from pcvhub.connectors.files import (
-    ACCEPTED,
-    ALREADY_ACCEPTED,
-    PENDING,
-    REFUSED,
-    DropFolder,
-    Outcome,
-    TransientFailure,
-)
+from pcvhub.connectors.core import Connector, EventRequest
+from pcvhub.connectors.drop_folder import DropConnector, FileResult, write_atomically
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.outcome import Outcome, Status
 from pcvhub.log.verify import VerifiedRecord
 from pcvhub.trust.issuer import now_us
 
@@ -78,6 +69,8 @@ log = logging.getLogger(__name__)
 X12_837P_VERSION = "005010X222A1"
 X12_835_VERSION = "005010X221A1"
 REMITTANCE_SUFFIXES = (".835", ".x12", ".edi")
+#: The rule the connector's own refusals name on the rejected topic.
+RULE = "X12-835"
 #: X12 837P amounts have no currency: they are US dollars.
 X12_CURRENCY = "USD"
 _ICD10 = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](?:\.?[0-9A-Z]{1,4})?$")
@@ -470,7 +463,7 @@ class ClaimOutbox:
         for claim in claims:
             resource = fhir_claim(claim, created)
             path = self.folder / f"{resource.id}.claim.json"
-            _write(path, resource.model_dump_json(indent=1).encode())
+            write_atomically(path, resource.model_dump_json(indent=1).encode())
             fhir_files.append(path)
         billable = [c for c in claims if c.currency == X12_CURRENCY]
         for payer_id in sorted({c.payer_id for c in billable}):
@@ -487,16 +480,10 @@ class ClaimOutbox:
                 raise ClaimNotBillable(f"the 837P for payer {payer_id} fails X12 validation: "
                                        + "; ".join(str(f) for f in checked.findings))
             path = self.folder / f"{payer_id}-{control:09d}.837"
-            _write(path, text.encode("ascii"))
+            write_atomically(path, text.encode("ascii"))
             x12_files.append(path)
         return WrittenClaims(tuple(x12_files), tuple(fhir_files),
                              tuple(c.claim_id for c in claims if c.currency != X12_CURRENCY))
-
-
-def _write(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)
 
 
 # -- remittances in ----------------------------------------------------------------------
@@ -688,75 +675,75 @@ class ClaimIndex:
             return self._claims.get(claim_id)
 
 
-def _problem(payment: ClaimPayment, claim: SubmittedClaim | None) -> tuple[str, str] | None:
-    """(code, reason) why a claim payment cannot be applied, or None."""
+def payment_refusal(payment: ClaimPayment, claim: SubmittedClaim | None) -> Outcome | None:
+    """The connector's refusal of a claim payment it cannot apply, or None if it can."""
     where = f"claim payment {payment.position} (CLP*{payment.claim_id}" + (
         f", line {payment.line})" if payment.line else ")")
     if claim is None:
-        return "UNKNOWN_CLAIM", (f"{where} names claim {payment.claim_id!r}, which no accepted "
-                                 "ClaimSubmitted names; the payer paid a claim the hub never "
-                                 "billed: check CLP01 against the claims sent")
+        return Outcome.refuse(RULE, "UNKNOWN_CLAIM", (
+            f"{where} names claim {payment.claim_id!r}, which no accepted ClaimSubmitted "
+            "names; the payer paid a claim the hub never billed: check CLP01 against the "
+            "claims sent"))
     if payment.status_code == REVERSAL:
-        return "REVERSAL_NOT_SUPPORTED", (f"{where} reverses an earlier payment (CLP02 = 22); "
-                                          "the hub posts no reversals: post it by hand")
+        return Outcome.refuse(RULE, "REVERSAL_NOT_SUPPORTED", (
+            f"{where} reverses an earlier payment (CLP02 = 22); the hub posts no reversals: "
+            "post it by hand"))
     if payment.status_code not in PROCESSED | {DENIED}:
-        return "UNSUPPORTED_CLAIM_STATUS", (f"{where} has status CLP02 = "
-                                            f"{payment.status_code!r}, which is no payment "
-                                            "decision on a claim (1-4, 19-21)")
+        return Outcome.refuse(RULE, "UNSUPPORTED_CLAIM_STATUS", (
+            f"{where} has status CLP02 = {payment.status_code!r}, which is no payment decision "
+            "on a claim (1-4, 19-21)"))
     if payment.payer_id is not None and payment.payer_id != claim.payer_id:
-        return "WRONG_PAYER", (f"{where} comes from payer {payment.payer_id} (REF*2U), but "
-                               f"claim {payment.claim_id} was billed to {claim.payer_id}")
+        return Outcome.refuse(RULE, "WRONG_PAYER", (
+            f"{where} comes from payer {payment.payer_id} (REF*2U), but claim "
+            f"{payment.claim_id} was billed to {claim.payer_id}"))
     if payment.currency != claim.currency:
-        return "WRONG_CURRENCY", (f"{where} is in {payment.currency}, but claim "
-                                  f"{payment.claim_id} was billed in {claim.currency}")
+        return Outcome.refuse(RULE, "WRONG_CURRENCY", (
+            f"{where} is in {payment.currency}, but claim {payment.claim_id} was billed in "
+            f"{claim.currency}"))
     if payment.charge != claim.amount:
-        return "CHARGE_MISMATCH", (f"{where} says the claim charged {payment.charge} (CLP03), "
-                                   f"but claim {payment.claim_id} billed {claim.amount}; the "
-                                   "payer answered another version of the claim")
+        return Outcome.refuse(RULE, "CHARGE_MISMATCH", (
+            f"{where} says the claim charged {payment.charge} (CLP03), but claim "
+            f"{payment.claim_id} billed {claim.amount}; the payer answered another version "
+            "of the claim"))
     return None
 
 
-@dataclass
-class _Planned:
-    entry: dict[str, Any]
-    requests: list[EventRequest] = field(default_factory=list)
+class RemittanceDrop(DropConnector):
+    """Applies 835 files dropped into an inbox through a ``Connector`` (source ``payer``)."""
 
-
-class RemittanceDrop:
-    """Applies 835 files dropped into ``inbox`` through a ``Connector`` (source ``payer``)."""
+    source = "payer"
+    suffixes = REMITTANCE_SUFFIXES
+    rule = RULE
+    entries = "claim_payments"
+    default_actor = "payer-gateway"
+    default_site = "PAYER-GATEWAY"
 
     def __init__(self, connector: Connector, inbox: Path, *, verdict_timeout_s: float = 30.0,
                  settle_s: float = 0.3, force_polling: bool = False) -> None:
-        self.connector = connector
+        super().__init__(connector, inbox, verdict_timeout_s=verdict_timeout_s,
+                         settle_s=settle_s, force_polling=force_polling)
         self.claims = ClaimIndex()
         connector.watch(self.claims.observe)  # before connector.start(): sees the whole log
-        self.verdict_timeout_s = verdict_timeout_s
-        self.drop = DropFolder(inbox, REMITTANCE_SUFFIXES, self.handle, settle_s=settle_s,
-                               force_polling=force_polling)
 
-    async def run(self, stop_event: asyncio.Event) -> None:
-        await self.drop.run(stop_event)
-
-    def handle(self, path: Path, data: bytes) -> Outcome:
-        endpoint = f"file://{path}"
-        digest = hashlib.sha256(data).hexdigest()
+    def handle(self, path: Path, data: bytes) -> FileResult:
         try:
             text = data.decode("ascii")
         except UnicodeDecodeError as exc:
-            return self._unreadable(path, data, digest, f"byte {exc.start} is not ASCII; X12 "
+            return self._unreadable(path, data, f"byte {exc.start} is not ASCII; X12 "
                                     "interchanges are ASCII text")
         checked = validate_x12(text)
         if not checked.valid:
             reason = "; ".join(str(f) for f in checked.findings[:20])
-            return self._unreadable(path, data, digest, f"pyx12 finds the interchange invalid: "
+            return self._unreadable(path, data, f"pyx12 finds the interchange invalid: "
                                     f"{reason}", checked)
         try:
             payments = read_remittance(text)
         except UnreadableRemittance as exc:
-            return self._unreadable(path, data, digest, str(exc), checked)
-        entries = self._apply(payments, endpoint)
+            return self._unreadable(path, data, str(exc), checked)
+        entries = self._apply(payments, f"file://{path}")
         extra = {".999": checked.acknowledgement.encode()} if checked.acknowledgement else {}
-        return Outcome(self._result(path.name, digest, entries), extra_files=extra)
+        return FileResult(self.result(path.name, hashlib.sha256(data).hexdigest(), entries),
+                          extra_files=extra)
 
     def _apply(self, payments: list[ClaimPayment], endpoint: str) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
@@ -766,25 +753,29 @@ class RemittanceDrop:
                                      "claim_id": payment.claim_id}
             entries.append(entry)
             claim = self.claims.get(payment.claim_id)
-            problem = _problem(payment, claim)
-            if problem is not None:
-                code, reason = problem
-                refusal = self._refuse(payment.text.encode(), f"{endpoint}#clp={payment.position}",
-                                       code, reason + "; the other claims of the file go on",
-                                       coi=claim.coi if claim else None)
-                entry.update(status=REFUSED, refused_by="connector", reason_code=code,
-                             reason=reason, refusal_event_id=refusal)
+            refusal = payment_refusal(payment, claim)
+            if refusal is not None:
+                # on the log the refusal stands alone, so it says the file was not given up
+                recorded = replace(refusal, reason=f"{refusal.reason}; the other claims of the "
+                                                   "file go on")
+                refusal_id = self.refuse(payment.text.encode(),
+                                         f"{endpoint}#clp={payment.position}", recorded,
+                                         coi=claim.coi if claim else None)
+                entry.update(refusal.as_result(refused_by="connector"),
+                             refusal_event_id=refusal_id)
                 continue
-            assert claim is not None  # _problem refuses unknown claims
+            assert claim is not None  # payment_refusal refuses unknown claims
             entry["coi"] = claim.coi
-            entry["events"] = [self._post(payment, claim, request, issued_at)
-                               for request in self._requests(payment, claim)]
+            entry["events"] = [self._post(request)
+                               for request in self._requests(payment, claim, issued_at)]
             statuses = {e["status"] for e in entry["events"]}
-            entry["status"] = next((s for s in (REFUSED, PENDING, ACCEPTED, ALREADY_ACCEPTED)
-                                    if s in statuses), ACCEPTED)
+            entry["status"] = next((s.value for s in (Status.REFUSED, Status.PENDING,
+                                                      Status.ACCEPTED, Status.ALREADY_ACCEPTED)
+                                    if s in statuses), Status.ACCEPTED.value)
         return entries
 
-    def _requests(self, payment: ClaimPayment, claim: SubmittedClaim) -> list[EventRequest]:
+    def _requests(self, payment: ClaimPayment, claim: SubmittedClaim, issued_at: int
+                  ) -> list[EventRequest]:
         # Event ids from the payer's trace number, not the file: a remittance re-sent in a
         # new interchange (new ISA control number) still posts once.
         identity = ("835", claim.payer_id, payment.trace_number, payment.claim_id,
@@ -793,7 +784,7 @@ class RemittanceDrop:
                for kind in ("ClaimAdjudicated", "PaymentPosted")}
         requests = [EventRequest("ClaimAdjudicated", claim.coi, {
             "claim_id": payment.claim_id, "payer_id": claim.payer_id, **adjudication(payment)},
-            event_id=ids["ClaimAdjudicated"])]
+            occurred_at_us=issued_at, event_id=ids["ClaimAdjudicated"])]
         if payment.paid > 0:
             paid_on = datetime(payment.paid_on.year, payment.paid_on.month, payment.paid_on.day,
                                tzinfo=UTC)
@@ -801,74 +792,23 @@ class RemittanceDrop:
                 "claim_id": payment.claim_id, "payer_id": claim.payer_id,
                 "amount": payment.paid.quantize(Decimal("0.01")), "currency": payment.currency,
                 "remittance_ref": payment.trace_number, "paid_on": paid_on},
-                event_id=ids["PaymentPosted"]))
+                occurred_at_us=issued_at, event_id=ids["PaymentPosted"]))
         return requests
 
-    def _post(self, payment: ClaimPayment, claim: SubmittedClaim, request: EventRequest,
-              issued_at: int) -> dict[str, Any]:
+    def _post(self, request: EventRequest) -> dict[str, Any]:
         """Issue one event (unless already on the log) and wait for the gatekeeper."""
         assert request.event_id is not None
         event = {"event_type": request.event_type, "event_id": request.event_id}
         if self.connector.is_accepted(request.event_id):
-            return {**event, "status": ALREADY_ACCEPTED}
-        self.connector.expect(request.event_id)
-        try:
-            self.connector.emit([EventRequest(
-                request.event_type, request.coi, request.payload, occurred_at_us=issued_at,
-                event_id=request.event_id)])
-        except IngressWriteError as exc:
-            raise TransientFailure(str(exc)) from exc
-        verdict = self.connector.wait_verdict(request.event_id, self.verdict_timeout_s)
-        if verdict is True:
-            return {**event, "status": ACCEPTED}
-        if isinstance(verdict, Refusal):
-            return {**event, "status": REFUSED, "refused_by": "gatekeeper", "rule": verdict.rule,
-                    "reason_code": verdict.reason_code, "reason": verdict.reason}
-        return {**event, "status": PENDING, "reason": (
-            f"written to the hub; no verdict within {self.verdict_timeout_s:.0f} s")}
+            return {**event, "status": Status.ALREADY_ACCEPTED.value}
+        self.send(request)
+        return {**event, **self.verdict(request.event_id)}
 
-    def _refuse(self, original: bytes, endpoint: str, code: str, reason: str,
-                coi: str | None = None) -> str:
-        try:
-            issued = self.connector.record_refusal(original, endpoint, "X12-835", code, reason,
-                                                   coi=coi)
-        except IngressWriteError as exc:
-            raise TransientFailure(str(exc)) from exc
-        return issued.envelope.event_id
+    def _unreadable(self, path: Path, data: bytes, reason: str,
+                    checked: X12Validation | None = None) -> FileResult:
+        return self.unreadable(
+            path, data, "INVALID_835", f"remittance {path.name} was not applied: {reason}",
+            reason, details={"findings": [vars(f) for f in checked.findings] if checked else []},
+            extra_files=({".999": checked.acknowledgement.encode()}
+                         if checked and checked.acknowledgement else {}))
 
-    def _unreadable(self, path: Path, data: bytes, digest: str, reason: str,
-                    checked: X12Validation | None = None) -> Outcome:
-        refusal = self._refuse(data, f"file://{path}", "INVALID_835",
-                               f"remittance {path.name} was not applied: {reason}")
-        result = self._result(path.name, digest, [])
-        result.update(error=reason, refusal_event_id=refusal,
-                      findings=[vars(f) for f in checked.findings] if checked else [])
-        extra = ({".999": checked.acknowledgement.encode()}
-                 if checked and checked.acknowledgement else {})
-        return Outcome(result, failed=True, extra_files=extra)
-
-    def _result(self, name: str, digest: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        counts = {s: sum(1 for e in entries if e["status"] == s)
-                  for s in (ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING)}
-        return {"file": name, "sha256": digest, "connector": self.connector.actor_id,
-                "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "claim_payments": len(entries), **counts, "results": entries}
-
-
-#: Who the payer connector is by default (``pcvhub serve`` may say otherwise).
-DEFAULT_ACTOR = "payer-gateway"
-DEFAULT_SITE = "PAYER-GATEWAY"
-
-
-async def run_payer_gateway(settings: Settings, inbox: Path, stop_event: asyncio.Event, *,
-                            actor_id: str = DEFAULT_ACTOR, site_id: str = DEFAULT_SITE,
-                            force_polling: bool = False) -> None:
-    """Open the connector, follow the log, apply 835 files from ``inbox`` until stopped."""
-    connector = await asyncio.to_thread(Connector.open, settings, actor_id, "payer",
-                                        site_id=site_id)
-    remittances = RemittanceDrop(connector, inbox, force_polling=force_polling)
-    await asyncio.to_thread(connector.start)  # after RemittanceDrop watched the log
-    try:
-        await remittances.run(stop_event)
-    finally:
-        connector.close()

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pcvhub.config import Settings
-from pcvhub.connectors.base import IngressWriter
+from pcvhub.connectors.writer import IngressWriter
 from pcvhub.log.reader import LogFollower, deployment_verifier, registry_partition
 from pcvhub.log.verify import CANONICAL, REJECTED, VerifiedRecord
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent

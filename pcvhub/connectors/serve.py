@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import Connector, LocalCA
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.fhir import FhirServer
 from pcvhub.connectors.hl7 import MessageMapper, MllpListener
+from pcvhub.connectors.mes import FileDrop
+from pcvhub.connectors.tls import LocalCA
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +38,6 @@ class ServeOptions:
     drop_actor_id: str | None = None
     drop_site_id: str | None = None
     settle_s: float = 2.0
-
-
-def _file_drop() -> Callable[..., Awaitable[None]] | None:
-    """The file-drop connector's entry point, if this installation has it."""
-    try:
-        from pcvhub.connectors.files import run_file_drop
-    except ImportError:
-        return None
-    return run_file_drop
 
 
 async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
@@ -72,15 +65,10 @@ async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
         fhir = await FhirServer(fhir_connector, ca, options.host, options.http_port).start()
         announce(f"http {fhir.base_url}")
         if options.drop is not None:
-            run_file_drop = _file_drop()
-            if run_file_drop is None:
-                raise RuntimeError("--drop was given, but pcvhub.connectors.files is not "
-                                   "installed")
             options.drop.mkdir(parents=True, exist_ok=True)
-            extra = {k: v for k, v in (("actor_id", options.drop_actor_id),
-                                       ("site_id", options.drop_site_id)) if v}
-            tasks.append(asyncio.create_task(run_file_drop(settings, options.drop, stop,
-                                                           **extra)))
+            tasks.append(asyncio.create_task(FileDrop.serve(
+                settings, options.drop, stop, actor_id=options.drop_actor_id,
+                site_id=options.drop_site_id)))
             announce(f"drop {options.drop.resolve()}")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -7,7 +7,8 @@
 * :class:`DropFolder` — a MES, LIMS or payer writing files into a watched folder and
   reading the connector's result file.
 * :class:`LogWatch` — follows the canonical, rejected and alerts topics of the run: which
-  events were accepted or refused (and why), which alerts were raised, and folds each
+  events were accepted or refused (and why: the connectors'
+  :class:`~pcvhub.connectors.outcome.Outcome`), which alerts were raised, and folds each
   therapy's accepted events into the demo's copy of its case.
 """
 
@@ -26,8 +27,9 @@ from typing import Any
 import httpx
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import issue_token
+from pcvhub.connectors.callers import issue_token
 from pcvhub.connectors.hl7.listener import frame
+from pcvhub.connectors.outcome import Outcome
 from pcvhub.demo.messages import Ack
 from pcvhub.log.reader import LogFollower, deployment_verifier
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, VerifiedRecord
@@ -151,29 +153,18 @@ class DropFolder:
 # -- the log ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Answer:
-    """The hub's answer to one event: accepted, or refused with a rule, code and reason."""
-
-    accepted: bool
-    rule: str = ""
-    code: str = ""
-    reason: str = ""
-
-
-ACCEPTED = Answer(True)
+ACCEPTED = Outcome.accept()
 
 
 @dataclass(frozen=True)
-class Refusal:
-    """A record of the rejected topic (the gatekeeper's or a connector's)."""
+class RejectedRecord:
+    """A record of the rejected topic (the gatekeeper's or a connector's): what it refused
+    and why (``outcome``), who recorded it, the original bytes."""
 
     coi: str
     event_id: str | None
     event_type: str | None
-    rule: str
-    code: str
-    reason: str
+    outcome: Outcome
     recorded_by: str
     original: bytes
 
@@ -193,8 +184,8 @@ class LogWatch:
 
     def __init__(self, settings: Settings) -> None:
         self._changed = threading.Condition()
-        self.answers: dict[str, Answer] = {}
-        self.refusals: list[Refusal] = []
+        self.answers: dict[str, Outcome] = {}
+        self.refusals: list[RejectedRecord] = []
         self.alerts: list[Alert] = []
         self.accepted = 0
         self._folds: dict[str, Callable[[InboundEvent], None]] = {}
@@ -252,14 +243,14 @@ class LogWatch:
 
     def _refusal(self, record: VerifiedRecord) -> None:
         env, p = record.envelope, record.payload
-        refusal = Refusal(env.coi, p.get("rejected_event_id"), p.get("rejected_event_type"),
-                          p["rule"], p["reason_code"], p["reason"], env.producer,
-                          bytes(p["original"]))
+        refusal = RejectedRecord(env.coi, p.get("rejected_event_id"),
+                                 p.get("rejected_event_type"),
+                                 Outcome.refuse(p["rule"], p["reason_code"], p["reason"]),
+                                 env.producer, bytes(p["original"]))
         with self._changed:
             self.refusals.append(refusal)
             if refusal.event_id is not None and refusal.event_id not in self.answers:
-                self.answers[refusal.event_id] = Answer(False, refusal.rule, refusal.code,
-                                                        refusal.reason)
+                self.answers[refusal.event_id] = refusal.outcome
             self._changed.notify_all()
 
     def _alert(self, record: VerifiedRecord) -> None:
@@ -271,7 +262,7 @@ class LogWatch:
 
     # -- waiting --------------------------------------------------------------------------
 
-    def wait(self, event_ids: Iterable[str], timeout: float = 120.0) -> dict[str, Answer]:
+    def wait(self, event_ids: Iterable[str], timeout: float = 120.0) -> dict[str, Outcome]:
         """The answer to each event, once the hub gave them all; DemoError on timeout."""
         wanted = set(event_ids)
         deadline = time.monotonic() + timeout

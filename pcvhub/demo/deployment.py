@@ -24,8 +24,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import LocalCA, Pseudonymiser, private_key_pem
+from pcvhub.connectors.identity import Pseudonymiser
 from pcvhub.connectors.payer import Provider
+from pcvhub.connectors.tls import LocalCA, private_key_pem
 from pcvhub.demo.clients import DemoError
 from pcvhub.demo.messages import Payer
 from pcvhub.demo.therapy import Hub, Party

@@ -53,12 +53,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from pcvhub.connectors.base import IngressWriter
-from pcvhub.connectors.common import deterministic_event_id
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.outcome import Outcome
 from pcvhub.connectors.payer import ClaimOutbox, ClaimRecord
+from pcvhub.connectors.writer import IngressWriter
 from pcvhub.demo import messages
 from pcvhub.demo.clients import (
-    Answer,
     DemoError,
     DropFolder,
     FhirClient,
@@ -114,7 +114,7 @@ class CaughtFault:
     def answered(self) -> bool:
         return bool(self.code)
 
-    def resolve(self, answer: Answer) -> None:
+    def resolve(self, answer: Outcome) -> None:
         self.caught = not answer.accepted and answer.code == self.expected_code
         self.caught_by = self.catcher if self.caught else (
             "nobody: the hub accepted it" if answer.accepted else "the hub, for another reason")
@@ -541,8 +541,7 @@ class TherapyRun:
                                                "gatekeeper R5 (MES result file)",
                                                event_id=row.get("event_id")),
                                    refused_id=row.get("event_id"))
-        record.resolve(Answer(row["status"] == "accepted", row.get("rule", ""),
-                              row.get("reason_code", ""), row.get("reason", "")))
+        record.resolve(Outcome.from_result(row))
         # the connector takes the refused row off its chain once its follower reads the
         # refusal; the next file must not be chained onto it
         time.sleep(HANDOFF_S)
@@ -804,8 +803,9 @@ def account(world: World, ingress_hl7: list[str]) -> Accounting:
             r.recorded_by == CONNECTOR and any(cid.encode() in r.original
                                                for cid in world.expected_connector_refusals))
         if not expected:
-            unexplained_refusals.append(f"{r.coi}: {r.event_type or '?'} refused {r.rule} "
-                                        f"{r.code}: {r.reason}")
+            unexplained_refusals.append(f"{r.coi}: {r.event_type or '?'} refused "
+                                        f"{r.outcome.rule} {r.outcome.code}: "
+                                        f"{r.outcome.reason}")
     fault_alerts = {a.subject: a.code for a in watch.alerts_about(world.expected_refusals)}
     unexplained_alerts = [f"{a.coi}: {a.severity} {a.code}: {a.message}" for a in watch.alerts
                           if a.subject not in world.expected_refusals]

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from pcvhub.demo.cohort import AUTHORITY, Patient
+from pcvhub.times import utc_iso
 
 SENDING_APPLICATION = "EPIC"
 
@@ -29,10 +30,6 @@ def when(us: int) -> dt.datetime:
 def hl7_time(us: int) -> str:
     """An HL7 DTM with its UTC offset."""
     return when(us).strftime("%Y%m%d%H%M%S") + "+0000"
-
-
-def iso(us: int) -> str:
-    return when(us).isoformat(timespec="seconds")
 
 
 # -- HL7 v2 -----------------------------------------------------------------------------
@@ -127,7 +124,7 @@ def consent(patient: Patient, scope: str, at_us: int) -> dict[str, Any]:
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
                               "code": legacy}]},
         "category": [{"coding": [{"system": "urn:pcvhub:consent-scope", "code": scope}]}],
-        "patient": _subject(patient), "dateTime": iso(at_us),
+        "patient": _subject(patient), "dateTime": utc_iso(at_us),
         "sourceReference": {"reference": f"DocumentReference/consent-{patient.mrn}-{scope}"},
         "policyRule": {"text": "PCV programme consent form v3.2"},
     }
@@ -145,7 +142,7 @@ def outcome(patient: Patient, at_us: int, time_point: str, response: str,
         "identifier": [{"system": "urn:pcc:assessment",
                         "value": f"{patient.mrn}-{time_point}"}],
         "code": {"coding": [{"system": "urn:pcvhub", "code": "PCV-OUTCOME"}]},
-        "subject": _subject(patient), "effectiveDateTime": iso(at_us),
+        "subject": _subject(patient), "effectiveDateTime": utc_iso(at_us),
         "component": [
             {"code": {"coding": [{"system": "urn:pcvhub", "code": "PCV-TIMEPOINT"}]},
              "valueString": time_point},
@@ -184,14 +181,14 @@ def mes_file(rows: Iterable[dict[str, Any]]) -> bytes:
 
 def batch_started(coi: str, at_us: int, batch_id: str, design_hash: str,
                   doses: int) -> dict[str, Any]:
-    return {"event": "ManufacturingStarted", "coi": coi, "occurred_at": iso(at_us),
+    return {"event": "ManufacturingStarted", "coi": coi, "occurred_at": utc_iso(at_us),
             "batch_id": batch_id, "design_hash": design_hash, "facility_id": "MFG-KOBE-1",
             "planned_dose_count": doses, "batch_record_version": "MBR-7"}
 
 
 def batch_steps(coi: str, at_us: int, batch_id: str, operator: str) -> list[dict[str, Any]]:
     return [{"event": "ManufacturingStepCompleted", "coi": coi,
-             "occurred_at": iso(at_us + i * 3_600_000_000), "batch_id": batch_id,
+             "occurred_at": utc_iso(at_us + i * 3_600_000_000), "batch_id": batch_id,
              "step": step, "operator": operator, "equipment_id": equipment,
              "parameter_hash": hashlib.sha256(f"{batch_id}/{step}".encode()).hexdigest()}
             for i, (step, equipment) in enumerate(MANUFACTURING_STEPS)]
@@ -199,7 +196,7 @@ def batch_steps(coi: str, at_us: int, batch_id: str, operator: str) -> list[dict
 
 def qc_results(coi: str, at_us: int, batch_id: str) -> list[dict[str, Any]]:
     return [{"event": "QcResultRecorded", "coi": coi,
-             "occurred_at": iso(at_us + i * 1_800_000_000), "batch_id": batch_id,
+             "occurred_at": utc_iso(at_us + i * 1_800_000_000), "batch_id": batch_id,
              "test": test, "specification": spec, "value": value, "unit": unit or None,
              "result": "PASS", "method_ref": method}
             for i, (test, spec, value, unit, method) in enumerate(QC_TESTS)]

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 
 from pcvhub.config import Settings, load_settings
-from pcvhub.connectors.base import IngressWriter
+from pcvhub.connectors.writer import IngressWriter
 from pcvhub.demo.clients import DemoError, DropFolder, LogWatch
 from pcvhub.demo.cohort import build_cohort
 from pcvhub.demo.deployment import Deployment, forget_previous_run, prepare, wait_for_topics

@@ -30,7 +30,6 @@ from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import Connector
 from pcvhub.connectors.payer import RemittanceDrop
 from pcvhub.demo.clients import DemoError
 from pcvhub.demo.deployment import CONNECTOR, GATEWAY, MES, PAYER, PLANT, SITE, Deployment
@@ -239,15 +238,9 @@ class PayerGateway:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         d = self.deployment
-        connector = Connector.open(d.settings, GATEWAY, "payer", site_id=PAYER.payer_id,
-                                   passphrase=d.passphrase.encode())
-        remittances = RemittanceDrop(connector, self.inbox)  # watches before the log is read
-        await asyncio.to_thread(connector.start)
-        try:
-            self.ready.set()
-            await remittances.run(self._stop)
-        finally:
-            connector.close()
+        await RemittanceDrop.serve(d.settings, self.inbox, self._stop, actor_id=GATEWAY,
+                                   site_id=PAYER.payer_id, passphrase=d.passphrase.encode(),
+                                   ready=self.ready.set)
 
     def close(self) -> None:
         if self._stop is not None and self._thread.is_alive():

@@ -21,6 +21,7 @@ from typing import Any
 
 from pcvhub.schemas.codec import to_us
 from pcvhub.schemas.envelope import Envelope
+from pcvhub.times import utc_iso
 from pcvhub.trust.signing import PublicKeys, Verification, verify_envelope
 
 #: Event types that change the registry (short names).
@@ -45,14 +46,14 @@ class KeyRecord:
         """(code, reason) why this key cannot sign an event that occurred at ``at_us``."""
         if self.revoked_at_us is not None and at_us >= self.revoked_at_us:
             return "KEY_REVOKED", (f"key {self.key_id} of {self.actor_id} was revoked at "
-                    f"{_iso(self.revoked_at_us)} ({self.revocation_reason}); the event "
-                    f"occurred at {_iso(at_us)}")
+                    f"{utc_iso(self.revoked_at_us)} ({self.revocation_reason}); the event "
+                    f"occurred at {utc_iso(at_us)}")
         if at_us < self.valid_from_us:
             return "KEY_NOT_YET_VALID", (f"key {self.key_id} of {self.actor_id} is valid only from "
-                    f"{_iso(self.valid_from_us)}; the event occurred at {_iso(at_us)}")
+                    f"{utc_iso(self.valid_from_us)}; the event occurred at {utc_iso(at_us)}")
         if self.valid_until_us is not None and at_us >= self.valid_until_us:
             return "KEY_EXPIRED", (f"key {self.key_id} of {self.actor_id} expired at "
-                    f"{_iso(self.valid_until_us)}; the event occurred at {_iso(at_us)}")
+                    f"{utc_iso(self.valid_until_us)}; the event occurred at {utc_iso(at_us)}")
         return None
 
 
@@ -162,10 +163,6 @@ class KeyRegistry:
 
 def _opt_us(value: datetime | int | None) -> int | None:
     return None if value is None else to_us(value)
-
-
-def _iso(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000).astimezone().isoformat(timespec="seconds")
 
 
 # --- payloads of the registry events (the one place they are built) ---------------------

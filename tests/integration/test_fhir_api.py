@@ -19,10 +19,11 @@ import uuid
 import httpx
 import pytest
 
-from pcvhub.connectors.common import LocalCA, issue_token
+from pcvhub.connectors.callers import issue_token
 from pcvhub.connectors.fhir import FhirServer
 from pcvhub.connectors.hl7 import MessageMapper
 from pcvhub.connectors.hl7.messages import check
+from pcvhub.connectors.tls import LocalCA
 from pcvhub.streams.sandbox import PASSPHRASE
 
 from ..unit.test_hl7_messages import adt_a01

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pcvhub.connectors.files import run_file_drop
+from pcvhub.connectors.mes import FileDrop
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
 from pcvhub.trust.issuer import now_us
@@ -38,7 +38,7 @@ HEADER = ("event,coi,occurred_at,batch_id,design_hash,facility_id,planned_dose_c
 
 
 class RunningDrop:
-    """``run_file_drop`` (what `pcvhub serve` runs) on its own event loop in a thread."""
+    """``FileDrop.serve`` (what `pcvhub serve` runs) on its own event loop in a thread."""
 
     def __init__(self, hub: Sandbox, folder: Path) -> None:
         self.hub, self.folder = hub, folder
@@ -50,7 +50,7 @@ class RunningDrop:
 
     def _run(self) -> None:
         try:
-            self.loop.run_until_complete(run_file_drop(
+            self.loop.run_until_complete(FileDrop.serve(
                 self.hub.settings, self.folder, self.stop, actor_id=MES, site_id=MES_SITE))
         except BaseException as exc:  # surfaced by result(): a crashed connector fails tests
             self.error = exc

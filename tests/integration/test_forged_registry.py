@@ -27,7 +27,7 @@ from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from pcvhub.cli import app as pcvhub_cli
-from pcvhub.connectors.common import Connector
+from pcvhub.connectors.core import Connector
 from pcvhub.demo.therapy import Party
 from pcvhub.projections.runner import rebuild
 from pcvhub.projections.store import connect

@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 
-from pcvhub.connectors.common import LocalCA
 from pcvhub.connectors.hl7 import MessageMapper, MllpListener, frame
+from pcvhub.connectors.tls import LocalCA
 from pcvhub.streams.sandbox import PASSPHRASE
 
 from ..unit.test_hl7_messages import adt_a01, oru_diagnosis

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pcvhub.connectors.payer import ClaimOutbox, ClaimRecord, run_payer_gateway
+from pcvhub.connectors.payer import ClaimOutbox, ClaimRecord, RemittanceDrop
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
 from pcvhub.trust.issuer import now_us
@@ -38,7 +38,7 @@ PAYER = "AETNA01"
 
 
 class RunningGateway:
-    """``run_payer_gateway`` (what `pcvhub serve` runs) on its own event loop in a thread."""
+    """``RemittanceDrop.serve`` (what `pcvhub serve` runs) on its own event loop in a thread."""
 
     def __init__(self, hub: Sandbox, inbox: Path) -> None:
         self.hub, self.inbox = hub, inbox
@@ -50,7 +50,7 @@ class RunningGateway:
 
     def _run(self) -> None:
         try:
-            self.loop.run_until_complete(run_payer_gateway(
+            self.loop.run_until_complete(RemittanceDrop.serve(
                 self.hub.settings, self.inbox, self.stop, actor_id=GATEWAY, site_id=PAYER))
         except BaseException as exc:  # surfaced by result()
             self.error = exc

@@ -28,13 +28,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from pcvhub.connectors.common import (
-    Connector,
-    LocalCA,
-    issue_token,
-    private_key_pem,
-)
+from pcvhub.connectors.callers import issue_token
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.hl7.listener import frame
+from pcvhub.connectors.tls import LocalCA, private_key_pem
 from pcvhub.log.reader import LogFollower, deployment_verifier
 from pcvhub.log.verify import CANONICAL
 from pcvhub.schemas.codec import decode_envelope, decode_payload

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pcvhub.connectors.files import (
-    DropFolder,
-    FileRecord,
-    Outcome,
-    Problem,
-    TransientFailure,
-    UnreadableFile,
-    check_row,
-    read_drop_file,
-)
+from pcvhub.connectors.drop_folder import DropFolder, FileResult, TransientFailure
+from pcvhub.connectors.mes import FileRecord, UnreadableFile, check_row, read_drop_file
+from pcvhub.connectors.outcome import Outcome, Status
 from pcvhub.ids import new_coi
 
 COI = new_coi("KYOTO01", 2026)
@@ -38,13 +31,14 @@ QC = (f"QcResultRecorded,{COI},2026-01-22T10:00:00Z,BATCH-1,,,,,,,,,,endotoxin,<
       "0.8,EU/mL,PASS,Ph. Eur. 2.6.14")
 
 
-def _checked(data: bytes, name: str = "f.csv") -> list[FileRecord | list[Problem]]:
+def _checked(data: bytes, name: str = "f.csv") -> list[FileRecord | Outcome]:
     return [check_row(row) for row in read_drop_file(name, data).rows]
 
 
-def _problems(result: FileRecord | list[Problem]) -> dict[str, str]:
-    assert isinstance(result, list), f"expected a refusal, got {result}"
-    return {p.column: p.problem for p in result}
+def _problems(result: FileRecord | Outcome) -> dict[str, str]:
+    assert isinstance(result, Outcome) and result.status is Status.REFUSED, \
+        f"expected a refusal, got {result}"
+    return {p.where: p.what for p in result.problems}
 
 
 def test_a_batch_record_csv_becomes_typed_payloads():
@@ -162,12 +156,12 @@ def test_the_folder_takes_settled_files_writes_results_and_moves_them(tmp_path: 
     seen: list[str] = []
     attempts = {"flaky.csv": 0}
 
-    def handle(path: Path, data: bytes) -> Outcome:
+    def handle(path: Path, data: bytes) -> FileResult:
         if path.name == "flaky.csv" and attempts["flaky.csv"] == 0:
             attempts["flaky.csv"] += 1
             raise TransientFailure("Kafka unreachable")
         seen.append(path.name)
-        return Outcome({"file": path.name, "size": len(data)}, failed=path.name == "bad.csv",
+        return FileResult({"file": path.name, "size": len(data)}, failed=path.name == "bad.csv",
                        extra_files={".999": b"ack"} if path.name == "bad.csv" else {})
 
     folder = DropFolder(tmp_path / "drop", (".csv",), handle, settle_s=0.0, retry_s=0.0)
@@ -188,7 +182,7 @@ def test_the_folder_takes_settled_files_writes_results_and_moves_them(tmp_path: 
 
 
 def test_a_file_still_growing_is_not_taken(tmp_path: Path):
-    folder = DropFolder(tmp_path, (".csv",), lambda p, d: Outcome({}), settle_s=60.0)
+    folder = DropFolder(tmp_path, (".csv",), lambda p, d: FileResult({}), settle_s=60.0)
     (tmp_path / "slow.csv").write_text("half")
     assert folder.scan() == 0 and folder.scan() == 0  # unchanged, but not for 60 s yet
     assert (tmp_path / "slow.csv").exists()

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from pcvhub.config import Settings
-from pcvhub.connectors.common import Connector, Pseudonymiser
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.hl7.mapping import MessageMapper
 from pcvhub.connectors.hl7.messages import HL7Problem, ack, check, decode_frame
+from pcvhub.connectors.identity import Pseudonymiser
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import KeyRegistry
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
@@ -195,8 +196,7 @@ def test_unknown_panel_and_bad_coded_value_are_refused_at_their_obx(connector):
 
 def test_ack_carries_msa_and_an_err_naming_the_location(connector):
     problem = problem_of(connector, adt_a01("C1", "M").replace("|19700101|F", "|1970|F"))
-    text = ack("AE", control_id="C1", ack_control_id="A1", text=problem.sentence,
-               problems=(problem,))
+    text = ack("AE", problem.refusal(), control_id="C1", ack_control_id="A1")
     segments = text.strip("\r").split("\r")
     assert segments[0].startswith("MSH|^~\\&|PCVHUB|HUB|") and "|ACK^^ACK|A1|P|2.5.1" in \
         segments[0]

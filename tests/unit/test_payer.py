@@ -25,11 +25,11 @@ from pcvhub.connectors.payer import (
     adjudication,
     fhir_claim,
     npi_is_valid,
+    payment_refusal,
     read_remittance,
     render_837p,
     validate_x12,
 )
-from pcvhub.connectors.payer import _problem as payment_problem
 
 CREATED = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
 CANCER_CENTER = Provider("1234567893", "PACIFIC CANCER CENTER", "123456789", "100 MAIN ST",
@@ -228,14 +228,15 @@ def test_a_remittance_for_what_was_never_billed_is_refused_with_its_reason():
                            ("CLM-7", "22", "12500", "-12500", "")], payer_ref="UHC01")
     known = SubmittedClaim("PCV-X", "AETNA01", Decimal("12500.00"), "USD")
     first, reversal = read_remittance(text)
-    code, reason = payment_problem(first, None)
+    refused = payment_refusal(first, None)
+    code, reason = refused.code, refused.reason
     assert code == "UNKNOWN_CLAIM" and "'CLM-1', which no accepted ClaimSubmitted" in reason
-    assert payment_problem(first, known)[0] == "WRONG_PAYER"
-    assert payment_problem(replace(first, payer_id=None), known) is None
-    assert payment_problem(reversal, known)[0] == "REVERSAL_NOT_SUPPORTED"
-    assert payment_problem(replace(first, payer_id=None, charge=Decimal(99)), known)[0] == \
+    assert payment_refusal(first, known).code == "WRONG_PAYER"
+    assert payment_refusal(replace(first, payer_id=None), known) is None
+    assert payment_refusal(reversal, known).code == "REVERSAL_NOT_SUPPORTED"
+    assert payment_refusal(replace(first, payer_id=None, charge=Decimal(99)), known).code == \
         "CHARGE_MISMATCH"
-    assert payment_problem(replace(first, payer_id=None, currency="JPY"), known)[0] == \
+    assert payment_refusal(replace(first, payer_id=None, currency="JPY"), known).code == \
         "WRONG_CURRENCY"
 
 

@@ -8,16 +8,17 @@
 * ``GET /therapy/{coi}/history``: the therapy's accepted events as a FHIR ``Bundle`` of
   ``Provenance`` resources (who signed, when, with which Part 11 meaning, both signature
   halves and the hash-chain link), read from the canonical log.
-* Every error is an ``OperationOutcome`` whose ``issue.expression`` is the failing
-  element's FHIRPath; every refused POST is recorded on the rejected topic with the exact
-  body received.
+* Every error is an ``OperationOutcome`` (the connector's
+  :class:`~pcvhub.connectors.outcome.Outcome`, one issue per problem) whose
+  ``issue.expression`` is the failing element's FHIRPath; every refused POST is recorded
+  on the rejected topic with the exact body received.
 
 Authentication: ``Authorization: Bearer <JWT>`` signed by the caller's registered Ed25519
-key (SMART Backend Services style; see ``common.issue_token``), with ``aud`` the base
-URL of this endpoint, checked against the key registry folded from the log. The caller
-must belong to this connector's site (and, for a history, to the therapy's site).
-Served over TLS with the deployment CA's server certificate, so the token never crosses
-the wire in clear.
+key (SMART Backend Services style; see ``pcvhub.connectors.callers.issue_token``), with
+``aud`` the base URL of this endpoint, checked against the key registry folded from the
+log. The caller must belong to this connector's site (and, for a history, to the
+therapy's site). Served over TLS with the deployment CA's server certificate, so the token
+never crosses the wire in clear.
 """
 
 from __future__ import annotations
@@ -37,20 +38,18 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import (
-    Caller,
-    CallerCheck,
-    CallerRefused,
-    Connector,
-    LocalCA,
-    short_type,
-    therapy_log,
-)
+from pcvhub.connectors.callers import Caller, CallerCheck, CallerRefused
+from pcvhub.connectors.core import Connector, therapy_log
 from pcvhub.connectors.fhir.mapping import ResourceMapper, ResourceProblem
+from pcvhub.connectors.outcome import Outcome, Problem, Status
+from pcvhub.connectors.tls import LocalCA
+from pcvhub.connectors.writer import IngressWriteError
+from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import SchemaValidationError
 from pcvhub.schemas.envelope import Envelope
+from pcvhub.times import utc_iso
 from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.issuer import now_us
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
@@ -66,13 +65,24 @@ SIGNATURE_TYPES = {
 }
 
 
-def outcome(status: int, issues: list[tuple[str, str, str]], severity: str = "error",
-            headers: dict[str, str] | None = None) -> JSONResponse:
-    """An OperationOutcome: one issue per (code, element path, diagnostics)."""
+def operation_outcome(status: int, outcome: Outcome,
+                      headers: dict[str, str] | None = None) -> JSONResponse:
+    """The OperationOutcome that says ``outcome``: one issue per problem (its FHIR issue
+    type, the failing element's FHIRPath, what is wrong); a repeat, which has no problem,
+    is one ``duplicate`` issue of its reason."""
+    severity = "information" if outcome.accepted else "error"
+    issues = outcome.problems or (Problem("", outcome.reason, "duplicate"
+                                          if outcome.status is Status.ALREADY_ACCEPTED
+                                          else "processing"),)
     body = {"resourceType": "OperationOutcome", "issue": [
-        {"severity": severity, "code": code, "diagnostics": text,
-         **({"expression": [path]} if path else {})} for code, path, text in issues]}
+        {"severity": severity, "code": issue.code, "diagnostics": issue.what,
+         **({"expression": [issue.where]} if issue.where else {})} for issue in issues]}
     return JSONResponse(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def fhir_refusal(code: str, *problems: Problem) -> Outcome:
+    """The FHIR endpoint's own refusal (rule FHIR) with its ``code`` and problems."""
+    return Outcome.refuse("FHIR", code, problems=problems)
 
 
 def fhir_path(resource_type: str, location: tuple[Any, ...]) -> str:
@@ -88,13 +98,9 @@ def fhir_path(resource_type: str, location: tuple[Any, ...]) -> str:
     return path
 
 
-def _iso(us: int) -> str:
-    return dt.datetime.fromtimestamp(us / 1_000_000, dt.UTC).isoformat()
-
-
 def provenance(env: Envelope, base_url: str) -> dict[str, Any]:
     """One accepted event as a Provenance resource."""
-    kind = short_type(env.event_type)
+    kind = load_catalog().short_name(env.event_type)
     meaning = env.meaning.value
     code, display = SIGNATURE_TYPES.get(meaning, SIGNATURE_TYPES["AUTHORED"])
     who = {"identifier": {"system": "urn:pcvhub:actor", "value": env.producer}}
@@ -105,14 +111,14 @@ def provenance(env: Envelope, base_url: str) -> dict[str, Any]:
             signatures.append({
                 "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": code,
                           "display": f"{display} ({meaning})"}],
-                "when": _iso(env.signed_at_us), "who": who,
+                "when": utc_iso(env.signed_at_us, "auto"), "who": who,
                 "sigFormat": f"application/pcvhub.{fmt}",
                 "data": base64.b64encode(data).decode()})
     return {
         "resourceType": "Provenance", "id": env.event_id,
         "target": [{"reference": f"urn:uuid:{env.event_id}", "display": kind}],
-        "occurredDateTime": _iso(env.occurred_at_us),
-        "recorded": _iso(env.signed_at_us),
+        "occurredDateTime": utc_iso(env.occurred_at_us, "auto"),
+        "recorded": utc_iso(env.signed_at_us, "auto"),
         "activity": {"coding": [{"system": "urn:pcvhub:event-type", "code": kind}]},
         "agent": [{"type": {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
@@ -131,7 +137,7 @@ def provenance(env: Envelope, base_url: str) -> dict[str, Any]:
 def history_bundle(events: list[Envelope], base_url: str) -> dict[str, Any]:
     bundle = {
         "resourceType": "Bundle", "type": "collection",
-        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "timestamp": utc_iso(now_us(), "auto"),
         "entry": [{"fullUrl": f"{base_url}/Provenance/{env.event_id}",
                    "resource": provenance(env, base_url)} for env in events],
     }
@@ -147,19 +153,17 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
     callers = CallerCheck(connector.registry, connector.site_id)
     mapper = ResourceMapper(connector)
 
-    async def refused(request: Request, body: bytes, status: int, code: str, path: str,
-                      reason: str, reason_code: str, rule: str = "FHIR",
+    async def refused(request: Request, body: bytes, status: int, refusal: Outcome, *,
                       coi: str | None = None, event_type: str | None = None) -> JSONResponse:
-        """Record the refusal durably, then answer with the OperationOutcome."""
+        """Record the refusal durably, then answer with its OperationOutcome."""
         endpoint = f"{base_url}{request.url.path}"
         try:
-            await asyncio.to_thread(connector.record_refusal, body, endpoint, rule,
-                                    reason_code, f"{path}: {reason}" if path else reason,
+            await asyncio.to_thread(connector.record_refusal, body, endpoint, refusal,
                                     coi=coi, event_type=event_type)
         except IngressWriteError as exc:
             log.error("could not record a refusal on %s: %s", endpoint, exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return outcome(status, [(code, path, reason)], headers=headers)
+        return operation_outcome(status, refusal, headers=headers)
 
     async def authenticate(request: Request, body: bytes) -> Caller | JSONResponse:
         try:
@@ -168,8 +172,8 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
             log.warning("FHIR caller refused on %s: %s %s", request.url.path, exc.code,
                         exc.reason)
             status = 403 if exc.code == "WRONG_SITE" else 401
-            return await refused(request, body, status, "security", "", exc.reason, exc.code,
-                                 rule="AUTH")
+            return await refused(request, body, status, Outcome.refuse(
+                "AUTH", exc.code, problems=(Problem("", exc.reason, "security"),)))
 
     async def create(request: Request, expected: str) -> JSONResponse:
         body = await request.body()
@@ -179,48 +183,42 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
         try:
             document = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return await refused(request, body, 400, "structure", "",
-                                 f"the body is not valid JSON: {exc}", "FHIR_INVALID_JSON")
+            return await refused(request, body, 400, fhir_refusal("FHIR_INVALID_JSON", Problem(
+                "", f"the body is not valid JSON: {exc}", "structure")))
         if not isinstance(document, dict):
-            return await refused(request, body, 400, "structure", "",
-                                 "the body is not a JSON object (a FHIR resource)",
-                                 "FHIR_INVALID_JSON")
+            return await refused(request, body, 400, fhir_refusal("FHIR_INVALID_JSON", Problem(
+                "", "the body is not a JSON object (a FHIR resource)", "structure")))
         found = document.get("resourceType")
         if found != expected:
-            return await refused(request, body, 400, "invalid", f"{expected}.resourceType",
-                                 f"is {found!r}; POST {request.url.path} takes {expected}",
-                                 "FHIR_WRONG_RESOURCE_TYPE")
+            return await refused(request, body, 400, fhir_refusal(
+                "FHIR_WRONG_RESOURCE_TYPE", Problem(
+                    f"{expected}.resourceType",
+                    f"is {found!r}; POST {request.url.path} takes {expected}", "invalid")))
         try:
             resource = get_fhir_model_class(expected).model_validate(document)
         except ValidationError as exc:
-            issues = [("invalid", fhir_path(expected, tuple(e["loc"])), e["msg"])
-                      for e in exc.errors()]
-            endpoint = f"{base_url}{request.url.path}"
-            try:
-                await asyncio.to_thread(
-                    connector.record_refusal, body, endpoint, "FHIR", "FHIR_INVALID_RESOURCE",
-                    "; ".join(f"{p}: {t}" for _, p, t in issues))
-            except IngressWriteError as write_error:
-                log.error("could not record a refusal on %s: %s", endpoint, write_error)
-            return outcome(400, issues)
+            return await refused(request, body, 400, fhir_refusal("FHIR_INVALID_RESOURCE", *(
+                Problem(fhir_path(expected, tuple(e["loc"])), e["msg"], "invalid")
+                for e in exc.errors())))
         try:
             mapped = mapper.map(resource, caller.actor_id)
         except ResourceProblem as problem:
-            return await refused(request, body, problem.status, problem.code, problem.path,
-                                 problem.reason, problem.reason_code)
+            return await refused(request, body, problem.status, problem.refusal())
         event = mapped.request
         if event.event_id is not None and connector.already_written(event.event_id):
-            return outcome(200, [("duplicate", "", f"{expected} already recorded as event "
-                                  f"{event.event_id}; not applied again")], "information")
+            return operation_outcome(200, Outcome.already_accepted(
+                f"{expected} already recorded as event {event.event_id}; not applied again"))
         try:
             (issued,) = await asyncio.to_thread(connector.emit, [event])
         except SchemaValidationError as exc:
-            return await refused(request, body, 422, "value", expected, str(exc),
-                                 "FHIR_UNPROCESSABLE", coi=event.coi,
-                                 event_type=event.event_type)
+            return await refused(request, body, 422, fhir_refusal(
+                "FHIR_UNPROCESSABLE", Problem(expected, str(exc), "value")),
+                coi=event.coi, event_type=event.event_type)
         except IngressWriteError as exc:
+            # Nothing was stored and nothing refused (no rejected record): the client retries.
             log.error("FHIR %s not written: %s", expected, exc)
-            return outcome(503, [("transient", "", f"not stored, retry: {exc}")])
+            return operation_outcome(503, fhir_refusal("FHIR_NOT_STORED", Problem(
+                "", f"not stored, retry: {exc}", "transient")))
         event_id = issued.envelope.event_id
         created = {**document, "id": event_id}
         return JSONResponse(created, status_code=201, media_type=FHIR_JSON, headers={
@@ -254,12 +252,13 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
             return caller
         therapy = connector.patients.therapy(coi)
         if therapy is None or not therapy.accepted:
-            return outcome(404, [("not-found", "", f"no accepted therapy {coi}")])
+            return operation_outcome(404, fhir_refusal("FHIR_UNKNOWN_THERAPY", Problem(
+                "", f"no accepted therapy {coi}", "not-found")))
         if therapy.site_id != caller.site_id:
-            return await refused(request, b"", 403, "security", "",
-                                 f"therapy {coi} is treated at site {therapy.site_id}; "
-                                 f"caller {caller.actor_id} is of site {caller.site_id}",
-                                 "WRONG_SITE", rule="AUTH", coi=coi)
+            return await refused(request, b"", 403, Outcome.refuse("AUTH", "WRONG_SITE", problems=(
+                Problem("", f"therapy {coi} is treated at site {therapy.site_id}; caller "
+                        f"{caller.actor_id} is of site {caller.site_id}", "security"),)),
+                coi=coi)
         events = await asyncio.to_thread(therapy_log, connector.settings, coi)
         return JSONResponse(history_bundle(events, base_url), media_type=FHIR_JSON)
 

@@ -38,13 +38,11 @@ from typing import Any
 
 from fhir.resources.R4B.resource import Resource
 
-from pcvhub.connectors.common import (
-    THERAPIES,
-    Connector,
-    EnrolledPatient,
-    EventRequest,
-    deterministic_event_id,
-)
+from pcvhub.connectors.core import Connector, EventRequest
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.outcome import Outcome, Problem
+from pcvhub.connectors.patients import THERAPIES, EnrolledPatient
+from pcvhub.schemas.codec import to_us
 
 HLA_EXTENSION = "urn:pcvhub:fhir:hla-type"
 DOSE_NUMBER_EXTENSION = "urn:pcvhub:fhir:dose-number"
@@ -84,6 +82,11 @@ class ResourceProblem(Exception):
         self.status = status
         self.reason_code = reason_code
 
+    def refusal(self) -> Outcome:
+        """The connector's refusal: one problem at the failing element."""
+        return Outcome.refuse("FHIR", self.reason_code,
+                              problems=(Problem(self.path, self.reason, self.code),))
+
 
 @dataclass(frozen=True)
 class MappedResource:
@@ -92,13 +95,15 @@ class MappedResource:
 
 
 def _us(moment: dt.datetime | dt.date | None) -> int | None:
+    """Event-time microseconds of a FHIR date or dateTime: a date is its midnight UTC, a
+    dateTime without an offset is read as UTC (as the HL7 feed's DTM is)."""
     if moment is None:
         return None
     if not isinstance(moment, dt.datetime):
         moment = dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.UTC)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return int(moment.timestamp() * 1_000_000)
+    return to_us(moment)
 
 
 def _codes(concept: Any) -> list[tuple[str, str]]:

@@ -39,8 +39,8 @@ import ssl
 import uuid
 from dataclasses import dataclass
 
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import CallerCheck, CallerRefused, Connector
+from pcvhub.connectors.callers import CallerCheck, CallerRefused
+from pcvhub.connectors.core import Connector
 from pcvhub.connectors.hl7.mapping import Mapped, MessageMapper
 from pcvhub.connectors.hl7.messages import (
     APPLICATION_INTERNAL_ERROR,
@@ -56,6 +56,8 @@ from pcvhub.connectors.hl7.messages import (
     error,
     refuse,
 )
+from pcvhub.connectors.outcome import Outcome
+from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.schemas.codec import SchemaValidationError
 
 log = logging.getLogger(__name__)
@@ -234,8 +236,8 @@ class MllpListener:
                       "a client certificate of the hub's CA")
             log.warning("MLLP caller refused: %s", reason)
             transport.close()
-            await self._refused(b"", refuse(APPLICATION_INTERNAL_ERROR, None, reason), "AUTH",
-                                code="UNAUTHENTICATED")
+            await self._record(b"", refuse(APPLICATION_INTERNAL_ERROR, None, reason).refusal(
+                "AUTH", code="UNAUTHENTICATED"))
             return
         if tls is None:  # the peer left during the handshake
             return
@@ -278,72 +280,73 @@ class MllpListener:
     async def _answer(self, received: Frame, refusal: CallerRefused | None) -> bytes | None:
         """The ACK frame for one received frame (after recording any refusal)."""
         if received.payload is None:
-            problem = refuse(SEGMENT_SEQUENCE_ERROR, None, received.problem)
+            broken = refuse(SEGMENT_SEQUENCE_ERROR, None, received.problem)
             text = received.raw[1:].decode("utf-8", "replace") if received.raw[:1] == b"\x0b" \
                 else ""
-            await self._refused(received.raw, problem, "MLLP")
-            return self._ack(problem.ack, control_id_of(text), None, problem.sentence,
-                             (problem,))
+            return await self._refuse(received, broken.ack, control_id_of(text), None,
+                                      broken.refusal("MLLP"))
         if refusal is not None:
             text = received.payload.decode("utf-8", "replace")
-            problem = refuse(APPLICATION_INTERNAL_ERROR, Location("MSH", field=4),
-                             f"caller refused: {refusal.reason}")
-            await self._refused(received.raw, problem, "AUTH", code=refusal.code)
-            return self._ack("AR", control_id_of(text), None, problem.sentence, (problem,))
+            caller = refuse(APPLICATION_INTERNAL_ERROR, Location("MSH", field=4),
+                            f"caller refused: {refusal.reason}")
+            return await self._refuse(received, caller.ack, control_id_of(text), None,
+                                      caller.refusal("AUTH", code=refusal.code))
         try:
             message = check(decode_frame(received.payload))
         except HL7Problem as problem:
             text = received.payload.decode("utf-8", "replace")
-            await self._refused(received.raw, problem, "HL7")
-            return self._ack(problem.ack, control_id_of(text), None, problem.sentence,
-                             (problem,))
+            return await self._refuse(received, problem.ack, control_id_of(text), None,
+                                      problem.refusal())
         return await self._apply(received, message)
 
     async def _apply(self, received: Frame, message: Message) -> bytes:
         if self.connector.already_written(self.mapper.event_id(message)):
-            return self._ack("AA", message.control_id, message,
-                             f"message {message.control_id} was received before and is "
-                             "already applied; not applied again")
+            return self._ack("AA", message.control_id, message, Outcome.already_accepted(
+                f"message {message.control_id} was received before and is already applied; "
+                "not applied again"))
         try:
             mapped: Mapped = self.mapper.map(message)
         except HL7Problem as problem:
-            await self._refused(received.raw, problem, "HL7", message=message)
-            return self._ack(problem.ack, message.control_id, message, problem.sentence,
-                             (problem,))
+            return await self._refuse(received, problem.ack, message.control_id, message,
+                                      problem.refusal())
+        accepted = Outcome.accept(mapped.note, [w.problem for w in mapped.warnings])
         if not mapped.requests:
-            return self._ack("AA", message.control_id, message, mapped.note, mapped.warnings,
-                             severity="W")
+            return self._ack("AA", message.control_id, message, accepted)
         try:
             await asyncio.to_thread(self.connector.emit, mapped.requests)
         except SchemaValidationError as exc:
-            problem = error(DATA_TYPE_ERROR, None,
+            invalid = error(DATA_TYPE_ERROR, None,
                             f"the message maps to an invalid {mapped.requests[0].event_type}: "
                             f"{exc}")
-            await self._refused(received.raw, problem, "HL7", message=message, coi=mapped.coi)
-            return self._ack("AE", message.control_id, message, problem.sentence, (problem,))
+            return await self._refuse(received, invalid.ack, message.control_id, message,
+                                      invalid.refusal(), coi=mapped.coi)
         except IngressWriteError as exc:
             # Nothing was acknowledged: the sender must resend (same MSH-10, so no double).
-            problem = error(APPLICATION_INTERNAL_ERROR, None, f"not stored, resend: {exc}")
+            # Nothing was refused either, so nothing goes to the rejected topic.
+            unstored = error(APPLICATION_INTERNAL_ERROR, None, f"not stored, resend: {exc}")
             log.error("MLLP message %s not written: %s", message.control_id, exc)
-            return self._ack("AE", message.control_id, message, problem.sentence, (problem,))
-        return self._ack("AA", message.control_id, message, mapped.note, mapped.warnings,
-                         severity="W")
+            return self._ack(unstored.ack, message.control_id, message, unstored.refusal())
+        return self._ack("AA", message.control_id, message, accepted)
 
-    async def _refused(self, raw: bytes, problem: HL7Problem, rule: str, *,
-                       message: Message | None = None, coi: str | None = None,
-                       code: str | None = None) -> None:
+    async def _refuse(self, received: Frame, code: str, control_id: str,
+                      message: Message | None, refusal: Outcome, *,
+                      coi: str | None = None) -> bytes:
+        """Record the refusal of a frame, then the negative ACK (``code`` AR or AE)."""
+        await self._record(received.raw, refusal, message=message, coi=coi)
+        return self._ack(code, control_id, message, refusal)
+
+    async def _record(self, raw: bytes, refusal: Outcome, *, message: Message | None = None,
+                      coi: str | None = None) -> None:
         """Durably record a refusal before the negative ACK goes out."""
         try:
             await asyncio.to_thread(
-                self.connector.record_refusal, raw, self.endpoint, rule,
-                code or problem.reason_code, problem.sentence, coi=coi,
+                self.connector.record_refusal, raw, self.endpoint, refusal, coi=coi,
                 event_type=message.kind if message is not None else None)
         except IngressWriteError as exc:
             log.error("could not record the refusal of a message on %s: %s (%s)",
-                      self.endpoint, exc, problem.sentence)
+                      self.endpoint, exc, refusal.reason)
 
     @staticmethod
-    def _ack(code: str, control_id: str, message: Message | None, text: str,
-             problems: tuple[HL7Problem, ...] = (), severity: str = "E") -> bytes:
-        return frame(ack(code, control_id=control_id, ack_control_id=uuid.uuid4().hex[:20],
-                         text=text, request=message, problems=problems, severity=severity))
+    def _ack(code: str, control_id: str, message: Message | None, outcome: Outcome) -> bytes:
+        return frame(ack(code, outcome, control_id=control_id,
+                         ack_control_id=uuid.uuid4().hex[:20], request=message))

@@ -36,13 +36,7 @@ from typing import Any
 
 import hl7
 
-from pcvhub.connectors.common import (
-    THERAPIES,
-    Connector,
-    EnrolledPatient,
-    EventRequest,
-    deterministic_event_id,
-)
+from pcvhub.connectors.core import Connector, EventRequest
 from pcvhub.connectors.hl7.messages import (
     DATA_TYPE_ERROR,
     REQUIRED_FIELD_MISSING,
@@ -58,10 +52,12 @@ from pcvhub.connectors.hl7.messages import (
     repetitions,
     required,
     timestamp,
-    to_us,
     value,
 )
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.patients import THERAPIES, EnrolledPatient
 from pcvhub.ids import new_coi
+from pcvhub.schemas.codec import to_us
 
 DEFAULT_THERAPY_TYPE = "individualized-neoantigen-mRNA"
 

@@ -13,7 +13,9 @@ and field in an ERR segment, which is what an interface analyst needs to fix the
 Every check failure is an :class:`HL7Problem`: where (ERR-2), the HL7 table 0357 code
 (ERR-3), and a sentence (ERR-8). ``AR`` refuses a message the hub cannot read at all
 (framing, MSH, unsupported type or version); ``AE`` an application error in a readable
-message (a missing PID-3, an unknown patient, a value outside its table).
+message (a missing PID-3, an unknown patient, a value outside its table). An ACK says one
+connector :class:`~pcvhub.connectors.outcome.Outcome`: MSA-3 its reason, one ERR segment
+per problem.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import re
 from dataclasses import dataclass
 
 import hl7
+
+from pcvhub.connectors.outcome import Outcome, Problem
 
 #: HL7 table 0357 (message error condition codes) used in ERR-3.
 SEGMENT_SEQUENCE_ERROR = "100"
@@ -111,6 +115,18 @@ class HL7Problem(Exception):
     def sentence(self) -> str:
         return str(self)
 
+    @property
+    def problem(self) -> Problem:
+        """As one problem of an outcome: where in HL7's words (PID-3.4) and as an ERL."""
+        if self.where is None:
+            return Problem("", self.reason, self.code)
+        return Problem(str(self.where), self.reason, self.code, self.where.erl())
+
+    def refusal(self, rule: str = "HL7", code: str | None = None) -> Outcome:
+        """The connector's refusal for this problem (``code``: the reason code, if not the
+        table 0357 code's own)."""
+        return Outcome.refuse(rule, code or self.reason_code, self.sentence, (self.problem,))
+
 
 def refuse(code: str, where: Location | None, reason: str) -> HL7Problem:
     """AR: the message cannot be read or is of a kind the hub does not take."""
@@ -193,10 +209,6 @@ def timestamp(text: str, where: Location) -> dt.datetime:
         raise error(DATA_TYPE_ERROR, where, f"{where} is {text!r}, which is not an HL7 "
                     "date/time (YYYYMMDD[HHMM[SS[.S]]][+/-ZZZZ])")
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
-
-
-def to_us(moment: dt.datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
 
 
 def decode_frame(payload: bytes) -> str:
@@ -293,14 +305,14 @@ def escape(text: str) -> str:
     return out.replace("\r", " ").replace("\n", " ")
 
 
-def ack(code: str, *, control_id: str, ack_control_id: str, text: str = "",
-        request: Message | None = None, problems: tuple[HL7Problem, ...] = (),
-        severity: str = "E", receiving_application: str = "PCVHUB",
+def ack(code: str, outcome: Outcome, *, control_id: str, ack_control_id: str,
+        request: Message | None = None, receiving_application: str = "PCVHUB",
         receiving_facility: str = "HUB") -> str:
-    """An original-mode ACK: MSH, MSA (AA/AE/AR, the request's MSH-10) and one ERR per problem.
-
-    ``severity`` goes into ERR-4 (E error, W warning, I information).
+    """An original-mode ACK of ``outcome``: MSH, MSA (``code`` AA/AE/AR, the request's
+    MSH-10, the outcome's reason) and one ERR per problem, each an error (ERR-4 E) of a
+    refusal or a warning (W) of an accepted message.
     """
+    severity = "W" if outcome.accepted else "E"
     now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S.%f")[:-3] + "+0000"
     trigger = request.trigger if request is not None else ""
     sender_app = request.sending_application if request is not None else ""
@@ -310,12 +322,11 @@ def ack(code: str, *, control_id: str, ack_control_id: str, text: str = "",
         "|".join(["MSH", "^~\\&", receiving_application, receiving_facility,
                   escape(sender_app), escape(sender_facility), now, "",
                   f"ACK^{escape(trigger)}^ACK", ack_control_id, "P", version]),
-        "|".join(["MSA", code, escape(control_id), escape(text[:200])]),
+        "|".join(["MSA", code, escape(control_id), escape(outcome.reason[:200])]),
     ]
-    for problem in problems:
-        erl = problem.where.erl() if problem.where is not None else ""
+    for problem in outcome.problems:
         lines.append("|".join([
-            "ERR", "", erl,
+            "ERR", "", problem.locator,
             f"{problem.code}^{TABLE_0357.get(problem.code, 'Error')}^HL70357",
-            severity, "", "", "", escape(problem.reason)]))
+            severity, "", "", "", escape(problem.what)]))
     return "\r".join(lines) + "\r"

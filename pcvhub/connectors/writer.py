@@ -1,10 +1,11 @@
-"""What every connector shares: its signing identity and a durable writer to its ingress topic.
+"""Durable writes: an event is "in the hub" only once Kafka has acknowledged it.
 
 A connector translates an outside message (HL7 v2, FHIR, a MES file row, an X12 835)
 into pcvhub events, signs them with its own registered actor key and writes them to its
-ingress topic. ``IngressWriter.write`` returns only once Kafka has acknowledged the
-record from all in-sync replicas, so a connector's positive acknowledgement to its
-caller (HL7 ACK AA, HTTP 201, a result file) always means "durably in the hub".
+ingress topic with an :class:`IngressWriter` (partners that produce directly use one on
+``ingress.direct``). ``write`` returns only once Kafka has acknowledged the record from
+all in-sync replicas, so a connector's positive acknowledgement to its caller (HL7 ACK
+AA, HTTP 201, a result file) always means "durably in the hub".
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from pcvhub.config import Settings
 from pcvhub.topics import topic_name
 from pcvhub.trust.issuer import IssuedEvent
 
+__all__ = ["IngressWriteError", "IngressWriter", "TopicWriter"]
+
 
 class IngressWriteError(RuntimeError):
     """Kafka did not acknowledge a record; the caller must answer with a negative ACK."""
 
 
-class IngressWriter:
-    """Writes signed events, keyed by CoI, to one ingress topic and waits for the acks."""
+class TopicWriter:
+    """Writes signed events, keyed by CoI, to one topic of the topic table and waits for
+    the acks (a connector's own refusals go to ``rejected`` this way)."""
 
-    def __init__(self, settings: Settings, source: str) -> None:
-        self.topic = topic_name(f"ingress.{source}", settings.topic_prefix)
+    def __init__(self, settings: Settings, suffix: str) -> None:
+        self.topic = topic_name(suffix, settings.topic_prefix)
         self._producer = Producer(settings.producer(**{"linger.ms": 2}))
         self._lock = threading.Lock()
 
@@ -56,3 +60,11 @@ class IngressWriter:
         """Flush and drop the client, so it does not outlive (and log about) the broker."""
         self._producer.flush(10)
         del self._producer
+
+
+class IngressWriter(TopicWriter):
+    """A :class:`TopicWriter` to ``ingress.<source>`` (``hl7``, ``fhir``, ``files``,
+    ``payer``, ``direct``): where everything outside the hub writes."""
+
+    def __init__(self, settings: Settings, source: str) -> None:
+        super().__init__(settings, f"ingress.{source}")

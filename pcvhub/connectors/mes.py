@@ -8,7 +8,7 @@ writes a result file that says, per row, what became of it.
 
 Entry point (what ``pcvhub serve`` runs)::
 
-    await run_file_drop(settings, folder, stop_event)   # actor mes-kobe, site MFG-KOBE
+    await FileDrop.serve(settings, folder, stop_event)   # actor mes-kobe, site MFG-KOBE
 
 or, with a ``Connector`` (source ``files``) you opened and started yourself::
 
@@ -19,13 +19,10 @@ CONNECTOR at the plant (``QcResultRecorded`` is accepted only from a QC analyst,
 REVIEWED), e.g. ``pcvhub keys new mes-kobe --role MANUFACTURER --role QC_ANALYST
 --role CONNECTOR --site MFG-KOBE --publish``.
 
-Folder layout (``folder`` is created if missing)::
-
-    folder/NAME.csv | NAME.json    dropped here (write to a dot-file or *.part, then rename)
-    folder/done/NAME               processed: every row accepted or refused with a reason
-    folder/done/NAME.result.json   the result file (also written for failed files)
-    folder/failed/NAME             unreadable (not UTF-8, not JSON, no CSV header...)
-    folder/failed/NAME.result.json the reason
+Files are ``NAME.csv`` or ``NAME.json``, dropped, watched and moved as every drop folder's
+are (:mod:`.drop_folder`): to ``done/`` once every row is accepted or refused with a
+reason, to ``failed/`` if the file cannot be read at all (not UTF-8, not JSON, no CSV
+header...); ``NAME.result.json`` beside it says what became of each row.
 
 Input. One record per CSV row or JSON object; the column (key) names are the Avro field
 names of the event (``pcvhub/schemas/avro/events``) plus three that every row has:
@@ -49,27 +46,23 @@ Guarantees:
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import hashlib
 import io
 import json
 import logging
-import os
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from watchfiles import awatch
-
-from pcvhub.config import Settings
-from pcvhub.connectors.base import IngressWriteError
-from pcvhub.connectors.common import Connector, EventRequest, Refusal, deterministic_event_id
+from pcvhub.connectors.core import EventRequest
+from pcvhub.connectors.drop_folder import DropConnector, FileResult
+from pcvhub.connectors.identity import deterministic_event_id
+from pcvhub.connectors.outcome import Outcome, Problem, Status
 from pcvhub.ids import is_valid_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import (
@@ -86,6 +79,8 @@ FILE_EVENTS = ("ManufacturingStarted", "ManufacturingStepCompleted", "QcResultRe
 #: Columns every row has besides the payload fields.
 META_COLUMNS = ("event", "coi", "occurred_at")
 SUFFIXES = (".csv", ".json")
+#: The rule the connector's own refusals name on the rejected topic.
+RULE = "FILE"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # "< 5", "<= 0.5", ">= 90", "> 1.2", "0.8 - 1.2" at the start of a specification
 _LIMIT = re.compile(r"^\s*(<=|>=|<|>|≤|≥)\s*(-?\d+(?:\.\d+)?)")
@@ -94,17 +89,6 @@ _RANGE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:-|–|to)\s*(-?\d+(?:\.\d+)?)")
 
 class UnreadableFile(ValueError):
     """The file as a whole cannot be read as records; it goes to ``failed/``."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """What was wrong with one value of one row."""
-
-    column: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.column}: {self.problem}"
 
 
 @dataclass(frozen=True)
@@ -227,17 +211,18 @@ def _json_rows(text: str) -> list[SourceRow]:
 
 # -- checking a row --------------------------------------------------------------------
 
-def check_row(row: SourceRow) -> FileRecord | list[Problem]:
-    """The record a row describes, or every problem found in it (not just the first)."""
+def check_row(row: SourceRow) -> FileRecord | Outcome:
+    """The record a row describes, or the connector's refusal of it naming every problem
+    found in it (not just the first), each at its column."""
     problems = list(row.problems)
     if problems:
-        return problems
+        return _refusal(row, problems)
     values = row.values
     event_type = _text(values.get("event"))
     if event_type not in FILE_EVENTS:
         got = "is missing" if not event_type else f"is {event_type!r}"
-        return [Problem("event", f"{got}; a MES / LIMS file carries "
-                                 f"{', '.join(FILE_EVENTS)}")]
+        return _refusal(row, [Problem("event", f"{got}; a MES / LIMS file carries "
+                                               f"{', '.join(FILE_EVENTS)}")])
     coi = _text(values.get("coi"))
     if not coi:
         problems.append(Problem("coi", "is missing; every row names its therapy's "
@@ -262,13 +247,19 @@ def check_row(row: SourceRow) -> FileRecord | list[Problem]:
     if not problems:
         problems += _domain_checks(event_type, payload)
     if problems:
-        return problems
+        return _refusal(row, problems)
     try:  # the codec has the last word on the payload's shape
         encode_payload(load_catalog().full_name(event_type), payload)
     except SchemaValidationError as exc:
-        return [Problem(exc.field, exc.reason)]
+        return _refusal(row, [Problem(exc.field, exc.reason)])
     assert occurred_us is not None
     return FileRecord(row, event_type, coi, occurred_us, payload)
+
+
+def _refusal(row: SourceRow, problems: list[Problem]) -> Outcome:
+    return Outcome.refuse(RULE, "INVALID_ROW", f"{row.where}: "
+                          + "; ".join(str(p) for p in problems)
+                          + "; the row was not applied: correct it and drop it again", problems)
 
 
 def _text(value: Any) -> str:
@@ -405,174 +396,28 @@ def _meets(value: Decimal, specification: str) -> bool | None:
     return None
 
 
-
-
-# -- the folder ------------------------------------------------------------------------
-
-class TransientFailure(RuntimeError):
-    """Processing could not finish for a reason outside the file (Kafka unreachable): the
-    file stays where it was dropped and is tried again."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a handler made of one file: the result document and where the file goes."""
-
-    result: dict[str, Any]
-    failed: bool = False  # True: unreadable, to failed/; False: processed, to done/
-    extra_files: Mapping[str, bytes] = field(default_factory=dict)  # suffix -> content
-
-
-Handler = Callable[[Path, bytes], Outcome]
-RESULT_SUFFIX = ".result.json"
-
-
-class DropFolder:
-    """A folder that files are dropped into, processed once each, and moved out of.
-
-    Watching: ``watchfiles`` (inotify/FSEvents through the Rust ``notify`` crate) wakes
-    the loop within ~0.1 s of a change; every wake, and a timeout every ``settle_s``,
-    rescans the whole folder, so a missed notification (network shares, a crash) only
-    delays a file, never loses it; ``force_polling`` serves folders that send no
-    notifications at all. A file is taken once its size and modification time stayed the
-    same for ``settle_s`` (writers should still write ``.NAME`` or ``NAME.part`` and
-    rename). The result is written (atomically) before the file is moved, so a crash in
-    between only means the file is processed again, which the handlers make harmless.
-    """
-
-    def __init__(self, folder: Path, suffixes: tuple[str, ...], handle: Handler, *,
-                 settle_s: float = 0.3, force_polling: bool = False,
-                 retry_s: float = 5.0) -> None:
-        self.folder = Path(folder)
-        self.done = self.folder / "done"
-        self.failed = self.folder / "failed"
-        self.suffixes = tuple(s.lower() for s in suffixes)
-        self.handle = handle
-        self.settle_s = settle_s
-        self.force_polling = force_polling
-        self.retry_s = retry_s
-        self._seen: dict[str, tuple[int, int, float]] = {}  # name -> size, mtime, since
-        self._retry_after: dict[str, float] = {}
-        for where in (self.folder, self.done, self.failed):
-            where.mkdir(parents=True, exist_ok=True)
-
-    async def run(self, stop_event: asyncio.Event) -> None:
-        """Process files until ``stop_event`` is set; blocking work runs in a thread."""
-        await asyncio.to_thread(self.scan)
-        async for _ in awatch(self.folder, stop_event=stop_event, recursive=False,
-                              debounce=100, step=20, rust_timeout=int(self.settle_s * 1000),
-                              yield_on_timeout=True, force_polling=self.force_polling,
-                              watch_filter=None):
-            await asyncio.to_thread(self.scan)
-
-    def candidates(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir()
-                      if p.is_file() and p.name.lower().endswith(self.suffixes)
-                      and not p.name.startswith((".", "~"))
-                      and not p.name.endswith(RESULT_SUFFIX))
-
-    def scan(self) -> int:
-        """Process every settled file once; return how many were processed."""
-        now = time.monotonic()
-        processed = 0
-        present = set()
-        for path in self.candidates():
-            present.add(path.name)
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            seen = self._seen.get(path.name)
-            if seen is None or seen[:2] != (stat.st_size, stat.st_mtime_ns):
-                self._seen[path.name] = (stat.st_size, stat.st_mtime_ns, now)
-                if self.settle_s > 0:
-                    continue
-            elif now - seen[2] < self.settle_s:
-                continue
-            if self._retry_after.get(path.name, 0.0) > now:
-                continue
-            if self.process(path):
-                processed += 1
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
-        return processed
-
-    def process(self, path: Path) -> bool:
-        """Handle one file and move it out; False if it stays for a retry."""
-        try:
-            data = path.read_bytes()
-            outcome = self.handle(path, data)
-        except TransientFailure as exc:
-            log.warning("%s stays in %s for another try in %.0f s: %s", path.name, self.folder,
-                        self.retry_s, exc)
-            self._retry_after[path.name] = time.monotonic() + self.retry_s
-            return False
-        except FileNotFoundError:
-            return False  # taken away while we looked at it
-        destination = self._destination(self.failed if outcome.failed else self.done, path.name,
-                                        data)
-        _write_atomically(destination.with_name(destination.name + RESULT_SUFFIX),
-                          json.dumps(outcome.result, indent=1, default=str).encode())
-        for suffix, content in outcome.extra_files.items():
-            _write_atomically(destination.with_name(destination.name + suffix), content)
-        os.replace(path, destination)
-        self._seen.pop(path.name, None)
-        self._retry_after.pop(path.name, None)
-        return True
-
-    @staticmethod
-    def _destination(folder: Path, name: str, data: bytes) -> Path:
-        """``folder/name``, or with the content digest in the name if that is taken."""
-        target = folder / name
-        if not target.exists():
-            return target
-        stem, dot, suffix = name.rpartition(".")
-        return folder / f"{stem}.{hashlib.sha256(data).hexdigest()[:12]}{dot}{suffix}"
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
 # -- the MES / LIMS connector ----------------------------------------------------------
 
-ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING = "accepted", "already-accepted", "refused", "pending"
+class FileDrop(DropConnector):
+    """The MES / LIMS file-drop connector: a drop folder whose rows become signed events
+    through a ``Connector`` (source ``files``)."""
 
+    source = "files"
+    suffixes = SUFFIXES
+    rule = RULE
+    entries = "rows"
+    default_actor = "mes-kobe"
+    default_site = "MFG-KOBE"
 
-class FileDrop:
-    """The MES / LIMS file-drop connector: a ``DropFolder`` whose handler turns rows into
-    signed events through a ``Connector`` (source ``files``)."""
-
-    def __init__(self, connector: Connector, folder: Path, *, verdict_timeout_s: float = 30.0,
-                 settle_s: float = 0.3, force_polling: bool = False) -> None:
-        self.connector = connector
-        self.verdict_timeout_s = verdict_timeout_s
-        self.drop = DropFolder(folder, SUFFIXES, self.handle, settle_s=settle_s,
-                               force_polling=force_polling)
-
-    @property
-    def folder(self) -> Path:
-        return self.drop.folder
-
-    async def run(self, stop_event: asyncio.Event) -> None:
-        await self.drop.run(stop_event)
-
-    # -- one file ------------------------------------------------------------------
-
-    def handle(self, path: Path, data: bytes) -> Outcome:
-        endpoint = f"file://{path}"
+    def handle(self, path: Path, data: bytes) -> FileResult:
         try:
             drop = read_drop_file(path.name, data)
         except UnreadableFile as exc:
-            refusal = self._refuse(data, endpoint, "UNREADABLE_FILE",
+            return self.unreadable(path, data, "UNREADABLE_FILE",
                                    f"file {path.name} cannot be read: {exc}; nothing in it was "
-                                   "applied: fix the export and drop it again")
-            return Outcome(self._result(path.name, hashlib.sha256(data).hexdigest(), [],
-                                        error=str(exc), refusal=refusal), failed=True)
-        rows = self._apply(drop, endpoint)
-        return Outcome(self._result(path.name, drop.sha256, rows))
+                                   "applied: fix the export and drop it again", str(exc))
+        rows = self._apply(drop, f"file://{path}")
+        return FileResult(self.result(path.name, drop.sha256, rows))
 
     def _apply(self, drop: DropFile, endpoint: str) -> list[dict[str, Any]]:
         """Every row to a result entry; valid rows issued, one therapy's rows in order."""
@@ -580,93 +425,37 @@ class FileDrop:
         waiting: dict[str, tuple[str, dict[str, Any]]] = {}  # coi -> (event id, its entry)
         for row in drop.rows:
             checked = check_row(row)
-            if isinstance(checked, list):
-                results.append(self._refuse_row(row, checked, endpoint))
+            if isinstance(checked, Outcome):
+                results.append(self._refused_row(row, checked, endpoint))
                 continue
-            entry: dict[str, Any] = {"row": row.row, "line": row.line,
-                                     "event_type": checked.event_type, "coi": checked.coi}
-            results.append(entry)
             event_id = deterministic_event_id("file-drop", drop.sha256, str(row.row))
-            entry["event_id"] = event_id
+            entry: dict[str, Any] = {"row": row.row, "line": row.line,
+                                     "event_type": checked.event_type, "coi": checked.coi,
+                                     "event_id": event_id}
+            results.append(entry)
             if self.connector.is_accepted(event_id):
-                entry["status"] = ALREADY_ACCEPTED
+                entry["status"] = Status.ALREADY_ACCEPTED.value
                 continue
             if checked.coi in waiting:  # chain onto a settled head of this therapy
-                self._settle(*waiting.pop(checked.coi))
-            self.connector.expect(event_id)
-            try:
-                self.connector.emit([EventRequest(
-                    checked.event_type, checked.coi, checked.payload,
-                    occurred_at_us=checked.occurred_at_us, event_id=event_id,
-                    meaning=checked.meaning)])
-            except IngressWriteError as exc:
-                raise TransientFailure(str(exc)) from exc
+                settled_id, settled = waiting.pop(checked.coi)
+                settled.update(self.verdict(settled_id))
+            self.send(EventRequest(checked.event_type, checked.coi, checked.payload,
+                                   occurred_at_us=checked.occurred_at_us, event_id=event_id,
+                                   meaning=checked.meaning))
             waiting[checked.coi] = (event_id, entry)
         for event_id, entry in waiting.values():
-            self._settle(event_id, entry)
+            entry.update(self.verdict(event_id))
         return results
 
-    def _settle(self, event_id: str, entry: dict[str, Any]) -> None:
-        verdict = self.connector.wait_verdict(event_id, self.verdict_timeout_s)
-        if verdict is True:
-            entry["status"] = ACCEPTED
-        elif isinstance(verdict, Refusal):
-            entry.update(status=REFUSED, refused_by="gatekeeper", rule=verdict.rule,
-                         reason_code=verdict.reason_code, reason=verdict.reason)
-        else:
-            entry.update(status=PENDING, reason=(
-                f"written to the hub; the gatekeeper's verdict did not arrive within "
-                f"{self.verdict_timeout_s:.0f} s: it will be on the canonical or the rejected "
-                "topic; drop the file again later to see it here"))
-
-    def _refuse_row(self, row: SourceRow, problems: list[Problem], endpoint: str
-                    ) -> dict[str, Any]:
+    def _refused_row(self, row: SourceRow, refusal: Outcome, endpoint: str) -> dict[str, Any]:
+        """Record a row refused by ``check_row``; its result entry, problem by problem."""
         event_type = _text(row.values.get("event")) or None
         coi = _text(row.values.get("coi"))
-        reason = (f"{row.where}: " + "; ".join(str(p) for p in problems)
-                  + "; the row was not applied: correct it and drop it again")
-        refusal = self._refuse(row.raw, f"{endpoint}#row={row.row}", "INVALID_ROW", reason,
-                               coi=coi if is_valid_coi(coi) else None,
-                               event_type=event_type if event_type in FILE_EVENTS else None)
-        return {"row": row.row, "line": row.line, "status": REFUSED, "refused_by": "connector",
-                "event_type": event_type, "problems": [
-                    {"column": p.column, "problem": p.problem} for p in problems],
-                "reason": reason, "refusal_event_id": refusal}
+        refusal_id = self.refuse(row.raw, f"{endpoint}#row={row.row}", refusal,
+                                 coi=coi if is_valid_coi(coi) else None,
+                                 event_type=event_type if event_type in FILE_EVENTS else None)
+        return {"row": row.row, "line": row.line, **refusal.as_result(refused_by="connector"),
+                "event_type": event_type,
+                "problems": [{"column": p.where, "problem": p.what} for p in refusal.problems],
+                "refusal_event_id": refusal_id}
 
-    def _refuse(self, original: bytes, endpoint: str, code: str, reason: str, *,
-                coi: str | None = None, event_type: str | None = None) -> str:
-        try:
-            issued = self.connector.record_refusal(original, endpoint, "FILE", code, reason,
-                                                   coi=coi, event_type=event_type)
-        except IngressWriteError as exc:
-            raise TransientFailure(str(exc)) from exc
-        return issued.envelope.event_id
-
-    def _result(self, name: str, sha256: str, rows: list[dict[str, Any]], *,
-                error: str | None = None, refusal: str | None = None) -> dict[str, Any]:
-        counts = {status: sum(1 for r in rows if r["status"] == status)
-                  for status in (ACCEPTED, ALREADY_ACCEPTED, REFUSED, PENDING)}
-        result: dict[str, Any] = {
-            "file": name, "sha256": sha256, "connector": self.connector.actor_id,
-            "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "rows": len(rows), **counts, "results": rows}
-        if error is not None:
-            result.update(error=error, refusal_event_id=refusal)
-        return result
-
-
-#: Who the file-drop connector is by default (``pcvhub serve`` may say otherwise).
-DEFAULT_ACTOR = "mes-kobe"
-DEFAULT_SITE = "MFG-KOBE"
-
-
-async def run_file_drop(settings: Settings, folder: Path, stop_event: asyncio.Event, *,
-                        actor_id: str = DEFAULT_ACTOR, site_id: str = DEFAULT_SITE,
-                        force_polling: bool = False) -> None:
-    """Open the connector, follow the log, watch ``folder`` until ``stop_event`` is set."""
-    connector = await asyncio.to_thread(
-        lambda: Connector.open(settings, actor_id, "files", site_id=site_id).start())
-    try:
-        await FileDrop(connector, folder, force_polling=force_polling).run(stop_event)
-    finally:
-        connector.close()
