@@ -96,11 +96,14 @@ class ProjectionRunner:
         reader: TopicReader | None = None
         progress = RunProgress()
         try:
+            # Step 1. Open the file: its offsets, folds and verified registry say where the
+            # projection stands (never a consumer group).
             anchor, anchored = load_trust_anchor(self.settings)
             projection = Projection(self.db_path, self.settings.topic_prefix, anchor, anchored,
                                     registry_partition(), lookahead)
             positions = projection.positions
             try:
+                # Step 2. Seek every partition to the stored offset (the beginning if none).
                 reader = TopicReader(self.settings, TOPIC_ROLES, start=positions)
             except LogReadError as exc:
                 raise ProjectionError(str(exc)) from None
@@ -110,6 +113,9 @@ class ProjectionRunner:
             while not stop.is_set() and not (until_end and progress.behind == 0):
                 records = reader.poll(self.batch_size, self.poll_timeout)
                 if records:
+                    # Step 3. Verify and project the batch in memory, then commit its rows,
+                    # folds and next offsets in one DuckDB transaction; only then does
+                    # memory move on. Step 4 (after a kill): restart at Step 1.
                     batch = projection.apply(records)
                     progress.records += batch.records
                     progress.batches += 1

@@ -114,13 +114,19 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
         async for event in stream.events():
             msg = event.message
             source = SourcePosition(msg.topic, msg.partition, msg.offset)
+            # Step 2. The partition's ledger, folded from its outputs on first use.
             ledger = await ledger_for(msg.partition)
+            # Step 3. A record redelivered after a crash is already answered on the log.
             if ledger.has_answered(source):
-                continue  # redelivered after a crash: already answered on the log
+                continue
+            # Step 1. Judge: exactly one primary record (canonical or rejected) answers it,
+            # carrying its ingress position; alerts come first.
             outputs = gatekeeper.judge(event.value, event.key, source, ledger)
             *alerts, primary = outputs
+            # Step 4. Each alert is acknowledged by Kafka before its primary is sent.
             for alert in alerts:
-                await (await send(alert))  # the alert is on the log before its primary
+                await (await send(alert))
+            # Step 5. One idempotent producer per partition writes the primary, in order.
             await send(primary)
 
     # Step 7. Timers on processing time: every sweep interval, each owned partition's
@@ -143,9 +149,10 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             for alert in gatekeeper.sweep(ledger, clock.now_us()):
                 await (await send(alert))
 
+    # Step 6. On revocation Faust has already waited for the agent and flushed the
+    # producer; the ledger is dropped and the next owner rebuilds it from the log.
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
-        # Faust has already waited for the agent and flushed the producer (step 6).
         for tp in revoked:
             ledgers.pop(tp.partition, None)
             owned.discard(tp.partition)
