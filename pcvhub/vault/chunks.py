@@ -56,7 +56,7 @@ class ChunkTree:
         return start, min(self.size, start + self.chunk_size)
 
     def verifies(self, chunk_index: int, chunk: bytes | memoryview) -> bool:
-        return leaf_hash(bytes(chunk)) == self.leaf_hashes[chunk_index]
+        return leaf_hash(chunk) == self.leaf_hashes[chunk_index]
 
     @classmethod
     def of_bytes(cls, data: bytes, chunk_size: int) -> ChunkTree:
@@ -68,7 +68,7 @@ class ChunkTree:
         size, leaves = 0, []
         for chunk in read_chunks(source, chunk_size):
             size += len(chunk)
-            leaves.append(leaf_hash(bytes(chunk)))
+            leaves.append(leaf_hash(chunk))
         return cls(chunk_size, size, tuple(leaves))
 
     def check_root(self, expected_root: bytes) -> None:

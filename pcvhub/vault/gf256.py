@@ -93,3 +93,54 @@ def mul_xor_into(dst: np.ndarray, src: np.ndarray, plane: np.ndarray) -> None:
             # (bit << 8) - bit is 0xFF in each byte whose bit was set, with no carries.
             acc ^= ((bit << np.uint64(8)) - bit) & plane[j]
         dst[i] ^= acc
+
+
+# Fused kernels: one pass over memory instead of a copy or a zero-fill followed by
+# multiply-and-add passes. Each call still gets plain 1-D arrays from Python (see above).
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def mul_into(dst: np.ndarray, src: np.ndarray, plane: np.ndarray) -> None:
+    """dst = c * src over uint64 words (overwrites dst, no zero-fill needed)."""
+    for i in range(src.shape[0]):
+        y = src[i]
+        acc = np.uint64(0)
+        for j in range(8):
+            bit = (y >> np.uint64(j)) & _LOW_BITS
+            acc ^= ((bit << np.uint64(8)) - bit) & plane[j]
+        dst[i] = acc
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def xor_mul_into(dst: np.ndarray, base: np.ndarray, src: np.ndarray, plane: np.ndarray) -> None:
+    """dst = base ^ c * src: a share of a 2-of-n split (secret ^ x * random) in one pass."""
+    for i in range(src.shape[0]):
+        y = src[i]
+        acc = base[i]
+        for j in range(8):
+            bit = (y >> np.uint64(j)) & _LOW_BITS
+            acc ^= ((bit << np.uint64(8)) - bit) & plane[j]
+        dst[i] = acc
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def xor_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """dst = a ^ b (multiplying by 1 is the identity)."""
+    for i in range(a.shape[0]):
+        dst[i] = a[i] ^ b[i]
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def mul2_into(dst: np.ndarray, a: np.ndarray, plane_a: np.ndarray, b: np.ndarray,
+              plane_b: np.ndarray) -> None:
+    """dst = ca * a ^ cb * b: a 2-share Lagrange combination (a 2-of-n restore) in one pass."""
+    for i in range(a.shape[0]):
+        ya = a[i]
+        yb = b[i]
+        acc = np.uint64(0)
+        for j in range(8):
+            bit = (ya >> np.uint64(j)) & _LOW_BITS
+            acc ^= ((bit << np.uint64(8)) - bit) & plane_a[j]
+            bit = (yb >> np.uint64(j)) & _LOW_BITS
+            acc ^= ((bit << np.uint64(8)) - bit) & plane_b[j]
+        dst[i] = acc

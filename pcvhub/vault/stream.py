@@ -121,8 +121,12 @@ def _differing_range(a: bytes | memoryview, b: bytes | memoryview) -> tuple[int,
 
 
 def restore_chunk(manifest: Manifest, chunk_index: int, source: ShareSource,
-                  report: RestoreReport) -> memoryview | None:
-    """One chunk, verified; bad shares named in ``report``. None when no set verifies."""
+                  report: RestoreReport, out: np.ndarray | None = None) -> memoryview | None:
+    """One chunk, verified; bad shares named in ``report``. None when no set verifies.
+
+    ``out`` (uint64 words, a chunk's worth) receives the chunk on the fast path instead of a
+    new array: the result is then only valid until ``out`` is reused.
+    """
     expected = manifest.tree.leaf_hashes[chunk_index]
     start, end = manifest.tree.byte_range(chunk_index)
     fetched: dict[int, bytes | memoryview] = {}
@@ -153,7 +157,7 @@ def restore_chunk(manifest: Manifest, chunk_index: int, source: ShareSource,
         if fetch(x):
             available.append(x)
     if len(available) == manifest.k:
-        chunk = interpolate({x: fetched[x] for x in available})
+        chunk = interpolate({x: fetched[x] for x in available}, out=out)
         if leaf_hash(chunk) == expected:
             return chunk
     # Slow path: every share, every k-subset, until one reproduces the leaf hash.
@@ -177,7 +181,8 @@ def restore_chunk(manifest: Manifest, chunk_index: int, source: ShareSource,
 def restore_stream(manifest: Manifest, source: ShareSource, write: Callable[[memoryview], object],
                    expected_root: bytes | None = None,
                    on_chunk: Callable[[int], None] | None = None) -> RestoreReport:
-    """Restore every chunk in order into ``write``; raise :class:`RestoreRefused` at the end
+    """Restore every chunk in order into ``write`` (each chunk's bytes are only valid during
+    the call, as for a :data:`ShareSink`); raise :class:`RestoreRefused` at the end
     if any chunk had no consistent share set (after scanning all, so the list is complete).
 
     ``expected_root`` is the root from the event or the card: the leaf list is checked
@@ -187,8 +192,10 @@ def restore_stream(manifest: Manifest, source: ShareSource, write: Callable[[mem
     if expected_root is not None:
         manifest.tree.check_root(expected_root)
     report = RestoreReport()
+    # one output buffer for every chunk: no allocation (and no fresh pages) per chunk
+    out = np.empty((manifest.tree.chunk_size + 7) // 8, dtype=np.uint64)
     for chunk_index in range(manifest.tree.chunk_count):
-        chunk = restore_chunk(manifest, chunk_index, source, report)
+        chunk = restore_chunk(manifest, chunk_index, source, report, out)
         if chunk is not None and not report.bad_chunks:
             write(chunk)
             report.size += len(chunk)
