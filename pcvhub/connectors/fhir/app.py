@@ -178,7 +178,9 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
             return caller
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError: not UTF-8, not JSON, or a number of more than 4300 digits (Python's
+            # int limit); RecursionError: arrays or objects nested too deeply to read
             return await refused(request, body, 400, "structure", "",
                                  f"the body is not valid JSON: {exc}", "FHIR_INVALID_JSON")
         if not isinstance(document, dict):
@@ -192,6 +194,9 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
                                  "FHIR_WRONG_RESOURCE_TYPE")
         try:
             resource = get_fhir_model_class(expected).model_validate(document)
+        except RecursionError:  # the models validate nested elements recursively
+            return await refused(request, body, 400, "structure", expected,
+                                 "is nested too deeply to be validated", "FHIR_INVALID_RESOURCE")
         except ValidationError as exc:
             issues = [("invalid", fhir_path(expected, tuple(e["loc"])), e["msg"])
                       for e in exc.errors()]
