@@ -5,7 +5,7 @@ PYTHON  ?= python3
 export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
 export PCVHUB_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: setup liboqs avro-java chromium demo test bench lint clean-data
+.PHONY: setup liboqs avro-java chromium demo test fuzz bench lint clean-data
 
 setup: $(VENV)/.installed liboqs avro-java chromium
 
@@ -41,6 +41,12 @@ demo: $(VENV)/.installed liboqs
 test: setup
 	$(BIN)/pcvhub schemas check
 	$(BIN)/pytest
+
+# The long fuzzing run: tests/fuzz with the long hypothesis profile (many more examples,
+# no deadline; what it finds is kept in .cache/hypothesis and replayed first next time).
+# `make test` runs the same tests with the bounded CI profile.
+fuzz: $(VENV)/.installed
+	PCVHUB_FUZZ=long $(BIN)/pytest tests/fuzz -m fuzz
 
 bench: setup
 	$(BIN)/python -m bench

@@ -18,7 +18,9 @@ import time
 import uuid
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_COI = re.compile(r"^PCV-([A-Z0-9]{2,12})-(\d{4})-([0-9A-F]{12})([0-9A-Z])$")
+# [0-9], not \d: \d also matches other scripts' digits, which the check character
+# alphabet does not have
+_COI = re.compile(r"^PCV-([A-Z0-9]{2,12})-([0-9]{4})-([0-9A-F]{12})([0-9A-Z])$")
 
 
 def uuid7(unix_ms: int | None = None) -> uuid.UUID:

@@ -52,6 +52,7 @@ import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -193,6 +194,12 @@ def _json_rows(text: str) -> list[SourceRow]:
     except json.JSONDecodeError as exc:
         raise UnreadableFile(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
                              ) from None
+    except ValueError:  # json.loads reads a whole number into an int, which has a limit
+        raise UnreadableFile(f"not JSON this connector reads: a whole number has more than "
+                             f"{sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        raise UnreadableFile("not JSON this connector reads: arrays or objects are nested "
+                             "too deeply") from None
     if isinstance(document, dict) and "records" in document:
         document = document["records"]
     if not isinstance(document, list):
@@ -200,13 +207,40 @@ def _json_rows(text: str) -> list[SourceRow]:
                              "with a \"records\" list")
     rows = []
     for number, item in enumerate(document, start=1):
-        raw = json.dumps(item, default=str, ensure_ascii=False).encode()
+        # JSON may escape a lone surrogate ("\\ud800"), which UTF-8 cannot encode: keep
+        # it as that same escape
+        raw = json.dumps(item, default=str, ensure_ascii=False).encode("utf-8",
+                                                                       "backslashreplace")
         if isinstance(item, dict):
-            rows.append(SourceRow(number, item, raw))
+            broken = _lone_surrogate(item)
+            rows.append(SourceRow(number, item, raw, problems=(broken,) if broken else ()))
         else:
             rows.append(SourceRow(number, {}, raw, problems=(Problem(
                 "(row)", f"is a JSON {_json_kind(item)}, not an object"),)))
     return rows
+
+
+def _lone_surrogate(record: dict[str, Any]) -> Problem | None:
+    """A key or value holding half of a UTF-16 surrogate pair (JSON text may escape one,
+    ``"\\ud800"``): no character, so no Avro string, nor the reason of a refusal, can
+    carry it."""
+    def broken(text: str) -> str | None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return ascii(text[exc.start])[1:-1]
+        return None
+
+    for key, value in record.items():
+        half = broken(key)
+        if half is not None:
+            return Problem("(row)", f"a column name holds {half}, half of a UTF-16 surrogate "
+                                    "pair, which is no character (a broken \\u escape)")
+        half = broken(json.dumps(value, default=str, ensure_ascii=False))
+        if half is not None:
+            return Problem(key, f"holds {half}, half of a UTF-16 surrogate pair, which is no "
+                                "character (a broken \\u escape)")
+    return None
 
 
 # -- checking a row --------------------------------------------------------------------
@@ -325,6 +359,10 @@ def _whole_number(name: str, raw: Any, problems: list[Problem]) -> int | None:
     text = raw.strip()
     if not re.fullmatch(r"[+-]?\d+", text):
         problems.append(Problem(name, f"{raw!r} is not a whole number"))
+        return None
+    digits = len(text.lstrip("+-").lstrip("0"))
+    if digits > 10:  # no Avro int has more; int() refuses more than 4300
+        problems.append(Problem(name, f"has {digits} digits: out of range for a count"))
         return None
     return int(text)
 

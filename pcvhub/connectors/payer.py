@@ -320,8 +320,11 @@ def validate_x12(text: str) -> X12Validation:
             valid = pyx12.x12n_document.x12n_document(
                 param=pyx12.params.params(), src_file=io.StringIO(text), fd_997=ack,
                 fd_html=None, fd_json=report)
-        except pyx12.errors.X12Error as exc:  # not even an envelope pyx12 can walk
-            return X12Validation(False, (X12Finding("interchange", "X12", str(exc)),), "")
+        except Exception as exc:  # not even an envelope pyx12 can walk
+            # pyx12 raises many kinds on garbage: X12Error, EngineError (a GS08 it has no
+            # map for), IndexError (a GE with no GS open)...: all mean "not an interchange"
+            return X12Validation(False, (X12Finding("interchange", "X12", _pyx12_reason(exc)),),
+                                 "")
         finally:
             _PYX12.removeHandler(logged)
     findings: list[X12Finding] = []
@@ -544,8 +547,8 @@ def _read_remittance(text: str) -> list[ClaimPayment]:
     try:
         reader = pyx12.x12context.X12ContextReader(
             pyx12.params.params(), pyx12.error_handler.err_handler(), io.StringIO(text))
-    except pyx12.errors.X12Error as exc:
-        raise UnreadableRemittance(f"{unreadable}: {exc}") from None
+    except Exception as exc:  # pyx12 raises many kinds on garbage (see validate_x12)
+        raise UnreadableRemittance(f"{unreadable}: {_pyx12_reason(exc)}") from None
     payments: list[ClaimPayment] = []
     header: dict[str, Any] = {}
     try:
@@ -566,13 +569,20 @@ def _read_remittance(text: str) -> list[ClaimPayment]:
                 header["payer_id"] = node.get_value("REF02")
             elif kind == "2100":
                 payments.append(_claim_payment(node, len(payments) + 1, header))
-    except pyx12.errors.X12Error as exc:
-        raise UnreadableRemittance(f"{unreadable}: {exc}") from None
+    except UnreadableRemittance:
+        raise
+    except Exception as exc:  # pyx12 raises many kinds on garbage (see validate_x12)
+        raise UnreadableRemittance(f"{unreadable}: {_pyx12_reason(exc)}") from None
     finally:
         reader.close()
     if not payments:
         raise UnreadableRemittance("the 835 holds no claim payment (CLP)")
     return payments
+
+
+def _pyx12_reason(exc: Exception) -> str:
+    """pyx12's own errors say what and where; for anything else, say what it was."""
+    return str(exc) if isinstance(exc, pyx12.errors.X12Error) else f"{type(exc).__name__}: {exc}"
 
 
 def _date(value: str | None, where: str) -> date:

@@ -182,7 +182,9 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
             return caller
         try:
             document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError: not UTF-8, not JSON, or a number of more than 4300 digits (Python's
+            # int limit); RecursionError: arrays or objects nested too deeply to read
             return await refused(request, body, 400, fhir_refusal("FHIR_INVALID_JSON", Problem(
                 "", f"the body is not valid JSON: {exc}", "structure")))
         if not isinstance(document, dict):
@@ -196,6 +198,9 @@ def create_app(connector: Connector, base_url: str) -> FastAPI:
                     f"is {found!r}; POST {request.url.path} takes {expected}", "invalid")))
         try:
             resource = get_fhir_model_class(expected).model_validate(document)
+        except RecursionError:  # the models validate nested elements recursively
+            return await refused(request, body, 400, fhir_refusal("FHIR_INVALID_RESOURCE", Problem(
+                expected, "is nested too deeply to be validated", "structure")))
         except ValidationError as exc:
             return await refused(request, body, 400, fhir_refusal("FHIR_INVALID_RESOURCE", *(
                 Problem(fhir_path(expected, tuple(e["loc"])), e["msg"], "invalid")

@@ -94,11 +94,15 @@ class MappedResource:
     patient: EnrolledPatient
 
 
-def _us(moment: dt.datetime | dt.date | None) -> int | None:
+def _us(moment: dt.datetime | dt.date | str | None, path: str) -> int | None:
     """Event-time microseconds of a FHIR date or dateTime: a date is its midnight UTC, a
-    dateTime without an offset is read as UTC (as the HL7 feed's DTM is)."""
+    dateTime without an offset is read as UTC (as the HL7 feed's DTM is); a year or a
+    month alone (the models keep those as text) is refused at ``path``."""
     if moment is None:
         return None
+    if isinstance(moment, str):  # the models keep a year ("2026") or a month as text
+        raise ResourceProblem(path, f"is {moment!r}; the hub records dates to the day at "
+                                    "least (YYYY-MM-DD)")
     if not isinstance(moment, dt.datetime):
         moment = dt.datetime(moment.year, moment.month, moment.day, tzinfo=dt.UTC)
     if moment.tzinfo is None:
@@ -215,7 +219,7 @@ class ResourceMapper:
         return EventRequest("TherapyOrdered", patient.coi, {
             "order_id": f"{site}-{placer}", "ordering_clinician": clinician,
             "site_id": site, "therapy_type": therapy, "placer_order_number": placer,
-            "filler_order_number": filler}, _us(r.authoredOn))
+            "filler_order_number": filler}, _us(r.authoredOn, "ServiceRequest.authoredOn"))
 
     def _condition(self, r: Any, patient: EnrolledPatient) -> EventRequest:
         icd10 = _first_code(r.code, "Condition.code", ICD10_SYSTEMS)
@@ -243,11 +247,13 @@ class ResourceMapper:
             raise ResourceProblem("Condition.stage[0].summary", "has neither code nor text",
                                   "required")
         system = r.stage[0].type.text if r.stage[0].type is not None else None
-        onset = getattr(r, "onsetDateTime", None) or r.recordedDate
+        onset = getattr(r, "onsetDateTime", None)
+        recorded = _us(r.recordedDate, "Condition.recordedDate")
+        diagnosed_on = _us(onset, "Condition.onsetDateTime") if onset else recorded
         return EventRequest("DiagnosisRecorded", patient.coi, {
             "icd10_code": icd10, "icdo3_morphology": morphology,
             "icdo3_topography": topography, "stage": stage, "hla_type": hla,
-            "diagnosed_on": _us(onset), "staging_system": system}, _us(r.recordedDate))
+            "diagnosed_on": diagnosed_on, "staging_system": system}, recorded)
 
     def _observation(self, r: Any, patient: EnrolledPatient) -> EventRequest:
         code = _first_code(r.code, "Observation.code")
@@ -266,6 +272,9 @@ class ResourceMapper:
                 value: Any = _first_code(component.valueCodeableConcept,
                                          f"{path}.valueCodeableConcept")
             elif component.valueQuantity is not None:
+                if component.valueQuantity.value is None:
+                    raise ResourceProblem(f"{path}.valueQuantity.value", "is required",
+                                          "required")
                 value = float(component.valueQuantity.value)
             else:
                 value = component.valueString
@@ -279,7 +288,7 @@ class ResourceMapper:
                 code_of = next(k for k, v in OUTCOME_COMPONENTS.items() if v == name)
                 raise ResourceProblem("Observation.component", f"a component {code_of} "
                                       f"({name}) is required", "required")
-        effective = _us(r.effectiveDateTime)
+        effective = _us(r.effectiveDateTime, "Observation.effectiveDateTime")
         return EventRequest("OutcomeRecorded", patient.coi, {
             "time_point": found["time_point"], "recist_response": found["recist_response"],
             "ctdna_status": found["ctdna_status"],
@@ -327,11 +336,14 @@ class ResourceMapper:
                                   f"MATCH) of dose {dose_id} for therapy {patient.coi} is on "
                                   "the log; scan the wristband and the vial first",
                                   "business-rule", 422, "FHIR_NO_IDENTITY_CHECK")
-        moment = r.effectiveDateTime or (r.effectivePeriod.start if r.effectivePeriod else None)
+        moment, moment_path = r.effectiveDateTime, "MedicationAdministration.effectiveDateTime"
+        if moment is None and r.effectivePeriod is not None:
+            moment = r.effectivePeriod.start
+            moment_path = "MedicationAdministration.effectivePeriod.start"
         return EventRequest("DoseAdministered", patient.coi, {
             "dose_id": dose_id, "administration_id": administration_id,
             "dose_number": int(number), "identity_check_event_id": check, "route": route,
-            "administered_by": by, "body_site": site}, _us(moment))
+            "administered_by": by, "body_site": site}, _us(moment, moment_path))
 
     def _consent(self, r: Any, patient: EnrolledPatient) -> EventRequest:
         scope = None
@@ -354,12 +366,13 @@ class ResourceMapper:
         if not document:
             raise ResourceProblem("Consent.source[x]", "a reference to the signed consent "
                                   "document is required", "required")
-        when = _us(r.dateTime)
+        when = _us(r.dateTime, "Consent.dateTime")
         if r.status == "active":
             end = r.provision.period.end if r.provision and r.provision.period else None
             version = r.policyRule.text if r.policyRule is not None else None
+            expires = _us(end, "Consent.provision.period.end")
             return EventRequest("ConsentGranted", patient.coi, {
-                "scope": scope, "consent_document_ref": document, "expires_at": _us(end),
+                "scope": scope, "consent_document_ref": document, "expires_at": expires,
                 "consent_form_version": version}, when)
         if r.status == "inactive":
             return EventRequest("ConsentWithdrawn", patient.coi, {

@@ -30,6 +30,7 @@ the message, so a repeated message maps to the same ids.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -476,7 +477,9 @@ class MessageMapper:
 
 def _number(text: str | None, where: Location, what: str) -> float:
     try:
-        return float(str(text))
+        number = float(str(text))
     except ValueError:
-        raise error(DATA_TYPE_ERROR, where, f"{where} ({what}) is {text!r}, not a number"
-                    ) from None
+        number = math.nan
+    if not math.isfinite(number):  # float() also reads "nan", "inf" and "1e400" (inf)
+        raise error(DATA_TYPE_ERROR, where, f"{where} ({what}) is {text!r}, not a number")
+    return number

@@ -203,7 +203,11 @@ def timestamp(text: str, where: Location) -> dt.datetime:
     """An HL7 DTM as an aware datetime; a DTM without offset is taken as UTC."""
     try:
         parsed = hl7.parse_datetime(text)
-    except (ValueError, TypeError):
+        if parsed is not None:
+            # python-hl7 accepts any offset (+2400, +9999); datetime refuses those only
+            # when the offset is first used, so use it here
+            parsed.utcoffset()
+    except (ValueError, TypeError, OverflowError):  # OverflowError: a 30-digit year
         parsed = None
     if parsed is None:
         raise error(DATA_TYPE_ERROR, where, f"{where} is {text!r}, which is not an HL7 "
@@ -249,7 +253,10 @@ def check(text: str) -> Message:
         segment_id, sep, _ = line.partition(separator)
         if not _SEGMENT_ID.match(segment_id) or (not sep and len(line) != 3):
             shown = line[:24] + ("..." if len(line) > 24 else "")
-            raise refuse(SEGMENT_SEQUENCE_ERROR, Location(segment_id[:3] or "?", number),
+            # ERR-2 carries the id unescaped: name it only if it is one ("?" otherwise),
+            # so a broken segment's delimiters or control bytes never get into the ACK.
+            named = segment_id[:3] if _SEGMENT_ID.match(segment_id[:3]) else "?"
+            raise refuse(SEGMENT_SEQUENCE_ERROR, Location(named, number),
                          f"segment {number} ({shown!r}) does not start with a three-character "
                          f"segment id followed by the field separator {separator!r} that MSH-1 "
                          "declares: wrong field separators or a broken segment")
@@ -298,9 +305,12 @@ def control_id_of(text: str) -> str:
 # -- acknowledgements -------------------------------------------------------------------
 
 def escape(text: str) -> str:
-    """HL7 escape sequences for the standard delimiters, so a reason never breaks the ACK."""
+    """HL7 escape sequences for the standard delimiters, so a reason never breaks the ACK,
+    and for MLLP's block characters (hex data escapes), so it never breaks the ACK's frame:
+    the MSH-10 echoed from a broken frame may hold them."""
     out = text.replace("\\", "\\E\\")
-    for char, seq in (("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&", "\\T\\")):
+    for char, seq in (("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&", "\\T\\"),
+                      ("\x0b", "\\X0B\\"), ("\x1c", "\\X1C\\")):
         out = out.replace(char, seq)
     return out.replace("\r", " ").replace("\n", " ")
 
