@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -399,16 +399,3 @@ class LogVerifier:
 
     def _in_registry_partition(self, position: LogPosition) -> bool:
         return position.topic == CANONICAL and position.partition == self.registry_partition
-
-
-def verify_all(verifier: LogVerifier, records: Sequence[RawRecord]
-               ) -> tuple[list[VerifiedRecord], list[Quarantined]]:
-    """Admit records in order; split what passed from what was quarantined."""
-    passed: list[VerifiedRecord] = []
-    quarantined: list[Quarantined] = []
-    for outcome in verifier.admit_all(records):
-        if isinstance(outcome, VerifiedRecord):
-            passed.append(outcome)
-        else:
-            quarantined.append(outcome)
-    return passed, quarantined

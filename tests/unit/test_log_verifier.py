@@ -68,13 +68,9 @@ def world():
     return hub, scenario, log, verifier
 
 
-def admit_all(verifier: LogVerifier, records: list[RawRecord]) -> list:
-    return [verifier.admit(r) for r in records]
-
-
 def test_the_honest_registry_chain_is_admitted_and_folded_from_the_anchor(world) -> None:
     hub, scenario, log, verifier = world
-    outcomes = admit_all(verifier, log.records)
+    outcomes = verifier.admit_all(log.records)
     assert all(isinstance(o, VerifiedRecord) for o in outcomes), outcomes
     assert set(verifier.registry.actors) == set(hub.registry.actors)
     assert verifier.head(REGISTRY_COI) == hub.registry_case.head
@@ -83,7 +79,7 @@ def test_the_honest_registry_chain_is_admitted_and_folded_from_the_anchor(world)
 
 def test_a_self_signed_registration_is_quarantined_and_its_key_signs_nothing(world) -> None:
     hub, scenario, log, verifier = world
-    admit_all(verifier, log.records)
+    verifier.admit_all(log.records)
     # The attacker makes a key pair, reads the registry head off the log and registers
     # itself as physician and registrar, signed with its own new key.
     mallory = EventSigner("mallory", "mallory-k1", HybridKeyPair.generate())
@@ -112,7 +108,7 @@ def test_a_self_signed_registration_is_quarantined_and_its_key_signs_nothing(wor
 
 def test_a_registration_signed_by_a_registered_non_registrar_is_quarantined(world) -> None:
     hub, scenario, log, verifier = world
-    admit_all(verifier, log.records)
+    verifier.admit_all(log.records)
     nurse = scenario.actors["nurse"]  # a stolen nurse key: registered, valid, no REGISTRAR
     forged = nurse.issuer.issue("ActorRegistered", REGISTRY_COI, registration_payload(
         Actor(nurse.actor_id, "nurse, promoted by herself", frozenset({"REGISTRAR"}),
@@ -127,7 +123,7 @@ def test_a_registration_signed_by_a_registered_non_registrar_is_quarantined(worl
 def test_registry_events_off_the_registry_chain_and_others_on_it_are_quarantined(
         world) -> None:
     hub, scenario, log, verifier = world
-    admit_all(verifier, log.records)
+    verifier.admit_all(log.records)
     off_chain = hub.registrar.issuer.issue("ActorRegistered", scenario.coi, registration_payload(
         Actor("eve", "eve", frozenset({"NURSE"}), "KYOTO01"), "eve-k1",
         HybridKeyPair.generate().public, hub.clock_us), occurred_at_us=hub.clock_us + 1,
@@ -141,7 +137,7 @@ def test_a_replayed_or_reordered_canonical_record_breaks_the_chain(world) -> Non
     hub, scenario, log, verifier = world
     therapy = scenario.full_therapy()
     records = [log.append(e.coi, e.raw) for e in therapy[:5]]
-    admit_all(verifier, log.records)
+    verifier.admit_all(log.records)
     replayed = verifier.admit(log.append(scenario.coi, records[2].value or b""))
     assert isinstance(replayed, Quarantined) and replayed.code == "HASH_CHAIN_BROKEN"
     # skipping a record: the sixth names the fifth's digest, the seventh does not
@@ -155,7 +151,7 @@ def test_an_altered_signature_a_wrong_key_and_garbage_are_quarantined_with_reaso
         world) -> None:
     hub, scenario, log, verifier = world
     first = scenario.full_therapy()[0]
-    admit_all(verifier, log.records)
+    verifier.admit_all(log.records)
     sig = first.envelope.signature
     assert sig is not None
     flipped = replace(first.envelope, signature=replace(
@@ -181,7 +177,7 @@ def test_refusals_and_alerts_only_from_who_may_write_them(world) -> None:
     gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
     hub.register_gatekeeper(gatekeeper)
     log.append(REGISTRY_COI, hub.registry_log[-1].raw)
-    admit_all(verifier, log.records)
+    verifier.admit_all(log.records)
     refusal = {"rejected_event_id": None, "rejected_event_type": None, "rule": "R1",
                "reason_code": "UNREGISTERED_KEY", "reason": "forged", "source_topic": "x",
                "source_partition": 0, "source_offset": 7, "original": b"x"}
@@ -214,9 +210,9 @@ def test_a_key_registered_in_a_partition_not_read_yet_is_found_by_reading_ahead(
     therapy = scenario.full_therapy()
     events = [log.append(e.coi, e.raw) for e in therapy]
     # the therapy first, the registry partition last: the lookahead finds the signers
-    outcomes = admit_all(verifier, events)
+    outcomes = verifier.admit_all(events)
     assert all(isinstance(o, VerifiedRecord) for o in outcomes), outcomes[:1]
-    registry = admit_all(verifier, [r for r in log.records if r.offset < len(hub.registry_log)
+    registry = verifier.admit_all([r for r in log.records if r.offset < len(hub.registry_log)
                                     and r.partition == REGISTRY_PARTITION
                                     and r.key == REGISTRY_COI.encode()])
     # read ahead already: answered from memory, not judged (and refused) a second time
@@ -232,6 +228,6 @@ def test_a_key_revoked_later_still_verifies_what_it_signed_before(world) -> None
     nurse = scenario.actors["nurse"]
     hub.revoke(nurse, at_us=therapy[-1].occurred_at_us + 1)
     log.append(REGISTRY_COI, hub.registry_log[-1].raw)
-    admit_all(verifier, log.records)
-    outcomes = admit_all(verifier, [log.append(e.coi, e.raw) for e in therapy])
+    verifier.admit_all(log.records)
+    outcomes = verifier.admit_all([log.append(e.coi, e.raw) for e in therapy])
     assert all(isinstance(o, VerifiedRecord) for o in outcomes)
