@@ -126,11 +126,7 @@ class TopicReader:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         if topic is None or partition is None or offset is None:
             return None
-        headers = msg.headers() or []
-        pairs = headers.items() if isinstance(headers, dict) else headers
-        return RawRecord(LogPosition(self._suffix[topic], partition, offset),
-                         _bytes(msg.key()), _bytes(msg.value()),
-                         tuple((k, _bytes(v) or b"") for k, v in pairs))
+        return _as_record(msg, LogPosition(self._suffix[topic], partition, offset))
 
     def close(self) -> None:
         self._consumer.close()
@@ -145,6 +141,14 @@ class TopicReader:
 
 def _bytes(value: str | bytes | None) -> bytes | None:
     return value.encode() if isinstance(value, str) else value
+
+
+def _as_record(msg: Message, position: LogPosition) -> RawRecord:
+    """A consumed message as a ``RawRecord`` at ``position`` (key, value, headers as bytes)."""
+    headers = msg.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return RawRecord(position, _bytes(msg.key()), _bytes(msg.value()),
+                     tuple((k, _bytes(v) or b"") for k, v in pairs))
 
 
 def read_raw(settings: Settings, suffix: str, partitions: Iterable[int] | None = None,
@@ -207,10 +211,7 @@ class RegistryLookahead:
                     if msg.error() or offset is None:
                         continue
                     position = offset + 1
-                    headers = msg.headers() or []
-                    yield RawRecord(LogPosition(CANONICAL, self.partition, offset),
-                                    _bytes(msg.key()), _bytes(msg.value()),
-                                    tuple((k, _bytes(v) or b"") for k, v in headers))
+                    yield _as_record(msg, LogPosition(CANONICAL, self.partition, offset))
         finally:
             consumer.unassign()
 
