@@ -23,7 +23,7 @@ from pcvhub.demo.therapy import Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.schemas.codec import decode_envelope
 from pcvhub.streams.sandbox import Sandbox
-from pcvhub.topics import topic_name
+from pcvhub.topics import connector_principal, topic_name
 
 THERAPIES = 120  # x 42 events for the throughput runs
 LATENCY_RATE = 500
@@ -64,12 +64,13 @@ def _throughput(sandbox: Sandbox, module: str, warmup, records) -> float:
 
 def _latency(sandbox: Sandbox, records) -> tuple[float, float]:
     settings = sandbox.settings
-    consumer = Consumer(settings.librdkafka(**{"group.id": "bench-latency",
-                                               "auto.offset.reset": "latest"}))
+    consumer = Consumer(sandbox.admin.librdkafka(**{"group.id": "bench-latency",
+                                                    "auto.offset.reset": "latest"}))
     consumer.subscribe([topic_name("events", settings.topic_prefix)])
     while not consumer.assignment():
         consumer.poll(0.2)
-    producer = Producer(settings.producer(**{"linger.ms": 0}))
+    producer = Producer(settings.as_principal(connector_principal("direct"))
+                        .producer(**{"linger.ms": 0}))
     topic = topic_name("ingress.direct", settings.topic_prefix)
     sent_at: dict[str, float] = {}
     latencies: list[float] = []

@@ -12,13 +12,15 @@ import sys
 import faust
 
 from pcvhub.config import load_settings
-from pcvhub.topics import TOPICS, TopicRole, topic_name
+from pcvhub.topics import TOPICS, Principal, TopicRole, topic_name
 
 
 def build(app_id: str) -> faust.App:
-    settings = load_settings()
+    # the gatekeeper's principal on the same secured listener: only the work differs
+    settings = load_settings().as_principal(Principal.GATEKEEPER)
     prefix = settings.topic_prefix
-    app = faust.App(app_id, broker=settings.faust_broker(), store="memory://",
+    app = faust.App(app_id, broker=settings.faust_broker(),
+                    broker_credentials=settings.faust_security(), store="memory://",
                     web_enabled=False, topic_replication_factor=1, topic_allow_declare=False,
                     consumer_auto_offset_reset="earliest", producer_acks=-1,
                     producer_linger=0.005)  # the same producer settings as the gatekeeper

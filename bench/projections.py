@@ -77,7 +77,8 @@ def build_batched_log(sandbox: Sandbox, builder: Hub, events: int) -> tuple[int,
     """Registry plus ``events`` batch-signed therapy events; (records, seconds)."""
     started = time.perf_counter()
     cast = builder.register_cast("bench")
-    producer = Producer(sandbox.settings.producer(**{"linger.ms": 20,
+    # the log is written as the operator would load it: the admin, not a gatekeeper
+    producer = Producer(sandbox.admin.producer(**{"linger.ms": 20,
                                                      "queue.buffering.max.kbytes": 262144}))
     _write(sandbox, [(e.coi.encode(), e.raw) for e in builder.registry_log], producer)
     written = len(builder.registry_log)
@@ -97,7 +98,7 @@ def build_single_log(sandbox: Sandbox, builder: Hub, events: int) -> int:
     while len(records) < events:
         records += [(e.coi.encode(), e.raw) for e in TherapyScenario(
             builder, cast=cast, patient_hash=f"{len(records):064x}").full_therapy()]
-    producer = Producer(sandbox.settings.producer(**{"linger.ms": 20}))
+    producer = Producer(sandbox.admin.producer(**{"linger.ms": 20}))
     _write(sandbox, records, producer)
     return len(records)
 
@@ -105,7 +106,8 @@ def build_single_log(sandbox: Sandbox, builder: Hub, events: int) -> int:
 def raw_consume(sandbox: Sandbox) -> int:
     """Read the canonical topic from the start to its end with a bare consumer."""
     topic = topic_name("events", sandbox.settings.topic_prefix)
-    consumer = Consumer(sandbox.settings.librdkafka(**{
+    # the projection runner's principal and listener: the same TLS and ACL checks
+    consumer = Consumer(sandbox.settings.as_principal(Principal.PROJECTIONS).librdkafka(**{
         "group.id": "bench-raw", "enable.auto.commit": False}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -178,7 +180,7 @@ def audit_latency(db: Path, queries: int) -> tuple[float, float, int]:
 
 
 def _drop_topics(sandbox: Sandbox) -> None:
-    admin = AdminClient(sandbox.settings.librdkafka())
+    admin = AdminClient(sandbox.admin.librdkafka())
     names = [spec.name(sandbox.settings.topic_prefix) for spec in TOPICS]
     for future in admin.delete_topics(names, operation_timeout=60).values():
         try:

@@ -75,8 +75,35 @@ def infra_status() -> None:
             state = ("[green]up[/]" if node.answering else
                      "[yellow]starting[/]" if node.alive else "[dim]down[/]")
             table.add_row(cluster.name, str(node.node_id), str(node.pid or "-"), state,
-                          f"127.0.0.1:{node.broker_port}", str(node.log_file))
+                          f"127.0.0.1:{node.broker_port} (SASL_SSL)", str(node.log_file))
     console.print(table)
+
+
+@infra_app.command("principals")
+def infra_principals(
+    prefix: str = typer.Option("", help="Topic prefix of the deployment (default: settings)."),
+) -> None:
+    """List the Kafka principals, what each may do (the ACL table), and their credentials."""
+    from pcvhub.topics import acl_table, principals
+
+    settings = load_settings()
+    table = Table(title=f"principals and ACLs of {prefix or settings.topic_prefix}.*")
+    for column in ("principal", "may", "credentials"):
+        table.add_column(column)
+    grants = acl_table(prefix or settings.topic_prefix)
+    for name in principals():
+        mine = [g for g in grants if g.principal == name]
+        may: dict[str, list[str]] = {}
+        for grant in mine:
+            star = "*" if grant.pattern == "prefixed" else ""
+            may.setdefault(grant.operation, []).append(f"{grant.resource}:{grant.name}{star}")
+        text = ("[bold]super user[/] (topics, ACLs, credentials)" if name == "admin" else
+                "\n".join(f"{op} {', '.join(names)}" for op, names in sorted(may.items())
+                          if op != "DESCRIBE"))
+        secret = settings.kafka_credentials / "principals" / f"{name}.json"
+        table.add_row(name, text, str(secret) if secret.exists() else "[dim](not created)[/]")
+    console.print(table)
+    console.print("Anything not listed is refused by the broker (StandardAuthorizer).")
 
 
 @infra_app.command("down")

@@ -17,13 +17,13 @@ from rich.table import Table
 
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.log.reader import LogReadError, TopicReader, deployment_verifier, read_raw
-from pcvhub.topics import TOPICS, TopicRole
+from pcvhub.topics import TOPICS, Principal
 
 console = Console()
 
 #: topics the hub reads back (the registry topics of the table are unused: the registry
 #: chain lives on the canonical log)
-CHECKABLE = [s.suffix for s in TOPICS if s.role is not TopicRole.REGISTRY]
+CHECKABLE = [s.suffix for s in TOPICS]
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
                           f"{', '.join(CHECKABLE)}")
             raise typer.Exit(code=2)
         try:
-            settings = load_settings()
+            settings = load_settings().as_principal(Principal.READER)
             verifier = deployment_verifier(settings, f"log check {topic}")
         except (ConfigError, FileNotFoundError) as exc:
             console.print(f"[bold red]error:[/] {exc}")

@@ -3,19 +3,29 @@
 Ground floor: imports nothing of ours. Every process (CLI, workers, tests) builds one
 ``Settings`` with :func:`load_settings`, which reads, lowest priority first:
 
-1. built-in defaults (a local single-node broker on 127.0.0.1:19092);
+1. built-in defaults (a local single-node broker on 127.0.0.1:19092, reached on its
+   SASL_SSL listener with the credentials ``pcvhub infra up`` wrote);
 2. a TOML file: ``$PCVHUB_CONFIG`` if set, else ``./pcvhub.toml`` if present;
 3. environment variables ``PCVHUB_*`` (see :data:`ENVIRONMENT`).
 
 The same code then runs against any Kafka cluster: security settings are passed through
 to librdkafka (confluent-kafka) and to aiokafka (Faust) in their own vocabularies.
+
+**Principals.** Every process talks to Kafka as one principal, the one for its kind
+(``Settings.as_principal``; the names are in ``pcvhub.topics.Principal``). With no
+``PCVHUB_KAFKA_SECURITY_PROTOCOL`` set, the client settings are those of the local broker:
+SASL_SSL, SCRAM-SHA-512, that principal's password and the broker's CA, read from the
+credentials folder (``<data_dir>/kafka/security``, ``PCVHUB_KAFKA_CREDENTIALS_DIR``).
+Set the ``PCVHUB_KAFKA_*`` security variables instead to use any other secured cluster;
+each process is then given its own credentials by its environment.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +36,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class KafkaSecurity:
-    """TLS/SASL settings for an existing cluster; PLAINTEXT for the local broker."""
+    """TLS/SASL settings of a client, in the operator's words (PCVHUB_KAFKA_*)."""
 
-    protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    protocol: str = "SASL_SSL"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
     sasl_mechanism: str | None = None  # PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
     sasl_username: str | None = None
     sasl_password: str | None = None
@@ -42,7 +52,13 @@ class Settings:
     """Everything a pcvhub process needs to know about its surroundings."""
 
     bootstrap_servers: str = "127.0.0.1:19092"
-    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    #: the operator's security settings; None: the local broker's (``credentials_dir``)
+    security: KafkaSecurity | None = None
+    #: the Kafka principal this process acts as (``as_principal``)
+    principal: str | None = None
+    #: where ``pcvhub infra up`` keeps the local broker's CA and each principal's password;
+    #: None: ``<data_dir>/kafka/security``
+    credentials_dir: Path | None = None
     data_dir: Path = Path(".pcvhub")
     cache_dir: Path = Path(".cache")
     kafka_version: str = "4.3.1"
@@ -56,13 +72,47 @@ class Settings:
     #: seconds between two sweeps of every open therapy for due deadlines
     timer_sweep_seconds: float = 10.0
 
+    # -- who this process is to Kafka ---------------------------------------------------
+
+    def as_principal(self, principal: str) -> Settings:
+        """These settings for a process of one kind (``pcvhub.topics.Principal``)."""
+        return replace(self, principal=str(principal))
+
+    @property
+    def kafka_credentials(self) -> Path:
+        return (self.credentials_dir if self.credentials_dir is not None
+                else self.data_dir / "kafka" / "security")
+
+    def client_security(self) -> KafkaSecurity:
+        """The operator's settings if given, else the local broker's for ``principal``."""
+        if self.security is not None:
+            return self.security
+        if self.principal is None:
+            raise ConfigError(
+                "no Kafka principal chosen: a pcvhub process names the kind it is with "
+                "Settings.as_principal(...) before it talks to the local broker"
+            )
+        folder = self.kafka_credentials.resolve()
+        secret = folder / "principals" / f"{self.principal}.json"
+        try:
+            password = json.loads(secret.read_text())["password"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"no credentials for Kafka principal {self.principal!r} in {secret} ({exc}): "
+                "run `pcvhub infra up`, which creates them, or set "
+                "PCVHUB_KAFKA_CREDENTIALS_DIR to the folder it wrote"
+            ) from exc
+        return KafkaSecurity(protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                             sasl_username=self.principal, sasl_password=password,
+                             ssl_cafile=str(folder / "ca.pem"))
+
     def librdkafka(self, **extra: Any) -> dict[str, Any]:
         """Client settings for confluent-kafka (librdkafka property names)."""
+        sec = self.client_security()
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security.protocol,
+            "security.protocol": sec.protocol,
         }
-        sec = self.security
         optional = {
             "sasl.mechanism": sec.sasl_mechanism,
             "sasl.username": sec.sasl_username,
@@ -91,7 +141,7 @@ class Settings:
 
     def faust_security(self) -> Any:
         """Faust credentials object, or None for PLAINTEXT."""
-        sec = self.security
+        sec = self.client_security()
         if sec.protocol == "PLAINTEXT":
             return None
         import ssl
@@ -105,15 +155,10 @@ class Settings:
                 context.load_cert_chain(sec.ssl_certfile, sec.ssl_keyfile)
         if sec.protocol == "SSL":
             return faust.SSLCredentials(context)
-        if sec.sasl_mechanism and sec.sasl_mechanism.startswith("SCRAM"):
-            return faust.auth.SASLCredentials(
-                username=sec.sasl_username,
-                password=sec.sasl_password,
-                mechanism=sec.sasl_mechanism,
-                ssl_context=context,
-            )
+        # SASL_SSL or SASL_PLAINTEXT: Faust picks the protocol from the context's presence
         return faust.SASLCredentials(
-            username=sec.sasl_username, password=sec.sasl_password, ssl_context=context
+            username=sec.sasl_username, password=sec.sasl_password, ssl_context=context,
+            mechanism=sec.sasl_mechanism or "PLAIN",
         )
 
 
@@ -127,6 +172,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PCVHUB_KAFKA_SSL_CAFILE": ("kafka", "ssl_cafile"),
     "PCVHUB_KAFKA_SSL_CERTFILE": ("kafka", "ssl_certfile"),
     "PCVHUB_KAFKA_SSL_KEYFILE": ("kafka", "ssl_keyfile"),
+    "PCVHUB_KAFKA_CREDENTIALS_DIR": ("local_kafka", "credentials_dir"),
     "PCVHUB_DATA_DIR": ("paths", "data_dir"),
     "PCVHUB_CACHE_DIR": ("paths", "cache_dir"),
     "PCVHUB_KAFKA_VERSION": ("local_kafka", "version"),
@@ -176,27 +222,36 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if clock not in TIMER_CLOCKS:
         raise ConfigError(f"timers.clock (PCVHUB_TIMER_CLOCK) is {clock!r}; use one of "
                           f"{', '.join(TIMER_CLOCKS)}")
-    protocol = str(kafka.get("security_protocol", "PLAINTEXT")).upper()
-    if protocol not in _SECURITY_PROTOCOLS:
-        raise ConfigError(
-            f"kafka.security_protocol (PCVHUB_KAFKA_SECURITY_PROTOCOL) is {protocol!r}; "
-            f"use one of {', '.join(_SECURITY_PROTOCOLS)}"
+    security = None  # the local broker's, unless the operator gives security settings
+    named = {f.name for f in fields(KafkaSecurity)} - {"protocol"}
+    if "security_protocol" in kafka or named & set(kafka):
+        protocol = str(kafka.get("security_protocol", "SASL_SSL")).upper()
+        if protocol not in _SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"kafka.security_protocol (PCVHUB_KAFKA_SECURITY_PROTOCOL) is {protocol!r}; "
+                f"use one of {', '.join(_SECURITY_PROTOCOLS)}"
+            )
+        security = KafkaSecurity(
+            protocol=protocol,
+            **{
+                f.name: kafka.get(f.name)
+                for f in fields(KafkaSecurity)
+                if f.name != "protocol" and kafka.get(f.name) is not None
+            },
         )
-    security = KafkaSecurity(
-        protocol=protocol,
-        **{
-            f.name: kafka.get(f.name)
-            for f in fields(KafkaSecurity)
-            if f.name != "protocol" and kafka.get(f.name) is not None
-        },
-    )
     base = Settings()
+    data_dir = Path(paths.get("data_dir", base.data_dir)).expanduser()
+    # Absolute, so that a process or sandbox with a data folder of its own still finds
+    # the broker's credentials.
+    credentials = Path(local.get("credentials_dir", data_dir / "kafka" / "security")
+                       ).expanduser().resolve()
     try:
         return replace(
             base,
             bootstrap_servers=str(kafka.get("bootstrap_servers", base.bootstrap_servers)),
             security=security,
-            data_dir=Path(paths.get("data_dir", base.data_dir)).expanduser(),
+            credentials_dir=credentials,
+            data_dir=data_dir,
             cache_dir=Path(paths.get("cache_dir", base.cache_dir)).expanduser(),
             kafka_version=str(local.get("version", base.kafka_version)),
             kafka_heap=str(local.get("heap", base.kafka_heap)),

@@ -44,13 +44,13 @@ from pcvhub.connectors.bedside import BedsideChecks
 from pcvhub.connectors.identity import Pseudonymiser
 from pcvhub.connectors.outcome import Outcome
 from pcvhub.connectors.patients import PatientIndex
-from pcvhub.connectors.writer import IngressWriter, TopicWriter
+from pcvhub.connectors.writer import IngressWriter
 from pcvhub.log.reader import LogFollower, deployment_verifier, read_verified
 from pcvhub.log.verify import CANONICAL, REJECTED, VerifiedRecord
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import decode_payload
 from pcvhub.schemas.envelope import Envelope, SignatureMeaning
-from pcvhub.topics import partition_for, topic_name, topic_spec
+from pcvhub.topics import connector_principal, partition_for, topic_name, topic_spec
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
 from pcvhub.trust.registry import ANCHOR_FILE, KeyRegistry, load_anchor
@@ -98,6 +98,8 @@ class Connector:
         :param settle_s: how long ``emit`` waits for this connector's previous event of the
             same therapy to reach the canonical log before chaining onto it unconfirmed.
         """
+        # the principal of this source: the broker lets it write only its ingress topic
+        settings = settings.as_principal(connector_principal(source))
         self.settings = settings
         self.source = source
         self.signer = signer
@@ -111,7 +113,6 @@ class Connector:
         self.ingress_topic = topic_name(f"ingress.{source}", settings.topic_prefix)
         self._observers: list[Callable[[VerifiedRecord], None]] = []
         self._writer = IngressWriter(settings, source)
-        self._rejected = TopicWriter(settings, "rejected")
         # Everything read back is verified first, with one registry folded from the trust
         # anchor (pcvhub.log): a forged registration or refusal never reaches the folds.
         self.verifier = deployment_verifier(settings, f"connector {source}", registry)
@@ -192,7 +193,6 @@ class Connector:
         self._refusals.stop()
         self.verifier.close()
         self._writer.close()
-        self._rejected.close()
 
     def __enter__(self) -> Connector:
         return self.start()
@@ -339,7 +339,8 @@ class Connector:
     def record_refusal(self, original: bytes, endpoint: str, refusal: Outcome, *,
                        coi: str | None = None, event_type: str | None = None,
                        event_id: str | None = None) -> IssuedEvent:
-        """Write an ``EventRejected`` signed by this connector to the rejected topic.
+        """Write an ``EventRejected`` signed by this connector to its ingress topic; the
+        gatekeeper relays it to ``rejected`` unchanged (only the gatekeeper writes there).
 
         :param original: the exact bytes received (a frame, a request body, a file row).
         :param endpoint: where they came in, e.g. ``mllp://127.0.0.1:2575`` or
@@ -360,7 +361,7 @@ class Connector:
         with self._lock:
             issued = self.issuer.issue("EventRejected", coi or UNKNOWN_COI, payload,
                                        prev_hash=b"")
-            self._rejected.write([issued])
+            self._writer.write([issued])
         log.warning("refused input on %s: %s %s", endpoint, refusal.code, refusal.reason)
         return issued
 

@@ -25,6 +25,7 @@ from pcvhub.config import Settings
 from pcvhub.connectors.writer import IngressWriter
 from pcvhub.log.reader import LogFollower, deployment_verifier, registry_partition
 from pcvhub.log.verify import CANONICAL, REJECTED, VerifiedRecord
+from pcvhub.topics import connector_principal
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent
 from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.trust.signing import EventSigner
@@ -41,6 +42,8 @@ def publish_registry_event(settings: Settings, registrar: EventSigner, event_typ
     gatekeeper accepted it (see the module doc for the steps). ``wait=False`` returns
     once Kafka holds it, not yet judged: the gatekeeper's own registration is sent
     before the first worker starts."""
+    # registry events reach the hub through ingress.direct, as its connector principal
+    settings = settings.as_principal(connector_principal("direct"))
     verifier = deployment_verifier(settings, "registrar")
     refusals: dict[str, dict[str, Any]] = {}
     sent: dict[str, bytes] = {}  # registry events on ingress.direct, in order -> digest

@@ -6,6 +6,10 @@ ingress topic with an :class:`IngressWriter` (partners that produce directly use
 ``ingress.direct``). ``write`` returns only once Kafka has acknowledged the record from
 all in-sync replicas, so a connector's positive acknowledgement to its caller (HL7 ACK
 AA, HTTP 201, a result file) always means "durably in the hub".
+
+A writer acts as the connector principal of its source (``connector-<source>``), the only
+one the broker lets write that topic; a connector's own refusals travel the same way and
+the gatekeeper relays them to ``rejected``, which only it may write.
 """
 
 from __future__ import annotations
@@ -16,23 +20,25 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaError, Message, Producer
 
 from pcvhub.config import Settings
-from pcvhub.topics import topic_name
+from pcvhub.topics import connector_principal, topic_name
 from pcvhub.trust.issuer import IssuedEvent
 
-__all__ = ["IngressWriteError", "IngressWriter", "TopicWriter"]
+__all__ = ["IngressWriteError", "IngressWriter"]
 
 
 class IngressWriteError(RuntimeError):
     """Kafka did not acknowledge a record; the caller must answer with a negative ACK."""
 
 
-class TopicWriter:
-    """Writes signed events, keyed by CoI, to one topic of the topic table and waits for
-    the acks (a connector's own refusals go to ``rejected`` this way)."""
+class IngressWriter:
+    """Writes signed events, keyed by CoI, to ``ingress.<source>`` (``hl7``, ``fhir``,
+    ``files``, ``payer``, ``direct``), where everything outside the hub writes, and waits
+    for the acks."""
 
-    def __init__(self, settings: Settings, suffix: str) -> None:
-        self.topic = topic_name(suffix, settings.topic_prefix)
-        self._producer = Producer(settings.producer(**{"linger.ms": 2}))
+    def __init__(self, settings: Settings, source: str) -> None:
+        self.topic = topic_name(f"ingress.{source}", settings.topic_prefix)
+        self._producer = Producer(settings.as_principal(connector_principal(source))
+                                  .producer(**{"linger.ms": 2}))
         self._lock = threading.Lock()
 
     def write(self, events: Sequence[IssuedEvent], timeout: float = 30.0) -> None:
@@ -61,10 +67,3 @@ class TopicWriter:
         self._producer.flush(10)
         del self._producer
 
-
-class IngressWriter(TopicWriter):
-    """A :class:`TopicWriter` to ``ingress.<source>`` (``hl7``, ``fhir``, ``files``,
-    ``payer``, ``direct``): where everything outside the hub writes."""
-
-    def __init__(self, settings: Settings, source: str) -> None:
-        super().__init__(settings, f"ingress.{source}")

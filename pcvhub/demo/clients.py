@@ -34,6 +34,7 @@ from pcvhub.demo.messages import Ack
 from pcvhub.log.reader import LogFollower, deployment_verifier
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, VerifiedRecord
 from pcvhub.streams.event import InboundEvent
+from pcvhub.topics import Principal
 from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.trust.signing import EventSigner
 
@@ -192,6 +193,7 @@ class LogWatch:
         self._unclaimed: dict[str, list[InboundEvent]] = {}  # therapies nobody follows yet
         self._on_accept: list[Callable[[InboundEvent], None]] = []
         # One verifier for the three topics: one registry, folded from the trust anchor.
+        self.settings = settings = settings.as_principal(Principal.READER)  # it only watches
         self.verifier = deployment_verifier(settings, "demo log watch")
         self._followers = [
             LogFollower(settings, [CANONICAL], self.verifier, self._event, name="demo-events"),

@@ -30,9 +30,10 @@ from pcvhub.connectors.tls import LocalCA, private_key_pem
 from pcvhub.demo.clients import DemoError
 from pcvhub.demo.messages import Payer
 from pcvhub.demo.therapy import Hub, Party
+from pcvhub.infra.security import delete_acls
 from pcvhub.projections.runner import DEFAULT_FILE
 from pcvhub.streams.worker import GATEKEEPER_ACTOR
-from pcvhub.topics import TOPICS
+from pcvhub.topics import TOPICS, Principal
 from pcvhub.trust.issuer import EventIssuer, now_us
 from pcvhub.trust.keys import KeyStore, KeyStoreError
 from pcvhub.trust.registry import ANCHOR_FILE, KeyRecord, write_anchor
@@ -146,6 +147,7 @@ class Deployment:
         return {"PCVHUB_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
                 "PCVHUB_TOPIC_PREFIX": self.settings.topic_prefix,
                 "PCVHUB_DATA_DIR": str(self.data_dir),
+                "PCVHUB_KAFKA_CREDENTIALS_DIR": str(self.settings.kafka_credentials),
                 "PCVHUB_KEY_PASSPHRASE": self.passphrase,
                 # the cohort lives in simulated time: timers never read the wall clock
                 "PCVHUB_TIMER_CLOCK": "simulation"}
@@ -209,7 +211,7 @@ def forget_previous_run(settings: Settings, data_dir: Path, prefix: str) -> str 
     if record.exists():
         previous = json.loads(record.read_text()).get("topic_prefix")
     if previous and previous != prefix:
-        admin = AdminClient(settings.librdkafka(**{"log_level": 0}))
+        admin = AdminClient(settings.as_principal(Principal.ADMIN).librdkafka(log_level=0))
         doomed = [t for t in admin.list_topics(timeout=10).topics
                   if t.startswith(f"{previous}.")]
         if doomed:
@@ -218,6 +220,7 @@ def forget_previous_run(settings: Settings, data_dir: Path, prefix: str) -> str 
                     future.result()
                 except Exception:  # noqa: BLE001 - already gone is fine: nothing to keep
                     pass
+        delete_acls(settings, previous)
         shutil.rmtree(data_dir / "runs" / previous, ignore_errors=True)
     (data_dir / DEFAULT_FILE).unlink(missing_ok=True)
     (data_dir / DEFAULT_FILE).with_suffix(".duckdb.wal").unlink(missing_ok=True)
@@ -229,7 +232,8 @@ def forget_previous_run(settings: Settings, data_dir: Path, prefix: str) -> str 
 def wait_for_topics(settings: Settings, timeout: float = 60.0) -> None:
     """Block until every partition of the run's new topics has a leader that answers
     (a topic is usable a moment after its creation returns)."""
-    consumer = Consumer(settings.librdkafka(**{"group.id": "pcvhub-demo-setup",
+    consumer = Consumer(settings.as_principal(Principal.ADMIN).librdkafka(**{
+        "group.id": "pcvhub-demo-setup",
                                                "enable.auto.commit": False}))
     deadline = time.monotonic() + timeout
     try:

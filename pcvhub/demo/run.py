@@ -28,7 +28,7 @@ from pcvhub.demo.driver import (
 )
 from pcvhub.demo.stack import PayerGateway, Stack, cli_command
 from pcvhub.demo.summary import Report, read_figures, render
-from pcvhub.infra.topics_admin import TopicSetupError, ensure_topics
+from pcvhub.infra.topics_admin import TopicSetupError, deploy
 from pcvhub.log.reader import read_verified
 from pcvhub.log.verify import VerifiedRecord
 from pcvhub.trust.issuer import IssuedEvent
@@ -66,7 +66,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
         with console.status("preparing the deployment: keys, trust anchor, CA, topics ..."):
             forget_previous_run(base, folder, prefix)
             deployment = prepare(base, folder, prefix, start_us)
-            ensure_topics(deployment.settings, base.bootstrap_servers, brokers=1)
+            deploy(deployment.settings, brokers=1)
             wait_for_topics(deployment.settings)
         worker, projections, serve = stack.start_hub(deployment)
         console.print(f"started pcvhub worker (pid {worker.proc.pid}), pcvhub project "
@@ -105,7 +105,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                       deployment.run_dir / "claims-outbox")
         drive = drive_cohort(world, console)
         receivables = settle_receivables(world, drive, console)
-        hl7_ids = [o.event_id for o in read_verified(deployment.settings, "ingress.hl7",
+        hl7_ids = [o.event_id for o in read_verified(watch.settings, "ingress.hl7",
                                                      watch.verifier)
                    if isinstance(o, VerifiedRecord)]
         accounting = account(world, hl7_ids)

@@ -29,18 +29,23 @@ from typing import IO
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
-from pcvhub.config import Settings
+from pcvhub.config import ConfigError, Settings
 from pcvhub.connectors.payer import RemittanceDrop
 from pcvhub.demo.clients import DemoError
 from pcvhub.demo.deployment import CONNECTOR, GATEWAY, MES, PAYER, PLANT, SITE, Deployment
 from pcvhub.infra.kafka import LocalKafka
+from pcvhub.topics import Principal
 
 GRACE_S = 30.0
 
 
 def broker_answers(settings: Settings, timeout: float = 3.0) -> bool:
-    """True if a Kafka cluster answers metadata at the configured bootstrap servers."""
-    admin = AdminClient(settings.librdkafka(**{"log_level": 0}))
+    """True if a Kafka cluster answers metadata at the configured bootstrap servers, to
+    the admin (no credentials yet: nothing of ours answers)."""
+    try:
+        admin = AdminClient(settings.as_principal(Principal.ADMIN).librdkafka(log_level=0))
+    except ConfigError:
+        return False
     try:
         return bool(admin.list_topics(timeout=timeout).brokers)
     except Exception:  # noqa: BLE001 - not answering is what we ask about

@@ -5,6 +5,10 @@
 factor 3 and ``min.insync.replicas=2`` for failover tests. Jars live in the cache folder
 (one copy per Kafka version), broker data and logs in the data folder, so a second
 ``up`` reuses both. Every failure raises :class:`InfraError` with a sentence naming the fix.
+
+Every node is secured (``pcvhub.infra.security``): clients authenticate with SCRAM over
+TLS on the client port, nodes with certificates on the internal and controller ports,
+and the KRaft ``StandardAuthorizer`` grants only what the topic table's ACLs say.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from pcvhub.config import Settings
+from pcvhub.config import ConfigError, Settings
+from pcvhub.infra.security import (BROKER_PRINCIPAL, SCRAM_MECHANISM, BrokerSecurity,
+                                   SecuritySetupError)
+from pcvhub.topics import Principal
 
 _MARKER = ".complete"
 _MIN_JAVA = 17
@@ -37,6 +44,7 @@ class NodeStatus:
     node_id: int
     broker_port: int
     controller_port: int
+    internal_port: int
     pid: int | None
     alive: bool
     answering: bool
@@ -145,8 +153,10 @@ class LocalKafka:
         self.name = "single" if brokers == 1 else f"cluster{brokers}"
         self.root = settings.data_dir.resolve() / "kafka" / self.name
         base = settings.kafka_base_port if brokers == 1 else settings.kafka_cluster_base_port
-        # Each node takes two ports: client listener, then controller listener.
-        self.ports = {i: (base + 2 * (i - 1), base + 2 * (i - 1) + 1) for i in self.node_ids}
+        # Each node takes three ports: client (SASL_SSL), controller (SSL), internal (SSL).
+        self.ports = {i: (base + 3 * (i - 1), base + 3 * (i - 1) + 1, base + 3 * (i - 1) + 2)
+                      for i in self.node_ids}
+        self.security = BrokerSecurity(settings)
 
     # -- layout ---------------------------------------------------------------
 
@@ -157,6 +167,16 @@ class LocalKafka:
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"127.0.0.1:{self.ports[i][0]}" for i in self.node_ids)
+
+    @property
+    def internal_bootstrap(self) -> str:
+        """The nodes' certificate-authenticated listener (replication, credentials)."""
+        return ",".join(f"127.0.0.1:{self.ports[i][2]}" for i in self.node_ids)
+
+    def client_settings(self, principal: str) -> Settings:
+        """Settings of a client of this cluster acting as ``principal``."""
+        return replace(self.settings, bootstrap_servers=self.bootstrap_servers,
+                       principal=str(principal))
 
     def node_dir(self, node_id: int) -> Path:
         return self.root / f"node-{node_id}"
@@ -175,19 +195,42 @@ class LocalKafka:
         return pid if _pid_is_kafka(pid) else None
 
     def _properties(self, node_id: int) -> str:
-        broker_port, controller_port = self.ports[node_id]
+        client_port, controller_port, internal_port = self.ports[node_id]
         voters = ",".join(f"{i}@127.0.0.1:{self.ports[i][1]}" for i in self.node_ids)
         replicas = min(3, self.brokers)
         min_isr = 2 if self.brokers >= 3 else 1
+        sec = self.security
+        # Listener-prefixed TLS settings: a node uses the same ones as a client of the
+        # internal and controller listeners of the other nodes.
+        tls = []
+        for listener, client_auth in (("client", "none"), ("internal", "required"),
+                                      ("controller", "required")):
+            tls += [
+                f"listener.name.{listener}.ssl.keystore.type=PEM",
+                f"listener.name.{listener}.ssl.keystore.location={sec.keystore_path}",
+                f"listener.name.{listener}.ssl.truststore.type=PEM",
+                f"listener.name.{listener}.ssl.truststore.location={sec.ca_path}",
+                f"listener.name.{listener}.ssl.client.auth={client_auth}",
+            ]
         return "\n".join([
             "process.roles=broker,controller",
             f"node.id={node_id}",
             f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{broker_port}",
+            f"listeners=CLIENT://127.0.0.1:{client_port},"
+            f"CONTROLLER://127.0.0.1:{controller_port},INTERNAL://127.0.0.1:{internal_port}",
+            f"advertised.listeners=CLIENT://127.0.0.1:{client_port},"
+            f"INTERNAL://127.0.0.1:{internal_port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=INTERNAL",
+            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL,INTERNAL:SSL",
+            *tls,
+            f"listener.name.client.sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"listener.name.client.{SCRAM_MECHANISM.lower()}.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{Principal.ADMIN};User:{BROKER_PRINCIPAL}",
+            # a certificate's principal is its CN (User:broker), not the whole DN
+            "ssl.principal.mapping.rules=RULE:^CN=([^,]+)$/$1/,DEFAULT",
             f"log.dirs={self.node_dir(node_id) / 'data'}",
             "num.partitions=3",
             f"default.replication.factor={replicas}",
@@ -233,9 +276,13 @@ class LocalKafka:
             props.write_text(self._properties(node_id))
             if (node / "data" / "meta.properties").exists():
                 continue
+            # A fresh folder gets every principal's SCRAM credential in its first metadata;
+            # an existing one gets them through the internal listener once it runs (up).
             cmd = self._java_command(
                 java, libs, "256m", "kafka.tools.StorageTool",
-                "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted",
+                # "=": a cluster id may begin with "-", which argparse would take for an option
+                "format", f"--cluster-id={cluster_id}", "-c", str(props), "--ignore-formatted",
+                *self.security.scram_format_arguments(),
             )
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -277,6 +324,7 @@ class LocalKafka:
         """Install if needed, format on first start, start every node, wait, declare topics."""
         java = java_executable()
         libs = install_kafka(self.settings)
+        self.security.ensure()
         self._prepare(java, libs)
         for node_id in self.node_ids:
             self.start_node(node_id, java, libs)
@@ -285,17 +333,26 @@ class LocalKafka:
         except InfraError:
             self.down()  # leave nothing half-started behind
             raise
-        from pcvhub.infra.topics_admin import ensure_topics
-
-        ensure_topics(self.settings, self.bootstrap_servers, self.brokers)
+        self.secure()
         return self.bootstrap_servers
+
+    def secure(self) -> None:
+        """Credentials, the topic table and its ACLs on a running cluster (idempotent)."""
+        from pcvhub.infra.topics_admin import TopicSetupError, deploy
+
+        try:
+            self.security.ensure_credentials(self.internal_bootstrap)
+            deploy(self.client_settings(Principal.ADMIN), self.brokers)
+        except (SecuritySetupError, ConfigError, TopicSetupError) as exc:
+            raise InfraError(f"the broker runs but could not be secured: {exc}") from exc
 
     def wait_ready(self, timeout: float = 120.0, brokers: int | None = None) -> None:
         """Block until `brokers` nodes answer metadata; raise with their log tails if not."""
         from confluent_kafka.admin import AdminClient
 
         want = self.brokers if brokers is None else brokers
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        # the internal listener: it answers before any SCRAM credential exists
+        admin = AdminClient(self.security.internal_client(self.internal_bootstrap))
         deadline = time.monotonic() + timeout
         seen = 0
         while time.monotonic() < deadline:
@@ -318,7 +375,7 @@ class LocalKafka:
         )
         raise InfraError(
             f"Kafka did not come up within {timeout:.0f}s ({seen} of {want} brokers answer "
-            f"metadata on {self.bootstrap_servers}); last lines of the broker logs:\n{tails}"
+            f"metadata on {self.internal_bootstrap}); last lines of the broker logs:\n{tails}"
         )
 
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
@@ -346,9 +403,10 @@ class LocalKafka:
         result = []
         for node_id in self.node_ids:
             pid = self.pid(node_id)
-            broker_port, controller_port = self.ports[node_id]
+            broker_port, controller_port, internal_port = self.ports[node_id]
             result.append(NodeStatus(
                 node_id=node_id, broker_port=broker_port, controller_port=controller_port,
+                internal_port=internal_port,
                 pid=pid, alive=pid is not None,
                 answering=pid is not None and _port_in_use(broker_port),
                 log_file=self.log_file(node_id),

@@ -1,16 +1,29 @@
-"""Apply the topic table to a cluster: create what is missing, leave what exists."""
+"""Apply the topic table to a cluster: create what is missing, bring the configs of what
+exists up to the table (a config added to the table reaches topics created before it)."""
 
 from __future__ import annotations
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                   NewTopic, ResourceType)
 
 from pcvhub.config import Settings
-from pcvhub.topics import TOPICS
+from pcvhub.topics import TOPICS, Principal
 
 
 class TopicSetupError(RuntimeError):
     """A topic of the table could not be created; the message names it and the cause."""
+
+
+def deploy(settings: Settings, brokers: int) -> list[str]:
+    """A deployment's topics (its prefix) and their ACLs, as the admin; idempotent.
+    Returns the names of newly created topics."""
+    from pcvhub.infra.security import ensure_acls
+
+    admin = settings.as_principal(Principal.ADMIN)
+    created = ensure_topics(admin, admin.bootstrap_servers, brokers)
+    ensure_acls(admin)
+    return created
 
 
 def ensure_topics(settings: Settings, bootstrap_servers: str, brokers: int) -> list[str]:
@@ -28,6 +41,7 @@ def ensure_topics(settings: Settings, bootstrap_servers: str, brokers: int) -> l
         for spec in TOPICS
         if spec.name(settings.topic_prefix) not in existing
     ]
+    _align_configs(admin, settings, existing, brokers)
     if not wanted:
         return []
     created = []
@@ -41,3 +55,21 @@ def ensure_topics(settings: Settings, bootstrap_servers: str, brokers: int) -> l
                 continue
             raise TopicSetupError(f"could not create topic {name}: {err.str()}") from exc
     return created
+
+
+def _align_configs(admin: AdminClient, settings: Settings, existing: set[str],
+                   brokers: int) -> None:
+    resources = [
+        ConfigResource(ResourceType.TOPIC, spec.name(settings.topic_prefix), incremental_configs=[
+            ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+            for key, value in spec.configs(brokers).items()])
+        for spec in TOPICS if spec.name(settings.topic_prefix) in existing
+    ]
+    if not resources:
+        return
+    for resource, future in admin.incremental_alter_configs(resources).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            raise TopicSetupError(f"could not apply the topic table's configs to "
+                                  f"{resource.name}: {exc.args[0].str()}") from exc

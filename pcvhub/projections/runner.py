@@ -33,6 +33,7 @@ from pcvhub.log.reader import LogReadError, RegistryLookahead, TopicReader, regi
 from pcvhub.projections.projection import Projection
 from pcvhub.projections.projector import TOPIC_ROLES
 from pcvhub.projections.store import ProjectionStore
+from pcvhub.topics import Principal
 from pcvhub.trust.registry import ANCHOR_FILE, KeyRegistry, load_anchor
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ class ProjectionRunner:
 
     def __init__(self, settings: Settings, db_path: Path, *, batch_size: int = 2000,
                  poll_timeout: float = 0.5) -> None:
-        self.settings = settings
+        # the projection runner's principal: it may read the gatekeeper's outputs, nothing else
+        self.settings = settings.as_principal(Principal.PROJECTIONS)
         self.db_path = Path(db_path)
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout

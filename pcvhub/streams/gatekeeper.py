@@ -26,6 +26,7 @@ from pcvhub.schemas.codec import (
 )
 from pcvhub.streams.case import AlertStatus, CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
+from pcvhub.streams.rules import CONNECTOR
 from pcvhub.streams.timers import TurnaroundTimers
 from pcvhub.streams.verdict import AllOf, Verdict
 from pcvhub.topics import SOURCE_HEADER
@@ -128,6 +129,12 @@ class Gatekeeper:
                 "producers must key ingress records by CoI so one therapy stays in one "
                 "partition",
             )]
+        if event.event_type == "EventRejected" and self._connector_refusal(event):
+            # A connector refused input that never reached Kafka and may write only its
+            # ingress topic: its signed refusal goes on to ``rejected`` byte for byte.
+            ledger.answered.add((source.topic, source.offset))
+            return [Output("rejected", event.coi.encode(), raw, source.partition, source,
+                           event.event_id)]
         case = ledger.case(event.coi)
         verdict = self.rules.check(event, case)
         outputs: list[Output] = []
@@ -145,6 +152,14 @@ class Gatekeeper:
                                            event.event_type))
         ledger.answered.add((source.topic, source.offset))
         return outputs
+
+    def _connector_refusal(self, event: InboundEvent) -> bool:
+        """A refusal a registered connector signed (both signatures, valid key) of input
+        that came from outside Kafka (no ingress position: partition -1). Anything else
+        of type EventRejected on ingress goes to the rules, which refuse it (R2)."""
+        return (CONNECTOR in self.registry.roles_of(event.producer)
+                and event.payload.get("source_partition") == -1
+                and self.registry.verify(event.envelope).ok)
 
     def _fold(self, event: InboundEvent, case: CaseState) -> None:
         """Apply an accepted event to its case and, for registry events, to the registry."""
@@ -237,6 +252,11 @@ class Gatekeeper:
         p = refusal.payload
         if p["source_partition"] >= 0:
             ledger.answered.add((p["source_topic"], p["source_offset"]))
+        elif refusal.source is not None and CONNECTOR in self.registry.roles_of(refusal.producer):
+            # A relayed connector refusal: its ingress position is only in the unsigned
+            # source header (the connector could not know it). Only the gatekeeper can
+            # write ``rejected`` (broker ACLs), so the header is the relay's own.
+            ledger.answered.add((refusal.source.topic, refusal.source.offset))
 
     def replay_alert(self, alert: InboundEvent, ledger: PartitionLedger) -> None:
         """Replayed before the canonical events (``rebuild_ledger``), so that the

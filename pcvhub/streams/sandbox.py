@@ -19,11 +19,11 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pcvhub.config import Settings
-from pcvhub.infra.topics_admin import ensure_topics
+from pcvhub.infra.topics_admin import deploy
 from pcvhub.log.reader import read_raw
 from pcvhub.log.verify import RawRecord
 from pcvhub.streams.worker import GATEKEEPER_ACTOR
-from pcvhub.topics import topic_name
+from pcvhub.topics import Principal, connector_principal, topic_name
 from pcvhub.trust.issuer import now_us
 from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import ANCHOR_FILE, Actor, KeyRecord, write_anchor
@@ -44,7 +44,7 @@ class Sandbox:
         prefix = f"t{uuid.uuid4().hex[:10]}"
         mine = replace(settings, bootstrap_servers=bootstrap, topic_prefix=prefix,
                        data_dir=root / "data")
-        ensure_topics(mine, bootstrap, brokers=1)
+        deploy(mine, brokers=1)
         sandbox = cls(mine, root)
         sandbox.wait_for_leaders()
         return sandbox
@@ -53,7 +53,7 @@ class Sandbox:
         """New topics answer NOT_LEADER for a moment: wait until every partition has one."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(self.settings.librdkafka())
+        admin = AdminClient(self.admin.librdkafka())
         prefix = f"{self.settings.topic_prefix}."
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -66,10 +66,17 @@ class Sandbox:
         raise RuntimeError(f"topics {prefix}* have no leader after {timeout:.0f}s")
 
     @property
+    def admin(self) -> Settings:
+        """The operator of this sandbox (a super user): it sets up, counts, and plays the
+        attacker who has broker access."""
+        return self.settings.as_principal(Principal.ADMIN)
+
+    @property
     def env(self) -> dict[str, str]:
         return dict(os.environ, PCVHUB_BOOTSTRAP_SERVERS=self.settings.bootstrap_servers,
                     PCVHUB_TOPIC_PREFIX=self.settings.topic_prefix,
                     PCVHUB_DATA_DIR=str(self.settings.data_dir),
+                    PCVHUB_KAFKA_CREDENTIALS_DIR=str(self.settings.kafka_credentials),
                     PCVHUB_KEY_PASSPHRASE=PASSPHRASE,
                     # tests replay back-dated therapies: the timer sweep reads the
                     # sandbox's simulation clock (event time only until a test moves it)
@@ -114,7 +121,9 @@ class Sandbox:
 
     # -- topics ---------------------------------------------------------------------
     def send(self, records: Iterable[tuple[bytes, bytes]], source: str = "direct") -> int:
-        producer = Producer(self.settings.producer(**{"linger.ms": 5}))
+        # as the connector of that source: the only principal the broker lets write there
+        producer = Producer(self.settings.as_principal(connector_principal(source))
+                            .producer(**{"linger.ms": 5}))
         topic = topic_name(f"ingress.{source}", self.settings.topic_prefix)
         count = 0
         for key, value in records:
@@ -129,11 +138,11 @@ class Sandbox:
     def read_all(self, suffix: str) -> list[RawRecord]:
         """Every record currently on one of this hub's topics, as read (not verified: tests
         inspect exactly what is on the log)."""
-        return list(read_raw(self.settings, suffix))
+        return list(read_raw(self.settings.as_principal(Principal.READER), suffix))
 
     def count(self, suffix: str) -> int:
         topic = topic_name(suffix, self.settings.topic_prefix)
-        consumer = Consumer(self.settings.librdkafka(**{"group.id": "counter"}))
+        consumer = Consumer(self.admin.librdkafka(**{"group.id": "counter"}))
         try:
             parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
             return sum(h - lo for lo, h in (consumer.get_watermark_offsets(

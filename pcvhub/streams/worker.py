@@ -23,6 +23,7 @@ from pcvhub.log.verify import CANONICAL
 from pcvhub.streams.app import build_app
 from pcvhub.streams.gatekeeper import Gatekeeper
 from pcvhub.streams.rules import default_rules
+from pcvhub.topics import Principal
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
 from pcvhub.trust.registry import ANCHOR_FILE, load_anchor
@@ -40,6 +41,7 @@ class GatekeeperWorker:
 
 def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> GatekeeperWorker:
     """The Faust app, its gatekeeper and the registry follower (not started)."""
+    settings = settings.as_principal(Principal.GATEKEEPER)
     registry = load_anchor(settings.data_dir / ANCHOR_FILE)
     signer = KeyStore(settings.data_dir / "keys", passphrase_from_env()).latest(GATEKEEPER_ACTOR)
     gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(signer), registry)

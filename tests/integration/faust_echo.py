@@ -9,9 +9,14 @@ import os
 
 import faust
 
+from pcvhub.config import load_settings
+
+# the broker and the credentials (the admin: the test's topics have no ACLs of their own)
+settings = load_settings().as_principal("admin")
 app = faust.App(
     os.environ["ECHO_APP_ID"],
-    broker=f"kafka://{os.environ['ECHO_BOOTSTRAP']}",
+    broker=settings.faust_broker(),
+    broker_credentials=settings.faust_security(),
     store="memory://",
     web_enabled=False,
     topic_replication_factor=1,

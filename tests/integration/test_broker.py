@@ -11,7 +11,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from pcvhub.config import Settings
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.infra.topics_admin import ensure_topics
-from pcvhub.topics import TOPICS, partition_for, topic_name
+from pcvhub.topics import (TOPICS, Principal, connector_principal, gatekeeper_group,
+                           partition_for, topic_name)
 
 pytestmark = pytest.mark.kafka
 
@@ -19,15 +20,15 @@ pytestmark = pytest.mark.kafka
 def test_produce_consume_round_trip(kafka: LocalKafka, settings: Settings) -> None:
     topic = topic_name("ingress.direct", settings.topic_prefix)
     marker = uuid.uuid4().hex
-    producer = Producer(settings.librdkafka(**{"bootstrap.servers": kafka.bootstrap_servers}))
+    # the direct partners' connector writes it; the gatekeeper reads it, in its own group
+    producer = Producer(kafka.client_settings(connector_principal("direct")).librdkafka())
     sent = [f"{marker}-{i}".encode() for i in range(50)]
     for value in sent:
         producer.produce(topic, key=marker.encode(), value=value)
     assert producer.flush(15) == 0
 
-    consumer = Consumer(settings.librdkafka(**{
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "group.id": f"test-{marker}",
+    consumer = Consumer(kafka.client_settings(Principal.GATEKEEPER).librdkafka(**{
+        "group.id": f"{gatekeeper_group(settings.topic_prefix)}-test-{marker}",
         "auto.offset.reset": "earliest",
     }))
     consumer.subscribe([topic])
@@ -48,8 +49,9 @@ def test_produce_consume_round_trip(kafka: LocalKafka, settings: Settings) -> No
 
 
 def test_topic_table_is_applied_idempotently(kafka: LocalKafka, settings: Settings) -> None:
-    assert ensure_topics(settings, kafka.bootstrap_servers, brokers=1) == []
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin_settings = kafka.client_settings(Principal.ADMIN)
+    assert ensure_topics(admin_settings, kafka.bootstrap_servers, brokers=1) == []
+    admin = AdminClient(admin_settings.librdkafka())
     metadata = admin.list_topics(timeout=10)
     for spec in TOPICS:
         name = spec.name(settings.topic_prefix)
@@ -57,12 +59,15 @@ def test_topic_table_is_applied_idempotently(kafka: LocalKafka, settings: Settin
         assert len(metadata.topics[name].partitions) == spec.partitions
 
     resources = [ConfigResource("topic", topic_name(s, settings.topic_prefix))
-                 for s in ("events", "keys")]
+                 for s in ("events", "ingress.hl7")]
     configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
     events = configs[topic_name("events", settings.topic_prefix)]
     assert events["retention.ms"].value == "-1"
     assert events["cleanup.policy"].value == "delete"
-    assert configs[topic_name("keys", settings.topic_prefix)]["cleanup.policy"].value == "compact"
+    assert events["message.timestamp.type"].value == "CreateTime"
+    # the broker's append time on ingress: a time no producer chooses
+    ingress = configs[topic_name("ingress.hl7", settings.topic_prefix)]
+    assert ingress["message.timestamp.type"].value == "LogAppendTime"
 
 
 def test_status_reports_the_running_node(kafka: LocalKafka) -> None:
@@ -91,7 +96,7 @@ def test_confluent_and_aiokafka_place_a_coi_key_in_the_same_partition(
     from aiokafka.partitioner import DefaultPartitioner
 
     topic = topic_name("ingress.direct", settings.topic_prefix)
-    producer = Producer(settings.producer(**{"bootstrap.servers": kafka.bootstrap_servers}))
+    producer = Producer(kafka.client_settings(connector_principal("direct")).producer())
     placed: dict[bytes, int] = {}
 
     def on_delivery(err: object, msg: object) -> None:

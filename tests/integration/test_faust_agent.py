@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pcvhub.infra.kafka import LocalKafka
+from pcvhub.topics import Principal
 
 pytestmark = pytest.mark.kafka
 
@@ -23,27 +24,29 @@ APP = Path(__file__).with_name("faust_echo.py")
 def test_faust_agent_echoes_records(kafka: LocalKafka, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     topic_in, topic_out = f"test.echo-in.{run}", f"test.echo-out.{run}"
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    admin_settings = kafka.client_settings(Principal.ADMIN)
+    admin = AdminClient(admin_settings.librdkafka())
     topics = [NewTopic(topic_in, 3, 1), NewTopic(topic_out, 3, 1)]
     for future in admin.create_topics(topics).values():
         future.result()
 
-    env = dict(os.environ, ECHO_APP_ID=f"echo-{run}", ECHO_BOOTSTRAP=kafka.bootstrap_servers,
-               ECHO_IN=topic_in, ECHO_OUT=topic_out)
+    env = dict(os.environ, ECHO_APP_ID=f"echo-{run}", ECHO_IN=topic_in, ECHO_OUT=topic_out,
+               PCVHUB_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+               PCVHUB_KAFKA_CREDENTIALS_DIR=str(admin_settings.kafka_credentials))
     log = (tmp_path / "faust.log").open("w")
     worker = subprocess.Popen(
         [sys.executable, str(APP), "worker", "-l", "warn", "--without-web"],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+        producer = Producer(admin_settings.librdkafka())
         sent = {f"k{i}".encode(): f"v{i}".encode() for i in range(20)}
         for key, value in sent.items():
             producer.produce(topic_in, key=key, value=value)
         assert producer.flush(15) == 0
 
-        consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers,
-                             "group.id": f"reader-{run}", "auto.offset.reset": "earliest"})
+        consumer = Consumer(admin_settings.librdkafka(**{
+            "group.id": f"reader-{run}", "auto.offset.reset": "earliest"}))
         consumer.subscribe([topic_out])
         echoed: dict[bytes, bytes] = {}
         deadline = time.monotonic() + 90

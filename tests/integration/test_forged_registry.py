@@ -96,7 +96,7 @@ def test_registrations_forged_onto_the_log_are_quarantined_by_every_reader(hub) 
         Actor(nurse.actor_id, "nurse", frozenset({"NURSE", "REGISTRAR"}), nurse.site),
         nurse.key_id, nurse.issuer.signer.keys.public, builder.clock_us),
         occurred_at_us=builder.clock_us + 2, prev_hash=builder.registry_case.head)
-    producer = Producer(hub.settings.producer())
+    producer = Producer(hub.admin.producer())
     for forged in (self_signed, promoted):
         producer.produce(topic_name("events", hub.settings.topic_prefix), key=forged.key,
                          value=forged.wire)

@@ -45,7 +45,7 @@ def hub(kafka, settings, tmp_path):
 
 def log_ends(sandbox: Sandbox) -> dict[tuple[str, int], int]:
     """The end offset of every partition that holds records, per topic role."""
-    consumer = Consumer(sandbox.settings.librdkafka(**{"group.id": "ends"}))
+    consumer = Consumer(sandbox.admin.librdkafka(**{"group.id": "ends"}))
     try:
         ends = {}
         for role in TOPIC_ROLES:
@@ -89,7 +89,7 @@ def test_two_sigkills_while_consuming_100k_events_end_in_the_rebuilds_digest(
     rng = random.Random(11)
     extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, rng)
     prefix = hub.settings.topic_prefix
-    producer = Producer(hub.settings.producer(**{"linger.ms": 5}))
+    producer = Producer(hub.admin.producer(**{"linger.ms": 5}))
 
     def produce(topic: str, event: IssuedEvent) -> None:
         producer.produce(topic_name(topic, prefix), key=event.key, value=event.wire)

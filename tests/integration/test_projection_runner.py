@@ -183,7 +183,7 @@ def test_a_record_that_is_no_envelope_is_kept_aside_and_the_runner_carries_on(
     cast = builder.register_cast("k")
     first, second = (TherapyScenario(builder, cast=cast) for _ in range(2))
     canonical = topic_name("events", hub.settings.topic_prefix)
-    producer = Producer(hub.settings.producer())
+    producer = Producer(hub.admin.producer())
 
     def write(records: list[tuple[bytes, bytes]]) -> None:
         for key, value in records:

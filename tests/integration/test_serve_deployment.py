@@ -37,6 +37,7 @@ from pcvhub.log.verify import CANONICAL
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
 from pcvhub.trust.issuer import EventIssuer, now_us
+from pcvhub.topics import Principal
 from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
 from pcvhub.trust.signing import EventSigner
@@ -95,7 +96,7 @@ class Deployment:
         return signer
 
     def wait_registered(self, timeout: float = 180) -> None:
-        settings = self.hub.settings
+        settings = self.hub.settings.as_principal(Principal.READER)
         verifier = deployment_verifier(settings, "test deployment")
         with LogFollower(settings, [CANONICAL], verifier) as canonical:
             missing = canonical.wait_read(self.registered, timeout)

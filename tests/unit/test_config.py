@@ -10,12 +10,32 @@ from pcvhub.config import ConfigError, load_settings
 from pcvhub.topics import FOREVER, TOPICS, TopicRole, topic_name
 
 
-def test_defaults_point_at_the_local_broker() -> None:
-    settings = load_settings({})
+def test_defaults_point_at_the_local_brokers_secured_listener(tmp_path: Path) -> None:
+    credentials = tmp_path / "security"
+    (credentials / "principals").mkdir(parents=True)
+    (credentials / "principals" / "gatekeeper.json").write_text(
+        '{"username": "gatekeeper", "password": "pw-of-the-gatekeeper"}')
+    settings = load_settings({"PCVHUB_KAFKA_CREDENTIALS_DIR": str(credentials)})
     assert settings.bootstrap_servers == "127.0.0.1:19092"
-    assert settings.librdkafka() == {"bootstrap.servers": "127.0.0.1:19092",
-                                     "security.protocol": "PLAINTEXT"}
+    assert settings.as_principal("gatekeeper").librdkafka() == {
+        "bootstrap.servers": "127.0.0.1:19092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "gatekeeper",
+        "sasl.password": "pw-of-the-gatekeeper",
+        "ssl.ca.location": str(credentials / "ca.pem"),
+    }
     assert settings.faust_broker() == "kafka://127.0.0.1:19092"
+
+
+def test_a_process_must_say_who_it_is_and_have_credentials(tmp_path: Path) -> None:
+    settings = load_settings({"PCVHUB_DATA_DIR": str(tmp_path)})
+    assert settings.kafka_credentials == (tmp_path / "kafka" / "security").resolve()
+    with pytest.raises(ConfigError, match="no Kafka principal chosen"):
+        settings.librdkafka()
+    with pytest.raises(ConfigError, match="no credentials for Kafka principal 'reader'.*"
+                                          "pcvhub infra up"):
+        settings.as_principal("reader").librdkafka()
 
 
 def test_toml_then_environment_override(tmp_path: Path) -> None:
@@ -53,12 +73,14 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
         load_settings({"PCVHUB_KAFKA_BASE_PORT": "nineteen"})
 
 
-def test_topic_table_keeps_the_log_forever_and_compacts_registries() -> None:
+def test_topic_table_keeps_the_log_forever_and_stamps_ingress_with_append_time() -> None:
     by_role = {spec.role: spec for spec in TOPICS}
     for role in (TopicRole.CANONICAL, TopicRole.REJECTED, TopicRole.ALERTS):
         assert by_role[role].retention_ms == FOREVER
         assert by_role[role].configs(brokers=1)["retention.bytes"] == "-1"
-    assert all(s.cleanup_policy == "compact" for s in TOPICS if s.role is TopicRole.REGISTRY)
+        assert "message.timestamp.type" not in by_role[role].configs(brokers=1)
+    assert all(s.configs(brokers=1)["message.timestamp.type"] == "LogAppendTime"
+               for s in TOPICS if s.role is TopicRole.INGRESS)
     assert by_role[TopicRole.CANONICAL].configs(brokers=3)["min.insync.replicas"] == "2"
     assert topic_name("events") == "pcvhub.events"
     with pytest.raises(KeyError, match="no topic"):
