@@ -166,6 +166,11 @@ class Grant:
         return f"User:{self.principal} {self.operation} {self.resource}:{self.name}{star}"
 
 
+#: the group id of the one log reader's consumers: librdkafka wants one even for
+#: assign-only consumers (and asks for its coordinator); nothing is ever committed to it
+READER_GROUP = "pcvhub-log-reader"
+
+
 def gatekeeper_group(prefix: str) -> str:
     """The gatekeeper's consumer group and Faust app id prefix (``<prefix>-gatekeeper``):
     its ACLs cover the group and the topics Faust makes for itself under that name."""
@@ -183,7 +188,8 @@ def acl_table(prefix: str) -> tuple[Grant, ...]:
 
     Writers get WRITE, readers READ, both DESCRIBE (metadata of the topic). The gatekeeper
     also gets its consumer group and the topics Faust declares for its own coordination
-    (``<app id>-__assignor-__leader``), both named by :func:`gatekeeper_group`. The admin
+    (``<app id>-__assignor-__leader``), both named by :func:`gatekeeper_group`; every
+    reader the log reader's group (:data:`READER_GROUP`). The admin
     needs no grant: it is a super user. Everything not granted is refused by the broker.
     """
     grants: list[Grant] = []
@@ -195,6 +201,8 @@ def acl_table(prefix: str) -> tuple[Grant, ...]:
         for principal in spec.readers:
             grants += [Grant(principal, "topic", "literal", name, op)
                        for op in ("READ", "DESCRIBE")]
+    readers = sorted({str(p) for spec in TOPICS for p in spec.readers})
+    grants += [Grant(p, "group", "literal", READER_GROUP, "READ") for p in readers]
     own = gatekeeper_group(prefix)
     grants += [Grant(Principal.GATEKEEPER, "group", "prefixed", own, "READ")]
     grants += [Grant(Principal.GATEKEEPER, "topic", "prefixed", own, op)

@@ -27,6 +27,7 @@ import ipaddress
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,7 +217,8 @@ def acl_bindings(grants: Iterable[Grant]) -> list[Any]:
 def ensure_acls(settings: Settings, prefix: str | None = None) -> int:
     """Create the ACL table of one deployment (its topic prefix) as the admin; creating
     a binding that exists is a no-op on the broker. Returns the number of bindings."""
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType,
+                                       AdminClient, ResourcePatternType, ResourceType)
 
     admin = AdminClient(settings.as_principal(Principal.ADMIN).librdkafka(log_level=0))
     bindings = acl_bindings(acl_table(prefix or settings.topic_prefix))
@@ -225,7 +227,21 @@ def ensure_acls(settings: Settings, prefix: str | None = None) -> int:
             future.result()
         except Exception as exc:  # noqa: BLE001 - re-raised as a sentence
             raise SecuritySetupError(f"could not create ACL {binding}: {exc}") from exc
-    return len(bindings)
+    # The controller has committed them; the brokers' authorizers apply them from the
+    # metadata log a moment later. Return only once a broker describes every one, so a
+    # client started next is not refused what was just granted.
+    wanted = {str(b) for b in bindings}
+    deadline = time.monotonic() + 30
+    while True:
+        everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None,
+                                      None, AclOperation.ANY, AclPermissionType.ANY)
+        present = {str(b) for b in admin.describe_acls(everything, request_timeout=30).result()}
+        if wanted <= present:
+            return len(bindings)
+        if time.monotonic() > deadline:
+            raise SecuritySetupError(f"{len(wanted - present)} ACL(s) created but not in force "
+                                     f"after 30 s, e.g. {sorted(wanted - present)[0]}")
+        time.sleep(0.1)
 
 
 def delete_acls(settings: Settings, prefix: str) -> None:

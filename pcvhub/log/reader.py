@@ -33,12 +33,12 @@ from pcvhub.log.verify import (
     RawRecord,
     VerifiedRecord,
 )
-from pcvhub.topics import partition_for, topic_name, topic_spec
+from pcvhub.topics import READER_GROUP, partition_for, topic_name, topic_spec
 from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, KeyRegistry, load_anchor
 
 log = logging.getLogger(__name__)
-#: librdkafka wants a group id even for assign-only consumers; nothing is ever committed
-READER_GROUP = "pcvhub-log-reader"
+#: answers that no retry changes
+_REFUSED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED}
 
 
 class LogReadError(RuntimeError):
@@ -72,6 +72,7 @@ class TopicReader:
                  start: dict[tuple[str, int], int] | None = None,
                  partitions: Iterable[int] | None = None) -> None:
         self.settings = settings
+        self._principal = settings.principal
         self._names = {s: topic_name(s, settings.topic_prefix) for s in suffixes}
         self._suffix = {name: s for s, name in self._names.items()}
         client = settings.librdkafka(**{"group.id": READER_GROUP,
@@ -91,6 +92,11 @@ class TopicReader:
     def _count(self, suffix: str) -> int:
         name = self._names[suffix]
         metadata = self._watermarks.list_topics(name, timeout=10).topics.get(name)
+        if metadata is not None and metadata.error is not None and metadata.error.code() in _REFUSED:
+            raise LogReadError(
+                f"the broker refused principal {self._principal!r} reading {name} "
+                f"({metadata.error.str()}): the ACL table (`pcvhub infra principals`) says "
+                "who may read it")
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise LogReadError(
                 f"topic {name} does not exist on {self.settings.bootstrap_servers}; create "
@@ -120,6 +126,12 @@ class TopicReader:
         if error is not None:
             if error.fatal():
                 raise LogReadError(f"reading {msg.topic()}[{msg.partition()}]: {error.str()}")
+            if error.code() in _REFUSED:
+                # not transient: waiting would spin for ever on a topic this principal
+                # may not read (the ACL table in pcvhub.topics says who may)
+                raise LogReadError(
+                    f"the broker refused principal {self._principal!r} reading "
+                    f"{msg.topic()}: {error.str()}")
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("reading %s[%s]: %s", msg.topic(), msg.partition(), error.str())
             return None

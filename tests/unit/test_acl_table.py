@@ -40,7 +40,7 @@ def test_read_only_principals_write_nothing_and_admin_needs_no_grant() -> None:
 
 def test_the_gatekeeper_owns_its_group_and_faust_topics_by_prefix() -> None:
     prefixed = [g for g in acl_table("hub") if g.pattern == "prefixed"]
-    assert {g.principal for g in prefixed} == {Principal.GATEKEEPER}
+    assert {g.principal for g in prefixed} == {Principal.GATEKEEPER}  # groups, topics
     assert {(g.resource, g.name) for g in prefixed} == {("group", "hub-gatekeeper"),
                                                          ("topic", "hub-gatekeeper")}
 
