@@ -37,7 +37,7 @@ from pcvhub.demo.therapy import DAY_US, T0_US, Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.projections.runner import RunProgress, rebuild
 from pcvhub.streams.sandbox import Sandbox
-from pcvhub.topics import TOPICS, topic_name
+from pcvhub.topics import TOPICS, Principal, topic_name
 from tests.unit.test_projection_scenario import signed_cohort
 
 BIG_LOG = 1_000_000

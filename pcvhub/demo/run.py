@@ -14,6 +14,7 @@ from rich.console import Console
 
 from pcvhub.config import Settings, load_settings
 from pcvhub.connectors.writer import IngressWriter
+from pcvhub.demo import attacker
 from pcvhub.demo.clients import DemoError, DropFolder, LogWatch
 from pcvhub.demo.cohort import build_cohort
 from pcvhub.demo.deployment import Deployment, forget_previous_run, prepare, wait_for_topics
@@ -91,6 +92,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                 raise DemoError(f"the gatekeeper refused a registration: {refused[0].code}: "
                                 f"{refused[0].reason}")
             registered_at = time.monotonic()
+        attacks = attacker.play(deployment.settings, deployment.hub.registry_case.head)
         with console.status("connectors starting (HL7 / MLLP, FHIR, MES drop, payer) ..."):
             endpoints = stack.endpoints(serve)
             inbox = deployment.run_dir / "payer-inbox"
@@ -116,7 +118,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                 "--until-end", "--publish-every", "0"])
             figures = read_figures(deployment.projection_file)
         report = Report(patients, figures, drive, receivables, accounting, world.faults,
-                        time.monotonic() - began, watch.accepted,
+                        time.monotonic() - began, watch.accepted, attacks,
                         where=_where(deployment, receivables, keep_running, world))
         if keep_running:
             report.where["dashboard"] = _dashboard(deployment.projection_file, world)

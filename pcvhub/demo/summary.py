@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from pcvhub.demo.attacker import Attempt
 from pcvhub.demo.clients import DemoError
 from pcvhub.demo.cohort import Fault
 from pcvhub.demo.driver import Accounting, CaughtFault, Drive, Receivables
@@ -96,6 +97,7 @@ class Report:
     faults: list[CaughtFault]
     wall_s: float
     accepted: int  # events the demo saw accepted on the canonical log
+    attacks: list[Attempt]  # what the broker answered the attacker
     where: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -106,6 +108,8 @@ class Report:
                   for f in self.faults if not f.caught]
         found += [f"unexplained refusal: {r}" for r in self.accounting.unexplained_refusals]
         found += [f"unexplained alert: {a}" for a in self.accounting.unexplained_alerts]
+        found += [f"attack not refused by the broker: {a.attack} ({a.answer})"
+                  for a in self.attacks if not a.refused]
         if self.figures.completed != self.patients:
             found.append(f"{self.figures.completed} of {self.patients} therapies completed")
         return found
@@ -157,6 +161,16 @@ def render(console: Console, report: Report) -> None:
                        escape(f"{fault.code}: "
                               f"{_first_sentence(fault.reason, 200 if wide else 100)}"))
 
+    attacks = Table(title=f"attacks on the broker refused: "
+                          f"{sum(x.refused for x in report.attacks)} of {len(report.attacks)}",
+                    title_justify="left", expand=True, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column, ratio in (("", None), ("attack", 6), ("as principal", 2), ("topic", 3),
+                          ("refused by the broker's ACLs: its answer", 5)):
+        attacks.add_column(column, ratio=ratio, width=1 if ratio is None else None)
+    for x in report.attacks:
+        attacks.add_row("[green]✔[/]" if x.refused else "[red]✘[/]", escape(x.attack),
+                        x.principal, x.topic, escape(x.answer))
+
     a = report.accounting
     explained = (f"{a.refusals} refusals and {a.alerts} alerts on the log, "
                  f"{len(a.unexplained_refusals)} refusals and {len(a.unexplained_alerts)} "
@@ -176,7 +190,7 @@ def render(console: Console, report: Report) -> None:
     side = Table.grid(padding=(0, 6))
     side.add_row(doses, claims)
     style = "green" if report.ok else "red"
-    body: list = [headline, "", side, "", faults,
+    body: list = [headline, "", side, "", faults, attacks,
                   f"[{'green' if not a.unexplained_refusals else 'red'}]{explained}[/]",
                   timing, "", where]
     for problem in report.problems:

@@ -27,8 +27,12 @@ from importlib import resources
 from pathlib import Path
 
 from pcvhub.config import ConfigError, Settings
-from pcvhub.infra.security import (BROKER_PRINCIPAL, SCRAM_MECHANISM, BrokerSecurity,
-                                   SecuritySetupError)
+from pcvhub.infra.security import (
+    BROKER_PRINCIPAL,
+    SCRAM_MECHANISM,
+    BrokerSecurity,
+    SecuritySetupError,
+)
 from pcvhub.topics import Principal
 
 _MARKER = ".complete"

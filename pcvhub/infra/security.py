@@ -187,8 +187,12 @@ class BrokerSecurity:
 
         Idempotent (same password, new salt), and it is what makes an already-formatted
         data folder, or a principal added to the topic table later, usable."""
-        from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
-                                           UserScramCredentialUpsertion)
+        from confluent_kafka.admin import (
+            AdminClient,
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
 
         admin = AdminClient(self.internal_client(internal_bootstrap))
         info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
@@ -205,8 +209,13 @@ class BrokerSecurity:
 
 def acl_bindings(grants: Iterable[Grant]) -> list[Any]:
     """The confluent-kafka ``AclBinding`` of each grant (ALLOW, from any host)."""
-    from confluent_kafka.admin import (AclBinding, AclOperation, AclPermissionType,
-                                       ResourcePatternType, ResourceType)
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     return [AclBinding(ResourceType[g.resource.upper()], g.name,
                        ResourcePatternType[g.pattern.upper()], f"User:{g.principal}", "*",
@@ -217,8 +226,14 @@ def acl_bindings(grants: Iterable[Grant]) -> list[Any]:
 def ensure_acls(settings: Settings, prefix: str | None = None) -> int:
     """Create the ACL table of one deployment (its topic prefix) as the admin; creating
     a binding that exists is a no-op on the broker. Returns the number of bindings."""
-    from confluent_kafka.admin import (AclBindingFilter, AclOperation, AclPermissionType,
-                                       AdminClient, ResourcePatternType, ResourceType)
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     admin = AdminClient(settings.as_principal(Principal.ADMIN).librdkafka(log_level=0))
     bindings = acl_bindings(acl_table(prefix or settings.topic_prefix))

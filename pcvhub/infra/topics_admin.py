@@ -4,8 +4,14 @@ exists up to the table (a config added to the table reaches topics created befor
 from __future__ import annotations
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
-                                   NewTopic, ResourceType)
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from pcvhub.config import Settings
 from pcvhub.topics import TOPICS, Principal

@@ -92,7 +92,9 @@ class TopicReader:
     def _count(self, suffix: str) -> int:
         name = self._names[suffix]
         metadata = self._watermarks.list_topics(name, timeout=10).topics.get(name)
-        if metadata is not None and metadata.error is not None and metadata.error.code() in _REFUSED:
+        refused = metadata is not None and metadata.error is not None and (
+            metadata.error.code() in _REFUSED)
+        if metadata is not None and refused:
             raise LogReadError(
                 f"the broker refused principal {self._principal!r} reading {name} "
                 f"({metadata.error.str()}): the ACL table (`pcvhub infra principals`) says "

@@ -11,8 +11,14 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from pcvhub.config import Settings
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.infra.topics_admin import ensure_topics
-from pcvhub.topics import (TOPICS, Principal, connector_principal, gatekeeper_group,
-                           partition_for, topic_name)
+from pcvhub.topics import (
+    TOPICS,
+    Principal,
+    connector_principal,
+    gatekeeper_group,
+    partition_for,
+    topic_name,
+)
 
 pytestmark = pytest.mark.kafka
 

@@ -12,8 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import (Consumer, KafkaError, KafkaException, Message, Producer,
-                             TopicPartition)
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pcvhub.config import Settings

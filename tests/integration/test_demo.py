@@ -113,3 +113,13 @@ def test_doses_claims_and_turnaround_are_projected(demo):
     assert "claims paid $250,000 (4), outstanding $62,500 (1)" in demo.text
     outbox = list((demo.data_dir / "runs").glob("*/claims-outbox/*.837"))
     assert len(outbox) == 1 and "CLM*CLM-P001-1*62500" in outbox[0].read_text()
+
+
+def test_the_attacker_is_refused_by_the_broker(demo):
+    """A forged registration onto the canonical log and a write to another connector's
+    topic, both with the HL7 connector's credentials: the broker refuses each."""
+    assert "attacks on the broker refused: 2 of 2" in demo.text, demo.text
+    rows = [line for line in demo.text.splitlines() if "connector-hl7" in line]
+    assert len(rows) == 2 and all("✔" in r and "Topic authorization failed" in r
+                                  for r in rows), rows
+    assert any(".events" in r for r in rows) and any(".ingress.payer" in r for r in rows)

@@ -36,8 +36,8 @@ from pcvhub.log.reader import LogFollower, deployment_verifier
 from pcvhub.log.verify import CANONICAL
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
-from pcvhub.trust.issuer import EventIssuer, now_us
 from pcvhub.topics import Principal
+from pcvhub.trust.issuer import EventIssuer, now_us
 from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
 from pcvhub.trust.signing import EventSigner

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from pcvhub.topics import (TOPICS, Grant, Principal, TopicRole, acl_table, connector_principal,
-                           principals)
+from pcvhub.topics import (
+    READER_GROUP,
+    TOPICS,
+    Grant,
+    Principal,
+    TopicRole,
+    acl_table,
+    connector_principal,
+    principals,
+)
 
 
 def _ops(prefix: str, principal: str, topic: str) -> set[str]:
@@ -48,6 +56,10 @@ def test_the_gatekeeper_owns_its_group_and_faust_topics_by_prefix() -> None:
 def test_every_principal_named_by_a_topic_is_known_and_acls_follow_the_prefix() -> None:
     named = {p for spec in TOPICS for p in (*spec.writers, *spec.readers)}
     assert set(principals()) == {*named, Principal.ADMIN}
-    assert all(g.name.startswith("other") for g in acl_table("other"))
+    assert all(g.name.startswith("other") for g in acl_table("other") if g.resource == "topic")
+    # the log reader's assign-only consumers share one group, never committed to
+    readers = {g.principal for g in acl_table("other") if g.resource == "group"
+               and g.name == READER_GROUP}
+    assert readers == {p for spec in TOPICS for p in spec.readers}
     assert str(Grant("reader", "topic", "literal", "hub.events", "READ")) == (
         "User:reader READ topic:hub.events")
