@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pcvhub.clock import clock_for
 from pcvhub.config import ConfigError, load_settings
 
 console = Console()
@@ -38,8 +39,11 @@ def dashboard(
     from pcvhub.web import DashboardError, DashboardServer
 
     try:
-        path = db if db is not None else load_settings().data_dir / DEFAULT_FILE
-        server = DashboardServer(path, host, port)
+        settings = load_settings()
+        path = db if db is not None else settings.data_dir / DEFAULT_FILE
+        # alert ages count on the clock the deployment's gatekeeper raises them by
+        server = DashboardServer(path, host, port,
+                                 clock_for(settings.timer_clock, settings.data_dir))
     except (ConfigError, DashboardError, OSError) as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=1) from None

@@ -71,7 +71,8 @@ from pcvhub.schemas.codec import (
     encode_payload,
     to_us,
 )
-from pcvhub.schemas.envelope import SignatureMeaning, meaning_for
+from pcvhub.schemas.envelope import SignatureMeaning
+from pcvhub.schemas.policy import meaning_for
 
 log = logging.getLogger(__name__)
 

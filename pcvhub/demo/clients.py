@@ -280,6 +280,18 @@ class LogWatch:
                                     "gatekeeper (`pcvhub worker`) running? see its log")
                 self._changed.wait(remaining)
 
+    def wait_for_alert(self, coi: str, code: str, timeout: float) -> Alert | None:
+        """The first alert ``code`` raised for therapy ``coi``, once it is on the alerts
+        topic; None if none arrived within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((a for a in self.alerts if (a.coi, a.code) == (coi, code)), None)
+                remaining = deadline - time.monotonic()
+                if found is not None or remaining <= 0:
+                    return found
+                self._changed.wait(remaining)
+
     def alerts_about(self, subjects: set[str]) -> list[Alert]:
         with self._changed:
             return [a for a in self.alerts if a.subject in subjects]

@@ -7,10 +7,14 @@ chain-of-identity ids) and the wall-clock dates differ.
 
 Time. Therapies happen over simulated weeks that end a few days before today: a patient
 is enrolled on day ``start_day`` of the cohort, and each later step is a whole number of
-days after the step before it, at a plausible hour. The gatekeeper's turnaround timers run
-on event time, so the demo advances the whole cohort one simulated day at a time (see
+days after the step before it, at a plausible hour. The demo advances the whole cohort one
+simulated day at a time and moves the gatekeeper's simulation clock with it (see
 ``pcvhub.demo.driver``); the durations below keep every therapy inside its deadlines
 (``pcvhub.streams.timers.DEFAULT_POLICY``), so a valid therapy raises no alert.
+
+Besides the cohort, one more referral stalls on purpose (``Cohort.stalled``): its sample
+reaches the sequencing lab and nothing is ever written for it again, so only the
+gatekeeper's timer sweep can notice it, with the turnaround alert the demo then expects.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ class Fault(StrEnum):
     WRONG_PATIENT = "dose scanned for the wrong patient"
     UNREGISTERED_SIGNER = "message from an unregistered signer"
     DUPLICATE_HL7 = "duplicate HL7 message"
+    #: not an event at all: a therapy nobody writes for any more (``Cohort.stalled``)
+    STALLED = "therapy stalled at the sequencing lab"
+
+
+#: the faults injected by sending something; spread over the cohort (``assign_faults``)
+SENT_FAULTS = tuple(f for f in Fault if f is not Fault.STALLED)
 
 
 # -- the patients ---------------------------------------------------------------------------
@@ -135,6 +145,11 @@ class Patient:
     def tag(self) -> str:
         return f"P{self.index + 1:03d}"
 
+    @property
+    def stalls(self) -> bool:
+        """Nothing is written for this therapy after its sample reached the lab."""
+        return Fault.STALLED in self.faults
+
     def day(self, step: str) -> int:
         """Cohort day of a step of the timeline ("enrol" is day 0 of the therapy)."""
         return self.start_day + (0 if step == "enrol" else getattr(self.timeline, step))
@@ -142,9 +157,17 @@ class Patient:
 
 @dataclass(frozen=True)
 class Cohort:
+    """The patients whose therapies complete, and the one referral that stalls."""
+
     patients: tuple[Patient, ...]
     #: the MRN of the patient in the next bed, whose wristband is scanned by mistake
     neighbours: dict[int, str]
+    stalled: Patient
+
+    @property
+    def therapies(self) -> tuple[Patient, ...]:
+        """Everyone the demo drives: the cohort, then the stalled referral."""
+        return (*self.patients, self.stalled)
 
     @property
     def days(self) -> int:
@@ -162,39 +185,44 @@ VISITOR_MRN = "PCC-V000001"
 
 
 def assign_faults(patients: int) -> dict[int, set[Fault]]:
-    """Spread the faults over the cohort (patient index -> faults): fault ``k`` of the six
-    goes to patient ``k * patients // 6``, so a large cohort has one fault per faulty
+    """Spread the sent faults over the cohort (patient index -> faults): fault ``k`` of the
+    six goes to patient ``k * patients // 6``, so a large cohort has one fault per faulty
     therapy and a small one doubles them up."""
     faults: dict[int, set[Fault]] = {}
-    for k, fault in enumerate(Fault):
-        faults.setdefault(k * patients // len(Fault), set()).add(fault)
+    for k, fault in enumerate(SENT_FAULTS):
+        faults.setdefault(k * patients // len(SENT_FAULTS), set()).add(fault)
     return faults
 
 
 def build_cohort(patients: int, seed: int = 7) -> Cohort:
-    """``patients`` patients enrolled over up to three weeks (two days apart at most)."""
+    """``patients`` patients enrolled over up to three weeks (two days apart at most), and
+    the referral that stalls (enrolled on day 0, so its deadline passes while the cohort
+    still runs)."""
     if patients < 1:
         raise ValueError(f"a cohort needs at least one patient, not {patients}")
     spread = min(21, 2 * (patients - 1))
     faults = assign_faults(patients)
-    built = []
-    for i in range(patients):
-        rng = random.Random(seed * 100_003 + i)
-        cancer = CANCERS[i % len(CANCERS)]
-        hla = tuple(sorted({rng.choice(HLA_ALLELES[:3]), rng.choice(HLA_ALLELES[3:6]),
-                            rng.choice(HLA_ALLELES[6:])}))
-        built.append(Patient(
-            index=i, mrn=f"PCC-{400_101 + 37 * i:07d}",
-            given_name=GIVEN[i % len(GIVEN)], family_name=FAMILY[(i * 7) % len(FAMILY)],
-            sex="F" if i % 2 == 0 else "M",
-            birth_date=f"{rng.randint(1948, 1985)}{rng.randint(1, 12):02d}"
-                       f"{rng.randint(1, 28):02d}",
-            cancer=cancer, hla=hla,
-            start_day=(i * spread) // max(patients - 1, 1) if patients > 1 else 0,
-            minute=(i * 13) % 120, timeline=_timeline(rng),
-            research_consent=rng.random() < 0.7,
-            faults=frozenset(faults.get(i, ())),
-            second_claim_outstanding=(i % 5 == 4 or i == patients - 1)))
+    built = [_patient(i, seed, (i * spread) // max(patients - 1, 1) if patients > 1 else 0,
+                      frozenset(faults.get(i, ())), i % 5 == 4 or i == patients - 1)
+             for i in range(patients)]
     neighbours = {p.index: (built[(p.index + 1) % patients].mrn if patients > 1
                             else VISITOR_MRN) for p in built}
-    return Cohort(tuple(built), neighbours)
+    stalled = _patient(patients, seed, 0, frozenset({Fault.STALLED}), False)
+    return Cohort(tuple(built), neighbours, stalled)
+
+
+def _patient(i: int, seed: int, start_day: int, faults: frozenset[Fault],
+             second_claim_outstanding: bool) -> Patient:
+    rng = random.Random(seed * 100_003 + i)
+    hla = tuple(sorted({rng.choice(HLA_ALLELES[:3]), rng.choice(HLA_ALLELES[3:6]),
+                        rng.choice(HLA_ALLELES[6:])}))
+    return Patient(
+        index=i, mrn=f"PCC-{400_101 + 37 * i:07d}",
+        given_name=GIVEN[i % len(GIVEN)], family_name=FAMILY[(i * 7) % len(FAMILY)],
+        sex="F" if i % 2 == 0 else "M",
+        birth_date=f"{rng.randint(1948, 1985)}{rng.randint(1, 12):02d}"
+                   f"{rng.randint(1, 28):02d}",
+        cancer=CANCERS[i % len(CANCERS)], hla=hla, start_day=start_day,
+        minute=(i * 13) % 120, timeline=_timeline(rng),
+        research_consent=rng.random() < 0.7, faults=faults,
+        second_claim_outstanding=second_claim_outstanding)

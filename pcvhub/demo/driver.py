@@ -14,9 +14,12 @@ Who sends what (the same split a real deployment has):
 
 Event time. The whole cohort moves one simulated day at a time: every therapy does that
 day's steps (in parallel across therapies), and the next day starts once the hub has
-answered all of them. The gatekeeper's turnaround timers run on the event time it has
-seen per partition, so keeping the cohort in step means no therapy is judged against
-another therapy's later day (which would raise alerts no one caused).
+answered all of them. The gatekeeper's turnaround timers run on processing time, never
+earlier than the event time it has seen per partition; keeping the cohort in step means
+no therapy is judged against another therapy's later day (which would raise alerts no one
+caused). Processing time is the deployment's simulation clock (``pcvhub.clock``), which
+the driver moves to the start of each simulated day: that is how the stalled referral's
+turnaround deadline passes, and its alert is raised, while nobody writes for it.
 
 Chain heads. Every event names the previous accepted event of its therapy (R3). Events a
 run signs itself are chained by the demo's copy of the case (``TherapyScenario``, judged
@@ -53,12 +56,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from pcvhub.clock import SimulationClock
 from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.outcome import Outcome
 from pcvhub.connectors.payer import ClaimOutbox, ClaimRecord
 from pcvhub.connectors.writer import IngressWriter
 from pcvhub.demo import messages
 from pcvhub.demo.clients import (
+    Alert,
     DemoError,
     DropFolder,
     FhirClient,
@@ -90,6 +95,10 @@ DIRECT, HL7, FHIR, FILES = "direct", "hl7", "fhir", "files"
 #: see the same answer; its follower polls every 0.2 s
 HANDOFF_S = 0.6
 TICK_US = 5 * 60 * 1_000_000  # steps of one visit are five minutes apart
+#: the turnaround alert of a sample that never becomes a design (``pcvhub.streams.timers``)
+STALL_ALERT = "TAT_SAMPLE_TO_DESIGN"
+#: how long the sweep (every ``timer_sweep_seconds``) may take to notice the passed deadline
+STALL_ALERT_WAIT_S = 90.0
 DOSE_PRICE = Decimal("62500.00")
 _COI = re.compile(r"PCV-[A-Z0-9]+-\d{4}-[0-9A-F]{12}[0-9A-Z]")
 
@@ -113,6 +122,13 @@ class CaughtFault:
     @property
     def answered(self) -> bool:
         return bool(self.code)
+
+    def resolve_by_alert(self, alert: Alert | None) -> None:
+        """A fault no event carries (a stalled therapy): caught by the alert it must raise."""
+        self.caught = alert is not None and alert.code == self.expected_code
+        self.caught_by = self.catcher if self.caught else "nobody: no alert was raised"
+        if alert is not None:
+            self.code, self.reason = alert.code, alert.message
 
     def resolve(self, answer: Outcome) -> None:
         self.caught = not answer.accepted and answer.code == self.expected_code
@@ -143,6 +159,8 @@ class World:
     #: event ids the demo sent to be refused, and control ids a connector must refuse
     expected_refusals: set[str] = field(default_factory=set)
     expected_connector_refusals: set[str] = field(default_factory=set)
+    #: (therapy, alert code) the hub must raise with no event to answer: the stalled one
+    expected_alerts: set[tuple[str, str]] = field(default_factory=set)
     mes_exports: dict[int, MesExport] = field(default_factory=dict)  # by cohort day
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -290,6 +308,11 @@ class TherapyRun:
         #: days this therapy's rows are in the plant's export
         self.mes_days = {patient.day(step) for step in ("manufacturing", "steps_done",
                                                          "qc_done")}
+        if patient.stalls:  # the sample reaches the lab, and then nothing, ever
+            stall = patient.day("lab_receipt")
+            self.steps = {day: step for day, step in self.steps.items() if day <= stall}
+            self.last_day, self.mes_days = stall, set()
+        self.stall: CaughtFault | None = None
         self._day = -1
         self._exported = False
 
@@ -502,6 +525,13 @@ class TherapyRun:
 
     def lab_receipt(self) -> None:
         self._direct(self.scenario.receive_sample)
+        if self.patient.stalls:
+            self.stall = self.world.record(CaughtFault(
+                Fault.STALLED, self.patient.tag, self.coi,
+                f"sample {self.scenario.sample_id} received at the lab on "
+                f"{messages.when(self.scenario.now_us):%Y-%m-%d}; no event for the therapy "
+                "after that", STALL_ALERT, "gatekeeper timer sweep (alert)"))
+            self.world.expected_alerts.add((self.coi, STALL_ALERT))
 
     def sequenced(self) -> None:
         s = self.scenario
@@ -674,9 +704,11 @@ class Drive:
 
 
 def drive_cohort(world: World, console: Console) -> Drive:
-    """Run every therapy, one simulated day at a time, with progress bars."""
+    """Run every therapy, one simulated day at a time, with progress bars; then wait for
+    the stalled therapy's alert, which only the gatekeeper's sweep can raise."""
     started = time.monotonic()
-    runs = [TherapyRun(world, patient) for patient in world.cohort.patients]
+    runs = [TherapyRun(world, patient) for patient in world.cohort.therapies]
+    clock = SimulationClock(world.deployment.data_dir)
     days = sorted({day for run in runs for day in run.steps})
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
@@ -691,6 +723,7 @@ def drive_cohort(world: World, console: Console) -> Drive:
             progress.update(calendar, note=f"{date:%Y-%m-%d}, {world.watch.accepted} events "
                                            "accepted")
             date_us = world.start_us + day * DAY_US
+            clock.set(date_us)  # the sweep's "now": the day begins for the whole deployment
             world.mes_exports[day] = MesExport(
                 world.mes, f"mes-export-{messages.when(date_us):%Y%m%d}.csv",
                 sum(day in run.mes_days for run in runs))
@@ -699,8 +732,16 @@ def drive_cohort(world: World, console: Console) -> Drive:
             progress.update(finished, completed=sum(r.finished for r in runs),
                             note=f"{len([r for r in runs if r.broken])} broken")
         progress.update(calendar, note=f"{world.watch.accepted} events accepted")
+        if days:  # the last simulated day is over: the dashboard's "now" for alert ages
+            clock.set(world.start_us + (days[-1] + 1) * DAY_US)
     for run in runs:
         run.close()
+    for run in runs:
+        if run.stall is not None:
+            with console.status(f"waiting for the timer sweep to notice {run.patient.tag} "
+                                "stalled at the lab ..."):
+                run.stall.resolve_by_alert(world.watch.wait_for_alert(
+                    run.coi, STALL_ALERT, STALL_ALERT_WAIT_S))
     return Drive(runs, time.monotonic() - started)
 
 
@@ -808,7 +849,8 @@ def account(world: World, ingress_hl7: list[str]) -> Accounting:
                                         f"{r.outcome.reason}")
     fault_alerts = {a.subject: a.code for a in watch.alerts_about(world.expected_refusals)}
     unexplained_alerts = [f"{a.coi}: {a.severity} {a.code}: {a.message}" for a in watch.alerts
-                          if a.subject not in world.expected_refusals]
+                          if a.subject not in world.expected_refusals
+                          and (a.coi, a.code) not in world.expected_alerts]
     duplicates = {}
     for fault in world.faults:
         if fault.fault is Fault.DUPLICATE_HL7 and fault.event_id is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from rich.console import Console
 
+from pcvhub.clock import SimulationClock
 from pcvhub.config import Settings, load_settings
 from pcvhub.connectors.writer import IngressWriter
 from pcvhub.demo import attacker
@@ -56,7 +57,8 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
     start_us = cohort_start_us(cohort)
     console.rule("[bold]pcvhub demo")
     console.print(f"{patients} patient(s) over {cohort.days} simulated days; "
-                  f"{sum(len(p.faults) for p in cohort.patients)} injected faults; "
+                  f"{sum(len(p.faults) for p in cohort.therapies)} injected faults (one "
+                  "of them a referral that stalls at the lab); "
                   f"topics {prefix}.*; data in {folder.resolve()}", highlight=False)
     stack = Stack(console, base)
     watch: LogWatch | None = None
@@ -121,7 +123,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                         time.monotonic() - began, watch.accepted, attacks,
                         where=_where(deployment, receivables, keep_running, world))
         if keep_running:
-            report.where["dashboard"] = _dashboard(deployment.projection_file, world)
+            report.where["dashboard"] = _dashboard(deployment, world)
             report.where["projections"] = ("the runner stays stopped while the dashboard reads "
                                            "the file (DuckDB: one writer, no reader beside it)")
         render(console, report)
@@ -158,11 +160,13 @@ def _where(d: Deployment, receivables: Receivables, keep_running: bool,
     return where
 
 
-def _dashboard(projection_file: Path, world: World) -> str:
-    """Serve the dashboard of the finished projection file; its URL and a faulty therapy."""
+def _dashboard(deployment: Deployment, world: World) -> str:
+    """Serve the dashboard of the finished projection file; its URL and a faulty therapy.
+    Alert ages count on the run's simulation clock, as the gatekeeper raised them."""
     from pcvhub.web import serve_dashboard
 
-    url = serve_dashboard(projection_file)
+    url = serve_dashboard(deployment.projection_file,
+                          clock=SimulationClock(deployment.data_dir))
     faulty = next((f.coi for f in world.faults if f.coi), None)
     return url + (f"  (a therapy with a caught fault: {url}/therapies/{faulty})" if faulty
                   else "")

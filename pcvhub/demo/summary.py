@@ -127,7 +127,9 @@ def render(console: Console, report: Report) -> None:
     f = report.figures
     median = ("—" if f.median_vein_to_vein_days is None
               else f"{f.median_vein_to_vein_days:.1f} days")
-    headline = (f"[bold]{f.completed} of {f.therapies} therapies completed[/] · median "
+    stalled = sum(fault.fault is Fault.STALLED for fault in report.faults)
+    headline = (f"[bold]{f.completed} of {report.patients} therapies completed[/] "
+                f"(+{stalled} stalled on purpose) · median "
                 f"vein-to-vein [bold]{median}[/] · claims paid [bold]{_money(f.paid)}[/] "
                 f"({f.claims_with('PAID')}), outstanding [bold]{_money(f.outstanding)}[/] "
                 f"({sum(c[1] for c in f.claims if c[4] > 0)})")

@@ -395,6 +395,19 @@ class TherapyScenario:
             "pipeline_version": "somatic-wes 4.2.1", "variant_count": 312,
             "reference_genome": "GRCh38"})
 
+    def store_genome(self) -> InboundEvent:
+        """The lab puts the genome into the vault, 2-of-3 shares over three sites (off the
+        happy path: a lab that keeps its own genome store never sends it)."""
+        return self.issue("lab", "GenomeStored", {
+            "root_hash": "9a" * 32, "content_size": 3 * 1_048_576, "chunk_size": 1_048_576,
+            "chunk_count": 3, "scheme": "shamir-gf256", "randomness": "os-getrandom",
+            "security": "INFORMATION_THEORETIC", "k": 2, "n": 3,
+            "shares": [{"share_index": i, "site_id": site,
+                        "storage_ref": f"vault://{site.lower()}/{self.coi}/{i}",
+                        "sealing": "hpke-mlkem768x25519-hkdfsha256-aes256gcm",
+                        "recipient_key_id": f"{i:02x}" * 32}
+                       for i, site in enumerate(("KYOTO01", "TOHOKU", "NICT"), start=1)]})
+
     def design(self, sequencing_hash: str | None = None) -> InboundEvent:
         return self.issue("designer", "NeoantigenDesignProduced", {
             "design_id": self.design_id, "design_hash": self.design_hash,

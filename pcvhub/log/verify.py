@@ -47,8 +47,9 @@ from typing import Any
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
 from pcvhub.schemas.envelope import Envelope
+from pcvhub.schemas.policy import policy_of, types_on
 from pcvhub.streams.event import InboundEvent, SourcePosition
-from pcvhub.topics import SOURCE_HEADER
+from pcvhub.topics import SOURCE_HEADER, TopicRole
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
 from pcvhub.trust.signing import verify_envelope
@@ -60,12 +61,9 @@ REJECTED = "rejected"
 ALERTS = "alerts"
 REGISTRAR = "REGISTRAR"
 
-#: What may stand on the gatekeeper's side topics, and which roles may sign it there.
-#: Connectors write the refusals of input they could not even turn into an event.
-SIDE_TOPICS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    REJECTED: (frozenset({"EventRejected"}), frozenset({"GATEKEEPER", "CONNECTOR"})),
-    ALERTS: (frozenset({"AlertRaised", "CustodyViolationDetected"}), frozenset({"GATEKEEPER"})),
-}
+#: The gatekeeper's side topics: which event types stand on each, and which roles sign
+#: them there, are the ``topic`` and ``roles`` columns of the policy table.
+SIDE_TOPICS: dict[str, TopicRole] = {REJECTED: TopicRole.REJECTED, ALERTS: TopicRole.ALERTS}
 
 #: How many quarantined records a report keeps whole (the rest are counted only).
 REPORT_SAMPLES = 20
@@ -319,10 +317,11 @@ class LogVerifier:
                                f"event {event.event_id} ({kind}) on chain {event.coi}: "
                                f"registry events, and only they, live on {REGISTRY_COI}")
             return registry_kind
-        allowed = SIDE_TOPICS.get(topic)
-        if allowed is not None and kind not in allowed[0]:
+        side = SIDE_TOPICS.get(topic)
+        row = policy_of(kind)
+        if side is not None and (row is None or row.topic is not side):
             raise _Refused("WRONG_TOPIC", f"event {event.event_id} is a {kind}; {topic} holds "
-                                          f"only {', '.join(sorted(allowed[0]))}")
+                                          f"only {', '.join(sorted(types_on(side)))}")
         return False
 
     def _signed(self, event: InboundEvent, *, full_window: bool) -> None:
@@ -359,13 +358,13 @@ class LogVerifier:
                            f"{event.producer}, who is not a registrar on the registry chain "
                            f"(roles: {', '.join(sorted(roles)) or 'none'}); only a REGISTRAR "
                            "key known at that point of the chain may change the registry")
-        allowed = SIDE_TOPICS.get(record.position.topic)
-        if allowed is not None and not roles & allowed[1]:
+        row = policy_of(event.event_type)
+        if record.position.topic in SIDE_TOPICS and row is not None and not roles & row.roles:
             raise _Refused("WRONG_SIGNER",
                            f"{event.event_type} {event.event_id} on {record.position.topic} is "
                            f"signed by {event.producer} (roles: "
                            f"{', '.join(sorted(roles)) or 'none'}); only "
-                           f"{' or '.join(sorted(allowed[1]))} may write there")
+                           f"{' or '.join(sorted(row.roles))} may write there")
 
     def _linked(self, event: InboundEvent) -> None:
         head = self.heads.get(event.coi, b"")

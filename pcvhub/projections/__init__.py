@@ -18,7 +18,8 @@ file with the same ``pcvhub projections digest`` (:mod:`.digest`) as the live on
 - :mod:`.verification`: signatures re-verified against keys folded from the registry
   chain, starting from the trust anchor; validity windows and revocations are judged
   when the audit is queried, so a key revoked later flags what it signed;
-- :mod:`.lifecycle`: the therapy's stage, folded as the gatekeeper's lifecycle moves it;
+- :mod:`.lifecycle`: each chain's position and stage, moved by the policy table's one
+  lifecycle fold (``pcvhub.schemas.policy``), the one the gatekeeper calls;
 - :mod:`.publish`: pseudonymised read-only copies for analysts and payers.
 
 Querying while the hub runs (analysts)

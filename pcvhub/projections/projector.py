@@ -29,7 +29,6 @@ from pcvhub.log.verify import (
     RawRecord,
     VerifiedRecord,
 )
-from pcvhub.projections import lifecycle
 from pcvhub.projections.lifecycle import TherapyProgress
 from pcvhub.projections.schema import (
     ENVELOPES,
@@ -43,6 +42,7 @@ from pcvhub.projections.schema import (
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope
 from pcvhub.schemas.envelope import Envelope
+from pcvhub.schemas.policy import advance
 from pcvhub.topics import SOURCE_HEADER
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
@@ -185,7 +185,7 @@ class Projector:
         progress.chain_seq += 1
         progress.head = digest.hex()
         if env.coi != REGISTRY_COI:
-            entered = lifecycle.advance(progress, short, payload, env.producer)
+            entered = advance(progress.lifecycle, short, payload, env.producer)
             if entered is not None:
                 batch.add(STAGE_ENTRIES, (at.partition, at.offset, env.coi,
                                           entered.value, from_us(env.occurred_at_us),

@@ -43,8 +43,9 @@ from dataclasses import dataclass
 
 import duckdb
 
-from pcvhub.projections.lifecycle import Stage
 from pcvhub.projections.schema import sql_string
+from pcvhub.schemas.policy import next_step
+from pcvhub.schemas.stages import Stage
 from pcvhub.trust.registry import REGISTRY_COI
 
 REGISTRY = sql_string(REGISTRY_COI)
@@ -918,27 +919,8 @@ TURNAROUND_BY_SITE = View(
 
 # -- case status -------------------------------------------------------------------------------
 
-NEXT_STEP: dict[Stage, str] = {
-    Stage.NEW: "enrol the patient (PatientEnrolled)",
-    Stage.ENROLLED: "record treatment consent (ConsentGranted)",
-    Stage.CONSENTED: "order the therapy (TherapyOrdered)",
-    Stage.ORDERED: "collect the tumour sample (SampleCollected)",
-    Stage.COLLECTED: "receive the sample at the sequencing lab (SampleReceived)",
-    Stage.RECEIVED_AT_LAB: "sequence the samples (SequencingCompleted)",
-    Stage.SEQUENCED: "produce the neoantigen design (NeoantigenDesignProduced)",
-    Stage.DESIGNED: "two different approvers approve the design (DesignApproved)",
-    Stage.APPROVED: "start manufacturing a batch (ManufacturingStarted)",
-    Stage.MANUFACTURING: "record the QC results (QcResultRecorded)",
-    Stage.QC: "the qualified person releases or rejects the batch (BatchDispositioned)",
-    Stage.RELEASED: "ship the doses to the site (ShipmentDispatched)",
-    Stage.SHIPPED: "receive the shipment at the site (ShipmentReceived)",
-    Stage.RECEIVED_AT_SITE: "place the doses in the site's inventory (InventoryPlaced)",
-    Stage.PLACED: "dispense the first dose (DoseDispensed)",
-    Stage.DISPENSED: "verify the patient at the bedside and give the dose (DoseAdministered)",
-    Stage.ADMINISTERED: "record the outcome (OutcomeRecorded)",
-    Stage.FOLLOW_UP: "dispense the next dose (DoseDispensed)",
-}
-_NEXT_STEPS = ", ".join(f"('{s.value}', {sql_string(t)})" for s, t in NEXT_STEP.items())
+# the step each stage waits for is a column of the policy table (``next_step_at``)
+_NEXT_STEPS = ", ".join(f"('{s.value}', {sql_string(next_step(s))})" for s in Stage)
 NO_DOSE_LEFT = "follow up: record outcomes (OutcomeRecorded); no usable dose is left"
 
 CASE_STATUS_MACRO = Macro("case_status_as_of", "as_of", f"""

@@ -12,31 +12,17 @@ from dataclasses import dataclass
 
 
 class SignatureMeaning(enum.StrEnum):
-    """Why the signer signed (21 CFR Part 11 §11.50): bound into the signed bytes."""
+    """Why the signer signed (21 CFR Part 11 §11.50): bound into the signed bytes.
+
+    Which event type must be signed with which meaning is a column of the policy table
+    (``pcvhub.schemas.policy``); every other event type is signed AUTHORED.
+    """
 
     AUTHORED = "AUTHORED"
     REVIEWED = "REVIEWED"
     APPROVED = "APPROVED"
     RESPONSIBLE = "RESPONSIBLE"
     VERIFIED = "VERIFIED"
-
-
-#: GxP electronic signatures (21 CFR Part 11): these event types must be signed with this
-#: meaning (the gatekeeper's R2 refuses others). The meaning is part of the signed bytes,
-#: so an approval can never be passed off as a mere authored record, or the reverse.
-#: Every other event type is signed AUTHORED. Producers read this table too.
-REQUIRED_MEANING: dict[str, SignatureMeaning] = {
-    "DesignApproved": SignatureMeaning.APPROVED,
-    "QcResultRecorded": SignatureMeaning.REVIEWED,
-    "BatchDispositioned": SignatureMeaning.RESPONSIBLE,
-    "IdentityVerified": SignatureMeaning.VERIFIED,
-    "AlertResolved": SignatureMeaning.RESPONSIBLE,
-}
-
-
-def meaning_for(event_type: str) -> SignatureMeaning:
-    """The meaning a producer signs ``event_type`` (short name) with."""
-    return REQUIRED_MEANING.get(event_type, SignatureMeaning.AUTHORED)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The stages of a therapy's lifecycle (ground floor).
 
-The gatekeeper judges events against them (``pcvhub.streams.case``) and the projections
-report which one each therapy reached (``pcvhub.projections.lifecycle``). The two
-workers may not import each other, so the names live here, once.
+The policy table (``pcvhub.schemas.policy``) says which event types may occur in which
+stage and where each takes the therapy; the gatekeeper judges by it and the projections
+report which stage each therapy reached. The two workers may not import each other, so
+the names live here, once.
 """
 
 from __future__ import annotations

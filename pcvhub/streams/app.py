@@ -30,7 +30,6 @@ from typing import Any
 
 import faust
 
-from pcvhub.clock import clock_for
 from pcvhub.config import Settings
 from pcvhub.log.reader import deployment_verifier, read_verified
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, VerifiedRecord
@@ -129,11 +128,11 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             # Step 5. One idempotent producer per partition writes the primary, in order.
             await send(primary)
 
-    # Step 7. Timers on processing time: every sweep interval, each owned partition's
-    # open therapies are checked for passed deadlines and their alerts raised, with no
-    # event needed. Alert ids are deterministic and the ledger holds those already on the
-    # log, so a sweep after a crash (or after another worker's) raises nothing twice.
-    clock = clock_for(settings.timer_clock, settings.data_dir)
+    # Step 7. Timers on processing time (the gatekeeper's clock, ``pcvhub.clock``): every
+    # sweep interval, each owned partition's open therapies are checked for passed
+    # deadlines and their alerts raised, with no event needed. Alert ids are deterministic
+    # and the ledger holds those already on the log, so a sweep after a crash (or after
+    # another worker's) raises nothing twice.
     owned: set[int] = set()
 
     @app.on_partitions_assigned.connect
@@ -146,7 +145,7 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             ledger = await ledger_for(partition)
             if partition not in owned:
                 continue  # revoked while its ledger was being rebuilt
-            for alert in gatekeeper.sweep(ledger, clock.now_us()):
+            for alert in gatekeeper.sweep(ledger, gatekeeper.clock.now_us()):
                 await (await send(alert))
 
     # Step 6. On revocation Faust has already waited for the agent and flushed the

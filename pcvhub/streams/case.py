@@ -14,9 +14,14 @@ handler only moves the chain head (it is still an accepted fact). A handler skip
 reference it cannot resolve instead of raising: the log may hold events accepted under
 older rules, and rebuilding a case from the log must never stop half way.
 
-The registry of actors and keys has its own chain (``REGISTRY_COI``) and its own tiny
-lifecycle (``REGISTRY_LIFECYCLE``: registry events in any order); its facts are folded
-into the ``KeyRegistry``, not here.
+The stage moves by the one lifecycle fold of the policy table (``pcvhub.schemas.policy``,
+``advance``), which the projections call too, so the stage the gatekeeper judges by is the
+stage the dashboards show. What R4 needs besides the stage (QC passed, a dose left, an
+alert open) are the named preconditions here (``PRECONDITIONS``): they read facts only
+this fold keeps.
+
+The registry of actors and keys has its own chain (``REGISTRY_COI``; registry events in
+any order); its facts are folded into the ``KeyRegistry``, not here.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from enum import StrEnum
 from typing import Any
 
 from pcvhub.schemas import codec
+from pcvhub.schemas.policy import LifecycleState, advance
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
-from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS
+from pcvhub.trust.registry import REGISTRY_COI
 
 
 class DoseStatus(StrEnum):
@@ -168,7 +174,7 @@ class CaseState:
     coi: str
     head: bytes = b""
     event_ids: set[str] = field(default_factory=set)
-    stage: Stage = Stage.NEW
+    lifecycle: LifecycleState = field(default_factory=LifecycleState)
     stage_entered_us: dict[Stage, int] = field(default_factory=dict)  # first entry, for timers
     last_event_type: str = ""
     last_occurred_at_us: int = 0
@@ -207,6 +213,10 @@ class CaseState:
     # -- reading -------------------------------------------------------------------
 
     @property
+    def stage(self) -> Stage:
+        return self.lifecycle.stage
+
+    @property
     def is_registry(self) -> bool:
         return self.coi == REGISTRY_COI
 
@@ -229,8 +239,8 @@ class CaseState:
     # -- folding -------------------------------------------------------------------
 
     def apply(self, event: InboundEvent, digest: bytes) -> None:
-        """Fold one accepted event: advance the chain head, record its facts."""
-        target = None
+        """Fold one accepted event: advance the chain head, record its facts, move the
+        stage."""
         self.head = digest
         self.event_ids.add(event.event_id)
         self.last_event_type = event.event_type
@@ -241,110 +251,12 @@ class CaseState:
             handler = _HANDLERS.get(event.event_type)
             if handler is not None:
                 handler(self, event.payload, event)
-            target = next_stage(self, event.event_type, event.payload)
-        if target is not None:
-            self.enter(target, at)
-
-    def enter(self, stage: Stage, at_us: int) -> None:
-        self.stage = stage
-        self.stage_entered_us.setdefault(stage, at_us)
+            entered = advance(self.lifecycle, event.event_type, event.payload, event.producer)
+            if entered is not None:
+                self.stage_entered_us.setdefault(entered, at)
 
 
-# -- the lifecycle, as data ------------------------------------------------------------
-
-S = Stage
-_ORDER = list(Stage)
-
-
-def _from(first: Stage) -> frozenset[Stage]:
-    """Every stage from ``first`` on."""
-    return frozenset(_ORDER[_ORDER.index(first):])
-
-
-@dataclass(frozen=True)
-class Transition:
-    """Where an event type is in order and where it takes the therapy.
-
-    :param allowed_from: stages in which the event may occur.
-    :param to: the stage it enters; None leaves the stage unchanged.
-    :param requires: a named precondition on the case (``PRECONDITIONS``), checked by R4.
-    :param advance_if: a named condition (``ADVANCE_IF``) on the case *after* folding the
-        event and on its payload; when false the stage stays put (one approver of two, a
-        second sample) or goes to ``otherwise``.
-    :param otherwise: the stage to enter when ``advance_if`` is false (None: stay).
-    """
-
-    allowed_from: frozenset[Stage]
-    to: Stage | None = None
-    requires: str | None = None
-    advance_if: str | None = None
-    otherwise: Stage | None = None
-
-
-LIFECYCLE: dict[str, Transition] = {
-    "PatientEnrolled": Transition(frozenset({S.NEW}), S.ENROLLED),
-    "EligibilityConfirmed": Transition(_from(S.ENROLLED)),
-    "ConsentGranted": Transition(_from(S.ENROLLED), S.CONSENTED, advance_if="at_enrolled"),
-    "ConsentWithdrawn": Transition(_from(S.ENROLLED)),
-    "DiagnosisRecorded": Transition(_from(S.ENROLLED)),
-    "TherapyOrdered": Transition(frozenset({S.CONSENTED, S.ORDERED}), S.ORDERED,
-                                 requires="eligible_if_assessed"),
-    "AdministrationScheduled": Transition(_from(S.ORDERED)),
-    "SampleCollected": Transition(_from(S.ORDERED), S.COLLECTED, advance_if="at_ordered"),
-    "SampleReceived": Transition(_from(S.COLLECTED), S.RECEIVED_AT_LAB,
-                                 advance_if="at_collected"),
-    "SequencingCompleted": Transition(frozenset({S.RECEIVED_AT_LAB, S.SEQUENCED}), S.SEQUENCED),
-    "VariantCallsProduced": Transition(frozenset({S.SEQUENCED})),
-    "GenomeStored": Transition(_from(S.SEQUENCED)),
-    "NeoantigenDesignProduced": Transition(frozenset({S.SEQUENCED, S.DESIGNED}), S.DESIGNED),
-    "DesignApproved": Transition(frozenset({S.DESIGNED}), S.APPROVED,
-                                 advance_if="two_different_approvers"),
-    "ManufacturingStarted": Transition(frozenset({S.APPROVED}), S.MANUFACTURING),
-    "ManufacturingStepCompleted": Transition(frozenset({S.MANUFACTURING, S.QC})),
-    "QcResultRecorded": Transition(frozenset({S.MANUFACTURING, S.QC}), S.QC),
-    "BatchDispositioned": Transition(frozenset({S.QC}), S.RELEASED, requires="qc_passed",
-                                     advance_if="batch_released", otherwise=S.APPROVED),
-    # samples travel from collection on, doses from release on: only the first dose
-    # shipment moves the therapy to SHIPPED and its receipt to RECEIVED_AT_SITE
-    "ShipmentDispatched": Transition(_from(S.COLLECTED), S.SHIPPED,
-                                     advance_if="first_dose_shipment"),
-    "ShipmentReceived": Transition(_from(S.COLLECTED), S.RECEIVED_AT_SITE,
-                                   advance_if="first_dose_receipt"),
-    "CustodyTransferred": Transition(_from(S.COLLECTED)),
-    "TemperatureExcursion": Transition(_from(S.COLLECTED)),
-    "InventoryPlaced": Transition(_from(S.RECEIVED_AT_SITE), S.PLACED,
-                                  advance_if="at_received_at_site"),
-    "DoseReserved": Transition(_from(S.PLACED)),
-    # the loop of repeated doses: dispense -> administer -> (outcome) -> dispense the next
-    "DoseDispensed": Transition(frozenset({S.PLACED, S.ADMINISTERED, S.FOLLOW_UP}),
-                                S.DISPENSED, requires="doses_remain"),
-    "IdentityVerified": Transition(_from(S.ENROLLED)),
-    "DoseAdministered": Transition(frozenset({S.DISPENSED}), S.ADMINISTERED),
-    "OutcomeRecorded": Transition(_from(S.DISPENSED), S.FOLLOW_UP,
-                                  requires="administered_before",
-                                  advance_if="not_mid_dose"),
-    "AdverseEventReported": Transition(_from(S.ENROLLED)),
-    "DoseDestroyed": Transition(_from(S.RELEASED)),
-    "DoseExpired": Transition(_from(S.RELEASED)),
-    "ResearchDataRequested": Transition(_from(S.ENROLLED)),
-    "ClaimSubmitted": Transition(_from(S.DISPENSED), requires="administered_before"),
-    "ClaimAdjudicated": Transition(_from(S.DISPENSED), requires="administered_before"),
-    "PaymentPosted": Transition(_from(S.DISPENSED), requires="administered_before"),
-    "OutcomeMilestoneReached": Transition(_from(S.DISPENSED), requires="administered_before"),
-    "AlertAcknowledged": Transition(frozenset(Stage), requires="alert_open"),
-    "AlertResolved": Transition(frozenset(Stage), requires="alert_open"),
-}
-
-#: the registry's own chain: actors and keys, in any order, and nothing else
-REGISTRY_LIFECYCLE: dict[str, Transition] = {
-    event_type: Transition(frozenset(Stage)) for event_type in sorted(REGISTRY_EVENTS)
-}
-
-
-def lifecycle_of(coi: str) -> Mapping[str, Transition]:
-    """The lifecycle table that governs the chain ``coi``."""
-    return REGISTRY_LIFECYCLE if coi == REGISTRY_COI else LIFECYCLE
-
+# -- what R4 checks besides the stage ----------------------------------------------------
 
 @dataclass(frozen=True)
 class Precondition:
@@ -387,40 +299,6 @@ PRECONDITIONS: dict[str, Precondition] = {
         "NO_OPEN_ALERT", "an alert raised for this therapy and not yet resolved",
         "name an open alert of this therapy (see the alerts view)"),
 }
-
-
-def _shipment_has_doses(case: CaseState, payload: Mapping[str, Any]) -> bool:
-    shipment = case.shipments.get(payload["shipment_id"])
-    return shipment is not None and any(i in case.doses for i in shipment.items)
-
-
-# Evaluated after the handler folded the event but before the stage moves, so
-# ``case.stage`` is still the stage the event arrived in.
-ADVANCE_IF: dict[str, Callable[[CaseState, Mapping[str, Any]], bool]] = {
-    "at_enrolled": lambda case, p: case.stage is Stage.ENROLLED,
-    "at_ordered": lambda case, p: case.stage is Stage.ORDERED,
-    "at_collected": lambda case, p: case.stage is Stage.COLLECTED,
-    "at_received_at_site": lambda case, p: case.stage is Stage.RECEIVED_AT_SITE,
-    "two_different_approvers": lambda case, p: p["design_hash"] in case.approved_design_hashes,
-    "batch_released": lambda case, p: p["disposition"] == "RELEASED",
-    "first_dose_shipment": lambda case, p: (case.stage is Stage.RELEASED
-                                            and _shipment_has_doses(case, p)),
-    "first_dose_receipt": lambda case, p: (case.stage is Stage.SHIPPED
-                                           and _shipment_has_doses(case, p)),
-    # an outcome recorded while the next dose is dispensed must not skip its administration
-    "not_mid_dose": lambda case, p: case.stage is not Stage.DISPENSED,
-}
-del S
-
-
-def next_stage(case: CaseState, event_type: str, payload: Mapping[str, Any]) -> Stage | None:
-    """The stage an accepted (already folded) event moves the case to; None: unchanged."""
-    transition = lifecycle_of(case.coi).get(event_type)
-    if transition is None or transition.to is None:
-        return None
-    if transition.advance_if is None or ADVANCE_IF[transition.advance_if](case, payload):
-        return transition.to
-    return transition.otherwise
 
 
 # -- what each accepted event states -----------------------------------------------------

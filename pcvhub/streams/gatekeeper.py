@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pcvhub.clock import Clock, WallClock
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import (
     DecodeError,
@@ -88,11 +89,14 @@ class Gatekeeper:
     """Decodes, verifies and rule-checks ingress records for the partitions it owns."""
 
     def __init__(self, rules: AllOf, issuer: EventIssuer, registry: KeyRegistry,
-                 timers: TurnaroundTimers | None = None) -> None:
+                 timers: TurnaroundTimers | None = None, clock: Clock | None = None) -> None:
+        """:param clock: the deployment's processing time (``pcvhub.clock``; the wall clock
+            if None): what the sweep reads as now, and when an alert is raised."""
         self.rules = rules
         self.issuer = issuer  # the gatekeeper's own actor: signs rejections and alerts
         self.registry = registry  # the one R1/R2 read: accepted registry events fold into it
         self.timers = timers or TurnaroundTimers()
+        self.clock = clock or WallClock()
         self.catalog = load_catalog()
 
     # -- decoding ----------------------------------------------------------------
@@ -232,7 +236,12 @@ class Gatekeeper:
             "subject_event_id": basis,
             "due_at": due_at_us,
         }
-        issued = self.issuer.issue("AlertRaised", coi, payload, prev_hash=b"")
+        # raised "now" on the deployment's clock, so that an alert's age on the dashboard
+        # reads the same clock as its deadline; never before the partition's event time
+        raised_at = swept_at_us if swept_at_us is not None else max(self.clock.now_us(),
+                                                                     ledger.watermark_us)
+        issued = self.issuer.issue("AlertRaised", coi, payload, prev_hash=b"",
+                                   occurred_at_us=raised_at)
         return [Output("alerts", coi.encode(), issued.wire, ledger.partition, source,
                        issued.envelope.event_id, swept_at_us)]
 

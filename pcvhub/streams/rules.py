@@ -4,10 +4,11 @@ Each rule answers ``check(event, case) -> Verdict`` and refuses with a code and 
 sentence that names the event, the item or field at fault and what to do about it.
 Rules only read the ``CaseState`` (and the live ``KeyRegistry``, which the gatekeeper
 keeps folding as registry events are accepted: rules hold the object, never a copy);
-the gatekeeper folds the event into the case after every rule accepted it. Tables
-(roles, signature meanings, lifecycle, consent scopes) are data so that a reviewer can
-read the policy without reading control flow; an event type missing from a table is
-refused (fail closed).
+the gatekeeper folds the event into the case after every rule accepted it. What each
+event type allows (roles, signature meaning, site binding, lifecycle, consent scope) is
+one row of the policy table (``pcvhub.schemas.policy``), so that a reviewer can read the
+policy without reading control flow; an event type without a row is refused (fail
+closed). Each rule stands alone: none relies on another having run first.
 
 Refusals that put a patient at risk carry ``alert=True``: a design or batch that is not
 the approved one, a dose about to reach the wrong patient, a quarantined dose dispensed.
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pcvhub.schemas.envelope import REQUIRED_MEANING, SignatureMeaning
+from pcvhub.schemas.policy import POLICY, EventPolicy
 from pcvhub.streams.case import (
     FINAL_DOSE,
     PRECONDITIONS,
@@ -26,7 +27,6 @@ from pcvhub.streams.case import (
     DoseRecord,
     DoseStatus,
     Stage,
-    lifecycle_of,
 )
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.verdict import AllOf, Verdict
@@ -120,100 +120,6 @@ class HashChain:
 
 # -- R2 role -----------------------------------------------------------------------------
 
-CLINICAL = frozenset({"NURSE", "PHYSICIAN", "HOSPITAL_CLINICIAN"})
-PHARMACY = frozenset({"HOSPITAL_PHARMACIST"})
-CONNECTOR = "CONNECTOR"
-
-#: written only by the gatekeeper itself; never accepted from an ingress topic
-GATEKEEPER_OUTPUTS = frozenset({"EventRejected", "AlertRaised", "CustodyViolationDetected"})
-
-
-def _roles(*names: str, connector: bool = False) -> frozenset[str]:
-    return frozenset(names) | ({CONNECTOR} if connector else frozenset())
-
-
-# Event type -> roles (ActorRegistered Role symbols) that may emit it. Connectors emit the
-# hospital, EMR, MES and payer events they translate (connector=True), never lab results,
-# designs, approvals, QC results or release decisions.
-ROLES: dict[str, frozenset[str]] = {
-    # the registry: only the registrar, only on REGISTRY_COI
-    "ActorRegistered": _roles("REGISTRAR"),
-    "KeyRotated": _roles("REGISTRAR"),
-    "KeyRevoked": _roles("REGISTRAR"),
-    # hospital
-    "PatientEnrolled": _roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
-    "EligibilityConfirmed": _roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
-    "ConsentGranted": _roles(*CLINICAL, "PATIENT", connector=True),
-    "ConsentWithdrawn": _roles(*CLINICAL, "PATIENT", connector=True),
-    "DiagnosisRecorded": _roles("PHYSICIAN", connector=True),
-    "TherapyOrdered": _roles("PHYSICIAN", connector=True),
-    "AdministrationScheduled": _roles(*CLINICAL, *PHARMACY, connector=True),
-    "SampleCollected": _roles(*CLINICAL, connector=True),
-    # sequencing lab and design service
-    "SampleReceived": _roles("SEQUENCING_LAB"),
-    "SequencingCompleted": _roles("SEQUENCING_LAB"),
-    "VariantCallsProduced": _roles("SEQUENCING_LAB"),
-    "GenomeStored": _roles("SEQUENCING_LAB"),
-    "NeoantigenDesignProduced": _roles("DESIGN_SERVICE"),
-    "DesignApproved": _roles("DESIGN_APPROVER"),
-    # manufacturer, QC, qualified person
-    "ManufacturingStarted": _roles("MANUFACTURER", connector=True),
-    "ManufacturingStepCompleted": _roles("MANUFACTURER", connector=True),
-    "QcResultRecorded": _roles("QC_ANALYST"),
-    "BatchDispositioned": _roles("QUALIFIED_PERSON"),
-    # custody and cold chain: whoever holds samples or doses
-    "ShipmentDispatched": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY,
-                                 *CLINICAL),
-    "ShipmentReceived": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY),
-    "CustodyTransferred": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY,
-                                 *CLINICAL),
-    "TemperatureExcursion": _roles("COURIER", "MANUFACTURER", "SEQUENCING_LAB", *PHARMACY,
-                                   connector=True),
-    # pharmacy and bedside
-    "InventoryPlaced": _roles(*PHARMACY, connector=True),
-    "DoseReserved": _roles(*PHARMACY, connector=True),
-    "DoseDispensed": _roles(*PHARMACY, connector=True),
-    "IdentityVerified": _roles(*CLINICAL, *PHARMACY, "SEQUENCING_LAB", connector=True),
-    "DoseAdministered": _roles(*CLINICAL, connector=True),
-    "DoseDestroyed": _roles(*PHARMACY, "MANUFACTURER", connector=True),
-    "DoseExpired": _roles(*PHARMACY, "MANUFACTURER", connector=True),
-    # results, safety, secondary use
-    "OutcomeRecorded": _roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
-    "AdverseEventReported": _roles(*CLINICAL, "PATIENT", connector=True),
-    "ResearchDataRequested": _roles("RESEARCHER"),
-    # receivables
-    "ClaimSubmitted": _roles("BILLING", connector=True),
-    "ClaimAdjudicated": _roles("PAYER", connector=True),
-    "PaymentPosted": _roles("BILLING", "PAYER", connector=True),
-    "OutcomeMilestoneReached": _roles("PAYER", "MANUFACTURER", connector=True),
-    # alerts get owners: whoever acts on the therapy may take one on; closing one is
-    # signed RESPONSIBLE by the people answerable for the step it is about
-    "AlertAcknowledged": _roles(*CLINICAL, *PHARMACY, "SEQUENCING_LAB", "DESIGN_SERVICE",
-                                "MANUFACTURER", "QC_ANALYST", "QUALIFIED_PERSON", "COURIER"),
-    "AlertResolved": _roles("PHYSICIAN", *PHARMACY, "MANUFACTURER", "QUALIFIED_PERSON"),
-}
-
-
-def _always(payload: Mapping[str, Any]) -> bool:
-    return True
-
-
-# Steps done at the therapy's hospital: the signer must belong to that site. An identity
-# check at sample receipt happens in the lab, so only the hospital's checks are bound.
-SITE_BOUND: dict[str, Callable[[Mapping[str, Any]], bool]] = {
-    "PatientEnrolled": _always,
-    "EligibilityConfirmed": _always,
-    "TherapyOrdered": _always,
-    "AdministrationScheduled": _always,
-    "SampleCollected": _always,
-    "InventoryPlaced": _always,
-    "DoseReserved": _always,
-    "DoseDispensed": _always,
-    "DoseAdministered": _always,
-    "ClaimSubmitted": _always,
-    "IdentityVerified": lambda p: p["step"] != "SAMPLE_RECEIPT",
-}
-
 class RoleAllowed:
     """R2: the producer holds a role that may emit this event type, on the right chain,
     with the right signature meaning, at the therapy's site for hospital steps."""
@@ -221,39 +127,36 @@ class RoleAllowed:
     name = "R2"
 
     def __init__(self, registry: KeyRegistry,
-                 roles: Mapping[str, frozenset[str]] = ROLES,
-                 site_bound: Mapping[str, Callable[[Mapping[str, Any]], bool]] = SITE_BOUND,
-                 meanings: Mapping[str, SignatureMeaning] = REQUIRED_MEANING) -> None:
+                 policy: Mapping[str, EventPolicy] = POLICY) -> None:
         self.registry = registry
-        self.roles = roles
-        self.site_bound = site_bound
-        self.meanings = meanings
+        self.policy = policy
 
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
         kind = event.event_type
-        if kind in GATEKEEPER_OUTPUTS:
+        row = self.policy.get(kind)
+        if row is not None and row.gatekeeper_output:
             return Verdict.refuse(
                 self.name, "GATEKEEPER_OUTPUT",
                 f"event {event.event_id} is a {kind}, which only the gatekeeper writes (to "
                 f"its own topics); it was sent by {event.producer} through ingress and is "
                 "not accepted from anyone; report the problem instead of sending a verdict",
             )
-        allowed = self.roles.get(kind)
-        if allowed is None:
+        if row is None:
             return Verdict.refuse(
                 self.name, "UNKNOWN_EVENT_TYPE",
                 f"event {event.event_id} has type {kind}, which no role may emit through "
-                "the gatekeeper; add it to the role table (pcvhub.streams.rules.ROLES) after "
-                "review, or send the right event type",
+                "the gatekeeper; add its row to the policy table (pcvhub.schemas.policy) "
+                "after review, or send the right event type",
             )
+        allowed = row.roles
         on_registry = event.coi == REGISTRY_COI
-        if kind in REGISTRY_EVENTS and not on_registry:
+        if row.registry and not on_registry:
             return Verdict.refuse(
                 self.name, "REGISTRY_EVENT_OFF_REGISTRY",
                 f"event {event.event_id} ({kind}) is chained to {event.coi}, but actors and "
                 f"keys change only on the registry chain {REGISTRY_COI}; re-issue it there",
             )
-        if on_registry and kind not in REGISTRY_EVENTS:
+        if on_registry and not row.registry:
             return Verdict.refuse(
                 self.name, "NOT_A_REGISTRY_EVENT",
                 f"event {event.event_id} ({kind}) is chained to the registry {REGISTRY_COI}, "
@@ -268,15 +171,15 @@ class RoleAllowed:
                 f"{', '.join(sorted(held)) or 'none'}; only {', '.join(sorted(allowed))} may "
                 "emit it; have an actor with one of those roles sign it",
             )
-        meaning = self.meanings.get(kind)
-        if meaning is not None and event.envelope.meaning != meaning:
+        meaning = row.meaning
+        if event.envelope.meaning != meaning:
             return Verdict.refuse(
                 self.name, "WRONG_SIGNATURE_MEANING",
                 f"event {event.event_id} ({kind}) by {event.producer} is signed with meaning "
                 f"{event.envelope.meaning.value}, but this step is an electronic signature "
                 f"with meaning {meaning.value}; sign it again with that meaning",
             )
-        bound = self.site_bound.get(kind)
+        bound = row.site_bound
         if bound is not None and bound(event.payload):
             site = case.site if case.site is not None else event.payload.get("site_id")
             actor_site = self.registry.site_of(event.producer)
@@ -293,20 +196,26 @@ class RoleAllowed:
 # -- R4 lifecycle ------------------------------------------------------------------------
 
 class Lifecycle:
-    """R4: the event is in order for the chain's current stage (``case.LIFECYCLE``, or
-    ``case.REGISTRY_LIFECYCLE`` on the registry chain)."""
+    """R4: the event is in order for the chain's current stage (the ``transition`` column
+    of the policy table; on the registry chain only registry events, in any order)."""
 
     name = "R4"
 
+    def __init__(self, policy: Mapping[str, EventPolicy] = POLICY) -> None:
+        self.policy = policy
+
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
-        transition = lifecycle_of(event.coi).get(event.event_type)
+        row = self.policy.get(event.event_type)
+        on_registry = event.coi == REGISTRY_COI
+        transition = row.transition if row is not None and row.registry == on_registry \
+            else None
         if transition is None:
-            what = ("the registry chain" if event.coi == REGISTRY_COI
+            what = ("the registry chain" if on_registry
                     else f"the lifecycle of therapy {event.coi}")
             return Verdict.refuse(
                 self.name, "NOT_IN_LIFECYCLE",
                 f"event {event.event_id} has type {event.event_type}, which has no place in "
-                f"{what} (pcvhub.streams.case); it cannot be applied",
+                f"{what} (pcvhub.schemas.policy); it cannot be applied",
             )
         if case.stage not in transition.allowed_from:
             if case.stage is Stage.NEW:
@@ -701,6 +610,14 @@ class Custody:
             "the item id",
         )
 
+    def _unknown_dose(self, event: InboundEvent, dose_id: str) -> Verdict:
+        return Verdict.refuse(
+            self.name, "UNKNOWN_DOSE",
+            f"event {event.event_id} ({event.event_type}) names dose {dose_id}, which no "
+            f"released batch of therapy {event.coi} holds, so nobody is its holder and it "
+            "may not move or reach a patient; quarantine it and check its label",
+        )
+
     def _in_transit(self, event: InboundEvent, item_id: str, shipment: str) -> Verdict:
         return Verdict.refuse(
             self.name, "ITEM_IN_TRANSIT",
@@ -791,7 +708,7 @@ class Custody:
         sample_id = event.payload["sample_id"]
         item = case.items.get(sample_id)
         if item is None:
-            return ACCEPT  # R5 owns "not this patient's sample"
+            return self._unknown(event, sample_id)
         if item.open_dispatch is not None:
             return self._in_transit(event, sample_id, item.open_dispatch)
         if item.holder != event.producer:
@@ -841,7 +758,7 @@ class Custody:
         dose_id = event.payload["dose_id"]
         dose, item = case.doses.get(dose_id), case.items.get(dose_id)
         if dose is None or item is None:
-            return ACCEPT  # R5 owns "not this patient's dose"
+            return self._unknown_dose(event, dose_id)
         refused = self._unusable(event, dose_id, dose)
         if refused is not None:
             return refused
@@ -861,7 +778,7 @@ class Custody:
         dose_id = event.payload["dose_id"]
         dose = case.doses.get(dose_id)
         if dose is None:
-            return ACCEPT
+            return self._unknown_dose(event, dose_id)
         refused = self._unusable(event, dose_id, dose)
         if refused is not None:
             return refused
@@ -873,7 +790,7 @@ class Custody:
         dose_id = event.payload["dose_id"]
         dose = case.doses.get(dose_id)
         if dose is None:
-            return ACCEPT
+            return self._unknown_dose(event, dose_id)
         refused = self._unusable(event, dose_id, dose)
         if refused is not None:
             return refused
@@ -900,7 +817,7 @@ class Custody:
         dose_id = event.payload["dose_id"]
         dose = case.doses.get(dose_id)
         if dose is None:
-            return ACCEPT
+            return self._unknown_dose(event, dose_id)
         refused = self._unusable(event, dose_id, dose)
         if refused is not None:
             return refused
@@ -915,7 +832,9 @@ class Custody:
     def _dose_end(self, event: InboundEvent, case: CaseState) -> Verdict:
         dose_id = event.payload["dose_id"]
         dose = case.doses.get(dose_id)
-        if dose is None or dose.status not in FINAL_DOSE:
+        if dose is None:
+            return self._unknown_dose(event, dose_id)
+        if dose.status not in FINAL_DOSE:
             return ACCEPT
         return Verdict.refuse(
             self.name, "DOSE_USED",
@@ -940,39 +859,18 @@ class Custody:
 
 # -- R7 consent --------------------------------------------------------------------------
 
-TREATMENT = "TREATMENT"
-GENOME_STORAGE = "GENOME_STORAGE"
-PAYER_SHARING = "PAYER_SHARING"
-RESEARCH = "RESEARCH"
-
-# event type -> consent scope it needs at its occurred-at
-CONSENT_SCOPES: dict[str, str] = {
-    "TherapyOrdered": TREATMENT,
-    "AdministrationScheduled": TREATMENT,
-    "SampleCollected": TREATMENT,
-    "ManufacturingStarted": TREATMENT,
-    "DoseReserved": TREATMENT,
-    "DoseDispensed": TREATMENT,
-    "DoseAdministered": TREATMENT,
-    "SequencingCompleted": GENOME_STORAGE,
-    "VariantCallsProduced": GENOME_STORAGE,
-    "NeoantigenDesignProduced": GENOME_STORAGE,
-    "ClaimSubmitted": PAYER_SHARING,
-    "OutcomeMilestoneReached": PAYER_SHARING,
-    "ResearchDataRequested": RESEARCH,
-}
-
-
 class Consent:
-    """R7: the consent scope an event needs holds at its occurred-at."""
+    """R7: the consent scope an event needs (the ``consent`` column of the policy table)
+    holds at its occurred-at."""
 
     name = "R7"
 
-    def __init__(self, scopes: Mapping[str, str] = CONSENT_SCOPES) -> None:
-        self.scopes = scopes
+    def __init__(self, policy: Mapping[str, EventPolicy] = POLICY) -> None:
+        self.policy = policy
 
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
-        scope = self.scopes.get(event.event_type)
+        row = self.policy.get(event.event_type)
+        scope = row.consent if row is not None else None
         if scope is None:
             return ACCEPT
         at = event.occurred_at_us

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import faust
 
+from pcvhub.clock import clock_for
 from pcvhub.config import Settings
 from pcvhub.log.reader import LogFollower, deployment_verifier, registry_partition
 from pcvhub.log.verify import CANONICAL
@@ -44,7 +45,8 @@ def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> Gatekeeper
     settings = settings.as_principal(Principal.GATEKEEPER)
     registry = load_anchor(settings.data_dir / ANCHOR_FILE)
     signer = KeyStore(settings.data_dir / "keys", passphrase_from_env()).latest(GATEKEEPER_ACTOR)
-    gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(signer), registry)
+    gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(signer), registry,
+                            clock=clock_for(settings.timer_clock, settings.data_dir))
     # Registry events all live in the partition of REGISTRY_COI: follow only that one.
     # The verifier folds into the gatekeeper's own registry, and only what a registrar
     # signed on the registry chain (pcvhub.log.verify).

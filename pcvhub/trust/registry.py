@@ -21,11 +21,12 @@ from typing import Any
 
 from pcvhub.schemas.codec import to_us
 from pcvhub.schemas.envelope import Envelope
+from pcvhub.schemas.policy import registry_event_types
 from pcvhub.times import utc_iso
 from pcvhub.trust.signing import PublicKeys, Verification, verify_envelope
 
-#: Event types that change the registry (short names).
-REGISTRY_EVENTS = frozenset({"ActorRegistered", "KeyRotated", "KeyRevoked"})
+#: Event types that change the registry (short names): the policy table's registry rows.
+REGISTRY_EVENTS = registry_event_types()
 #: The chain-of-identity id under which registry events are chained and partitioned.
 REGISTRY_COI = "pcvhub:registry"
 #: Where a deployment keeps its trust anchor, inside the data folder.

@@ -1,6 +1,7 @@
 """The dashboard: server-rendered pages over a projection file, read-only.
 
-``create_app(db_path)`` returns a FastAPI application with these pages (GET only):
+``create_app(db_path, clock)`` returns a FastAPI application with these pages (GET only);
+``clock`` is the deployment's processing time (``pcvhub.clock``), which alert ages count to:
 
 ==========================  ===================================================================
 ``/``                       overview: therapies by stage, doses, money, open alerts, refusals
@@ -25,7 +26,7 @@ cannot load anything from elsewhere.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pcvhub.clock import Clock, SimulationClock, WallClock
 from pcvhub.web import charts, queries
 from pcvhub.web.identity import OUT_OF_USE
 from pcvhub.web.source import DashboardError, ProjectionSource
@@ -93,6 +95,14 @@ def words(code: str | None) -> str:
     return "—" if not code else code.replace("_", " ").lower()
 
 
+def age(raised_at: datetime | None, now: datetime | None) -> str:
+    """How long an alert has stood, counted to ``now`` on the deployment's clock; a dash
+    when that clock has no time yet (a simulation clock nobody moved) or is behind."""
+    if raised_at is None or now is None or now < raised_at:
+        return "—"
+    return duration((now - raised_at) / timedelta(days=1))
+
+
 def plural(count: int, noun: str) -> str:
     """``1 | plural('open alert')`` -> ``1 open alert``; 2 -> ``2 open alerts``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
@@ -107,17 +117,24 @@ def _environment() -> jinja2.Environment:
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=when, duration=duration, money=money, short=short, human=human,
-                       words=words, roles=roles, plural=plural)
+                       words=words, roles=roles, plural=plural, age=age)
     env.globals.update(nav=NAV, out_of_use=OUT_OF_USE)
     return env
 
 
 # -- the application -------------------------------------------------------------------------------
 
-def create_app(db_path: Path) -> FastAPI:
+def create_app(db_path: Path, clock: Clock | None = None) -> FastAPI:
     """The dashboard over the projection file ``db_path`` (checked now: DashboardError if it
-    is missing, held by a runner, or not a projection file)."""
+    is missing, held by a runner, or not a projection file).
+
+    :param clock: the clock the deployment's gatekeeper raises alerts by (the wall clock if
+        None; a simulation clock for the demo's simulated weeks), so that an alert's age
+        is counted on the clock its deadline was.
+    """
     source = ProjectionSource(Path(db_path))
+    clock = clock or WallClock()
+    clock_name = "simulation clock" if isinstance(clock, SimulationClock) else "wall clock"
     templates = Jinja2Templates(env=_environment())
     app = FastAPI(title="pcvhub dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.source = source
@@ -191,7 +208,10 @@ def create_app(db_path: Path) -> FastAPI:
     def alerts(request: Request) -> HTMLResponse:
         with source.read() as reader:
             data = queries.alerts(reader)
-        return page(request, "alerts.html", title="Alerts and refusals", **data)
+        now_us = clock.now_us()
+        now = datetime.fromtimestamp(now_us / 1e6, UTC) if now_us > 0 else None
+        return page(request, "alerts.html", title="Alerts and refusals", now=now,
+                    clock_name=clock_name, **data)
 
     @app.get("/turnaround", response_class=HTMLResponse)
     def turnaround(request: Request) -> HTMLResponse:

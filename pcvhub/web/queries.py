@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pcvhub.projections.lifecycle import Stage
+from pcvhub.schemas.stages import Stage
 from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.web.identity import Link, chain_of_identity, link_of
 from pcvhub.web.source import Reader, Row

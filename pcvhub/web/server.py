@@ -15,6 +15,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pcvhub.clock import Clock
 from pcvhub.web.app import create_app
 
 START_TIMEOUT = 30.0
@@ -23,8 +24,10 @@ START_TIMEOUT = 30.0
 class DashboardServer:
     """The dashboard of ``db_path`` on ``host:port`` (bound in the constructor)."""
 
-    def __init__(self, db_path: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.app = create_app(Path(db_path))  # a bad file fails here, before binding
+    def __init__(self, db_path: Path, host: str = "127.0.0.1", port: int = 0,
+                 clock: Clock | None = None) -> None:
+        """:param clock: the deployment's clock, which alert ages count to (wall if None)."""
+        self.app = create_app(Path(db_path), clock)  # a bad file fails here, before binding
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -69,9 +72,10 @@ class DashboardServer:
         self.stop()
 
 
-def serve_dashboard(db_path: Path, host: str = "127.0.0.1", port: int = 0) -> str:
+def serve_dashboard(db_path: Path, host: str = "127.0.0.1", port: int = 0,
+                    clock: Clock | None = None) -> str:
     """Start the dashboard of ``db_path`` in the background of this process; its URL.
 
     It serves until the process exits; use :class:`DashboardServer` to stop it earlier.
     """
-    return DashboardServer(db_path, host, port).start()
+    return DashboardServer(db_path, host, port, clock).start()

@@ -25,12 +25,15 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 
+from pcvhub.clock import SimulationClock
 from pcvhub.projections.runner import rebuild
+from pcvhub.projections.store import connect
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.web import DashboardServer
 
@@ -188,6 +191,33 @@ def test_the_charts_render_in_the_browser(visit: Visit) -> None:
             chart.scroll_into_view_if_needed()
             loaded = chart.evaluate("img => img.complete && img.naturalWidth > 0")
             assert loaded, f"chart {chart.get_attribute('src')} did not render"
+
+
+def test_the_alerts_page_shows_each_alerts_age_beside_its_owner_and_resolution(
+        scenario: WebScenario, browser: Browser, tmp_path: Path) -> None:
+    con = connect(scenario.path, read_only=True)
+    try:
+        code, raised_at = con.execute("SELECT code, raised_at FROM alerts WHERE status = 'OPEN' "
+                                      "ORDER BY raised_at DESC LIMIT 1").fetchone()
+    finally:
+        con.close()
+    clock = SimulationClock(tmp_path)  # the deployment's clock: two days after the alert
+    clock.set(int((raised_at + timedelta(days=2)).timestamp() * 1_000_000))
+    with DashboardServer(scenario.path, clock=clock) as server:
+        visit = Visit(browser, server.url)
+        try:
+            page = visit.page
+            page.goto(server.url + "/")
+            page.get_by_role("link", name="Alerts & refusals", exact=True).click()
+            open_alerts = page.locator("#open")
+            headers = open_alerts.locator("thead th").all_inner_texts()
+            assert headers[-3:] == ["age", "owner", "resolution"], headers
+            row = open_alerts.locator("tr", has_text=code).first
+            expect(row.locator("td.age")).to_have_text("2 days")
+            expect(row.locator("td.owner")).to_have_text("nobody yet")
+            expect(page.locator("p.clock")).to_contain_text("simulation clock")
+        finally:
+            visit.close()
 
 
 @pytest.mark.kafka

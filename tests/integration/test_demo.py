@@ -3,8 +3,10 @@
 Given three patients, when `pcvhub demo` runs (its own topic prefix and data folder; real
 `pcvhub worker`, `pcvhub project` and `pcvhub serve` processes; HL7 over MLLP, FHIR, the
 MES drop folder and the payer's 835 inbox), then every therapy completes, every injected
-fault is reported with the hub's reason, nothing else is refused, and the DuckDB
-projections hold what the summary says.
+fault is reported with the hub's reason, the referral that stalls at the lab gets its
+turnaround alert with no further event of its own (the gatekeeper's sweep, on the run's
+simulation clock), nothing else is refused or alerted, and the DuckDB projections hold
+what the summary says.
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ class DemoRun:
     text: str
     data_dir: Path
 
-    def query(self, sql: str) -> list[tuple]:
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
         con = connect(self.data_dir / DEFAULT_FILE, read_only=True)
         try:
-            return con.execute(sql).fetchall()
+            return con.execute(sql, params or []).fetchall()
         finally:
             con.close()
 
@@ -60,9 +62,9 @@ def demo(kafka, settings, tmp_path_factory) -> DemoRun:
 
 def test_every_therapy_completes_and_the_demo_exits_0(demo):
     assert demo.code == 0, demo.text
-    assert "3 of 3 therapies completed" in demo.text
-    stages = demo.query("SELECT stage, doses_usable FROM case_status")
-    assert stages == [("FOLLOW_UP", 0)] * 3
+    assert "3 of 3 therapies completed (+1 stalled on purpose)" in demo.text
+    stages = demo.query("SELECT stage, doses_usable FROM case_status ORDER BY stage")
+    assert stages == [("FOLLOW_UP", 0)] * 3 + [("RECEIVED_AT_LAB", 0)]
 
 
 @pytest.mark.parametrize(("fault", "evidence"), [
@@ -73,33 +75,58 @@ def test_every_therapy_completes_and_the_demo_exits_0(demo):
     ("dose scanned for the wrong patient", "ACK AE: no bedside identity check"),
     ("message from an unregistered signer", "UNREGISTERED_KEY"),
     ("duplicate HL7 message", "already applied, not applied again"),
+    ("therapy stalled at the sequencing lab", "TAT_SAMPLE_TO_DESIGN"),
 ])
 def test_each_injected_fault_is_reported_with_the_hubs_reason(demo, fault, evidence):
     rows = [line for line in demo.text.splitlines() if evidence in line]
     assert rows, f"no summary line shows {evidence!r}:\n{demo.text}"
     assert "✔" in rows[0], rows[0]  # caught, not merely mentioned
     assert fault.split(",")[0][:20] in demo.text
-    assert "faults injected and caught: 7 of 7" in demo.text
+    assert "faults injected and caught: 8 of 8" in demo.text
 
 
 def test_nothing_valid_is_refused(demo):
     assert "0 refusals and 0 alerts unexplained" in demo.text, demo.text
     codes = [code for (code,) in demo.query("SELECT reason_code FROM rejections")]
     assert sorted(codes) == sorted(REFUSED_FOR), codes
-    # the alerts are the gatekeeper's on the patient-safety refusals, no timer fired
+    # the alerts are the gatekeeper's on the patient-safety refusals, and the one timer
+    # of the stalled referral: no valid therapy ran past a deadline
     alerts = demo.query("SELECT rule, code, status FROM alerts ORDER BY code")
     assert alerts == [("R5", "DESIGN_ALTERED_AFTER_APPROVAL", "OPEN"),
-                      ("R6", "DOSE_QUARANTINED", "RESOLVED"), ("R5", "IDENTITY_MISMATCH", "OPEN")]
+                      ("R6", "DOSE_QUARANTINED", "RESOLVED"), ("R5", "IDENTITY_MISMATCH", "OPEN"),
+                      ("TIMER", "TAT_SAMPLE_TO_DESIGN", "OPEN")]
     # the quarantine alert has an owner and a signed resolution, on the therapy's chain
     [owned] = demo.query("SELECT acknowledged_by, resolved_by, resolution FROM alerts "
                          "WHERE code = 'DOSE_QUARANTINED'")
     assert owned[0] == owned[1] and "pharmacy" in owned[0] and owned[2] == "CORRECTED"
 
 
+def test_the_stalled_therapy_is_alerted_by_the_sweep_with_no_event_of_its_own(demo):
+    [(coi, last_event_type, last_event_at)] = demo.query(
+        "SELECT coi, last_event_type, last_event_at FROM case_status "
+        "WHERE stage = 'RECEIVED_AT_LAB'")
+    [(due_at, raised_at, subject)] = demo.query(
+        "SELECT due_at, raised_at, subject_event_id FROM alerts "
+        "WHERE coi = ? AND code = 'TAT_SAMPLE_TO_DESIGN'", [coi])
+    # nothing of the therapy was written after its sample reached the lab, and the
+    # deadline fell after that: only the sweep can have raised the alert
+    [(written,)] = demo.query("SELECT max(occurred_at) FROM log.envelopes "
+                              "WHERE coi = ? AND log_topic IN ('events', 'rejected')", [coi])
+    assert written == last_event_at < due_at <= raised_at
+    assert subject.startswith(f"{coi}/TAT_SAMPLE_TO_DESIGN/")  # a timer key, not an event
+    assert last_event_type == "SampleReceived"
+    # raised on the run's simulation clock (its last day ends days before today), not later
+    [(last_day_end,)] = demo.query("SELECT max(occurred_at) + INTERVAL 1 DAY FROM log.envelopes "
+                                   "WHERE log_topic = 'events'")
+    assert raised_at <= last_day_end
+    row = next(line for line in demo.text.splitlines() if "TAT_SAMPLE_TO_DESIGN" in line)
+    assert "✔" in row and "timer sweep" in row
+
+
 def test_the_duplicate_hl7_order_is_on_the_log_once(demo):
     orders = demo.query("SELECT coi, count(*) FROM log.therapy_ordered "
                         "WHERE log_topic = 'events' GROUP BY coi")
-    assert [n for _, n in orders] == [1, 1, 1]
+    assert [n for _, n in orders] == [1, 1, 1, 1]
 
 
 def test_doses_claims_and_turnaround_are_projected(demo):

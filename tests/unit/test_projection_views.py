@@ -17,8 +17,9 @@ import duckdb
 import pytest
 
 from pcvhub.projections import views
-from pcvhub.projections.lifecycle import Stage
 from pcvhub.projections.store import connect
+from pcvhub.schemas.policy import next_step
+from pcvhub.schemas.stages import Stage
 from pcvhub.streams.case import CaseState, DoseStatus
 from pcvhub.trust.canonical import chain_digest
 
@@ -151,7 +152,7 @@ def test_case_status_names_the_next_step_and_counts_open_alerts(
                                         BEFORE_EXPIRY)}
     a, c = status[scripted.coi_a], status[scripted.coi_c]
     assert c["stage"] == Stage.COLLECTED
-    assert c["next_step"] == views.NEXT_STEP[Stage.COLLECTED]
+    assert c["next_step"] == next_step(Stage.COLLECTED)
     # A: the quarantine alert stays open; the overdue administration was given later
     assert (a["open_alerts"], a["critical_open_alerts"]) == (1, 1)
     assert (a["doses_administered"], a["doses_quarantined"], a["doses_usable"]) == (2, 1, 0)

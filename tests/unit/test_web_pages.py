@@ -14,6 +14,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,13 @@ import duckdb
 import httpx
 import pytest
 
+from pcvhub.clock import SimulationClock
 from pcvhub.projections.digest import digest_file
 from pcvhub.projections.projection import Projection
 from pcvhub.projections.store import connect
 from pcvhub.trust.registry import KeyRegistry
 from pcvhub.web import DashboardServer
-from pcvhub.web.app import duration, money
+from pcvhub.web.app import age, duration, money, when
 
 from .test_web_scenario import MARKUP_SAMPLE, WebScenario, parse, web_scenario
 
@@ -255,6 +257,29 @@ def test_alerts_and_refusals_list_what_the_views_hold(scenario: WebScenario,
     refused = sorted(r[3] for r in alerts.by_id("refusals").rows())
     assert refused == sorted(f"{r['rule']} {r['reason_code']}" for r in rows(
         scenario.path, "SELECT rule, reason_code FROM rejections"))
+
+
+def test_each_alert_shows_its_age_on_the_deployments_clock(scenario: WebScenario,
+                                                          tmp_path: Path) -> None:
+    alerts = rows(scenario.path, "SELECT code, raised_at FROM alerts WHERE status <> 'RESOLVED'")
+    assert alerts, "the scenario raises alerts"
+    newest = max(a["raised_at"] for a in alerts)
+    clock = SimulationClock(tmp_path)
+    with DashboardServer(scenario.path, clock=clock) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        unset = page(client, "/alerts")
+        assert {r[7] for r in unset.by_id("open").rows()} == {"—"}  # no time on it yet
+        assert "no time yet on the deployment's simulation clock" in unset.text
+        for later in (timedelta(days=3, hours=6), timedelta(days=4, hours=6)):
+            now = newest + later
+            clock.set(int(now.timestamp() * 1_000_000))
+            shown = page(client, "/alerts")
+            ages = {(r[3], r[6]): r[7] for r in shown.by_id("open").rows()}
+            assert ages == {(a["code"], when(a["raised_at"])): age(a["raised_at"], now)
+                            for a in alerts}
+            assert ages[next((a["code"], when(a["raised_at"])) for a in alerts
+                             if a["raised_at"] == newest)] == f"{later / timedelta(days=1)} days"
+            assert f"{when(now)} UTC on the deployment's simulation clock" in shown.text
 
 
 def test_the_overview_counts_match_the_views(scenario: WebScenario, web: httpx.Client) -> None:

@@ -43,6 +43,7 @@ from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.outcome import Outcome, Problem
 from pcvhub.connectors.patients import THERAPIES, EnrolledPatient
 from pcvhub.schemas.codec import to_us
+from pcvhub.schemas.policy import ConsentScope
 
 HLA_EXTENSION = "urn:pcvhub:fhir:hla-type"
 DOSE_NUMBER_EXTENSION = "urn:pcvhub:fhir:dose-number"
@@ -59,7 +60,7 @@ ROUTES = {"78421000": "INTRAMUSCULAR", "34206005": "SUBCUTANEOUS",
           "372464004": "INTRADERMAL", "47625008": "INTRAVENOUS",
           "IM": "INTRAMUSCULAR", "SQ": "SUBCUTANEOUS", "SC": "SUBCUTANEOUS",
           "IDINJ": "INTRADERMAL", "IV": "INTRAVENOUS", "IVINJ": "INTRAVENOUS"}
-CONSENT_SCOPES = ("TREATMENT", "GENOME_STORAGE", "PAYER_SHARING", "RESEARCH")
+CONSENT_SCOPES = tuple(ConsentScope)
 OUTCOME_CODED = {
     "recist_response": ("CR", "PR", "SD", "PD", "NE"),
     "ctdna_status": ("DETECTED", "NOT_DETECTED", "NOT_TESTED", "UNKNOWN"),
