@@ -25,9 +25,9 @@ from pcvhub.schemas.codec import (
     decode_payload,
     written_in_legacy_form,
 )
+from pcvhub.schemas.policy import CONNECTOR
 from pcvhub.streams.case import AlertStatus, CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
-from pcvhub.streams.rules import CONNECTOR
 from pcvhub.streams.timers import TurnaroundTimers
 from pcvhub.streams.verdict import AllOf, Verdict
 from pcvhub.topics import SOURCE_HEADER
