@@ -95,10 +95,13 @@ class TopicReader:
         refused = metadata is not None and metadata.error is not None and (
             metadata.error.code() in _REFUSED)
         if metadata is not None and refused:
+            # Kafka answers the same for a topic that does not exist, so as not to tell
+            # an unauthorised principal which topics do
             raise LogReadError(
                 f"the broker refused principal {self._principal!r} reading {name} "
-                f"({metadata.error.str()}): the ACL table (`pcvhub infra principals`) says "
-                "who may read it")
+                f"({metadata.error.str()}): either the topic does not exist (create the "
+                "topics and their ACLs with `pcvhub infra up`, or check PCVHUB_TOPIC_PREFIX) "
+                "or the ACL table (`pcvhub infra principals`) does not let it read there")
         if metadata is None or metadata.error is not None or not metadata.partitions:
             raise LogReadError(
                 f"topic {name} does not exist on {self.settings.bootstrap_servers}; create "
