@@ -218,4 +218,5 @@ def test_a_deployment_without_topics_is_told_to_create_them(hub: Sandbox,
     result = CliRunner().invoke(app, ["project", "--db", str(tmp_path / "x.duckdb"),
                                       "--publish-every", "0"], env=env)
     assert result.exit_code == 1
-    assert "nosuchprefix0.events" in result.output and "pcvhub infra up" in result.output
+    said = " ".join(result.output.split())  # as read, not as the console wrapped it
+    assert "nosuchprefix0.events" in said and "pcvhub infra up" in said
