@@ -149,3 +149,26 @@ def test_wrong_password_is_an_authentication_error(deployment: Sandbox) -> None:
         admin.list_topics(timeout=5)
     admin.poll(2)  # serves error_cb
     assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+
+
+def test_credentials_reach_an_already_formatted_broker_through_the_internal_listener(
+    kafka: LocalKafka, deployment: Sandbox,
+) -> None:
+    """The path for a data folder formatted before a principal existed: the credential is
+    gone from the running broker, clients of that principal are refused, and ``secure()``
+    (what every ``infra up`` runs) puts it back through the certificate listener."""
+    from confluent_kafka.admin import ScramMechanism, UserScramCredentialDeletion
+
+    admin = AdminClient(deployment.admin.librdkafka())
+    (future,) = admin.alter_user_scram_credentials(
+        [UserScramCredentialDeletion(Principal.READER, ScramMechanism.SCRAM_SHA_512)]).values()
+    future.result()
+    try:
+        reader = AdminClient(deployment.settings.as_principal(Principal.READER)
+                             .librdkafka(log_level=0))
+        with pytest.raises(KafkaException):
+            reader.list_topics(timeout=5)
+    finally:
+        kafka.secure()
+    reader = AdminClient(deployment.settings.as_principal(Principal.READER).librdkafka())
+    assert reader.list_topics(timeout=10).brokers
