@@ -189,6 +189,10 @@ class TransparencyLog:
 
     def _framed(self, start: int, stop: int) -> bytes:
         """Leaves [start, stop) as they stand in ``entries``: an entry bundle's bytes."""
+        if not 0 <= start <= stop <= self.size:
+            raise LedgerError(f"no leaves [{start}, {stop}): the log holds {self.size}")
+        if start == stop:
+            return b""
         begin = self._start(start)
         end = self._start(stop) if stop < self.size else os.fstat(self._entries).st_size
         return os.pread(self._entries, end - begin, begin)

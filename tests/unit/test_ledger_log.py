@@ -148,6 +148,14 @@ def test_lost_leaves_or_a_foreign_checkpoint_are_refused(tmp_path, keys):
         TransparencyLog(tmp_path / "other", LogKeys.generate(ORIGIN))
 
 
+def test_an_empty_log_has_no_entries_and_the_empty_root(tmp_path, keys):
+    with TransparencyLog(tmp_path / "log", keys) as log:
+        assert list(log.entries(0, 0)) == []
+        assert log.checkpoint(1).checkpoint.root == merkle.root_of([])
+        with pytest.raises(LedgerError, match="no leaves"):
+            list(log.entries(0, 1))
+
+
 def test_the_clock_never_goes_back(tmp_path, keys):
     with filled(tmp_path / "log", keys, 3) as log:
         log.checkpoint(50)
