@@ -26,8 +26,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pcvhub.ledger.errors import LedgerError
-from pcvhub.ledger.proofs import ConsistencyProof, InclusionProof
 from pcvhub.ledger.note import Checkpoint, LogKeys, VerifiedCheckpoint, verify_checkpoint
+from pcvhub.ledger.proofs import ConsistencyProof, InclusionProof
 from pcvhub.ledger.tiles import TileSource, frame, unframe, write_file, write_tiles
 from pcvhub.ledger.tree import TreeLevels
 from pcvhub.trust import merkle
@@ -110,6 +110,7 @@ class TransparencyLog:
         end = self._start(size) if size < held else os.fstat(self._entries).st_size
         os.ftruncate(self._index, size * _OFFSET.size)
         os.ftruncate(self._entries, end)
+        self._end = end  # kept in memory: an fstat per append would cost a syscall
         self.levels.truncate(size)
         self.verify_stored(size)
         if self.latest is not None and self.levels.root(size) != self.latest.checkpoint.root:
@@ -151,8 +152,9 @@ class TransparencyLog:
     def append(self, entry: bytes) -> int:
         """Add one leaf; return its index. Durable and signed only at the next checkpoint."""
         framed = frame(entry)
-        os.write(self._index, _OFFSET.pack(os.fstat(self._entries).st_size))
+        os.write(self._index, _OFFSET.pack(self._end))
         os.write(self._entries, framed)
+        self._end += len(framed)
         return self.levels.append(merkle.leaf_hash(entry))
 
     def checkpoint(self, timestamp: int) -> VerifiedCheckpoint:
@@ -194,7 +196,7 @@ class TransparencyLog:
         if start == stop:
             return b""
         begin = self._start(start)
-        end = self._start(stop) if stop < self.size else os.fstat(self._entries).st_size
+        end = self._start(stop) if stop < self.size else self._end
         return os.pread(self._entries, end - begin, begin)
 
     def entries(self, start: int, stop: int) -> Iterator[bytes]:

@@ -197,6 +197,8 @@ class LogKeys:
 
 @dataclass(frozen=True)
 class SignatureLine:
+    """One ``— <name> base64(key id || signature)`` line, ``line`` counted from 1."""
+
     name: str
     key_id: bytes
     signature: bytes
@@ -205,6 +207,8 @@ class SignatureLine:
 
 @dataclass(frozen=True)
 class SignedNote:
+    """A signed note split into its text (final newline included) and signature lines."""
+
     text: bytes
     signatures: tuple[SignatureLine, ...]
 
@@ -271,6 +275,9 @@ class SignedNote:
 
 @dataclass(frozen=True)
 class VerifiedCheckpoint:
+    """A checkpoint whose two lines verified: the tree head, the ML-DSA-44 line's time,
+    and the note's bytes as signed."""
+
     checkpoint: Checkpoint
     timestamp: int
     note: bytes

@@ -116,7 +116,8 @@ def frame(entry: bytes) -> bytes:
 
 
 def unframe(bundle: bytes, where: str) -> list[bytes]:
-    entries, at = [], 0
+    entries: list[bytes] = []
+    at = 0
     while at < len(bundle):
         if at + 2 > len(bundle):
             raise LedgerError(f"{where}: a length prefix is cut short at byte {at}")

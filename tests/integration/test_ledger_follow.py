@@ -31,19 +31,12 @@ from pcvhub.trust.issuer import EventIssuer
 
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
-from .test_projection_kill import gatekeeper_records
+from .test_projection_kill import gatekeeper_records, hub  # noqa: F401 - the sandbox fixture
 
 pytestmark = pytest.mark.kafka
 
 EVENTS = 1500
 CHECKPOINT = re.compile(r"^checkpoint (\d+) ", re.M)
-
-
-@pytest.fixture
-def hub(kafka, settings, tmp_path):
-    isolated = Sandbox.create(settings, kafka.bootstrap_servers, tmp_path)
-    yield isolated
-    isolated.stop_all()
 
 
 class LedgerProcess:
@@ -81,7 +74,7 @@ class LedgerProcess:
         raise AssertionError(f"ledger did not get there in {timeout:.0f}s:\n{self.output}")
 
 
-def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> None:
+def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> None:  # noqa: F811
     builder = Hub()
     gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
                                         valid_from_us=T0_US - 365 * DAY_US)

@@ -101,7 +101,8 @@ def test_a_forged_or_missing_line_is_named(keys):
 
 def test_lines_of_unknown_keys_are_ignored(keys):
     note = keys.sign(Checkpoint(ORIGIN, 3, ROOT), 1)
-    witness = b"\xe2\x80\x94 witness.example/w1 " + base64.b64encode(b"\x01\x02\x03\x04" + b"s" * 72)
+    witness = (b"\xe2\x80\x94 witness.example/w1 "
+               + base64.b64encode(b"\x01\x02\x03\x04" + b"s" * 72))
     assert verify_checkpoint(note + witness + b"\n", keys.ed25519_vkey,
                              keys.ml_dsa_44_vkey).checkpoint.size == 3
 
