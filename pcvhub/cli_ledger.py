@@ -1,6 +1,7 @@
 """`pcvhub ledger ...` (top floor): the transparency ledger's commands.
 
-``init`` makes the log's keys, ``run`` follows the gatekeeper's outputs into the log,
+``init`` makes the log's keys, ``run`` follows the gatekeeper's outputs into the log (and
+publishes each checkpoint on the ``ledger`` topic as well as the file),
 ``serve`` serves its tiles read-only on loopback, ``vkey`` prints its verifier keys,
 ``prove`` prints an inclusion or consistency proof as JSON, and ``verify`` audits a tile
 folder (a copy fetched from anywhere) offline against the two verifier keys.
@@ -19,9 +20,9 @@ import typer
 
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.ledger.errors import LedgerError
-from pcvhub.ledger.follow import LedgerFollower
+from pcvhub.ledger.follow import CheckpointTopic, LedgerFollower
 from pcvhub.ledger.log import TransparencyLog, load_keys, save_keys
-from pcvhub.ledger.note import LogKeys, VerifierKey
+from pcvhub.ledger.note import LogKeys, VerifiedCheckpoint, VerifierKey
 from pcvhub.ledger.serve import TileServer
 from pcvhub.ledger.tiles import audit_tiles
 from pcvhub.log.reader import LogReadError
@@ -95,13 +96,20 @@ def register(app: typer.Typer) -> None:
                 print(f"ledger {log.origin}: {log.size} records logged, following",
                       flush=True)
 
-                def announce(signed) -> None:
+                settings = load_settings()
+                topic = CheckpointTopic(settings)
+
+                def announce(signed: VerifiedCheckpoint) -> None:
+                    topic(signed)
                     print(f"checkpoint {signed.checkpoint.size} "
                           f"{signed.checkpoint.root.hex()}", flush=True)
 
-                follower = LedgerFollower(load_settings(), log, every=every, seconds=seconds,
+                follower = LedgerFollower(settings, log, every=every, seconds=seconds,
                                           publish=announce)
-                follower.run(stop, on_caught_up=lambda: print("caught up", flush=True))
+                try:
+                    follower.run(stop, on_caught_up=lambda: print("caught up", flush=True))
+                finally:
+                    topic.close()
                 for sentence in follower.discrepancies:
                     print(f"discrepancy {sentence}", flush=True)
         except (LedgerError, KeyStoreError, ConfigError, LogReadError,

@@ -22,8 +22,10 @@ from pcvhub.topics import TOPICS, TopicRole
 console = Console()
 
 #: topics the hub reads back (the registry topics of the table are unused: the registry
-#: chain lives on the canonical log)
-CHECKABLE = [s.suffix for s in TOPICS if s.role is not TopicRole.REGISTRY]
+#: chain lives on the canonical log; the ledger's checkpoints are signed notes, not events:
+#: `pcvhub ledger verify` checks them)
+CHECKABLE = [s.suffix for s in TOPICS
+             if s.role not in (TopicRole.REGISTRY, TopicRole.LEDGER)]
 
 
 def register(app: typer.Typer) -> None:

@@ -26,6 +26,7 @@ class TopicRole(StrEnum):
     REJECTED = "rejected"
     ALERTS = "alerts"
     REGISTRY = "registry"
+    LEDGER = "ledger"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ TOPICS: tuple[TopicSpec, ...] = (
               "refused events with original bytes, reason code and sentence"),
     TopicSpec("alerts", TopicRole.ALERTS, 6, FOREVER, "delete",
               "alerts raised by custody rules and turnaround timers"),
+    TopicSpec("ledger", TopicRole.LEDGER, 1, FOREVER, "delete",
+              "signed checkpoints of the transparency ledger (C2SP signed notes), its only "
+              "writer being `pcvhub ledger run`; kept forever as evidence of what it showed"),
     TopicSpec("actors", TopicRole.REGISTRY, 1, FOREVER, "compact",
               "actor registrations keyed by actor id"),
     TopicSpec("keys", TopicRole.REGISTRY, 1, FOREVER, "compact",

@@ -20,12 +20,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from confluent_kafka import Producer
+
 from pcvhub.config import Settings
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog
 from pcvhub.ledger.note import VerifiedCheckpoint
 from pcvhub.log.reader import LogFollower, deployment_verifier
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, Quarantined, VerifiedRecord
+from pcvhub.topics import topic_name
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,33 @@ def leaf_of(record: VerifiedRecord) -> LedgerLeaf:
     """The leaf of an admitted record; the seal slot stays empty until records carry one."""
     position = record.position
     return LedgerLeaf(record.digest, position.topic, position.partition, position.offset)
+
+
+class CheckpointTopic:
+    """Publishes each checkpoint on the ledger's own topic, keyed by the origin.
+
+    The note is its own proof (both lines verify offline), so a reader of the topic needs
+    no trust in the broker. Each send is awaited (one round trip per checkpoint, not per
+    record), so a checkpoint announced is a checkpoint on the topic; one that fails is
+    logged and the next supersedes it (the file is the commit point, not the topic).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = topic_name("ledger", settings.topic_prefix)
+        self._producer = Producer(settings.producer(**{"linger.ms": 0}))
+
+    def __call__(self, signed: VerifiedCheckpoint) -> None:
+        self._producer.produce(self.topic, key=signed.checkpoint.origin.encode(),
+                               value=signed.note, on_delivery=self._delivered)
+        self._producer.flush(10)
+
+    @staticmethod
+    def _delivered(error: object, _message: object) -> None:
+        if error is not None:
+            log.warning("ledger: publishing a checkpoint failed: %s", error)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._producer.flush(timeout)
 
 
 class LedgerFollower:

@@ -1,6 +1,6 @@
 """The ledger process on the real broker: it logs every record the gatekeeper's topics
 hold, is SIGKILLed mid-stream, resumes from its last checkpoint, and ends with one leaf
-per record, none twice, in a log whose tiles audit.
+per record, none twice, in a log whose tiles audit and whose checkpoints are on its topic.
 
 The records are written straight to the sandbox's topics (as the projection kill test
 does): a registry, whole valid therapies signed in batches, and refusals and alerts
@@ -24,6 +24,7 @@ from confluent_kafka import Producer
 
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog, load_keys
+from pcvhub.ledger.note import verify_checkpoint
 from pcvhub.ledger.tiles import audit_tiles
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
 from pcvhub.topics import topic_name
@@ -123,3 +124,9 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     assert logged == on_log  # and none missing
     assert audit_tiles(folder / "tiles", keys.ed25519_vkey,
                        keys.ml_dsa_44_vkey).entries_checked == total
+    # every checkpoint went to the ledger topic too; the last one is the file's
+    published = [verify_checkpoint(r.value or b"", keys.ed25519_vkey, keys.ml_dsa_44_vkey)
+                 for r in hub.read_all("ledger")]
+    assert published[-1].note == (folder / "tiles" / "checkpoint").read_bytes()
+    sizes = [p.checkpoint.size for p in published]
+    assert sizes == sorted(sizes) and killed_at in sizes
