@@ -10,7 +10,10 @@
 //   - the inclusion and consistency proofs the ledger produced, with
 //     github.com/transparency-dev/merkle, and against the proofs tlog builds from the tiles.
 //
-// Usage: tlog-verify -tiles DIR -vkey VKEY -mldsa-vkey VKEY [-proofs FILE]
+// Usage: tlog-verify -tiles DIR|URL -vkey VKEY -mldsa-vkey VKEY [-proofs FILE]
+//
+// With a URL (http://127.0.0.1:PORT/, as `pcvhub ledger serve` prints it) every file is
+// fetched over HTTP, as a tlog client would.
 //
 // It prints one "ok ..." line per check and exits 0, or prints what failed to stderr and
 // exits 1. FILE is JSON: {"inclusion": [{"index", "size", "path"}],
@@ -27,6 +30,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -55,7 +60,7 @@ type proofs struct {
 }
 
 func main() {
-	tiles := flag.String("tiles", "", "folder holding checkpoint and tile/")
+	tiles := flag.String("tiles", "", "folder or http:// URL holding checkpoint and tile/")
 	vkey := flag.String("vkey", "", "the log's Ed25519 note verifier key")
 	pqVkey := flag.String("mldsa-vkey", "", "the log's ML-DSA-44 cosignature verifier key")
 	proofFile := flag.String("proofs", "", "JSON file of proofs to check (optional)")
@@ -73,8 +78,27 @@ func fail(err error) {
 	os.Exit(1)
 }
 
+// source reads a log's files from a folder or from an HTTP prefix.
+type source string
+
+func (s source) read(rel string) ([]byte, error) {
+	if !strings.HasPrefix(string(s), "http://") && !strings.HasPrefix(string(s), "https://") {
+		return os.ReadFile(filepath.Join(string(s), rel))
+	}
+	resp, err := http.Get(strings.TrimSuffix(string(s), "/") + "/" + rel)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", rel, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
+}
+
 func run(dir, vkey, pqVkey, proofFile string) error {
-	raw, err := os.ReadFile(filepath.Join(dir, "checkpoint"))
+	src := source(dir)
+	raw, err := src.read("checkpoint")
 	if err != nil {
 		return err
 	}
@@ -98,7 +122,7 @@ func run(dir, vkey, pqVkey, proofFile string) error {
 	}
 	fmt.Printf("ok checkpoint ML-DSA-44 line (circl)\n")
 
-	reader := tlog.TileHashReader(tree, tileDir(dir))
+	reader := tlog.TileHashReader(tree, tileDir{src})
 	root, err := tlog.TreeHash(tree.N, reader)
 	if err != nil {
 		return fmt.Errorf("tiles: %w", err)
@@ -108,7 +132,7 @@ func run(dir, vkey, pqVkey, proofFile string) error {
 	}
 	fmt.Printf("ok root from tiles (x/mod/sumdb/tlog)\n")
 
-	if err := checkEntries(dir, tree.N, reader); err != nil {
+	if err := checkEntries(src, tree.N, reader); err != nil {
 		return err
 	}
 	fmt.Printf("ok %d entries hash to their leaf hashes\n", tree.N)
@@ -191,14 +215,14 @@ func checkMLDSA(n *note.Note, vkey, origin string, tree tlog.Tree) error {
 }
 
 // tileDir reads C2SP tile paths (tile/<L>/<N>[.p/<W>], without sumdb's height element).
-type tileDir string
+type tileDir struct{ src source }
 
 func (d tileDir) Height() int { return tileHeight }
 
 func (d tileDir) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 	out := make([][]byte, len(tiles))
 	for i, t := range tiles {
-		data, err := os.ReadFile(filepath.Join(string(d), c2spPath(strconv.Itoa(t.L), t.N, t.W)))
+		data, err := d.src.read(c2spPath(strconv.Itoa(t.L), t.N, t.W))
 		if err != nil {
 			return nil, err
 		}
@@ -230,13 +254,23 @@ func c2spPath(level string, n int64, w int) string {
 
 // checkEntries reads each entry bundle (u16-length-prefixed entries) and compares every
 // entry's RFC 6962 leaf hash with the (signed-root-checked) hash the tiles hold for it.
-func checkEntries(dir string, size int64, reader tlog.HashReader) error {
+func checkEntries(src source, size int64, reader tlog.HashReader) error {
 	for start := int64(0); start < size; start += 256 {
 		w := int(min(256, size-start))
 		rel := c2spPath("entries", start/256, w)
-		data, err := os.ReadFile(filepath.Join(dir, rel))
+		data, err := src.read(rel)
 		if err != nil {
 			return err
+		}
+		// one read per bundle: the tile reader authenticates the tiles once for all 256
+		indexes := make([]int64, w)
+		for i := range indexes {
+			indexes[i] = tlog.StoredHashIndex(0, start+int64(i))
+		}
+		want, err := reader.ReadHashes(indexes)
+		if err != nil {
+			return fmt.Errorf("leaf hashes of leaves %d..%d (%s or a tile above it): %w",
+				start, start+int64(w)-1, c2spPath("0", start/256, w), err)
 		}
 		for i := 0; i < w; i++ {
 			if len(data) < 2 {
@@ -246,12 +280,7 @@ func checkEntries(dir string, size int64, reader tlog.HashReader) error {
 			if len(data) < 2+l {
 				return fmt.Errorf("%s: entry %d is cut short", rel, i)
 			}
-			want, err := reader.ReadHashes([]int64{tlog.StoredHashIndex(0, start+int64(i))})
-			if err != nil {
-				return fmt.Errorf("leaf hash of leaf %d (%s or a tile above it): %w",
-					start+int64(i), c2spPath("0", start/256, w), err)
-			}
-			if tlog.RecordHash(data[2:2+l]) != want[0] {
+			if tlog.RecordHash(data[2:2+l]) != want[i] {
 				return fmt.Errorf("%s: entry %d (leaf %d) does not hash to its leaf hash", rel, i, start+int64(i))
 			}
 			data = data[2+l:]

@@ -5,8 +5,8 @@ Ed25519 line with ``golang.org/x/mod/sumdb/note``, its ML-DSA-44 line (C2SP
 tlog-cosignature) with ``cloudflare/circl``, recomputes the root from the C2SP tiles and
 every entry's leaf hash with ``golang.org/x/mod/sumdb/tlog``, and checks the ledger's
 inclusion and consistency proofs with ``transparency-dev/merkle`` (and against the proofs
-sumdb/tlog builds from the tiles). Each tamper case must fail in Go, and in pcvhub's own
-audit too, naming the same thing.
+sumdb/tlog builds from the tiles), from the folder and over ``pcvhub ledger serve``. Each
+tamper case must fail in Go, and in pcvhub's own audit too, naming the same thing.
 
 Sumdb/tlog before v0.43 did not check the lower tiles it read when several subtree roots
 of the tree share one tile (a flipped byte in ``tile/0/004`` of a 70,000-leaf tree went
@@ -30,6 +30,7 @@ from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog
 from pcvhub.ledger.note import LogKeys
+from pcvhub.ledger.serve import TileServer
 from pcvhub.ledger.tiles import audit_tiles
 
 pytestmark = pytest.mark.go
@@ -78,8 +79,9 @@ def published(tmp_path_factory) -> tuple[Path, LogKeys, Path]:
     return root / "log" / "tiles", keys, proof_file
 
 
-def run_go(binary: Path, tiles: Path, keys: LogKeys, proofs: Path | None = None):
-    args = [str(binary), "-tiles", str(tiles), "-vkey", str(keys.ed25519_vkey),
+def run_go(binary: Path, tiles: Path, keys: LogKeys, proofs: Path | None = None,
+           url: str | None = None):
+    args = [str(binary), "-tiles", url or str(tiles), "-vkey", str(keys.ed25519_vkey),
             "-mldsa-vkey", str(keys.ml_dsa_44_vkey)]
     if proofs is not None:
         args += ["-proofs", str(proofs)]
@@ -100,6 +102,20 @@ def test_go_verifies_the_checkpoint_tiles_entries_and_proofs(go_verifier, publis
         "ok 8 consistency proofs (transparency-dev/merkle, equal to x/mod/sumdb/tlog's)",
     ]
     assert audit_tiles(tiles, keys.ed25519_vkey, keys.ml_dsa_44_vkey).entries_checked == SIZE
+
+
+def test_go_fetches_and_verifies_the_log_over_the_tile_server(go_verifier, published):
+    """What an existing tlog client does: fetch checkpoint and tiles over HTTP."""
+    tiles, keys, proofs = published
+    server = TileServer(tiles)
+    server.start()
+    try:
+        ran = run_go(go_verifier, tiles, keys, proofs, url=server.url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[-1].startswith("ok 8 consistency proofs")
 
 
 def _flip(path: Path, at: int) -> None:
