@@ -5,9 +5,9 @@ PYTHON  ?= python3
 export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
 export PCVHUB_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: setup liboqs avro-java chromium demo test fuzz bench lint clean-data
+.PHONY: setup liboqs avro-java tlog-verify chromium demo test fuzz bench lint clean-data
 
-setup: $(VENV)/.installed liboqs avro-java chromium
+setup: $(VENV)/.installed liboqs avro-java tlog-verify chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ liboqs:
 # runs over records the hub wrote; cached under .cache/avro-java, a no-op when up to date.
 avro-java:
 	bash infra/avro-java/build.sh >/dev/null
+
+# The Go verifier (x/mod sumdb/note + sumdb/tlog, transparency-dev/merkle, circl) that
+# tests/interop runs over the ledger's checkpoints, tiles and proofs; modules and binary
+# cached under .cache/go and .cache/tlog-verify, a no-op when up to date.
+tlog-verify:
+	bash infra/tlog-verify/build.sh >/dev/null
 
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never
 # downloads a browser of its own). Needs root or sudo, as apt does.

@@ -17,13 +17,13 @@ from rich.table import Table
 
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.log.reader import LogReadError, TopicReader, deployment_verifier, read_raw
-from pcvhub.topics import TOPICS, Principal
+from pcvhub.topics import TOPICS, Principal, TopicRole
 
 console = Console()
 
-#: topics the hub reads back (the registry topics of the table are unused: the registry
-#: chain lives on the canonical log)
-CHECKABLE = [s.suffix for s in TOPICS]
+#: topics the hub reads back as events (the ledger's checkpoints are signed notes:
+#: `pcvhub ledger verify` checks them)
+CHECKABLE = [s.suffix for s in TOPICS if s.role is not TopicRole.LEDGER]
 
 
 def register(app: typer.Typer) -> None:

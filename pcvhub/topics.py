@@ -39,6 +39,8 @@ class Principal(StrEnum):
     PROJECTIONS = "projections"
     #: read-only consumers: the dashboard, ``pcvhub log check``, audits, the demo's watcher
     READER = "reader"
+    #: ``pcvhub ledger run``: reads the gatekeeper's outputs, the only writer of ``ledger``
+    LEDGER = "ledger"
 
 
 def connector_principal(source: str) -> str:
@@ -51,6 +53,7 @@ class TopicRole(StrEnum):
     CANONICAL = "canonical"
     REJECTED = "rejected"
     ALERTS = "alerts"
+    LEDGER = "ledger"
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ INGRESS_SOURCES = {
 }
 _CONNECTORS = tuple(connector_principal(source) for source in INGRESS_SOURCES)
 # Connectors read the canonical log (their chain heads) and the refusals of their events.
-_OUTPUT_READERS = (Principal.GATEKEEPER, Principal.PROJECTIONS, Principal.READER)
+_OUTPUT_READERS = (Principal.GATEKEEPER, Principal.PROJECTIONS, Principal.READER,
+                   Principal.LEDGER)
 
 TOPICS: tuple[TopicSpec, ...] = (
     *(TopicSpec(f"ingress.{source}", TopicRole.INGRESS, 6, WEEK_MS, "delete", doc,
@@ -118,6 +122,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("alerts", TopicRole.ALERTS, 6, FOREVER, "delete",
               "alerts raised by custody rules and turnaround timers",
               writers=(Principal.GATEKEEPER,), readers=_OUTPUT_READERS),
+    TopicSpec("ledger", TopicRole.LEDGER, 1, FOREVER, "delete",
+              "signed checkpoints of the transparency ledger (C2SP signed notes), its only "
+              "writer being `pcvhub ledger run`; kept forever as evidence of what it showed",
+              # the note is its own proof: anyone may read it (auditors, witnesses)
+              writers=(Principal.LEDGER,), readers=(Principal.LEDGER, Principal.READER)),
 )
 
 

@@ -1,0 +1,137 @@
+"""The transparency ledger: append rate, checkpoint cost, proofs at a large tree.
+
+Baselines in the same run: for appends, raw SHA-256 of the same leaves (the least any
+Merkle log must do per leaf); for a proof, the raw SHA-256 node hashes a verifier of a
+proof that long must compute at least (so the ratio is our overhead over the bare
+hashing). The large tree is synthetic leaf hashes appended to the level files on disk;
+proofs are for random leaves and random pairs of sizes in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.report import Figure, median_rate
+from pcvhub.ledger.leaf import LedgerLeaf
+from pcvhub.ledger.log import TransparencyLog
+from pcvhub.ledger.note import LogKeys
+from pcvhub.ledger.proofs import (
+    ConsistencyProof,
+    InclusionProof,
+    verify_consistency,
+    verify_inclusion,
+)
+from pcvhub.ledger.tree import TreeLevels
+from pcvhub.trust import merkle
+
+APPENDS = 50_000
+LARGE = 10_000_000
+PROOFS = 2_000
+
+
+def _median_us(operation: Callable[[int], object], count: int) -> float:
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        operation(i)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def _raw_hashes_us(n: int, count: int) -> float:
+    """Median time of ``n`` chained SHA-256 node hashes (the verifier's minimum work)."""
+    node = bytes(32)
+
+    def chain(_: int) -> None:
+        h = node
+        for _ in range(n):
+            h = hashlib.sha256(b"\x01" + h + node).digest()
+
+    return _median_us(chain, count)
+
+
+def run(quick: bool = False) -> list[Figure]:
+    appends = APPENDS // 10 if quick else APPENDS
+    large = LARGE // 10 if quick else LARGE
+    section = "ledger"
+    leaves = [LedgerLeaf(hashlib.sha256(i.to_bytes(8, "big")).digest(), "events", i % 6,
+                         i).encode() for i in range(appends)]
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
+        keys = LogKeys.generate("bench.pcvhub.example/ledger")
+
+        def raw() -> int:
+            for leaf in leaves:
+                hashlib.sha256(leaf).digest()
+            return len(leaves)
+
+        runs = iter(range(100))
+
+        def append() -> int:
+            with TransparencyLog(Path(tmp) / f"log{next(runs)}", keys) as log:
+                for leaf in leaves:
+                    log.append(leaf)
+            return len(leaves)
+
+        baseline = median_rate(raw)
+        figures.append(Figure(section, "raw SHA-256 of the leaves", baseline, "leaves/s"))
+        figures.append(Figure(section, "append (entry + level files)", median_rate(append, 3),
+                              "leaves/s", "raw SHA-256", baseline))
+        with TransparencyLog(Path(tmp) / "checkpointed", keys) as log:
+            stamps = iter(range(1, 10**6))
+
+            def checkpoint(_: int) -> None:
+                for leaf in leaves[:100]:
+                    log.append(leaf)
+                log.checkpoint(next(stamps))
+
+            figures.append(Figure(section, "checkpoint per 100 appends (fsync, sign both "
+                                  "lines, tiles)", _median_us(checkpoint, 20) / 1000, "ms"))
+
+        started = time.perf_counter()
+        levels = TreeLevels(Path(tmp) / "large")
+        for i in range(large):
+            levels.append(merkle.leaf_hash(i.to_bytes(8, "big")))
+        build = large / (time.perf_counter() - started)
+        figures.append(Figure(section, f"build a {large:,}-leaf tree on disk", build,
+                              "leaves/s"))
+        rng = random.Random(9162)
+        picks = [rng.randrange(large) for _ in range(PROOFS)]
+        pairs = [tuple(sorted((rng.randrange(1, large), rng.randrange(1, large))))
+                 for _ in range(PROOFS)]
+        root = levels.root()
+        depth = (large - 1).bit_length()
+        hashing = _raw_hashes_us(depth, PROOFS)
+        figures.append(Figure(section, f"raw SHA-256 x {depth} (one proof's hashing)", hashing,
+                              "µs"))
+        inclusion = [InclusionProof(i, large, tuple(levels.inclusion_proof(i, large)))
+                     for i in picks]
+        figures.append(Figure(section, f"inclusion proof, generate at {large:,}",
+                              _median_us(lambda k: levels.inclusion_proof(picks[k], large),
+                                         PROOFS), "µs", "raw hashing", hashing))
+
+        def verify_one(k: int) -> None:
+            verify_inclusion(picks[k].to_bytes(8, "big"), inclusion[k], root)
+
+        figures.append(Figure(section, f"inclusion proof, verify at {large:,}",
+                              _median_us(verify_one, PROOFS), "µs", "raw hashing", hashing))
+        consistency = [ConsistencyProof(m, n, tuple(levels.consistency_proof(m, n)))
+                       for m, n in pairs]
+        roots = [(levels.root(m), levels.root(n)) for m, n in pairs]
+        figures.append(Figure(section, f"consistency proof, generate at {large:,}",
+                              _median_us(lambda k: levels.consistency_proof(*pairs[k]), PROOFS),
+                              "µs", "raw hashing", hashing))
+
+        def check(k: int) -> None:
+            verify_consistency(consistency[k], *roots[k])
+
+        figures.append(Figure(section, f"consistency proof, verify at {large:,}",
+                              _median_us(check, PROOFS), "µs", "raw hashing", hashing))
+        levels.close()
+    return figures
