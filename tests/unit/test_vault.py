@@ -74,6 +74,33 @@ def test_kernel_multiply_accumulate_matches_galois(data: bytes, c: int) -> None:
     assert np.array_equal(dst.view(np.uint8), np.asarray(expected))
 
 
+@given(st.binary(min_size=8, max_size=512).filter(lambda b: len(b) % 8 == 0),
+       st.integers(1, 16))
+@FAST
+def test_small_point_kernels_match_galois(data: bytes, x: int) -> None:
+    base = np.frombuffer(os.urandom(len(data)), np.uint64)
+    src = np.frombuffer(data, np.uint64)
+    outs = [np.empty_like(src) for _ in range(3)]
+    gf256.mul_small_xor_into(outs[0], base, src, x)
+    assert np.array_equal(outs[0].view(np.uint8),
+                          np.asarray(GF(base.view(np.uint8)) + GF(src.view(np.uint8)) * GF(x)))
+    gf256.mul_small_xor_into3(*outs, base, src, x)
+    for t, out in enumerate(outs):
+        expected = GF(base.view(np.uint8)) + GF(src.view(np.uint8)) * GF(x + t)
+        assert np.array_equal(out.view(np.uint8), np.asarray(expected))
+
+
+@given(st.binary(min_size=16, max_size=512).filter(lambda b: len(b) % 16 == 0),
+       st.integers(0, 255))
+@FAST
+def test_two_point_kernel_matches_galois(data: bytes, w: int) -> None:
+    a, b = np.frombuffer(data, np.uint64).reshape(2, -1)
+    out = np.empty_like(a)
+    gf256.two_point_into(out, a, b, gf256.planes(w))
+    ga, gb = GF(a.view(np.uint8)), GF(b.view(np.uint8))
+    assert np.array_equal(out.view(np.uint8), np.asarray(ga + GF(w) * (ga + gb)))
+
+
 # -- Shamir -------------------------------------------------------------------------------
 
 @given(data=st.binary(min_size=1, max_size=3000), k=st.integers(2, 5), extra=st.integers(0, 4),
