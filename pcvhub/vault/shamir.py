@@ -77,12 +77,11 @@ class ShamirSplitter:
             randoms = [row[:width] for row in self._randoms]
             outs = [share[start:end] for share in self._shares]
             if k == 2:  # f(x) = secret ^ x * r: three shares per pass over secret and r
-                x = 1
-                while x + 2 <= n:
+                triples = n // 3 * 3
+                for x in range(1, triples + 1, 3):
                     gf256.mul_small_xor_into3(outs[x - 1], outs[x], outs[x + 1], base,
                                               randoms[0], x)
-                    x += 3
-                for x in range(x, n + 1):
+                for x in range(triples + 1, n + 1):
                     gf256.mul_small_xor_into(outs[x - 1], base, randoms[0], x)
                 continue
             scratch = self._scratch[:width]

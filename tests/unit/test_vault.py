@@ -11,6 +11,7 @@ import itertools
 import os
 from collections import Counter
 
+import fastavro
 import galois
 import numpy as np
 import pytest
@@ -18,11 +19,14 @@ from cryptography.exceptions import InvalidSignature, InvalidTag
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pcvhub.schemas.catalog import load_catalog
 from pcvhub.trust.merkle import root_of
 from pcvhub.vault import gf256
 from pcvhub.vault.chunks import ChunkTree, changed_chunks
 from pcvhub.vault.randomness import AesCtrDrbg, OsRandomness
 from pcvhub.vault.sealing import (
+    SEALING_HPKE,
+    SEALING_OTP,
     OneTimePadLink,
     PadExhausted,
     SiteKeyPair,
@@ -272,10 +276,6 @@ def test_put_seals_per_site_and_losing_one_site_loses_nothing() -> None:
 
 
 def test_the_payload_matches_the_genome_stored_schema() -> None:
-    import fastavro
-
-    from pcvhub.schemas.catalog import load_catalog
-
     key = SiteKeyPair.generate()
     sites = [Site(f"s{i}", key.public, f"ref{i}") for i in range(3)]
     _, payload = put(io.BytesIO(b"x" * 100), "COI", sites, lambda *a: None, chunk_size=64,
@@ -298,3 +298,57 @@ def test_one_time_pad_link_consumes_its_budget_byte_for_byte() -> None:
     tampered = OneTimePadLink(pad)
     with pytest.raises(InvalidSignature):
         tampered.open(sealed[:20] + bytes([sealed[20] ^ 1]) + sealed[21:], context)
+
+
+def _otp_sites():
+    keys = [SiteKeyPair.generate() for _ in range(3)]
+    return keys, [Site(f"site-{i}", k.public, f"vault://site-{i}/x") for i, k in enumerate(keys, 1)]
+
+
+def test_a_put_over_a_pad_link_consumes_its_budget_byte_for_byte() -> None:
+    keys, sites = _otp_sites()
+    data = os.urandom(5000)  # 5 chunks of 1024 bytes, the last one 904
+    needed = 5 * OneTimePadLink.TAG_KEY + 5000
+    pad = os.urandom(needed + 7)
+    hub_end, site_end = OneTimePadLink(pad, "hub -> site-2"), OneTimePadLink(pad)
+    hpke_sealed: dict[tuple[int, int], bytes] = {}
+    kept_by_site_2: dict[tuple[int, int], bytes] = {}
+
+    def deliver(share_index: int, chunk_index: int, sealed: bytes) -> None:
+        if share_index == 2:  # site 2 opens on arrival with its end of the link
+            context = share_context("COI-7", chunk_index, 2)
+            kept_by_site_2[(2, chunk_index)] = site_end.open(sealed, context)
+        else:
+            hpke_sealed[(share_index, chunk_index)] = sealed
+
+    manifest, payload = put(io.BytesIO(data), "COI-7", sites, deliver, chunk_size=1024,
+                            links={2: hub_end})
+    assert hub_end.remaining == site_end.remaining == 7
+    assert [(s["sealing"], s["recipient_key_id"] is None) for s in payload["shares"]] == [
+        (SEALING_HPKE, False), (SEALING_OTP, True), (SEALING_HPKE, False)]
+    assert fastavro.validate(payload, load_catalog().schema("GenomeStored").parsed,
+                             raise_errors=True)
+    # site 3 is lost: share 1 (HPKE) and share 2 (kept by site 2) restore
+    opened = sealed_source("COI-7", lambda s, c: hpke_sealed.get((s, c)), {1: keys[0]})
+    out = bytearray()
+    restore_stream(manifest, lambda s, c: kept_by_site_2.get((s, c)) if s == 2 else opened(s, c),
+                   out.extend, expected_root=manifest.root)
+    assert bytes(out) == data
+
+
+def test_a_put_that_would_run_a_pad_dry_is_refused_with_nothing_sent() -> None:
+    _, sites = _otp_sites()
+    data = os.urandom(3000)
+    needed = 3 * OneTimePadLink.TAG_KEY + 3000
+    enough = OneTimePadLink(os.urandom(needed), "hub -> site-1")
+    short = OneTimePadLink(os.urandom(needed - 1), "hub -> site-3")
+    sent: list[tuple[int, int]] = []
+    with pytest.raises(PadExhausted) as refused:
+        put(io.BytesIO(data), "COI-8", sites, lambda s, c, b: sent.append((s, c)),
+            chunk_size=1024, links={1: enough, 3: short})
+    message = str(refused.value)
+    assert "hub -> site-3 (share 3, site site-3)" in message and "short by 1" in message
+    assert "site-1" not in message.split(":", 1)[1]
+    assert sent == [] and enough.remaining == needed and short.remaining == needed - 1
+    with pytest.raises(ValueError, match="only 3 sites"):
+        put(io.BytesIO(data), "COI-8", sites, lambda *a: None, links={4: enough})
