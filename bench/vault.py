@@ -173,10 +173,10 @@ def run(quick: bool = False, peak_gib: int = 4) -> list[Figure]:
     ]
     for name, op, against, goal in measured:
         wall, cpu = rates(op)
-        target = f", target {goal:,} per core" if goal else ""
+        goal_text = f", target {goal:,} per core" if goal else ""
         figures.append(Figure(section, f"{name} [wall]", wall, "MB/s", "wall " + against,
                               baselines[against][0]))
-        figures.append(Figure(section, f"{name} [CPU{target}]", cpu, "MB/s", "CPU " + against,
+        figures.append(Figure(section, f"{name} [CPU{goal_text}]", cpu, "MB/s", "CPU " + against,
                               baselines[against][1]))
     figures.extend(_peak_memory(peak_gib))
     return figures

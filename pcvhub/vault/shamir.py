@@ -64,7 +64,7 @@ class ShamirSplitter:
         length = len(chunk)
         words = _words(length)
         secret = _as_words(chunk, words, self._secret)
-        random_bytes = memoryview(self._randoms).cast("B")
+        random_bytes = self._randoms.data.cast("B")
         block_words = self._block_words
         k, n = self.k, self.n
         for start in range(0, words, block_words):
@@ -96,7 +96,7 @@ class ShamirSplitter:
                     gf256.mul_small_xor_into(target, randoms[t], source, x)
                     source = target
                 gf256.mul_small_xor_into(out, base, source, x)
-        return [memoryview(row.view(np.uint8))[:length] for row in self._shares]
+        return [row.view(np.uint8).data[:length] for row in self._shares]
 
 
 def _as_words(data: bytes | memoryview, words: int,
@@ -157,7 +157,7 @@ def interpolate(shares: dict[int, bytes | memoryview], at: int = 0,
                     np.bitwise_xor(dst, src, out=dst)
                 else:
                     gf256.mul_xor_into(dst, src, plane)
-    return memoryview(result.view(np.uint8))[:length]
+    return result.view(np.uint8).data[:length]
 
 
 def share_sets(points: list[int], k: int) -> list[tuple[int, ...]]:

@@ -88,7 +88,7 @@ def test_small_point_kernels_match_galois(data: bytes, x: int) -> None:
     gf256.mul_small_xor_into(outs[0], base, src, x)
     assert np.array_equal(outs[0].view(np.uint8),
                           np.asarray(GF(base.view(np.uint8)) + GF(src.view(np.uint8)) * GF(x)))
-    gf256.mul_small_xor_into3(*outs, base, src, x)
+    gf256.mul_small_xor_into3(outs[0], outs[1], outs[2], base, src, x)
     for t, out in enumerate(outs):
         expected = GF(base.view(np.uint8)) + GF(src.view(np.uint8)) * GF(x + t)
         assert np.array_equal(out.view(np.uint8), np.asarray(expected))
