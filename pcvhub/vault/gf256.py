@@ -183,3 +183,20 @@ def mul_small_xor_into3(d0: np.ndarray, d1: np.ndarray, d2: np.ndarray, base: np
         d0[i] = s ^ _mul_small(r, x)
         d1[i] = s ^ _mul_small(r, x + 1)
         d2[i] = s ^ _mul_small(r, x + 2)
+
+
+# Addition alone, for the XOR-only scheme (:mod:`~pcvhub.vault.xorshare`).
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def xor_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """dst = a ^ b."""
+    for i in range(a.shape[0]):
+        dst[i] = a[i] ^ b[i]
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def xor_accumulate(dst: np.ndarray, a: np.ndarray) -> None:
+    """dst ^= a."""
+    for i in range(a.shape[0]):
+        dst[i] ^= a[i]

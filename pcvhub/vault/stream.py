@@ -15,14 +15,15 @@ import json
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
 from pcvhub.trust.merkle import leaf_hash
+from pcvhub.vault import shamir, xorshare
 from pcvhub.vault.chunks import DEFAULT_CHUNK_SIZE, ChunkTree, read_chunks
 from pcvhub.vault.randomness import OsRandomness, Randomness
-from pcvhub.vault.shamir import SCHEME, ShamirSplitter, interpolate, share_sets
+from pcvhub.vault.shamir import ShamirSplitter, interpolate, share_sets
 
 #: sink(share_index, chunk_index, share bytes); the bytes are only valid during the call
 ShareSink = Callable[[int, int, memoryview], None]
@@ -30,6 +31,36 @@ ShareSink = Callable[[int, int, memoryview], None]
 #: the bytes must stay valid until the source has been asked for the chunk after next
 #: (restore checks one chunk while it rebuilds the next)
 ShareSource = Callable[[int, int], "bytes | memoryview | None"]
+
+
+class Splitter(Protocol):
+    def split(self, chunk: bytes | memoryview) -> list[memoryview]: ...
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One threshold scheme as split and restore use it (both over whole chunks)."""
+
+    splitter: Callable[[int, int, Randomness, int], Splitter]  # (k, n, randomness, chunk size)
+    share_length: Callable[[int, int], int]  # (chunk length, n)
+    #: (k, n, exactly k shares, chunk length, out) -> the chunk, not yet verified, then the
+    #: scheme's padding up to the share length (zero unless a share was altered there)
+    recover: Callable[[int, int, dict[int, bytes | memoryview], int, np.ndarray | None],
+                      memoryview]
+    #: (k, n, k good shares, x, chunk length) -> share x recomputed, or None if they do not
+    #: fix it (then a share outside the good set is judged by swapping it into the set)
+    share_at: Callable[[int, int, dict[int, bytes | memoryview], int, int], memoryview | None]
+
+
+#: scheme name, as written into the manifest and the GenomeStored event -> the scheme
+SCHEMES: dict[str, Scheme] = {
+    shamir.SCHEME: Scheme(
+        ShamirSplitter, lambda length, n: length,
+        lambda k, n, shares, length, out: interpolate(shares, out=out),
+        lambda k, n, good, x, length: interpolate(good, at=x)),
+    xorshare.SCHEME: Scheme(xorshare.XorSplitter, xorshare.share_length, xorshare.recover,
+                            xorshare.share_at),
+}
 
 
 @dataclass(frozen=True)
@@ -63,10 +94,15 @@ class Manifest:
 
 def split_stream(source: BinaryIO, sink: ShareSink, k: int = 2, n: int = 3,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, randomness: Randomness | None = None,
-                 on_chunk: Callable[[int], None] | None = None) -> Manifest:
-    """Split ``source`` into k-of-n shares chunk by chunk; the manifest carries the tree."""
+                 on_chunk: Callable[[int], None] | None = None,
+                 scheme: str = shamir.SCHEME) -> Manifest:
+    """Split ``source`` into k-of-n shares chunk by chunk; the manifest carries the tree.
+
+    ``scheme``: a key of :data:`SCHEMES` (Shamir over GF(2^8), or the XOR-only scheme)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown sharing scheme {scheme!r}; known: {sorted(SCHEMES)}")
     randomness = randomness or OsRandomness()
-    splitter = ShamirSplitter(k, n, randomness, chunk_size)
+    splitter = SCHEMES[scheme].splitter(k, n, randomness, chunk_size)
     leaves: list[bytes] = []
     size = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-tree") as hasher:
@@ -81,7 +117,7 @@ def split_stream(source: BinaryIO, sink: ShareSink, k: int = 2, n: int = 3,
             leaves.append(leaf.result())  # before read_chunks reuses the buffer
             if on_chunk:
                 on_chunk(len(chunk))
-    return Manifest(ChunkTree(chunk_size, size, tuple(leaves)), k, n, SCHEME,
+    return Manifest(ChunkTree(chunk_size, size, tuple(leaves)), k, n, scheme,
                     randomness.name, randomness.security)
 
 
@@ -135,9 +171,11 @@ class _ChunkShares:
                  report: RestoreReport) -> None:
         self.manifest, self.chunk_index, self.source, self.report = (
             manifest, chunk_index, source, report)
+        self.scheme = SCHEMES[manifest.scheme]  # checked by restore_stream
         self.expected = manifest.tree.leaf_hashes[chunk_index]
         start, end = manifest.tree.byte_range(chunk_index)
-        self.length = end - start
+        self.chunk_length = end - start
+        self.length = self.scheme.share_length(self.chunk_length, manifest.n)
         self.fetched: dict[int, bytes | memoryview] = {}
         self.failed: set[int] = set()  # reported once, not asked again
         self.points = list(range(1, manifest.n + 1))
@@ -174,21 +212,38 @@ class _ChunkShares:
                 available.append(x)
         if len(available) < self.manifest.k:
             return None
-        return interpolate({x: self.fetched[x] for x in available}, out=out)
+        return self._recover(available, out)
+
+    def _recover(self, points: list[int] | tuple[int, ...],
+                 out: np.ndarray | None = None) -> memoryview | None:
+        """The chunk from these shares, not yet verified; None if the padding is not zero."""
+        rebuilt = self.scheme.recover(self.manifest.k, self.manifest.n,
+                                      {x: self.fetched[x] for x in points}, self.chunk_length,
+                                      out)
+        if any(rebuilt[self.chunk_length:]):
+            return None
+        return rebuilt[:self.chunk_length]
 
     def search(self) -> memoryview | None:
         """Every share, every k-subset, until one reproduces the leaf hash; the shares
         outside that set are recomputed from it and compared, so a bad one is named."""
         available = [x for x in self.points if self.fetch(x)]
-        for subset in share_sets(available, self.manifest.k):
-            chunk = interpolate({x: self.fetched[x] for x in subset})
-            if leaf_hash(chunk) != self.expected:
+        k, n = self.manifest.k, self.manifest.n
+        for subset in share_sets(available, k):
+            chunk = self._recover(subset)
+            if chunk is None or leaf_hash(chunk) != self.expected:
                 continue
             good = {x: self.fetched[x] for x in subset}
             for other in available:
                 if other in good:
                     continue
-                differs = _differing_range(interpolate(good, at=other), self.fetched[other])
+                recomputed = self.scheme.share_at(k, n, good, other, self.chunk_length)
+                if recomputed is not None:
+                    differs = _differing_range(recomputed, self.fetched[other])
+                else:  # swapped into the good set, does it still reproduce the chunk?
+                    swapped = self._recover((*subset[1:], other))
+                    ok = swapped is not None and leaf_hash(swapped) == self.expected
+                    differs = None if ok else (0, self.length)  # only the whole share
                 if differs:
                     self.report.bad_shares.append(BadShare(other, self.chunk_index, *differs))
             return chunk
@@ -216,7 +271,13 @@ def restore_stream(manifest: Manifest, source: ShareSource, write: Callable[[mem
     report = RestoreReport()
     # two output buffers, reused: chunk i is hashed on another thread (hashlib releases the
     # GIL) while chunk i + 1 is rebuilt into the other buffer; no allocation per chunk
-    words = (manifest.tree.chunk_size + 7) // 8
+    if manifest.scheme not in SCHEMES:
+        raise ValueError(f"manifest names unknown sharing scheme {manifest.scheme!r}; "
+                         f"known: {sorted(SCHEMES)}")
+    # the XOR scheme rebuilds whole pieces: up to a share's length, not only the chunk's
+    chunk_size = manifest.tree.chunk_size
+    words = (max(chunk_size, SCHEMES[manifest.scheme].share_length(chunk_size, manifest.n))
+             + 7) // 8
     outs = [np.empty(words, dtype=np.uint64), np.empty(words, dtype=np.uint64)]
     def finish(pending: _Pending) -> None:
         shares, candidate, leaf = pending

@@ -34,6 +34,7 @@ from pcvhub.vault.sealing import (
     seal,
     share_context,
 )
+from pcvhub.vault.shamir import SCHEME as SHAMIR
 from pcvhub.vault.stream import Manifest, ShareSource, ShareTampered, split_stream
 
 #: store(share_index, chunk_index, sealed bytes)
@@ -54,8 +55,11 @@ class Site:
 def put(source: BinaryIO, coi: str, sites: list[Site], store: SealedStore, k: int = 2,
         chunk_size: int = DEFAULT_CHUNK_SIZE, randomness: Randomness | None = None,
         on_chunk: Callable[[int], None] | None = None,
-        links: Mapping[int, OneTimePadLink] | None = None) -> tuple[Manifest, dict[str, Any]]:
+        links: Mapping[int, OneTimePadLink] | None = None,
+        scheme: str = SHAMIR) -> tuple[Manifest, dict[str, Any]]:
     """Split, seal and store; share index i (1-based) goes to ``sites[i - 1]``.
+
+    ``scheme`` is a key of :data:`~pcvhub.vault.stream.SCHEMES`, named in the event.
 
     ``links`` maps share indices to the one-time-pad link their share travels over instead
     of HPKE; ``source`` must then be seekable, since every budget is checked up front.
@@ -78,7 +82,7 @@ def put(source: BinaryIO, coi: str, sites: list[Site], store: SealedStore, k: in
         store(share_index, chunk_index, sealed)
 
     manifest = split_stream(source, seal_and_store, k=k, n=len(sites), chunk_size=chunk_size,
-                            randomness=randomness, on_chunk=on_chunk)
+                            randomness=randomness, on_chunk=on_chunk, scheme=scheme)
     return manifest, genome_stored_payload(manifest, sites, otp_shares=set(links))
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.trust.merkle import root_of
-from pcvhub.vault import gf256
+from pcvhub.vault import gf256, shamir, xorshare
 from pcvhub.vault.chunks import ChunkTree, changed_chunks
 from pcvhub.vault.randomness import AesCtrDrbg, OsRandomness
 from pcvhub.vault.sealing import (
@@ -35,7 +35,7 @@ from pcvhub.vault.sealing import (
     share_context,
 )
 from pcvhub.vault.shamir import ShamirSplitter, interpolate
-from pcvhub.vault.stream import RestoreRefused, restore_stream, split_stream
+from pcvhub.vault.stream import Manifest, RestoreRefused, restore_stream, split_stream
 from pcvhub.vault.vault import Site, put, sealed_source
 
 GF = galois.GF(2**8, irreducible_poly=0x11B)
@@ -43,11 +43,15 @@ FAST = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
-def _split_in_memory(data: bytes, k: int, n: int, chunk_size: int, randomness=None):
+SCHEMES = [shamir.SCHEME, xorshare.SCHEME]
+
+
+def _split_in_memory(data: bytes, k: int, n: int, chunk_size: int, randomness=None,
+                     scheme: str = shamir.SCHEME):
     shares: dict[tuple[int, int], bytes] = {}
     manifest = split_stream(io.BytesIO(data), lambda s, c, b: shares.__setitem__((s, c), bytes(b)),
                             k=k, n=n, chunk_size=chunk_size,
-                            randomness=randomness or AesCtrDrbg(os.urandom(32)))
+                            randomness=randomness or AesCtrDrbg(os.urandom(32)), scheme=scheme)
     return manifest, shares
 
 
@@ -161,6 +165,59 @@ def test_the_distribution_test_catches_an_erasure_code() -> None:
     assert chi2 > 370
 
 
+def _rank(masks: list[int]) -> int:
+    """Rank over GF(2) of rows given as bit masks."""
+    rank, rows = 0, list(masks)
+    while rows:
+        pivot = rows.pop()
+        if pivot:
+            rank += 1
+            low = pivot & -pivot
+            rows = [r ^ pivot if r & low else r for r in rows]
+    return rank
+
+
+@pytest.mark.parametrize("n", range(2, 8))
+def test_xor_scheme_k_minus_one_shares_are_uniform_and_any_k_determine_the_chunk(n) -> None:
+    """Exact, by rank: for every (k-1)-subset, the random parts of its pieces are linearly
+    independent, so those pieces are uniform whatever the chunk (perfect secrecy); every
+    k-subset solves for each piece of the chunk."""
+    p = xorshare.prime_for(n)
+    for k in range(2, n + 1):
+        masks = xorshare._unknown_masks(k, n)
+        random_part = ~((1 << (p - 1)) - 1)
+        for subset in itertools.combinations(range(n), k - 1):
+            rows = [m & random_part for i in subset for m in masks[i]]
+            assert _rank(rows) == len(rows), (k, n, subset)
+        for subset in itertools.combinations(range(1, n + 1), k):
+            assert len(xorshare.plan(k, n, subset)) == p - 1
+        with pytest.raises(xorshare.NotRecoverable):
+            xorshare.plan(k, n, tuple(range(1, k)))
+
+
+def test_the_rank_check_catches_a_scheme_without_randomness() -> None:
+    """The same rank statistic on shares that are the chunk's pieces themselves fails."""
+    assert _rank([0, 0]) < 2
+
+
+def test_xor_k_minus_one_shares_have_the_same_distribution_for_two_inputs() -> None:
+    """As for Shamir: with OS randomness, one share of all-zero and of all-0xFF input have
+    the same, uniform, byte distribution (chi-square, and two-sample chi-square)."""
+    for k, n in ((2, 3), (3, 5)):
+        histograms = []
+        for secret in (b"\x00" * 4096, b"\xff" * 4096):
+            splitter = xorshare.XorSplitter(k, n, OsRandomness(), len(secret))
+            observed = np.zeros(256, np.int64)
+            for _ in range(16):
+                for share in splitter.split(secret)[:k - 1]:
+                    observed += np.bincount(np.frombuffer(share, np.uint8), minlength=256)
+            chi2 = ((observed - observed.mean()) ** 2 / observed.mean()).sum()
+            assert chi2 < 370, chi2
+            histograms.append(observed)
+        a, b = histograms
+        assert (((a - b) ** 2) / np.maximum(a + b, 1)).sum() < 370
+
+
 def test_parameters_are_checked() -> None:
     for k, n in ((1, 3), (4, 3), (2, 17)):
         with pytest.raises(ValueError):
@@ -169,12 +226,14 @@ def test_parameters_are_checked() -> None:
 
 # -- streaming split and restore, the chunk tree -----------------------------------------
 
+@pytest.mark.parametrize("scheme", SCHEMES)
 @given(data=st.binary(min_size=0, max_size=5000), chunk=st.integers(1, 700),
-       k=st.integers(2, 4), extra=st.integers(0, 2), data_seed=st.integers(0, 2**32))
+       k=st.integers(2, 4), extra=st.integers(0, 2))
 @FAST
-def test_any_k_of_n_restore_the_stream_byte_for_byte(data, chunk, k, extra, data_seed) -> None:
+def test_any_k_of_n_restore_the_stream_byte_for_byte(scheme, data, chunk, k, extra) -> None:
     n = k + extra
-    manifest, shares = _split_in_memory(data, k, n, chunk)
+    manifest, shares = _split_in_memory(data, k, n, chunk, scheme=scheme)
+    assert manifest.scheme == scheme
     assert manifest.tree.chunk_count == -(-len(data) // chunk)
     assert manifest.root == ChunkTree.of_bytes(data, chunk).root
     for usable in itertools.combinations(range(1, n + 1), k):
@@ -182,13 +241,14 @@ def test_any_k_of_n_restore_the_stream_byte_for_byte(data, chunk, k, extra, data
         assert restored == data and not report.bad_shares
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
 @given(data=st.binary(min_size=1, max_size=3000), chunk=st.integers(16, 600),
        where=st.floats(0, 1, exclude_max=True), share=st.integers(1, 3),
        flip=st.integers(1, 255))
 @FAST
-def test_a_flipped_byte_in_any_share_is_named_and_recovered(data, chunk, where, share,
+def test_a_flipped_byte_in_any_share_is_named_and_recovered(scheme, data, chunk, where, share,
                                                             flip) -> None:
-    manifest, shares = _split_in_memory(data, 2, 3, chunk)
+    manifest, shares = _split_in_memory(data, 2, 3, chunk, scheme=scheme)
     offset = int(where * len(data))
     chunk_index, in_chunk = divmod(offset, chunk)
     bad = bytearray(shares[(share, chunk_index)])
@@ -201,6 +261,24 @@ def test_a_flipped_byte_in_any_share_is_named_and_recovered(data, chunk, where, 
             (share, chunk_index, in_chunk, in_chunk + 1)]
     else:
         assert not report.bad_shares
+
+
+def test_with_k_above_2_an_xor_share_outside_the_good_set_is_named_whole() -> None:
+    data = os.urandom(900)
+    manifest, shares = _split_in_memory(data, 3, 4, 300, scheme=xorshare.SCHEME)
+    bad = bytearray(shares[(2, 1)])
+    bad[5] ^= 0x40
+    shares[(2, 1)] = bytes(bad)
+    restored, report = _restore(manifest, shares)
+    assert restored == data
+    length = xorshare.share_length(300, 4)
+    assert [(b.share_index, b.chunk_index, b.start, b.end) for b in report.bad_shares] == [
+        (2, 1, 0, length)]
+
+
+def test_an_unknown_scheme_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown sharing scheme 'rot13'"):
+        _split_in_memory(b"x", 2, 3, 16, scheme="rot13")
 
 
 def test_with_no_consistent_set_the_restore_refuses_and_lists_the_chunks() -> None:
@@ -273,6 +351,26 @@ def test_put_seals_per_site_and_losing_one_site_loses_nothing() -> None:
     report = restore_stream(manifest, source, out.extend)
     assert bytes(out) == data
     assert [(b.share_index, b.chunk_index) for b in report.bad_shares] == [(2, 3)]
+
+
+def test_a_put_with_the_xor_scheme_names_it_and_restores_from_any_two_sites() -> None:
+    keys = [SiteKeyPair.generate() for _ in range(3)]
+    sites = [Site(f"site-{i}", k.public, f"vault://site-{i}/x") for i, k in enumerate(keys, 1)]
+    data = os.urandom(2500)
+    stored: dict[tuple[int, int], bytes] = {}
+    manifest, payload = put(io.BytesIO(data), "COI-X", sites,
+                            lambda s, c, b: stored.__setitem__((s, c), b), chunk_size=1000,
+                            scheme=xorshare.SCHEME)
+    assert payload["scheme"] == manifest.scheme == "xor-kurihara"
+    assert payload["security"] == "INFORMATION_THEORETIC"
+    assert fastavro.validate(payload, load_catalog().schema("GenomeStored").parsed,
+                             raise_errors=True)
+    for held in ({1: keys[0], 3: keys[2]}, {2: keys[1], 3: keys[2]}):
+        source = sealed_source("COI-X", lambda s, c: stored.get((s, c)), held)
+        out = bytearray()
+        restore_stream(Manifest.from_json(manifest.to_json()), source, out.extend,
+                       expected_root=bytes.fromhex(payload["root_hash"]))
+        assert bytes(out) == data
 
 
 def test_the_payload_matches_the_genome_stored_schema() -> None:
