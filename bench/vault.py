@@ -8,8 +8,9 @@ a second core free the tree's SHA-256 overlaps the splitting) and ``[CPU]`` (CPU
 the whole process, every thread included: core-seconds). The targets are per core, so
 they are judged on the ``[CPU]`` lines. Split and restore include the tree's SHA-256 of every
 chunk, so their CPU rate cannot beat the SHA-256 line; "sink hashes" also hashes the
-output (its sink) on the main thread, "sink discards" does not, and "Shamir split alone"
-leaves out reading and hashing.
+output (its sink) on the main thread, "sink discards" does not, and "split alone" leaves
+out reading and hashing. The XOR-only scheme (:mod:`pcvhub.vault.xorshare`) is measured
+beside Shamir in the same run.
 
 Peak memory: a child process warms up on tiny chunks (kernels loaded, keys, thread pool),
 takes its resident set as the baseline, then puts a generated 4 GiB input
@@ -39,9 +40,12 @@ from bench.report import Figure
 from pcvhub.vault.chunks import DEFAULT_CHUNK_SIZE
 from pcvhub.vault.randomness import AesCtrDrbg, OsRandomness, Randomness
 from pcvhub.vault.sealing import SiteKeyPair
+from pcvhub.vault.shamir import SCHEME as SHAMIR
 from pcvhub.vault.shamir import ShamirSplitter
-from pcvhub.vault.stream import restore_stream, split_stream
+from pcvhub.vault.stream import Splitter, restore_stream, split_stream
 from pcvhub.vault.vault import Site, put
+from pcvhub.vault.xorshare import SCHEME as XOR
+from pcvhub.vault.xorshare import XorSplitter
 
 MB = 1e6  # rates print as MB/s: the shared table rounds to one decimal
 CHUNK = DEFAULT_CHUNK_SIZE
@@ -106,34 +110,38 @@ def run(quick: bool = False, peak_gib: int = 4) -> list[Figure]:
             aead.encrypt(nonce, pattern, None)
         return size
 
-    def split(randomness: Randomness, k: int = 2, n: int = 3) -> int:
+    def split(randomness: Randomness, k: int = 2, n: int = 3, scheme: str = SHAMIR) -> int:
         split_stream(GeneratedInput(size, pattern), lambda *a: None, k=k, n=n,
-                     randomness=randomness)
+                     randomness=randomness, scheme=scheme)
         return size
 
-    # restore: a smaller share set kept in memory (3 x input)
+    # restore: a smaller share set kept in memory (3 x input), one per scheme
     restore_size = (32 if quick else 64) << 20
-    shares: dict[tuple[int, int], bytes] = {}
-    manifest = split_stream(GeneratedInput(restore_size, pattern),
-                            lambda s, c, b: shares.__setitem__((s, c), bytes(b)),
-                            randomness=AesCtrDrbg())
+    share_sets = {}
+    for scheme in (SHAMIR, XOR):
+        shares: dict[tuple[int, int], bytes] = {}
 
-    def restore() -> int:
-        digest = hashlib.sha256()
-        restore_stream(manifest, lambda s, c: shares.get((s, c)), digest.update)
+        def keep(s: int, c: int, b: memoryview, kept: dict = shares) -> None:
+            kept[(s, c)] = bytes(b)
+
+        manifest = split_stream(GeneratedInput(restore_size, pattern), keep,
+                                randomness=AesCtrDrbg(), scheme=scheme)
+        share_sets[scheme] = (manifest, shares)
+
+    def restore(scheme: str = SHAMIR, hashing_sink: bool = True) -> int:
+        manifest, shares = share_sets[scheme]
+        sink = hashlib.sha256().update if hashing_sink else (lambda chunk: None)
+        restore_stream(manifest, lambda s, c: shares.get((s, c)), sink)
         return restore_size
 
-    def restore_discard() -> int:  # the same, with a sink that does not hash again
-        restore_stream(manifest, lambda s, c: shares.get((s, c)), lambda chunk: None)
-        return restore_size
-
-    splitter = ShamirSplitter(2, 3, AesCtrDrbg(), CHUNK)
     chunk = memoryview(bytearray(pattern))
 
-    def shamir_only() -> int:  # the splitter alone: no read, no tree hash
-        for _ in range(chunks):
-            splitter.split(chunk)
-        return size
+    def splitter_only(splitter: Splitter) -> Callable[[], int]:
+        def op() -> int:  # the splitter alone: no read, no tree hash
+            for _ in range(chunks):
+                splitter.split(chunk)
+            return size
+        return op
 
     keys = [SiteKeyPair.generate() for _ in range(3)]
     sites = [Site(f"site-{i}", key.public, f"bench://{i}") for i, key in enumerate(keys)]
@@ -161,10 +169,20 @@ def run(quick: bool = False, peak_gib: int = 4) -> list[Figure]:
          "AES-256-GCM", 150),
         ("split, AES-CTR DRBG (computational)", lambda: split(AesCtrDrbg()), "AES-256-GCM",
          1000),
+        ("split, XOR scheme, AES-CTR DRBG", lambda: split(AesCtrDrbg(), scheme=XOR),
+         "AES-256-GCM", 1000),
         ("split 3-of-5, AES-CTR DRBG", lambda: split(AesCtrDrbg(), 3, 5), "AES-256-GCM", None),
+        ("split 3-of-5, XOR scheme, AES-CTR DRBG", lambda: split(AesCtrDrbg(), 3, 5, XOR),
+         "AES-256-GCM", None),
         ("restore 2 of 3 + verify tree, sink hashes", restore, "SHA-256", 1000),
-        ("restore 2 of 3 + verify tree, sink discards", restore_discard, "SHA-256", 1000),
-        ("Shamir split alone, DRBG (no read, no tree)", shamir_only, "AES-256-GCM", None),
+        ("restore 2 of 3 + verify tree, sink discards", lambda: restore(SHAMIR, False),
+         "SHA-256", 1000),
+        ("restore 2 of 3, XOR scheme, sink discards", lambda: restore(XOR, False), "SHA-256",
+         1000),
+        ("Shamir split alone, DRBG (no read, no tree)",
+         splitter_only(ShamirSplitter(2, 3, AesCtrDrbg(), CHUNK)), "AES-256-GCM", None),
+        ("XOR scheme split alone, DRBG (no read, no tree)",
+         splitter_only(XorSplitter(2, 3, AesCtrDrbg(), CHUNK)), "AES-256-GCM", None),
         ("put = split + HPKE seal + tree, OS randomness", lambda: put_sealed(OsRandomness),
          "AES-256-GCM", None),
         ("put = split + HPKE seal + tree, DRBG", lambda: put_sealed(AesCtrDrbg),

@@ -14,8 +14,10 @@ every (k-1)-subset of shares that its pieces are uniform whatever the chunk (per
 secrecy), and for every k-subset that each K_q is a combination of its pieces.
 
 A share is (p - 1) * ceil(len / (8 (p - 1))) * 8 bytes, a little longer than the chunk when
-p - 1 does not divide it; the randomness is (k-1) p / (p-1) bytes per input byte for k > 2
-(Shamir needs k - 1), the same for k = 2 (R^0_{p-1} is never used).
+p - 1 does not divide it. Randomness: R^0_{p-1} is never used, so (p - 1 + (k-2) p) / (p - 1)
+random bytes per input byte: k - 1, as for Shamir, when k = 2, a little more above. For
+k > 2 the k shares of a restore leave some randomness free, so another share cannot be
+recomputed from them: a bad share outside the good set is named whole, not to the byte.
 """
 
 from __future__ import annotations

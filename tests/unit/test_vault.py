@@ -195,9 +195,15 @@ def test_xor_scheme_k_minus_one_shares_are_uniform_and_any_k_determine_the_chunk
             xorshare.plan(k, n, tuple(range(1, k)))
 
 
-def test_the_rank_check_catches_a_scheme_without_randomness() -> None:
-    """The same rank statistic on shares that are the chunk's pieces themselves fails."""
-    assert _rank([0, 0]) < 2
+def test_the_rank_check_catches_too_little_randomness() -> None:
+    """The same check fails for a 3-of-5 split built with the randomness of a 2-of-5 one:
+    two of its shares then leak (XOR of their pieces cancels the single random row)."""
+    n, p = 5, xorshare.prime_for(5)
+    masks = xorshare._unknown_masks(2, n)
+    random_part = ~((1 << (p - 1)) - 1)
+    ranks = [_rank([m & random_part for i in pair for m in masks[i]])
+             for pair in itertools.combinations(range(n), 2)]
+    assert max(ranks) < 2 * (p - 1)
 
 
 def test_xor_k_minus_one_shares_have_the_same_distribution_for_two_inputs() -> None:
