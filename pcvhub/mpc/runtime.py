@@ -25,12 +25,10 @@ def _mpyc_module(argv: Sequence[str]) -> Any:
 
 def lone_runtime() -> Any:
     """A one-party runtime in this process (all arithmetic, no network): the tests' and the
-    benchmark's in-process mode; every protocol step runs, on shares of one party."""
-    global _lone
-    module = _mpyc_module(["--no-log"])
-    if _lone is None:
-        _lone = module.setup() if module.mpc.parties[0].host is not None else module.mpc
-    return _lone
+    benchmark's in-process mode; every protocol step runs, on shares of one party. A process
+    is either this lone party or one party of a network, never both: MPyC keeps one
+    runtime per process."""
+    return _mpyc_module(["--no-log"]).mpc
 
 
 def party_runtime(index: int, addresses: Sequence[tuple[str, int]], tls: bool) -> Any:

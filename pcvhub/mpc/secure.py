@@ -16,6 +16,7 @@ bucket in the same round.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
@@ -117,17 +118,41 @@ def _count_table(rt: Any, layout: Layout, statistic: Statistic, cells: Any) -> P
 
 
 def _quartiles(rt: Any, threshold: int, histogram: Any) -> Pending:
+    """Q1, median and Q3 of the combined histogram, without sorting and without comparing
+    every bin: the cumulative counts rise with the bin, so a rank is found in two steps of
+    about sqrt(bins) comparisons each, first among block ends, then inside the one block
+    (picked by a shared unit vector) where the rank falls."""
     bins = histogram.shape[0]
+    block = math.isqrt(bins - 1) + 1
+    blocks = -(-bins // block)
     cumulative = rt.np_cumsum(histogram)
     n = cumulative[-1:]
-    # bin j is below rank p*n iff 4 c_j < a n (p = a/4): the lower order statistic counts
-    # those bins; the upper one counts bins with 4 c_j <= a n
-    differences = [cumulative * 4 - n * a for a in (1, 2, 3)]
-    below = rt.np_sgn(rt.np_concatenate([*differences, *(-d for d in differences)]),
-                      l=RANK_BITS, LT=True)
-    sums = rt.np_sum(below.reshape(6, bins), axis=1)
+    if blocks * block > bins:  # pad with n: a padded bin is never below a rank <= n
+        cumulative = rt.np_concatenate((cumulative, n * np.ones(blocks * block - bins, int)))
+    grid = cumulative.reshape(blocks, block)
+    # rank p*n with p = a/4: the lower order statistic is the number of bins with
+    # 4 c_j < a n, the upper one the number with 4 c_j <= a n (= not a n < 4 c_j)
+    targets = [n * a for a in (1, 2, 3)]
+
+    def not_above(rows: list[Any]) -> Any:
+        """Row i < 3: [4 v < t_i]; row i >= 3: [4 v <= t_(i-3)]; one comparison round."""
+        strict = [rows[i] * 4 - targets[i] for i in range(3)]
+        loose = [targets[i] - rows[3 + i] * 4 for i in range(3)]
+        bits = rt.np_sgn(rt.np_concatenate([*strict, *loose]), l=RANK_BITS, LT=True)
+        bits = bits.reshape(6, rows[0].shape[0])
+        return rt.np_concatenate((bits[:3], 1 - bits[3:]))
+
+    ends = grid[:, block - 1]
+    coarse = not_above([ends] * 6)
+    # the block where the rank falls is the first whose end is not below it: a shared unit
+    # vector (the bits fall from 1 to 0 once), which picks that block's row of the grid
+    first = coarse[:, :1] * 0 + 1
+    unit = rt.np_concatenate((first, coarse[:, :blocks - 1]), axis=1) - coarse
+    chosen = rt.np_matmul(unit, grid)
+    fine = not_above([chosen[i] for i in range(6)])
+    counts = rt.np_sum(coarse, axis=1) * block + rt.np_sum(fine, axis=1)
     shown = 1 - rt.np_sgn(n - threshold, l=RANK_BITS, LT=True)  # n >= threshold
-    twice = (sums[:3] + bins - sums[3:]) * shown
+    twice = (counts[:3] + counts[3:]) * shown
     opened = rt.np_concatenate((twice, n * shown, shown, rt.np_equal(n, 0)))
 
     def read(values: list[int]) -> Quartiles:
@@ -154,12 +179,11 @@ def _kaplan_meier(rt: Any, layout: Layout, survival: Any) -> Pending:
         step = step + fits * (1 << bit)
     nobody = rt.np_equal(at_risk, 0)
     step = step + nobody * (one - step)  # nobody at risk: survival carries over unchanged
-    curve = []
-    current = None
-    for factor in rt.np_tolist(step):
-        product = factor * one if current is None else current * factor
-        current = (product - product % one) / one  # exact floor: % is exact for public 2^f
-        curve.append(current)
+    factors = rt.np_tolist(step)
+    curve = [factors[0]]  # S_1 = floor(2^f q_1 / 2^f) = q_1
+    for factor in factors[1:]:
+        product = curve[-1] * factor
+        curve.append((product - product % one) / one)  # exact floor: % is exact for 2^f
     shown = 1 - rt.np_sgn(at_risk - spec.small_cell_threshold, l=RANK_BITS, LT=True)
     opened = rt.np_concatenate((rt.np_fromlist(curve) * shown, shown))
 
