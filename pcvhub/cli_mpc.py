@@ -15,9 +15,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # errors stay one line: scripts grep them
 
-REFUSED, FAILED, BAD_INPUT = 2, 3, 1
+REFUSED, BAD_INPUT = 2, 1
 
 
 def _address(text: str) -> tuple[str, str, int]:
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        from pcvhub.mpc.party import PartyLost, prepare, run_party
+        from pcvhub.mpc.party import PARTY_LOST_EXIT, PartyLost, prepare, run_party
         from pcvhub.mpc.records import CohortRowError
         from pcvhub.mpc.site_rows import site_rows_from_file
         from pcvhub.mpc.study import StudyRefused, StudySpec, StudySpecError, parse_statistics
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         except CohortRowError as exc:
             fail(BAD_INPUT, str(exc))
         except PartyLost as exc:
-            fail(FAILED, str(exc))
+            fail(PARTY_LOST_EXIT, str(exc))
         console.print(f"site {site}: study {spec.study_id} done; result {outcome.digest()}")
 
     @mpc_app.command("certs")

@@ -9,8 +9,8 @@ The steps, in the order a party takes them:
 3. connect to the other parties over mutually authenticated TLS, within a deadline;
 4. open every party's digest of (spec, statistics): a party given another spec or
    another list stops the run before any row-derived number is shared;
-5. share its counts and compute (:mod:`.secure`), while a watchdog ends the run the
-   moment a peer's connection drops: MPyC itself would wait for that peer forever;
+5. share its counts and compute (:mod:`.secure`), while a watchdog thread ends the
+   process the moment a peer's connection drops: MPyC itself would wait forever;
 6. pass MPyC's closing barrier (every party holds the result), and only then write the
    result file, atomically. A run that fails at any step writes nothing.
 """
@@ -22,6 +22,9 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +40,8 @@ from pcvhub.mpc.study import Statistic, StudySpec, authorise
 from pcvhub.mpc.tls import check_party_directory
 
 PEER_POLL_SECONDS = 0.2
+PARTY_LOST_EXIT = 3  # what `pcvhub mpc party` exits with when the run fails
+TCP_ESTABLISHED = 1  # tcp_info.tcpi_state (linux/tcp_states.h)
 
 log = logging.getLogger(__name__)
 
@@ -112,47 +117,66 @@ async def _session(rt: Any, run: PartyRun, layout: Layout, own: SiteAggregate) -
     connected = time.monotonic()
     log.info("site %s: all %d parties connected over TLS in %.2f s", run.site,
              len(rt.parties), connected - started)
-    watchdog = asyncio.ensure_future(_watch_peers(rt, run))
-    work = asyncio.ensure_future(_agree_then_combine(rt, run, layout, own))
-    done, _ = await asyncio.wait({watchdog, work}, timeout=run.run_timeout,
-                                 return_when=asyncio.FIRST_COMPLETED)
-    if work not in done:
-        work.cancel()
-        if watchdog in done:
-            raise watchdog.exception() or PartyLost("watchdog stopped")
-        watchdog.cancel()
-        raise PartyLost(f"site {run.site}: the run took more than {run.run_timeout:.0f} s")
-    watchdog.cancel()
-    result = work.result()
-    log.info("site %s: computed %s in %.2f s", run.site,
-             ", ".join(s.value for s in run.statistics), time.monotonic() - connected)
+    stop = threading.Event()
+    threading.Thread(target=_watch_peers, args=(rt, run, stop), name="peer-watchdog",
+                     daemon=True).start()
+    try:
+        disagreeing = await _disagreeing_sites(rt, run)
+        result = None if disagreeing else await combine(rt, layout, own)
+    finally:
+        stop.set()
     try:  # MPyC's closing barrier: every party has opened the result before anyone keeps it
         await asyncio.wait_for(rt.shutdown(), run.connect_timeout)
     except TimeoutError:
         raise PartyLost(f"site {run.site}: a party did not reach the end of the run") from None
+    if result is None:
+        raise PartyLost(f"site {run.site}: {', '.join(disagreeing)} run a different study spec "
+                        f"or statistics ({run.spec.study_id!r}: "
+                        f"{', '.join(s.value for s in run.statistics)}); nothing was shared")
+    log.info("site %s: computed %s in %.2f s", run.site,
+             ", ".join(s.value for s in run.statistics), time.monotonic() - connected)
     return result
 
 
-async def _agree_then_combine(rt: Any, run: PartyRun, layout: Layout, own: SiteAggregate
-                              ) -> StudyResult:
+async def _disagreeing_sites(rt: Any, run: PartyRun) -> list[str]:
+    """Step 4: the sites whose (spec, statistics) digest differs from this party's."""
     digest_field = rt.SecFld(min_order=1 << 256)
     digests = await rt.output(rt.input(digest_field(int.from_bytes(run.run_digest(), "big"))))
-    mine = digests[rt.pid]
-    others = [run.spec.sites[i] for i, d in enumerate(digests) if d != mine]
-    if others:
-        raise PartyLost(f"site {run.site}: {', '.join(others)} run a different study spec or "
-                        f"statistics ({run.spec.study_id!r}: "
-                        f"{', '.join(s.value for s in run.statistics)}); nothing was shared")
-    return await combine(rt, layout, own)
+    return [run.spec.sites[i] for i, d in enumerate(digests) if d != digests[rt.pid]]
 
 
-async def _watch_peers(rt: Any, run: PartyRun) -> None:
-    while True:
-        for peer in rt.parties:
-            if peer.pid == rt.pid:
-                continue
-            protocol = peer.protocol
-            if protocol is None or protocol.transport is None or protocol.transport.is_closing():
-                raise PartyLost(f"site {run.site}: lost the connection to party {peer.pid} "
-                                f"({run.spec.sites[peer.pid]}) mid-run; no result is kept")
-        await asyncio.sleep(PEER_POLL_SECONDS)
+def _watch_peers(rt: Any, run: PartyRun, stop: threading.Event) -> None:
+    """End this process the moment a peer's TCP connection is no longer established, or
+    the run outlives its deadline.
+
+    A thread, and the kernel's view of the socket (``TCP_INFO``), because the event loop
+    can be busy for minutes with the shared arithmetic already scheduled before it would
+    notice a closed connection, and MPyC waits for a lost peer forever. Nothing has been
+    written yet (the result is written after the closing barrier), so ending the process
+    here leaves no result behind.
+    """
+    deadline = time.monotonic() + run.run_timeout
+    while not stop.wait(PEER_POLL_SECONDS):
+        lost = [f"party {p.pid} ({run.spec.sites[p.pid]})" for p in rt.parties
+                if p.pid != rt.pid and not _established(p)]
+        if lost:
+            message = (f"site {run.site}: lost the connection to {', '.join(lost)} mid-run; "
+                       "no result is kept")
+        elif time.monotonic() > deadline:
+            message = f"site {run.site}: the run took more than {run.run_timeout:.0f} s"
+        else:
+            continue
+        if stop.is_set():  # the computation finished meanwhile: the barrier decides
+            return
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        os._exit(PARTY_LOST_EXIT)
+
+
+def _established(peer: Any) -> bool:
+    protocol = peer.protocol
+    transport = None if protocol is None else protocol.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return False
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] == TCP_ESTABLISHED

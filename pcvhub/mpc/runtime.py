@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+
 def _mpyc_module(argv: Sequence[str]) -> Any:
     saved = sys.argv
     sys.argv = [saved[0] if saved else "pcvhub", *argv]

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from pcvhub.mpc.aggregates import COUNT_CATEGORIES, QUARTILE_MEASURES, Layout, SiteAggregate
-from pcvhub.mpc.results import Cell, CountTable, Quartiles, Statistics, StudyResult, SurvivalCurve
+from pcvhub.mpc.aggregates import COUNT_CATEGORIES, Layout, SiteAggregate
+from pcvhub.mpc.results import CountTable, Quartiles, Statistics, StudyResult, SurvivalCurve
 from pcvhub.mpc.study import Statistic
 
 #: counts and histograms: at most 9 parties x 100k therapies, times 4 (quartile ranks)
