@@ -10,26 +10,22 @@ party; a party killed mid-run makes the others fail with a clear error and write
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pcvhub.mpc.aggregates import Layout, aggregate
+from pcvhub.mpc.local_run import LocalStudyRun, finish
 from pcvhub.mpc.plaintext import reference_result
 from pcvhub.mpc.runtime import lone_runtime
 from pcvhub.mpc.secure import COUNT_BITS, SURVIVAL_BITS
 from pcvhub.mpc.study import Statistic, StudySpec
 from pcvhub.mpc.synthetic import synthetic_site_rows
-from pcvhub.mpc.tls import issue_party_certificates
 
 SITES = ("KYOTO01", "OSAKA02", "TOKYO03")
 SEED, THERAPIES = 11, 300
@@ -57,49 +53,12 @@ finally:
 """
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-@dataclass
-class Run:
-    root: Path
-    spec_path: Path
-    tls: list[Path]
-    ports: list[int]
-
-    def command(self, index: int, *extra: str, statistics: Sequence[str] = (),
-                record: Path | None = None) -> list[str]:
-        site = SITES[index]
-        head = [sys.executable, "-c", RECORDING_PARTY, str(record)] if record else [
-            sys.executable, "-m", "pcvhub.cli"]
-        return [*head, "mpc", "party", "--site", site, "--study", str(self.spec_path),
-                *(a for s, p in zip(SITES, self.ports, strict=True)
-                  for a in ("--party", f"{s}=127.0.0.1:{p}")),
-                "--tls-dir", str(self.tls[index]), "--synthetic", f"{SEED}:{THERAPIES}",
-                "--result", str(self.result(site)), "--connect-timeout", "60",
-                *(a for s in statistics for a in ("--statistic", s)), *extra]
-
-    def result(self, site: str) -> Path:
-        return self.root / f"result-{site}.json"
-
-    def start(self, index: int, **options: object) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.command(index, **options),  # type: ignore[arg-type]
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def make_run(root: Path, spec: StudySpec) -> Run:
-    spec_path = root / "study.json"
-    spec_path.write_text(json.dumps(spec.to_json()))
-    return Run(root, spec_path, issue_party_certificates(root / "tls", len(SITES)),
-               free_ports(len(SITES)))
+def party(run: LocalStudyRun, index: int, *extra: str, statistics: Sequence[str] = (),
+          record: Path | None = None) -> list[str]:
+    program = (sys.executable, "-c", RECORDING_PARTY, str(record)) if record else ()
+    return run.command(index, ("--synthetic", f"{SEED}:{THERAPIES}"), "--connect-timeout",
+                       "60", *(a for s in statistics for a in ("--statistic", s)), *extra,
+                       program=program)
 
 
 def study(**changes: object) -> StudySpec:
@@ -111,27 +70,22 @@ def study(**changes: object) -> StudySpec:
     return StudySpec(**{**fields, **changes})  # type: ignore[arg-type]
 
 
-def finish(processes: Sequence[subprocess.Popen[str]], timeout: float = 180
-           ) -> list[tuple[int, str]]:
-    outcomes = []
-    for process in processes:
-        out, _ = process.communicate(timeout=timeout)
-        outcomes.append((process.returncode, out))
-    return outcomes
+Completed = tuple[LocalStudyRun, list[Path]]
 
 
 @pytest.fixture(scope="module")
-def completed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Run, list[Path]]]:
-    run = make_run(tmp_path_factory.mktemp("mpc-run"), study())
+def completed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Completed]:
+    run = LocalStudyRun.create(tmp_path_factory.mktemp("mpc-run"), study())
     records = [run.root / f"received-{s}.pickle" for s in SITES]
-    outcomes = finish([run.start(i, record=records[i]) for i in range(len(SITES))])
+    outcomes = finish([run.start(party(run, i, record=records[i]))
+                        for i in range(len(SITES))])
     for code, out in outcomes:
         assert code == 0, out
     yield run, records
 
 
 def test_every_party_writes_the_plaintext_reference_result(
-        completed: tuple[Run, list[Path]]) -> None:
+        completed: Completed) -> None:
     run, _ = completed
     spec = StudySpec.load(run.spec_path)
     pooled = [r for s in SITES for r in synthetic_site_rows(s, THERAPIES, SEED)]
@@ -141,7 +95,7 @@ def test_every_party_writes_the_plaintext_reference_result(
 
 
 def test_a_party_receives_no_count_of_another_site_in_the_clear(
-        completed: tuple[Run, list[Path]]) -> None:
+        completed: Completed) -> None:
     """Every payload is field elements (shares; even the opened results arrive as shares)
     and nowhere among them is a run of another site's counts as plain field elements."""
     import pickle
@@ -180,9 +134,9 @@ def plain_windows(values: Sequence[int], widths: set[int], size: int = 4) -> lis
 
 
 def test_an_unapproved_statistic_is_refused_by_every_party(tmp_path: Path) -> None:
-    run = make_run(tmp_path, study(statistics=(Statistic.RESPONSE_BY_RECIST,)))
-    outcomes = finish([run.start(i, statistics=["response_by_recist",
-                                                "vein_to_vein_quartiles"])
+    run = LocalStudyRun.create(tmp_path, study(statistics=(Statistic.RESPONSE_BY_RECIST,)))
+    outcomes = finish([run.start(party(run, i, statistics=["response_by_recist",
+                                                           "vein_to_vein_quartiles"]))
                        for i in range(len(SITES))], timeout=60)
     for (code, out), site in zip(outcomes, SITES, strict=True):
         assert code == 2, out
@@ -194,9 +148,9 @@ def test_an_unapproved_statistic_is_refused_by_every_party(tmp_path: Path) -> No
 def test_a_party_killed_mid_run_fails_the_run_and_nobody_writes_a_result(
         tmp_path: Path) -> None:
     # a long survival timeline keeps the run busy for seconds after the parties connect
-    run = make_run(tmp_path, study(statistics=(Statistic.OVERALL_SURVIVAL_KM,),
+    run = LocalStudyRun.create(tmp_path, study(statistics=(Statistic.OVERALL_SURVIVAL_KM,),
                                    survival_bucket_days=1, survival_buckets=1500))
-    processes = [run.start(i) for i in range(len(SITES))]
+    processes = [run.start(party(run, i)) for i in range(len(SITES))]
     victim = processes[2]
     assert victim.stdout is not None
     deadline = time.monotonic() + 120
@@ -219,14 +173,13 @@ def test_a_party_killed_mid_run_fails_the_run_and_nobody_writes_a_result(
 
 @pytest.mark.slow
 def test_parties_given_different_specs_stop_before_sharing_a_count(tmp_path: Path) -> None:
-    run = make_run(tmp_path, study(statistics=(Statistic.RESPONSE_BY_RECIST,)))
+    run = LocalStudyRun.create(tmp_path, study(statistics=(Statistic.RESPONSE_BY_RECIST,)))
     other = tmp_path / "other-study.json"
     other.write_text(json.dumps(study(statistics=(Statistic.RESPONSE_BY_RECIST,),
                                       small_cell_threshold=1).to_json()))
-    commands = [run.command(i) for i in range(len(SITES))]
+    commands = [party(run, i) for i in range(len(SITES))]
     commands[1][commands[1].index("--study") + 1] = str(other)
-    processes = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for c in commands]
+    processes = [run.start(c) for c in commands]
     for (code, out), site in zip(finish(processes, timeout=120), SITES, strict=True):
         assert code == 3, out
         assert "run a different study spec or statistics" in out
