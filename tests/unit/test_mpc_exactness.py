@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pcvhub.mpc.aggregates import Layout, aggregate
 from pcvhub.mpc.plaintext import kaplan_meier, quartiles, reference_result
 from pcvhub.mpc.records import RECIST, TherapyRecord
-from pcvhub.mpc.results import StudyResult
+from pcvhub.mpc.results import CountTable, StudyResult
 from pcvhub.mpc.runtime import lone_runtime
 from pcvhub.mpc.secure import combine
 from pcvhub.mpc.study import Statistic, StudySpec
@@ -76,6 +76,7 @@ def test_a_fixed_cohort_is_equal_and_suppresses_what_it_must() -> None:
     result = secure_result(spec, rows)
     assert result == reference_result(spec, spec.statistics, rows)
     table = result.statistics[Statistic.ADVERSE_EVENTS_BY_CTCAE]
+    assert isinstance(table, CountTable)
     cells = [c for row in table.cells for c in row]
     assert None in cells and any(c for c in cells)  # some cells suppressed, some published
     # a stratum with a suppressed cell never shows its total (it would give the cell away)
