@@ -8,10 +8,11 @@ computation before anything is opened, so its value never leaves the shares.
 All inputs are whole numbers (secure integers): MPyC's fixed-point inputs must be made
 with ``integral=False`` on every party or the run deadlocks (lschoe/mpyc#16), and
 fixed-point products round at random; integers and exact floors keep each result equal to
-the plaintext reference (:mod:`.plaintext`), digit for digit. Nothing is sorted: a
-quartile is found by comparing the combined cumulative histogram with the rank, all bins
-at once; the survival recursion divides by long division, one bit per round, with every
-bucket in the same round.
+the plaintext reference (:mod:`.plaintext`), digit for digit. Nothing is sorted (secure
+sorting takes minutes at these sizes): a quartile is found by comparing the combined
+cumulative histogram with the rank, about 2 sqrt(bins) comparisons in two rounds; the
+survival factors are divided by long division, one bit per round, every bucket in the same
+round, and only their running product is sequential.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pcvhub.mpc.study import Statistic
 
 #: counts and histograms: at most 9 parties x 100k therapies, times 4 (quartile ranks)
 COUNT_BITS = 32
-#: survival: products of a 2^f fixed-point value and a risk set, f <= 32
+#: survival: a 2^f fixed-point factor times a risk set or another factor, f <= 24
 SURVIVAL_BITS = 64
 #: bound on |4 * cumulative count - a * n| for the quartile comparisons
 RANK_BITS = 24

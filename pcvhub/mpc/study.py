@@ -109,7 +109,7 @@ class StudySpec:
             raise bad("consent_scope", f"is {self.consent_scope!r}; known: {CONSENT_SCOPES}")
         bounds = {"small_cell_threshold": (1, 1000), "day_bins": (2, 4096),
                   "survival_bucket_days": (1, 3650), "survival_buckets": (1, 4096),
-                  "survival_fraction_bits": (8, 32)}
+                  "survival_fraction_bits": (8, 24)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:

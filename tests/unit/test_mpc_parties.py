@@ -184,3 +184,34 @@ def test_parties_given_different_specs_stop_before_sharing_a_count(tmp_path: Pat
         assert code == 3, out
         assert "run a different study spec or statistics" in out
         assert not run.result(site).exists()
+
+
+@pytest.mark.slow
+def test_parties_reading_their_projection_publish_only_suppressed_small_counts(
+        tmp_path: Path) -> None:
+    """The scripted scenario has one consented therapy (A, KYOTO01): every cell it lands in
+    is below the threshold, so the parties open it as suppressed, as the reference does."""
+    from datetime import UTC, datetime
+
+    from pcvhub.mpc.site_rows import site_rows_from_file
+
+    from .test_projection_scenario import project, scripted_log
+
+    scripted = scripted_log()
+    projection = tmp_path / "hub.duckdb"
+    project(projection, scripted.gatekeep(), scripted.anchor)
+    as_of = datetime(2026, 6, 1, tzinfo=UTC)
+    spec = study(cancer_types=("C43",), day_bins=64)
+    run = LocalStudyRun.create(tmp_path / "run", spec)
+    outcomes = finish([run.start(run.command(
+        i, ("--projection", str(projection)), "--as-of", as_of.isoformat(),
+        "--connect-timeout", "60")) for i in range(len(SITES))])
+    for code, out in outcomes:
+        assert code == 0, out
+    pooled = [r for s in SITES for r in site_rows_from_file(projection, s, as_of)]
+    assert [r.therapy for r in pooled] == [scripted.coi_a]
+    expected = reference_result(spec, spec.statistics, pooled).to_json()
+    published = json.loads(run.result("KYOTO01").read_text())
+    assert published == expected
+    response = published["statistics"]["response_by_recist"]["rows"]
+    assert "suppressed" in json.dumps(response) and '"total": 1' not in json.dumps(response)
