@@ -1,7 +1,7 @@
 """`pcvhub mpc party|certs|reference` (top floor): one hospital's computation party of an
 approved study, the run's TLS certificates, and the plaintext reference for a test cohort.
 
-Exit codes a coordinator can act on: 2 the run is refused (not covered by the approved
+Exit codes a coordinator can act on: 4 the run is refused (not covered by the approved
 study, or an unknown statistic); 3 the run failed (a party missing, lost or disagreeing:
 no result is written); 1 bad input (a malformed row, a missing file).
 """
@@ -17,7 +17,7 @@ from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)  # errors stay one line: scripts grep them
 
-REFUSED, BAD_INPUT = 2, 1
+REFUSED, BAD_INPUT = 4, 1  # 2 is a usage error (click), 3 a failed run (PARTY_LOST_EXIT)
 
 
 def _address(text: str) -> tuple[str, str, int]:
@@ -26,6 +26,13 @@ def _address(text: str) -> tuple[str, str, int]:
     if not site or not host or not port.isdigit():
         raise typer.BadParameter(f"{text!r}: give SITE=HOST:PORT, e.g. KYOTO01=127.0.0.1:21001")
     return site, host, int(port)
+
+
+def _synthetic(text: str) -> tuple[int, int]:
+    seed, _, size = text.partition(":")
+    if not seed.isdigit() or not size.isdigit():
+        raise typer.BadParameter(f"--synthetic {text!r}: give SEED:THERAPIES, e.g. 7:10000")
+    return int(seed), int(size)
 
 
 def register(app: typer.Typer) -> None:
@@ -88,10 +95,8 @@ def register(app: typer.Typer) -> None:
                 when = (as_of or datetime.now(UTC)).astimezone(UTC)
                 rows = site_rows_from_file(projection, site, when, spec.consent_scope)
             else:
-                seed, _, size = (synthetic or "").partition(":")
-                if not seed.isdigit() or not size.isdigit():
-                    fail(BAD_INPUT, f"--synthetic {synthetic!r}: give SEED:THERAPIES")
-                rows = synthetic_site_rows(site, int(size), int(seed))
+                seed, size = _synthetic(synthetic or "")
+                rows = synthetic_site_rows(site, size, seed)
             outcome = run_party(run, rows)
         except CohortRowError as exc:
             fail(BAD_INPUT, str(exc))
@@ -121,6 +126,6 @@ def register(app: typer.Typer) -> None:
         from pcvhub.mpc.synthetic import synthetic_site_rows
 
         spec = StudySpec.load(study)
-        seed, _, size = synthetic.partition(":")
-        rows = [r for s in spec.sites for r in synthetic_site_rows(s, int(size), int(seed))]
+        seed, size = _synthetic(synthetic)
+        rows = [r for s in spec.sites for r in synthetic_site_rows(s, size, seed)]
         print(json.dumps(reference_result(spec, spec.statistics, rows).to_json(), indent=2))

@@ -139,7 +139,7 @@ def test_an_unapproved_statistic_is_refused_by_every_party(tmp_path: Path) -> No
                                                            "vein_to_vein_quartiles"]))
                        for i in range(len(SITES))], timeout=60)
     for (code, out), site in zip(outcomes, SITES, strict=True):
-        assert code == 2, out
+        assert code == 4, out
         assert "does not approve vein_to_vein_quartiles" in out and f"site {site}" in out
         assert not run.result(site).exists()
 
