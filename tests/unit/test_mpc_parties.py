@@ -96,8 +96,8 @@ def test_every_party_writes_the_plaintext_reference_result(
 
 def test_a_party_receives_no_count_of_another_site_in_the_clear(
         completed: Completed) -> None:
-    """Every payload is field elements (shares; even the opened results arrive as shares)
-    and nowhere among them is a run of another site's counts as plain field elements."""
+    """Each peer's payloads are shares (even the opened results arrive as shares), so no
+    run of another site's counts appears among them as plain field elements."""
     import pickle
 
     run, records = completed
