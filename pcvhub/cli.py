@@ -12,6 +12,7 @@ from rich.table import Table
 from pcvhub.cli_keys import keys_app
 from pcvhub.cli_ledger import register as register_ledger
 from pcvhub.cli_log import register as register_log
+from pcvhub.cli_mpc import register as register_mpc
 from pcvhub.cli_projections import register as register_projections
 from pcvhub.cli_serve import register as register_serve
 from pcvhub.cli_web import register as register_web
@@ -26,6 +27,7 @@ app.add_typer(keys_app, name="keys")
 register_projections(app)
 register_log(app)
 register_ledger(app)
+register_mpc(app)
 register_serve(app)
 register_web(app)
 schemas_app = typer.Typer(help="The Avro event catalog and its released versions.",

@@ -112,35 +112,91 @@ def mul_into(dst: np.ndarray, src: np.ndarray, plane: np.ndarray) -> None:
 
 
 @numba.njit(cache=True, boundscheck=False, nogil=True)
-def xor_mul_into(dst: np.ndarray, base: np.ndarray, src: np.ndarray, plane: np.ndarray) -> None:
-    """dst = base ^ c * src: a share of a 2-of-n split (secret ^ x * random) in one pass."""
-    for i in range(src.shape[0]):
-        y = src[i]
-        acc = base[i]
+def two_point_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray, plane: np.ndarray) -> None:
+    """dst = a ^ w * (a ^ b), with ``plane = planes(w)``: a 2-share Lagrange combination.
+
+    Two shares of a degree-1 polynomial, A = f(xa) and B = f(xb), give f(at) =
+    A ^ ((xa ^ at) / (xa ^ xb)) * (A ^ B): one multiply per word instead of the two of
+    ``la * A ^ lb * B`` (measured 0.26 against 0.36 s/GB).
+    """
+    for i in range(a.shape[0]):
+        ya = a[i]
+        y = ya ^ b[i]
+        acc = ya
         for j in range(8):
             bit = (y >> np.uint64(j)) & _LOW_BITS
             acc ^= ((bit << np.uint64(8)) - bit) & plane[j]
         dst[i] = acc
 
 
+# Share points are small (x = 1..16), so a split multiplies only by small constants. x * y
+# is then the XOR of y * 2^j over the bits j of x, and y * 2 ("xtime") is a shift and a
+# conditional XOR of 0x1B per byte: about 6 word operations, against about 40 for a
+# general bit-plane multiply. Horner's rule keeps every multiply in a split by a share point.
+_HIGH_7 = np.uint64(0xFEFEFEFEFEFEFEFE)  # the bits that survive a per-byte shift left by 1
+_REDUCE = np.uint64(0x1B1B1B1B1B1B1B1B)  # x^8 = x^4 + x^3 + x + 1, in every byte
+
+
+@numba.njit(cache=True, inline="always")
+def _xtime(y: np.uint64) -> np.uint64:
+    """2 * y for each of the 8 bytes of a word."""
+    high = (y >> np.uint64(7)) & _LOW_BITS
+    return ((y << np.uint64(1)) & _HIGH_7) ^ (((high << np.uint64(8)) - high) & _REDUCE)
+
+
+@numba.njit(cache=True, inline="always")
+def _mul_small(y: np.uint64, x: int) -> np.uint64:
+    """x * y for each byte of y, 1 <= x <= 31 (the branches are loop-invariant)."""
+    acc = np.uint64(0)
+    if x & 1:
+        acc ^= y
+    y = _xtime(y)
+    if x & 2:
+        acc ^= y
+    y = _xtime(y)
+    if x & 4:
+        acc ^= y
+    y = _xtime(y)
+    if x & 8:
+        acc ^= y
+    if x & 16:
+        acc ^= _xtime(y)
+    return acc
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def mul_small_xor_into(dst: np.ndarray, base: np.ndarray, src: np.ndarray, x: int) -> None:
+    """dst = base ^ x * src, for a share point 1 <= x <= 31 (dst may be src: a Horner step)."""
+    for i in range(src.shape[0]):
+        dst[i] = base[i] ^ _mul_small(src[i], x)
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def mul_small_xor_into3(d0: np.ndarray, d1: np.ndarray, d2: np.ndarray, base: np.ndarray,
+                        src: np.ndarray, x: int) -> None:
+    """d_t = base ^ (x + t) * src for t = 0, 1, 2: three shares of a 2-of-n split in one pass
+    (each word of the secret and of the random block read once; measured 0.32 s/GB for all
+    three against 0.58 for three single passes, the difference being memory traffic)."""
+    for i in range(src.shape[0]):
+        s = base[i]
+        r = src[i]
+        d0[i] = s ^ _mul_small(r, x)
+        d1[i] = s ^ _mul_small(r, x + 1)
+        d2[i] = s ^ _mul_small(r, x + 2)
+
+
+# Addition alone, for the XOR-only scheme (:mod:`~pcvhub.vault.xorshare`).
+
+
 @numba.njit(cache=True, boundscheck=False, nogil=True)
 def xor_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """dst = a ^ b (multiplying by 1 is the identity)."""
+    """dst = a ^ b."""
     for i in range(a.shape[0]):
         dst[i] = a[i] ^ b[i]
 
 
 @numba.njit(cache=True, boundscheck=False, nogil=True)
-def mul2_into(dst: np.ndarray, a: np.ndarray, plane_a: np.ndarray, b: np.ndarray,
-              plane_b: np.ndarray) -> None:
-    """dst = ca * a ^ cb * b: a 2-share Lagrange combination (a 2-of-n restore) in one pass."""
+def xor_accumulate(dst: np.ndarray, a: np.ndarray) -> None:
+    """dst ^= a."""
     for i in range(a.shape[0]):
-        ya = a[i]
-        yb = b[i]
-        acc = np.uint64(0)
-        for j in range(8):
-            bit = (ya >> np.uint64(j)) & _LOW_BITS
-            acc ^= ((bit << np.uint64(8)) - bit) & plane_a[j]
-            bit = (yb >> np.uint64(j)) & _LOW_BITS
-            acc ^= ((bit << np.uint64(8)) - bit) & plane_b[j]
-        dst[i] = acc
+        dst[i] ^= a[i]

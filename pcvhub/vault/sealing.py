@@ -98,7 +98,7 @@ def open_sealed(sealed: bytes, site: SiteKeyPair | hpke.MLKEM768X25519PrivateKey
 
 
 class PadExhausted(Exception):
-    pass
+    """A link's pad cannot cover what is asked of it; raised before any pad byte is used."""
 
 
 class OneTimePadLink:
@@ -111,9 +111,15 @@ class OneTimePadLink:
 
     TAG_KEY = 32
 
-    def __init__(self, pad: bytes) -> None:
+    def __init__(self, pad: bytes, name: str = "one-time-pad link") -> None:
         self._pad = memoryview(bytes(pad))
         self.offset = 0
+        self.name = name  # how errors name the link, e.g. "hub -> site-2"
+
+    @classmethod
+    def pad_needed(cls, message_bytes: int, messages: int) -> int:
+        """Pad bytes that ``messages`` messages of ``message_bytes`` in all consume."""
+        return messages * cls.TAG_KEY + message_bytes
 
     @property
     def remaining(self) -> int:
@@ -121,7 +127,8 @@ class OneTimePadLink:
 
     def _take(self, count: int) -> memoryview:
         if count > self.remaining:
-            raise PadExhausted(f"link needs {count} pad bytes, {self.remaining} left")
+            raise PadExhausted(f"{self.name} needs {count:,} pad bytes, has {self.remaining:,}: "
+                               f"short by {count - self.remaining:,}; no pad was used")
         part = self._pad[self.offset:self.offset + count]
         self.offset += count
         return part

@@ -7,12 +7,13 @@ whatever the chunk (when the coefficients are uniform), which is what makes it s
 sharing and not an erasure code. A share is exactly as long as the chunk.
 
 Work goes block by block (``BLOCK_BYTES``): the k-1 random blocks are drawn per block, and
-each share block is written by one fused kernel pass per coefficient (secret ^ r * x^t),
-straight into the share buffer, reading the secret in place (no copy, no zero-fill). Measured
-for a 2-of-3 DRBG split of 4 MiB chunks on one core: 0.54 GB/s with 32 KiB blocks, 0.94 with
-128 KiB, 1.4 with 256 KiB, 1.5 with 1 MiB and 4 MiB: bigger blocks win (per-block costs of the
-Python loop, the AES call and the kernel calls), so 1 MiB, which bounds the random buffers
-to (k-1) MiB.
+each share block is built by Horner's rule in the share buffer, so that every multiply is by
+the small share point x (a few shifts and XORs per word, see :mod:`~pcvhub.vault.gf256`);
+for k = 2 one kernel pass writes three shares, reading the secret in place (no copy, no
+zero-fill). Measured for a 2-of-3 DRBG split of 4 MiB chunks, CPU time on one core, AES-CTR
+included: 1.17 GB/s with 128 KiB blocks, 1.30 with 256 KiB, 1.42 with 1 MiB (the general
+bit-plane multiply did 1.15 at 1 MiB); bigger blocks win (per-block costs of the Python
+loop and the AES call), so 1 MiB, which bounds the random buffers to (k-1) MiB.
 """
 
 from __future__ import annotations
@@ -56,39 +57,46 @@ class ShamirSplitter:
         self._shares = np.zeros((n, _words(chunk_size)), dtype=np.uint64)
         self._randoms = np.empty((k - 1, self._block_words), dtype=np.uint64)
         self._secret = np.empty(_words(chunk_size), dtype=np.uint64)
-        # share x_j = secret + sum_t r_t * x_j^t: planes of x_j^t for t = 1..k-1
-        powers = [[gf256.power(x, t) for t in range(1, k)] for x in self.points]
-        self._planes = np.array([[gf256.planes(c) for c in row] for row in powers])
-        self._is_one = np.array([[c == 1 for c in row] for row in powers])
+        self._scratch = np.empty(self._block_words, dtype=np.uint64)
 
     def split(self, chunk: bytes | memoryview) -> list[memoryview]:
         """The n shares of ``chunk`` (share index i = list index + 1), each len(chunk) bytes."""
         length = len(chunk)
         words = _words(length)
         secret = _as_words(chunk, words, self._secret)
-        random_bytes = memoryview(self._randoms).cast("B")
+        random_bytes = self._randoms.data.cast("B")
         block_words = self._block_words
+        k, n = self.k, self.n
         for start in range(0, words, block_words):
             width = min(block_words, words - start)
             end = start + width
-            for t in range(self.k - 1):
+            for t in range(k - 1):
                 self.randomness.fill(random_bytes[t * block_words * 8:
                                                   (t * block_words + width) * 8])
             base = secret[start:end]
             randoms = [row[:width] for row in self._randoms]
-            for share, planes, is_one in zip(self._shares, self._planes, self._is_one,
-                                             strict=True):
-                # one fused pass per share and coefficient: share = secret ^ sum r_t * x^t,
-                # the first term written over the share (no copy of the secret, no zeroing)
-                out = share[start:end]
-                for t, (random_block, plane, one) in enumerate(
-                        zip(randoms, planes, is_one, strict=True)):
-                    source = base if t == 0 else out
-                    if one:  # x^t == 1: plain XOR
-                        gf256.xor_into(out, source, random_block)
-                    else:
-                        gf256.xor_mul_into(out, source, random_block, plane)
-        return [memoryview(row.view(np.uint8))[:length] for row in self._shares]
+            outs = [share[start:end] for share in self._shares]
+            if k == 2:  # f(x) = secret ^ x * r: three shares per pass over secret and r
+                triples = n // 3 * 3
+                for x in range(1, triples + 1, 3):
+                    gf256.mul_small_xor_into3(outs[x - 1], outs[x], outs[x + 1], base,
+                                              randoms[0], x)
+                for x in range(triples + 1, n + 1):
+                    gf256.mul_small_xor_into(outs[x - 1], base, randoms[0], x)
+                continue
+            scratch = self._scratch[:width]
+            for x, out in enumerate(outs, start=1):
+                # Horner: f(x) = secret ^ x * (r_0 ^ x * (r_1 ^ ... ^ x * r_{k-2})), every
+                # multiply by the small share point x. Steps alternate between the share and
+                # a scratch block so that no step writes the array it reads (an aliased
+                # dst = src kept LLVM from vectorising: 3.8 s/GB for a 3-of-5 split).
+                source = randoms[k - 2]
+                for t in range(k - 3, -1, -1):
+                    target = out if t % 2 else scratch
+                    gf256.mul_small_xor_into(target, randoms[t], source, x)
+                    source = target
+                gf256.mul_small_xor_into(out, base, source, x)
+        return [row.view(np.uint8).data[:length] for row in self._shares]
 
 
 def _as_words(data: bytes | memoryview, words: int,
@@ -109,6 +117,13 @@ def _weight_planes(points: tuple[int, ...], at: int) -> tuple[tuple[int, np.ndar
     return tuple((w, gf256.planes(w)) for w in gf256.lagrange_coefficients(list(points), at))
 
 
+@lru_cache(maxsize=1024)
+def _two_point_plane(points: tuple[int, ...], at: int) -> np.ndarray:
+    """Planes of (xa ^ at) / (xa ^ xb): f(at) = A ^ that * (A ^ B) on a line through A, B."""
+    xa, xb = points
+    return gf256.planes(gf256.mul(xa ^ at, gf256.inverse(xa ^ xb)))
+
+
 def interpolate(shares: dict[int, bytes | memoryview], at: int = 0,
                 block_bytes: int = BLOCK_BYTES, out: np.ndarray | None = None) -> memoryview:
     """The value at ``at`` of the polynomials through k shares {x: bytes}: the secret at 0.
@@ -125,12 +140,11 @@ def interpolate(shares: dict[int, bytes | memoryview], at: int = 0,
     length = lengths.pop()
     words = _words(length)
     sources = [_as_words(shares[x], words) for x in points]
-    weighted = _weight_planes(points, at)
     result = np.empty(words, dtype=np.uint64) if out is None else out[:words]
-    if len(sources) == 2:  # the usual 2-of-n: one pass, no blocks needed
-        (_, plane_a), (_, plane_b) = weighted
-        gf256.mul2_into(result, sources[0], plane_a, sources[1], plane_b)
+    if len(sources) == 2:  # the usual 2-of-n: one multiply per word, one pass
+        gf256.two_point_into(result, sources[0], sources[1], _two_point_plane(points, at))
     else:
+        weighted = _weight_planes(points, at)
         block = _words(block_bytes)
         for start in range(0, words, block):
             dst = result[start:start + block]
@@ -143,7 +157,7 @@ def interpolate(shares: dict[int, bytes | memoryview], at: int = 0,
                     np.bitwise_xor(dst, src, out=dst)
                 else:
                     gf256.mul_xor_into(dst, src, plane)
-    return memoryview(result.view(np.uint8))[:length]
+    return result.view(np.uint8).data[:length]
 
 
 def share_sets(points: list[int], k: int) -> list[tuple[int, ...]]:

@@ -1,0 +1,131 @@
+"""`pcvhub mpc party|certs|reference` (top floor): one hospital's computation party of an
+approved study, the run's TLS certificates, and the plaintext reference for a test cohort.
+
+Exit codes a coordinator can act on: 4 the run is refused (not covered by the approved
+study, or an unknown statistic); 3 the run failed (a party missing, lost or disagreeing:
+no result is written); 1 bad input (a malformed row, a missing file).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)  # errors stay one line: scripts grep them
+
+REFUSED, BAD_INPUT = 4, 1  # 2 is a usage error (click), 3 a failed run (PARTY_LOST_EXIT)
+
+
+def _address(text: str) -> tuple[str, str, int]:
+    site, _, where = text.partition("=")
+    host, _, port = where.rpartition(":")
+    if not site or not host or not port.isdigit():
+        raise typer.BadParameter(f"{text!r}: give SITE=HOST:PORT, e.g. KYOTO01=127.0.0.1:21001")
+    return site, host, int(port)
+
+
+def _synthetic(text: str) -> tuple[int, int]:
+    seed, _, size = text.partition(":")
+    if not seed.isdigit() or not size.isdigit():
+        raise typer.BadParameter(f"--synthetic {text!r}: give SEED:THERAPIES, e.g. 7:10000")
+    return int(seed), int(size)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``mpc`` command group to the ``pcvhub`` application."""
+    mpc_app = typer.Typer(help="Cross-hospital statistics by secure multiparty computation.",
+                          no_args_is_help=True)
+    app.add_typer(mpc_app, name="mpc")
+
+    @mpc_app.command("party")
+    def party(
+        site: str = typer.Option(..., "--site", help="This party's hospital site."),
+        study: Path = typer.Option(..., "--study", help="The approved study spec (JSON)."),
+        statistic: list[str] = typer.Option([], "--statistic", help="A statistic this run "
+                                            "computes (repeat); default: all approved."),
+        party_address: list[str] = typer.Option(..., "--party", help="SITE=HOST:PORT of "
+                                                "every party, this one included (repeat)."),
+        tls_dir: Path = typer.Option(..., "--tls-dir", help="This party's directory with "
+                                     ".config/ (from `pcvhub mpc certs`)."),
+        projection: Path | None = typer.Option(None, "--projection", help="The site's "
+                                               "projection file (DuckDB, not held open)."),
+        synthetic: str | None = typer.Option(None, "--synthetic", help="SEED:THERAPIES: a "
+                                             "seeded synthetic cohort instead (tests, bench)."),
+        as_of: datetime | None = typer.Option(None, "--as-of", help="Consent is checked at "
+                                              "this time (default: now)."),
+        result: Path | None = typer.Option(None, "--result", help="Write the result JSON here."),
+        connect_timeout: float = typer.Option(30.0, "--connect-timeout"),
+        timeout: float = typer.Option(600.0, "--timeout", help="Seconds the whole run may take."),
+    ) -> None:
+        """Run this site's party of an approved study over the site's own rows."""
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        from pcvhub.mpc.party import PARTY_LOST_EXIT, PartyLost, prepare, run_party
+        from pcvhub.mpc.records import CohortRowError
+        from pcvhub.mpc.site_rows import site_rows_from_file
+        from pcvhub.mpc.study import StudyRefused, StudySpec, StudySpecError, parse_statistics
+        from pcvhub.mpc.synthetic import synthetic_site_rows
+
+        def fail(code: int, message: str) -> None:
+            console.print(f"[bold red]error:[/] {message}")
+            raise typer.Exit(code=code)
+
+        try:
+            spec = StudySpec.load(study)
+            addresses = {s: (h, p) for s, h, p in map(_address, party_address)}
+            missing = [s for s in spec.sites if s not in addresses]
+            if missing:
+                raise typer.BadParameter(f"no --party address for {', '.join(missing)}")
+            run = prepare(spec, site, parse_statistics(statistic),
+                          [addresses[s] for s in spec.sites], tls_dir, result_path=result,
+                          connect_timeout=connect_timeout, run_timeout=timeout)
+        except StudyRefused as exc:
+            fail(REFUSED, str(exc))
+        except (StudySpecError, FileNotFoundError, ValueError) as exc:
+            fail(BAD_INPUT, str(exc))
+        if (projection is None) == (synthetic is None):
+            fail(BAD_INPUT, "give exactly one of --projection FILE or --synthetic SEED:N")
+        try:
+            if projection is not None:
+                when = (as_of or datetime.now(UTC)).astimezone(UTC)
+                rows = site_rows_from_file(projection, site, when, spec.consent_scope)
+            else:
+                seed, size = _synthetic(synthetic or "")
+                rows = synthetic_site_rows(site, size, seed)
+            outcome = run_party(run, rows)
+        except CohortRowError as exc:
+            fail(BAD_INPUT, str(exc))
+        except PartyLost as exc:
+            fail(PARTY_LOST_EXIT, str(exc))
+        console.print(f"site {site}: study {spec.study_id} done; result {outcome.digest()}")
+
+    @mpc_app.command("certs")
+    def certs(
+        out: Path = typer.Option(..., "--out", help="Folder for one directory per party."),
+        parties: int = typer.Option(..., "--parties", min=2, help="How many parties."),
+    ) -> None:
+        """Make a run's throwaway CA and one TLS certificate per party (party-<i>/.config)."""
+        from pcvhub.mpc.tls import issue_party_certificates
+
+        for directory in issue_party_certificates(out, parties):
+            console.print(f"wrote {directory}")
+
+    @mpc_app.command("reference")
+    def reference(
+        study: Path = typer.Option(..., "--study"),
+        synthetic: str = typer.Option(..., "--synthetic", help="SEED:THERAPIES per site."),
+    ) -> None:
+        """Print the plaintext reference over the pooled synthetic cohort (for checking)."""
+        from pcvhub.mpc.plaintext import reference_result
+        from pcvhub.mpc.study import StudySpec
+        from pcvhub.mpc.synthetic import synthetic_site_rows
+
+        spec = StudySpec.load(study)
+        seed, size = _synthetic(synthetic)
+        rows = [r for s in spec.sites for r in synthetic_site_rows(s, size, seed)]
+        print(json.dumps(reference_result(spec, spec.statistics, rows).to_json(), indent=2))

@@ -1,0 +1,58 @@
+"""A party's rows: its own site's therapies from the projection, only with research consent.
+
+Given the projected scripted scenario (therapy A at KYOTO01 with RESEARCH consent, C at
+KYOTO01 without, B at OSAKA02 without), when a party reads its site's rows, then KYOTO01
+gets A alone, reduced to what the study counts, and OSAKA02 gets nothing; once A's patient
+withdraws research consent, the next run's rows no longer hold A.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pcvhub.mpc.records import TherapyRecord
+from pcvhub.mpc.site_rows import site_rows_from_file
+
+from .test_projection_scenario import ScriptedLog, project, scripted_log
+
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def scripted() -> ScriptedLog:
+    return scripted_log()
+
+
+@pytest.fixture(scope="module")
+def projected(scripted: ScriptedLog, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("site-rows") / "hub.duckdb"
+    project(path, scripted.gatekeep(), scripted.anchor)
+    return path
+
+
+def test_a_site_reads_only_its_own_consented_therapies(scripted: ScriptedLog,
+                                                       projected: Path) -> None:
+    (row,) = site_rows_from_file(projected, "KYOTO01", AS_OF)
+    assert row.therapy == scripted.coi_a  # C, at the same site, has no research consent
+    assert site_rows_from_file(projected, "OSAKA02", AS_OF) == []
+
+
+def test_a_therapy_is_reduced_to_what_the_study_counts(projected: Path) -> None:
+    (row,) = site_rows_from_file(projected, "KYOTO01", AS_OF)
+    assert isinstance(row, TherapyRecord)
+    assert (row.site_id, row.cancer_type) == ("KYOTO01", "C43")  # diagnosed C43.5
+    assert row.best_response in {"CR", "PR", "SD", "PD", "NE"}
+    assert row.worst_ctcae_grade is not None  # dosed: in the safety population
+    assert row.survival_days is not None and not row.died
+
+
+def test_a_withdrawal_removes_the_patient_from_the_next_run(tmp_path: Path) -> None:
+    scripted = scripted_log()  # its own log: the one the other tests share stays as it was
+    a = scripted.therapies["A"]
+    scripted.accept(a, a.withdraw("RESEARCH"))
+    path = tmp_path / "hub.duckdb"
+    project(path, scripted.gatekeep(), scripted.anchor)
+    assert site_rows_from_file(path, "KYOTO01", AS_OF) == []
