@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 
-from pcvhub.config import Settings
+from pcvhub.config import KafkaSecurity, Settings
 from pcvhub.connectors.core import Connector
 from pcvhub.connectors.identity import Pseudonymiser
 from pcvhub.demo.cohort import AUTHORITY
@@ -22,6 +22,8 @@ from pcvhub.trust.registry import Actor, KeyRecord, KeyRegistry
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
 SITE = "KYOTO01"
+#: the envelope's (full) type name of a connector's refusal
+REFUSAL = "pcvhub.events.EventRejected"
 
 
 class KeptWrites:
@@ -58,23 +60,23 @@ class OfflineConnector(Connector):
             Actor(self.caller.producer, "fuzzing EMR", frozenset({"CONNECTOR"}), SITE),
             KeyRecord(self.caller.producer, self.caller.key_id, self.caller.keys.public, 0))
         # settle_s=0: there is no gatekeeper whose verdict would be worth waiting for.
-        super().__init__(Settings(bootstrap_servers="127.0.0.1:9"), source, signer, SITE,
-                         pseudonyms, registry, settle_s=0)
-        # The writers are the only parts that talk to Kafka (see Connector.__init__).
-        for name in ("_writer", "_rejected"):
-            assert hasattr(self, name), f"Connector no longer has {name}: update this fake"
-            getattr(self, name).close()
+        # no broker at all (nothing listens on port 9): plain settings, no credentials
+        offline = Settings(bootstrap_servers="127.0.0.1:9", security=KafkaSecurity("PLAINTEXT"))
+        super().__init__(offline, source, signer, SITE, pseudonyms, registry, settle_s=0)
+        # The writer is the only part that talks to Kafka (see Connector.__init__); the
+        # connector's refusals travel through it too, to its ingress topic.
+        assert hasattr(self, "_writer"), "Connector no longer has _writer: update this fake"
+        self._writer.close()
         self._writer = KeptWrites()
-        self._rejected = KeptWrites()
         self._started = True  # emit() refuses to run before start(), which reads Kafka
 
     @property
     def written(self) -> list[IssuedEvent]:
-        return self._writer.events
+        return [e for e in self._writer.events if e.envelope.event_type != REFUSAL]
 
     @property
     def refusals(self) -> list[IssuedEvent]:
-        return self._rejected.events
+        return [e for e in self._writer.events if e.envelope.event_type == REFUSAL]
 
     def enrol(self, mrn: str, sex: str = "FEMALE") -> str:
         """An accepted enrolment of ``mrn`` at ``AUTHORITY`` in the patient index."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pcvhub.config import Settings
+from pcvhub.config import KafkaSecurity, Settings
 from pcvhub.connectors.core import Connector
 from pcvhub.connectors.hl7.mapping import MessageMapper
 from pcvhub.connectors.hl7.messages import HL7Problem, ack, check, decode_frame
@@ -86,7 +86,9 @@ def connector() -> Iterator[Connector]:
     pseudonyms = Pseudonymiser.from_signer(
         EventSigner("hub-pseudonymiser", "hub-pseudonymiser-k1", HybridKeyPair.generate()))
     # No broker: mapping reads only the connector's identity and indexes.
-    unit = Connector(Settings(bootstrap_servers="127.0.0.1:9"), "hl7", signer, SITE,
+    # no broker at all (nothing listens on port 9): plain settings, no credentials
+    offline = Settings(bootstrap_servers="127.0.0.1:9", security=KafkaSecurity("PLAINTEXT"))
+    unit = Connector(offline, "hl7", signer, SITE,
                      pseudonyms, KeyRegistry())
     yield unit
     unit.close()
