@@ -33,7 +33,7 @@ from enum import StrEnum
 from typing import Any
 
 from pcvhub.schemas import codec
-from pcvhub.schemas.policy import LifecycleState, advance
+from pcvhub.schemas.policy import PATIENT_SIGNED_SCOPES, LifecycleState, advance
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
 from pcvhub.trust.registry import REGISTRY_COI
@@ -71,6 +71,18 @@ def to_us(value: Any) -> int | None:
     return None if value is None else codec.to_us(value)
 
 
+class ConsentSigner(StrEnum):
+    """Whose signature a consent grant carries (shown beside every consent)."""
+
+    PATIENT = "PATIENT"        # the patient's own card key, bound to this therapy
+    WITNESSED = "WITNESSED"    # ConsentWitnessed: a clinician, for a patient who could not sign
+    HOSPITAL = "HOSPITAL"      # the hospital's record of a paper form (clinician or connector)
+
+
+#: who may grant a scope of ``PATIENT_SIGNED_SCOPES`` so that it counts
+COUNTS_FOR_PATIENT_SCOPES = frozenset({ConsentSigner.PATIENT, ConsentSigner.WITNESSED})
+
+
 @dataclass
 class ConsentWindow:
     """One grant of a scope: valid from ``granted_at_us`` until it expires or is withdrawn."""
@@ -79,6 +91,7 @@ class ConsentWindow:
     expires_at_us: int | None = None
     withdrawn_at_us: int | None = None
     granted_by_event: str = ""
+    signed_by: ConsentSigner = ConsentSigner.HOSPITAL
 
     def covers(self, at_us: int) -> bool:
         return (self.granted_at_us <= at_us
@@ -133,6 +146,21 @@ class IdentityCheck:
     occurred_at_us: int
     dose_id: str | None = None
     sample_id: str | None = None
+    proof_kind: str | None = None  # the patient's proof (PatientProofKind), if it carried one
+    administration_id: str | None = None  # the administration the proof's challenge was for
+
+
+@dataclass(frozen=True)
+class PatientCredential:
+    """A card key a clinician bound to this therapy's patient (PatientCredentialIssued)."""
+
+    patient_actor_id: str
+    key_id: str
+    card_id: str
+    biometric_template_hash: str | None
+    issued_at_us: int
+    witnessed_by: str
+    event_id: str
 
 
 @dataclass
@@ -197,6 +225,9 @@ class CaseState:
     administrations: dict[str, Administration] = field(default_factory=dict)  # by event id
     doses_administered: list[int] = field(default_factory=list)
     identity_checks: dict[str, IdentityCheck] = field(default_factory=dict)  # by event id
+    #: the patient's card keys, by key id, and the bedside challenges they already answered
+    patient_credentials: dict[str, PatientCredential] = field(default_factory=dict)
+    bedside_challenges: set[bytes] = field(default_factory=set)
     claims: dict[str, Claim] = field(default_factory=dict)
     milestones: set[tuple[str, str]] = field(default_factory=set)  # (agreement, milestone)
     research_requests: set[str] = field(default_factory=set)
@@ -220,14 +251,33 @@ class CaseState:
     def is_registry(self) -> bool:
         return self.coi == REGISTRY_COI
 
+    def grants(self, scope: str) -> list[ConsentWindow]:
+        """The grants of ``scope`` that count: for a scope of ``PATIENT_SIGNED_SCOPES`` only
+        the patient's own or a witnessed one (a grant the hospital recorded under older rules
+        stays on the log, but does not let the patient's data leave the treatment)."""
+        windows = self.consents.get(scope, [])
+        if scope in PATIENT_SIGNED_SCOPES:
+            return [w for w in windows if w.signed_by in COUNTS_FOR_PATIENT_SCOPES]
+        return list(windows)
+
     def consent_covers(self, scope: str, at_us: int) -> bool:
-        return any(window.covers(at_us) for window in self.consents.get(scope, ()))
+        return any(window.covers(at_us) for window in self.grants(scope))
+
+    def consent_signers(self, scope: str, at_us: int) -> frozenset[ConsentSigner]:
+        """Who signed the grants of ``scope`` that hold at ``at_us`` (for secondary use that
+        counts only the patient's own signature: ``ConsentSigner.PATIENT in ...``)."""
+        return frozenset(w.signed_by for w in self.grants(scope) if w.covers(at_us))
 
     def consent_ended(self, scope: str, at_us: int) -> ConsentWindow | None:
         """The latest grant of ``scope`` that began before ``at_us`` but no longer covers it."""
-        ended = [w for w in self.consents.get(scope, ())
+        ended = [w for w in self.grants(scope)
                  if w.granted_at_us <= at_us and not w.covers(at_us)]
         return max(ended, key=lambda w: w.granted_at_us, default=None)
+
+    def patient_credential(self, actor_id: str, key_id: str) -> PatientCredential | None:
+        """The credential binding ``actor_id``'s key ``key_id`` to this therapy's patient."""
+        found = self.patient_credentials.get(key_id)
+        return found if found is not None and found.patient_actor_id == actor_id else None
 
     def doses_remaining(self) -> int:
         """Doses that may still go to the patient (released, not used, not quarantined)."""
@@ -317,8 +367,22 @@ def _eligibility(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
 
 
 def _consent_granted(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    case.consents.setdefault(p["scope"], []).append(
-        ConsentWindow(e.occurred_at_us, to_us(p.get("expires_at")), None, e.event_id))
+    own = case.patient_credential(e.producer, e.envelope.key_id) is not None
+    case.consents.setdefault(p["scope"], []).append(ConsentWindow(
+        e.occurred_at_us, to_us(p.get("expires_at")), None, e.event_id,
+        ConsentSigner.PATIENT if own else ConsentSigner.HOSPITAL))
+
+
+def _consent_witnessed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.consents.setdefault(p["scope"], []).append(ConsentWindow(
+        e.occurred_at_us, to_us(p.get("expires_at")), None, e.event_id,
+        ConsentSigner.WITNESSED))
+
+
+def _credential(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.patient_credentials[p["key_id"]] = PatientCredential(
+        p["patient_actor_id"], p["key_id"], p["card_id"], p.get("biometric_template_hash"),
+        e.occurred_at_us, e.producer, e.event_id)
 
 
 def _consent_withdrawn(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -480,9 +544,13 @@ def _dispensed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
 
 
 def _identity(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    proof = p.get("patient_proof")
     case.identity_checks[e.event_id] = IdentityCheck(
         p["result"], p["step"], p["patient_hash"], e.occurred_at_us, p.get("dose_id"),
-        p.get("sample_id"))
+        p.get("sample_id"), None if proof is None else proof["kind"],
+        None if proof is None else proof["administration_id"])
+    if proof is not None:
+        case.bedside_challenges.add(bytes(proof["challenge"]))
 
 
 def _administered(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -551,7 +619,9 @@ def _alert_resolved(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None
 _HANDLERS: dict[str, Handler] = {
     "PatientEnrolled": _enrolled,
     "EligibilityConfirmed": _eligibility,
+    "PatientCredentialIssued": _credential,
     "ConsentGranted": _consent_granted,
+    "ConsentWitnessed": _consent_witnessed,
     "ConsentWithdrawn": _consent_withdrawn,
     "DiagnosisRecorded": _diagnosis,
     "TherapyOrdered": _ordered,
