@@ -218,9 +218,9 @@ CAST: dict[str, tuple[str, str]] = {
 }
 
 _BEFORE_DOSES = (
-    "enrol", "issue_card", "confirm_eligibility", "consent_treatment", "consent_genome", "consent_payer",
-    "diagnose", "order", "collect", "hand_over_sample", "receive_sample", "sequence",
-    "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
+    "enrol", "issue_card", "confirm_eligibility", "consent_treatment", "consent_genome",
+    "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "receive_sample",
+    "sequence", "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
     "complete_step", "record_qc", "release", "ship", "receive_at_site",
 )
 _PER_DOSE = ("schedule", "reserve", "dispense", "verify_identity", "administer", "outcome",

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pcvhub.schemas import codec
 from pcvhub.schemas.policy import PATIENT, POLICY, EventPolicy
 from pcvhub.streams.case import (
     FINAL_DOSE,
@@ -27,7 +28,6 @@ from pcvhub.streams.case import (
     DoseRecord,
     DoseStatus,
     Stage,
-    to_us,
 )
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.verdict import AllOf, Verdict
@@ -597,7 +597,7 @@ class ChainOfIdentity:
             return ("BEDSIDE_CHALLENGE_REPLAYED", f"its challenge {challenge.hex()[:16]}... "
                     "was already answered at an earlier check of this therapy: a recorded "
                     "answer is being replayed", again)
-        issued = to_us(proof["challenge_issued_at"])
+        issued = codec.to_us(proof["challenge_issued_at"])
         age = event.occurred_at_us - issued
         if not 0 <= age <= CHALLENGE_TTL_US:
             return ("BEDSIDE_CHALLENGE_STALE", f"its challenge was issued at {issued} µs, "
@@ -637,6 +637,37 @@ class ChainOfIdentity:
             return ("PATIENT_PROOF_INVALID", f"{verification}: the answer is not this card's "
                     f"signature over this therapy's challenge for dose {dose_id}", again)
         return None
+
+    def _credential(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """A card is bound only to the enrolled patient, and only a PATIENT key that the
+        registrar registered (and that is valid now) can be bound."""
+        p = event.payload
+        actor, key_id = p["patient_actor_id"], p["key_id"]
+        if p["patient_hash"] != case.patient_hash:
+            return Verdict.refuse(
+                self.name, "IDENTITY_MISMATCH",
+                f"event {event.event_id} hands card {p['card_id']} to patient "
+                f"{_short(p['patient_hash'])}, but the patient enrolled in {event.coi} is "
+                f"{_short(case.patient_hash or 'unknown')}; give the card to the enrolled "
+                "patient, checked against the wristband",
+                alert=True,
+            )
+        if self.registry.roles_of(actor) != {PATIENT}:
+            return Verdict.refuse(
+                self.name, "NOT_A_PATIENT_KEY",
+                f"event {event.event_id} binds key {key_id} of {actor} to the patient of "
+                f"{event.coi}, but that actor holds roles "
+                f"{', '.join(sorted(self.registry.roles_of(actor))) or 'none'}, not PATIENT "
+                "alone; the registrar registers the card's key as a PATIENT actor first",
+            )
+        problem = self.registry.key_problem(actor, key_id, event.occurred_at_us)
+        if problem is not None:
+            return Verdict.refuse(
+                self.name, "NOT_A_PATIENT_KEY",
+                f"event {event.event_id} binds card key {key_id} to the patient of "
+                f"{event.coi}, but {problem[1]}; register (or re-issue) the card first",
+            )
+        return ACCEPT
 
     def _dose_record(self, event: InboundEvent, case: CaseState) -> Verdict:
         return _own_dose(event, case, alert=False)
@@ -712,6 +743,7 @@ class ChainOfIdentity:
         "DoseReserved": _reservation,
         "DoseDispensed": _dispense,
         "IdentityVerified": _identity,
+        "PatientCredentialIssued": _credential,
         "DoseAdministered": _administration,
         "DoseDestroyed": _dose_record,
         "DoseExpired": _dose_record,

@@ -40,8 +40,13 @@ from pcvhub.trust.canonical import bedside_challenge_bytes, consent_token_bytes
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.keys import KeyStore
 from pcvhub.trust.registry import Actor
-from pcvhub.trust.signing import EventSigner, HybridKeyPair, PublicKeys, Verification, \
-    verify_detached
+from pcvhub.trust.signing import (
+    EventSigner,
+    HybridKeyPair,
+    PublicKeys,
+    Verification,
+    verify_detached,
+)
 
 PATIENT_ROLE = "PATIENT"
 #: A bedside challenge must be answered within this long before the check is recorded.
