@@ -245,7 +245,10 @@ class TherapyScenario:
                  patient_hash: str = "a1" * 32, tick_us: int = 1_000_000,
                  therapy_type: str = "individualized-neoantigen-mRNA",
                  shelf_life_us: int | None = 90 * DAY_US, site: str = SITE,
-                 coi: str | None = None, start_us: int = T0_US) -> None:
+                 coi: str | None = None, start_us: int = T0_US,
+                 card: PatientCard | None = None) -> None:
+        """:param card: the patient's card, already registered (default: a new card,
+            registered now through the hub's registrar)."""
         self.hub = hub
         self.site = site
         self.coi = coi or new_coi(site, 2026)
@@ -275,8 +278,11 @@ class TherapyScenario:
         self.dose_ids = [f"DOSE-{n}" for n in range(1, doses + 1)]
         # the patient's own card: its key is registered now, bound at the issue_card step
         self.biometric_template = f"minutiae of the patient of {self.coi}".encode()
-        self.card = PatientCard.issue(self.coi, site, self.biometric_template)
-        hub.register_patient(self.card)
+        if card is None:
+            card = PatientCard.issue(site, self.biometric_template)
+            hub.register_patient(card)
+        self.card = card
+        self._patient: Party | None = None
         self.path = happy_path(doses)
         self._position = 0  # how far run_until has walked the path
 
@@ -285,9 +291,11 @@ class TherapyScenario:
 
     @property
     def patient(self) -> Party:
-        """The patient as a signer: the card's key."""
-        return Party(self.card.patient_actor_id, frozenset({"PATIENT"}), self.site,
-                     self.card.issuer())
+        """The patient as a signer: the key of the card they hold now."""
+        if self._patient is None or self._patient.key_id != self.card.key_id:
+            self._patient = Party(self.card.patient_actor_id, frozenset({"PATIENT"}),
+                                  self.site, self.card.issuer())
+        return self._patient
 
     def clock_to(self, at_us: int) -> None:
         """Make the next issued step occur at ``at_us`` (the clock then ticks on from it)."""

@@ -159,19 +159,19 @@ class PatientCard:
     """A patient's card: its public facts and the key it holds (see the module docstring)."""
 
     card_id: str
-    coi: str
     site_id: str
     signer: EventSigner
     biometric_template_hash: str | None = None
 
     @classmethod
-    def issue(cls, coi: str, site_id: str, biometric_template: bytes | None = None,
+    def issue(cls, site_id: str, biometric_template: bytes | None = None,
               card_id: str | None = None) -> PatientCard:
-        """A new card with a key of its own; the actor id says nothing about the patient."""
+        """A new card with a key of its own; the actor id says nothing about the patient.
+        The card names no therapy: a clinician binds it to one on that therapy's chain."""
         card_id = card_id or f"CARD-{secrets.token_hex(6).upper()}"
         actor_id = f"patient-{secrets.token_hex(6)}"
         signer = EventSigner(actor_id, f"{actor_id}-k1", HybridKeyPair.generate())
-        return cls(card_id, coi, site_id, signer,
+        return cls(card_id, site_id, signer,
                    None if biometric_template is None else template_hash(biometric_template))
 
     def reissued(self, card_id: str | None = None) -> PatientCard:
@@ -179,8 +179,8 @@ class PatientCard:
         actor_id = self.patient_actor_id
         signer = EventSigner(actor_id, f"{actor_id}-k{secrets.token_hex(3)}",
                              HybridKeyPair.generate())
-        return PatientCard(card_id or f"CARD-{secrets.token_hex(6).upper()}", self.coi,
-                           self.site_id, signer, self.biometric_template_hash)
+        return PatientCard(card_id or f"CARD-{secrets.token_hex(6).upper()}", self.site_id,
+                           signer, self.biometric_template_hash)
 
     @property
     def patient_actor_id(self) -> str:
@@ -242,11 +242,13 @@ class PatientCard:
 
     # -- later uses (the vault's restore) --------------------------------------------
 
-    def consent_token(self, purpose: str, requester: str, expires_at_us: int) -> ConsentToken:
+    def consent_token(self, coi: str, purpose: str, requester: str,
+                      expires_at_us: int) -> ConsentToken:
+        """Let ``requester`` use the data of therapy ``coi`` once, for ``purpose``."""
         nonce = secrets.token_bytes(32)
-        message = consent_token_bytes(self.coi, self.patient_actor_id, self.key_id, purpose,
+        message = consent_token_bytes(coi, self.patient_actor_id, self.key_id, purpose,
                                       requester, expires_at_us, nonce)
-        return ConsentToken(self.coi, self.patient_actor_id, self.key_id, purpose, requester,
+        return ConsentToken(coi, self.patient_actor_id, self.key_id, purpose, requester,
                             expires_at_us, nonce, self.signer.keys.sign(message))
 
     # -- the wallet on disk ----------------------------------------------------------
@@ -258,7 +260,7 @@ class PatientCard:
         KeyStore(folder / "key", pin).store(self.signer, created_at)
         card = folder / "card.json"
         card.write_text(json.dumps({
-            "card_id": self.card_id, "coi": self.coi, "site_id": self.site_id,
+            "card_id": self.card_id, "site_id": self.site_id,
             "patient_actor_id": self.patient_actor_id, "key_id": self.key_id,
             "biometric_template_hash": self.biometric_template_hash}, indent=1))
         return card
@@ -270,6 +272,5 @@ class PatientCard:
             raise WalletError(f"no patient card in {folder} (expected {card.name})")
         facts = json.loads(card.read_text())
         signer = KeyStore(folder / "key", pin).load(facts["patient_actor_id"], facts["key_id"])
-        return cls(facts["card_id"], facts["coi"], facts["site_id"], signer,
-                   facts["biometric_template_hash"])
+        return cls(facts["card_id"], facts["site_id"], signer, facts["biometric_template_hash"])
 

@@ -297,7 +297,7 @@ def test_a_lost_card_stops_signing_and_its_witnessed_replacement_takes_over(
 # -- the wallet and the consent token ----------------------------------------------------
 
 def test_the_wallet_opens_only_with_the_patients_pin(tmp_path: Path) -> None:
-    card = PatientCard.issue("PCV-KYOTO01-2026-X", "KYOTO01", b"template")
+    card = PatientCard.issue("KYOTO01", b"template")
     card.save(tmp_path / "wallet", b"2468", "2026-01-01T00:00:00Z")
     opened = PatientCard.load(tmp_path / "wallet", b"2468")
     assert (opened.key_id, opened.public, opened.biometric_template_hash) == (
@@ -307,15 +307,18 @@ def test_the_wallet_opens_only_with_the_patients_pin(tmp_path: Path) -> None:
 
 
 def test_a_consent_token_is_verified_once_and_not_after_it_expires() -> None:
-    card = PatientCard.issue("PCV-KYOTO01-2026-X", "KYOTO01")
-    token = card.consent_token("GENOME_RESTORE", "vault-restorer", expires_at_us=1_000)
+    card = PatientCard.issue("KYOTO01")
+    token = card.consent_token("PCV-KYOTO01-2026-X", "GENOME_RESTORE", "vault-restorer",
+                               expires_at_us=1_000)
     assert verify_consent_token(token, card.public, 999, spent=set()).ok
     assert verify_consent_token(token, card.public, 999, {token.nonce}).code == "TOKEN_SPENT"
     assert verify_consent_token(token, card.public, 1_000, set()).code == "TOKEN_EXPIRED"
-    other = PatientCard.issue("PCV-KYOTO01-2026-X", "KYOTO01")
+    other = PatientCard.issue("KYOTO01")
     assert verify_consent_token(token, other.public, 999, set()).code == "SIGNATURE_INVALID"
-    widened = replace(token, requester="someone-else")
-    assert verify_consent_token(widened, card.public, 999, set()).code == "SIGNATURE_INVALID"
+    for altered in (replace(token, requester="someone-else"), replace(token, coi="PCV-OTHER"),
+                    replace(token, expires_at_us=10**12)):
+        assert verify_consent_token(altered, card.public, 999, set()).code == \
+            "SIGNATURE_INVALID"
 
 
 def test_party_of_the_patient_holds_only_the_patient_role(scenario: TherapyScenario) -> None:

@@ -63,11 +63,16 @@ def test_the_audit_lists_every_accepted_event_of_a_therapy_in_chain_order(
     assert [r["chain_seq"] for r in events] == list(range(1, len(a.log) + 1))
     assert [r["chain_link"] for r in events] == ["GENESIS"] + ["LINKED"] * (len(a.log) - 1)
     assert {r["verification"] for r in events} == {"VERIFIED"}
+    signers = [*a.actors.values(), a.patient]
     for row, event in zip(events, a.log, strict=True):  # who signed it: actor, role, site, key
-        party = next(p for p in a.actors.values() if p.actor_id == event.producer)
+        party = next(p for p in signers if p.actor_id == event.producer)
         assert (row["actor"], row["key_id"], row["actor_site"]) == (
             party.actor_id, party.key_id, party.site)
         assert set(row["actor_roles"]) == set(party.roles)
+    # the patient's own consents read as such: the patient's card, an approval
+    consents = [r for r in events if r["event_type"] == "ConsentGranted"]
+    assert consents and {(tuple(r["actor_roles"]), r["meaning"]) for r in consents} == {
+        (("PATIENT",), "APPROVED")}
 
 
 def test_the_audit_places_refusals_and_alerts_after_the_event_before_them(
@@ -352,3 +357,16 @@ def test_a_view_whose_columns_differ_from_its_documentation_is_refused() -> None
     with pytest.raises(views.ViewDocumentationError, match="wrong"):
         views.install(memory, [wrong])
     memory.close()
+
+
+# -- consents ---------------------------------------------------------------------------------
+
+def test_the_consents_view_shows_whose_signature_each_grant_carries(
+        scripted: ScriptedLog, db: duckdb.DuckDBPyConnection) -> None:
+    a = scripted.therapies["A"]
+    grants = rows(db, "SELECT * FROM consents WHERE coi = ? ORDER BY granted_at", a.coi)
+    assert [g["scope"] for g in grants] == ["TREATMENT", "GENOME_STORAGE", "PAYER_SHARING",
+                                            "RESEARCH"]
+    assert {(g["signed_by"], g["signer"]) for g in grants} == {
+        ("PATIENT", a.card.patient_actor_id)}
+    assert all(g["withdrawn_at"] is None for g in grants)
