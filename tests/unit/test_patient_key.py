@@ -16,8 +16,6 @@ import pytest
 
 from pcvhub.schemas.envelope import SignatureMeaning
 from pcvhub.streams.case import ConsentSigner
-from pcvhub.streams.event import InboundEvent
-from pcvhub.streams.verdict import Verdict
 from pcvhub.trust.keys import KeyStoreError
 from pcvhub.trust.patient_card import (
     BedsideChallenge,
@@ -27,25 +25,7 @@ from pcvhub.trust.patient_card import (
     witnessed_proof,
 )
 
-from .therapy_builder import Hub, Party, TherapyScenario
-
-
-@pytest.fixture
-def hub() -> Hub:
-    return Hub()
-
-
-@pytest.fixture
-def scenario(hub: Hub) -> TherapyScenario:
-    return TherapyScenario(hub)
-
-
-def refused(verdict: Verdict, rule: str, code: str, event: InboundEvent) -> Verdict:
-    assert not verdict.accepted, f"expected a refusal of {event.event_type}"
-    assert (verdict.rule, verdict.code) == (rule, code), verdict
-    assert event.event_id in verdict.reason, verdict.reason
-    return verdict
-
+from .therapy_builder import Hub, Party, TherapyScenario, refused
 
 # -- the card and its binding ------------------------------------------------------------
 

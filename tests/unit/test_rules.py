@@ -25,31 +25,20 @@ from pcvhub.streams.rules import (
     Lifecycle,
     default_rules,
 )
-from pcvhub.streams.verdict import AllOf, Verdict
+from pcvhub.streams.verdict import AllOf
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
-from .therapy_builder import HAPPY_PATH, NIL_UUID, Hub, Party, TherapyScenario, decode_inbound
-
-
-@pytest.fixture
-def hub() -> Hub:
-    return Hub()
-
-
-@pytest.fixture
-def scenario(hub: Hub) -> TherapyScenario:
-    return TherapyScenario(hub)
-
-
-def refused(verdict: Verdict, rule: str, code: str, event: InboundEvent) -> Verdict:
-    """The verdict is a refusal by ``rule`` with ``code`` whose sentence names the event."""
-    assert not verdict.accepted, f"expected a refusal of {event.event_type}"
-    assert (verdict.rule, verdict.code) == (rule, code), verdict
-    assert event.event_id in verdict.reason, verdict.reason
-    return verdict
-
+from .therapy_builder import (
+    HAPPY_PATH,
+    NIL_UUID,
+    Hub,
+    Party,
+    TherapyScenario,
+    decode_inbound,
+    refused,
+)
 
 # -- the rule set as a whole -------------------------------------------------------------
 
