@@ -33,9 +33,15 @@ from enum import StrEnum
 from typing import Any
 
 from pcvhub.schemas import codec
-from pcvhub.schemas.policy import PATIENT_SIGNED_SCOPES, LifecycleState, advance
+from pcvhub.schemas.policy import LifecycleState, advance
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
+from pcvhub.trust.consent import (
+    ConsentRecord,
+    ConsentSigner,
+    ConsentWindow,
+    PatientCredential,
+)
 from pcvhub.trust.registry import REGISTRY_COI
 
 
@@ -69,34 +75,6 @@ FINAL_DOSE = frozenset({DoseStatus.ADMINISTERED, DoseStatus.DESTROYED})
 def to_us(value: Any) -> int | None:
     """Event-time microseconds from a decoded optional timestamp (None stays None)."""
     return None if value is None else codec.to_us(value)
-
-
-class ConsentSigner(StrEnum):
-    """Whose signature a consent grant carries (shown beside every consent)."""
-
-    PATIENT = "PATIENT"        # the patient's own card key, bound to this therapy
-    WITNESSED = "WITNESSED"    # ConsentWitnessed: a clinician, for a patient who could not sign
-    HOSPITAL = "HOSPITAL"      # the hospital's record of a paper form (clinician or connector)
-
-
-#: who may grant a scope of ``PATIENT_SIGNED_SCOPES`` so that it counts
-COUNTS_FOR_PATIENT_SCOPES = frozenset({ConsentSigner.PATIENT, ConsentSigner.WITNESSED})
-
-
-@dataclass
-class ConsentWindow:
-    """One grant of a scope: valid from ``granted_at_us`` until it expires or is withdrawn."""
-
-    granted_at_us: int
-    expires_at_us: int | None = None
-    withdrawn_at_us: int | None = None
-    granted_by_event: str = ""
-    signed_by: ConsentSigner = ConsentSigner.HOSPITAL
-
-    def covers(self, at_us: int) -> bool:
-        return (self.granted_at_us <= at_us
-                and (self.expires_at_us is None or at_us < self.expires_at_us)
-                and (self.withdrawn_at_us is None or at_us < self.withdrawn_at_us))
 
 
 @dataclass
@@ -150,19 +128,6 @@ class IdentityCheck:
     administration_id: str | None = None  # the administration the proof's challenge was for
 
 
-@dataclass(frozen=True)
-class PatientCredential:
-    """A card key a clinician bound to this therapy's patient (PatientCredentialIssued)."""
-
-    patient_actor_id: str
-    key_id: str
-    card_id: str
-    biometric_template_hash: str | None
-    issued_at_us: int
-    witnessed_by: str
-    event_id: str
-
-
 @dataclass
 class ScheduledAdministration:
     dose_number: int
@@ -210,7 +175,8 @@ class CaseState:
     site: str | None = None
     therapy_type: str | None = None
     eligible: bool | None = None  # the latest eligibility decision, if any
-    consents: dict[str, list[ConsentWindow]] = field(default_factory=dict)
+    #: the patient's bound card keys and every consent grant (``pcvhub.trust.consent``)
+    consent: ConsentRecord = field(default_factory=ConsentRecord)
     diagnosis: dict[str, Any] | None = None
     orders: set[str] = field(default_factory=set)
     sequencing_hashes: set[str] = field(default_factory=set)
@@ -225,8 +191,7 @@ class CaseState:
     administrations: dict[str, Administration] = field(default_factory=dict)  # by event id
     doses_administered: list[int] = field(default_factory=list)
     identity_checks: dict[str, IdentityCheck] = field(default_factory=dict)  # by event id
-    #: the patient's card keys, by key id, and the bedside challenges they already answered
-    patient_credentials: dict[str, PatientCredential] = field(default_factory=dict)
+    #: the bedside challenges the patient's card already answered (each is used once)
     bedside_challenges: set[bytes] = field(default_factory=set)
     claims: dict[str, Claim] = field(default_factory=dict)
     milestones: set[tuple[str, str]] = field(default_factory=set)  # (agreement, milestone)
@@ -251,33 +216,27 @@ class CaseState:
     def is_registry(self) -> bool:
         return self.coi == REGISTRY_COI
 
-    def grants(self, scope: str) -> list[ConsentWindow]:
-        """The grants of ``scope`` that count: for a scope of ``PATIENT_SIGNED_SCOPES`` only
-        the patient's own or a witnessed one (a grant the hospital recorded under older rules
-        stays on the log, but does not let the patient's data leave the treatment)."""
-        windows = self.consents.get(scope, [])
-        if scope in PATIENT_SIGNED_SCOPES:
-            return [w for w in windows if w.signed_by in COUNTS_FOR_PATIENT_SCOPES]
-        return list(windows)
+    @property
+    def consents(self) -> dict[str, list[ConsentWindow]]:
+        """Every grant, by scope (``ConsentRecord.consents``)."""
+        return self.consent.consents
+
+    @property
+    def patient_credentials(self) -> dict[str, PatientCredential]:
+        """The patient's card keys a clinician bound to this therapy, by key id."""
+        return self.consent.patient_credentials
 
     def consent_covers(self, scope: str, at_us: int) -> bool:
-        return any(window.covers(at_us) for window in self.grants(scope))
+        return self.consent.covers(scope, at_us)
 
     def consent_signers(self, scope: str, at_us: int) -> frozenset[ConsentSigner]:
-        """Who signed the grants of ``scope`` that hold at ``at_us`` (for secondary use that
-        counts only the patient's own signature: ``ConsentSigner.PATIENT in ...``)."""
-        return frozenset(w.signed_by for w in self.grants(scope) if w.covers(at_us))
+        return self.consent.signers(scope, at_us)
 
     def consent_ended(self, scope: str, at_us: int) -> ConsentWindow | None:
-        """The latest grant of ``scope`` that began before ``at_us`` but no longer covers it."""
-        ended = [w for w in self.grants(scope)
-                 if w.granted_at_us <= at_us and not w.covers(at_us)]
-        return max(ended, key=lambda w: w.granted_at_us, default=None)
+        return self.consent.ended(scope, at_us)
 
     def patient_credential(self, actor_id: str, key_id: str) -> PatientCredential | None:
-        """The credential binding ``actor_id``'s key ``key_id`` to this therapy's patient."""
-        found = self.patient_credentials.get(key_id)
-        return found if found is not None and found.patient_actor_id == actor_id else None
+        return self.consent.patient_credential(actor_id, key_id)
 
     def doses_remaining(self) -> int:
         """Doses that may still go to the patient (released, not used, not quarantined)."""
@@ -366,29 +325,11 @@ def _eligibility(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     case.eligible = bool(p["eligible"])
 
 
-def _consent_granted(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    own = case.patient_credential(e.producer, e.envelope.key_id) is not None
-    case.consents.setdefault(p["scope"], []).append(ConsentWindow(
-        e.occurred_at_us, to_us(p.get("expires_at")), None, e.event_id,
-        ConsentSigner.PATIENT if own else ConsentSigner.HOSPITAL))
-
-
-def _consent_witnessed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    case.consents.setdefault(p["scope"], []).append(ConsentWindow(
-        e.occurred_at_us, to_us(p.get("expires_at")), None, e.event_id,
-        ConsentSigner.WITNESSED))
-
-
-def _credential(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    case.patient_credentials[p["key_id"]] = PatientCredential(
-        p["patient_actor_id"], p["key_id"], p["card_id"], p.get("biometric_template_hash"),
-        e.occurred_at_us, e.producer, e.event_id)
-
-
-def _consent_withdrawn(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    for window in case.consents.get(p["scope"], ()):
-        if window.withdrawn_at_us is None and window.granted_at_us <= e.occurred_at_us:
-            window.withdrawn_at_us = e.occurred_at_us
+def _consent(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    """Cards, grants and withdrawals: the trust floor's consent fold, shared with the
+    workers that judge the patient's consent tokens."""
+    case.consent.fold(e.event_type, p, e.event_id, e.occurred_at_us, e.producer,
+                      e.envelope.key_id)
 
 
 def _diagnosis(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -619,10 +560,10 @@ def _alert_resolved(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None
 _HANDLERS: dict[str, Handler] = {
     "PatientEnrolled": _enrolled,
     "EligibilityConfirmed": _eligibility,
-    "PatientCredentialIssued": _credential,
-    "ConsentGranted": _consent_granted,
-    "ConsentWitnessed": _consent_witnessed,
-    "ConsentWithdrawn": _consent_withdrawn,
+    "PatientCredentialIssued": _consent,
+    "ConsentGranted": _consent,
+    "ConsentWitnessed": _consent,
+    "ConsentWithdrawn": _consent,
     "DiagnosisRecorded": _diagnosis,
     "TherapyOrdered": _ordered,
     "AdministrationScheduled": _scheduled,

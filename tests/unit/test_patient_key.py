@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pcvhub.schemas.envelope import SignatureMeaning
-from pcvhub.streams.case import ConsentSigner
+from pcvhub.trust.consent import ConsentSigner
 from pcvhub.trust.keys import KeyStoreError
 from pcvhub.trust.patient_card import (
     BedsideChallenge,
@@ -305,3 +305,28 @@ def test_party_of_the_patient_holds_only_the_patient_role(scenario: TherapyScena
     patient: Party = scenario.patient
     assert patient.roles == {"PATIENT"}
     assert scenario.hub.registry.roles_of(patient.actor_id) == {"PATIENT"}
+
+
+def test_a_consent_token_counts_only_with_the_patients_own_consent_on_the_log(
+        hub: Hub, scenario: TherapyScenario) -> None:
+    scenario.run_until("consent_payer")
+    case, at = scenario.case.consent, scenario.now_us + 1
+    token = scenario.card.consent_token(scenario.coi, "GENOME_RESTORE", "vault-restorer",
+                                        expires_at_us=at + 60_000_000)
+    assert case.check_token(token, hub.registry, "GENOME_STORAGE", at, spent=set()).ok
+    spent = {token.nonce}  # honoured once: the restore records its nonce
+    assert case.check_token(token, hub.registry, "GENOME_STORAGE", at, spent).code == \
+        "TOKEN_SPENT"
+    # a token from the card of another therapy's patient
+    other = TherapyScenario(hub, cast=scenario.actors, patient_hash="b2" * 32)
+    foreign = other.card.consent_token(scenario.coi, "GENOME_RESTORE", "vault-restorer",
+                                       expires_at_us=at + 60_000_000)
+    assert case.check_token(foreign, hub.registry, "GENOME_STORAGE", at, set()).code == \
+        "TOKEN_NOT_THE_PATIENTS"
+    # research was never consented to: no token can stand in for it
+    assert case.check_token(token, hub.registry, "RESEARCH", at, set()).code == \
+        "CONSENT_MISSING"
+    withdrawal = scenario.accept(scenario.withdraw("GENOME_STORAGE"))
+    later = withdrawal.occurred_at_us + 1
+    assert case.check_token(token, hub.registry, "GENOME_STORAGE", later, set()).code == \
+        "CONSENT_MISSING"

@@ -24,15 +24,10 @@ from pcvhub.schemas.policy import (
     policy_table,
 )
 from pcvhub.schemas.stages import Stage
-from pcvhub.streams.case import (
-    PRECONDITIONS,
-    CaseState,
-    ConsentSigner,
-    ConsentWindow,
-    PatientCredential,
-)
+from pcvhub.streams.case import PRECONDITIONS, CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.rules import Consent, Lifecycle, RoleAllowed
+from pcvhub.trust.consent import ConsentSigner, ConsentWindow, PatientCredential
 from pcvhub.trust.registry import REGISTRY_COI
 
 from .avro_samples import sample
