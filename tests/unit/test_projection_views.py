@@ -23,8 +23,14 @@ from pcvhub.schemas.stages import Stage
 from pcvhub.streams.case import CaseState, DoseStatus
 from pcvhub.trust.canonical import chain_digest
 
-from .test_projection_scenario import ScriptedLog, project, scripted_log
-from .therapy_builder import T0_US, TherapyScenario
+from .test_projection_scenario import (
+    ScriptedLog,
+    anchor_of,
+    canonical_records,
+    project,
+    scripted_log,
+)
+from .therapy_builder import T0_US, Hub, TherapyScenario
 
 T0 = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=T0_US)
 BEFORE_EXPIRY = T0 + timedelta(days=10)  # doses expire 90 days after release
@@ -370,3 +376,31 @@ def test_the_consents_view_shows_whose_signature_each_grant_carries(
     assert {(g["signed_by"], g["signer"]) for g in grants} == {
         ("PATIENT", a.card.patient_actor_id)}
     assert all(g["withdrawn_at"] is None for g in grants)
+
+
+def test_the_consents_view_marks_witnessed_and_hospital_recorded_grants(
+        tmp_path: Path) -> None:
+    hub = Hub()
+    therapy = TherapyScenario(hub)
+    therapy.run_until("issue_card")
+    therapy.accept(therapy.consent("TREATMENT", by="physician"))  # the EMR's paper form
+    therapy.accept(therapy.witnessed_consent("RESEARCH", why="LEGAL_REPRESENTATIVE"))
+    therapy.accept(therapy.consent("GENOME_STORAGE"))
+    withdrawal = therapy.accept(therapy.withdraw("RESEARCH"))
+    log = [(e.coi.encode(), e.raw) for e in (*hub.registry_log, *therapy.log)]
+    project(tmp_path / "hub.duckdb", list(canonical_records(log)), anchor_of(hub))
+    con = connect(tmp_path / "hub.duckdb", read_only=True)
+    try:
+        found = rows(con, "SELECT scope, signed_by, signer, why_patient_did_not_sign, "
+                          "withdrawn_at FROM consents ORDER BY granted_at")
+    finally:
+        con.close()
+    withdrawn = datetime.fromtimestamp(withdrawal.occurred_at_us / 1e6, UTC)
+    assert found == [
+        {"scope": "TREATMENT", "signed_by": "HOSPITAL", "signer": therapy.id_of("physician"),
+         "why_patient_did_not_sign": None, "withdrawn_at": None},
+        {"scope": "RESEARCH", "signed_by": "WITNESSED", "signer": therapy.id_of("physician"),
+         "why_patient_did_not_sign": "LEGAL_REPRESENTATIVE", "withdrawn_at": withdrawn},
+        {"scope": "GENOME_STORAGE", "signed_by": "PATIENT",
+         "signer": therapy.card.patient_actor_id, "why_patient_did_not_sign": None,
+         "withdrawn_at": None}]
