@@ -166,3 +166,6 @@ def test_every_patient_has_a_wallet_and_signs_the_data_consents_with_it(demo):
     bound = demo.query("SELECT count(DISTINCT coi) FROM log.patient_credential_issued "
                        "WHERE log_topic = 'events'")
     assert bound == [(4,)]
+    assert "patients' cards bound at enrolment: 4" in demo.text
+    signed = sum(n for (scope, signed_by), n in by_scope.items() if signed_by == "PATIENT")
+    assert f"consents signed by the patient's own card: {signed}," in demo.text
