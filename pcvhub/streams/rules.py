@@ -551,15 +551,18 @@ class ChainOfIdentity:
                 alert=True,
             )
         row = self.policy.get(event.event_type)
-        if row is not None and row.patient_proof is not None and row.patient_proof(p):
+        demanded = row is not None and row.patient_proof is not None and row.patient_proof(p)
+        # a proof that is carried is verified even where none is demanded: the case records
+        # its kind, and nothing unverified may read as the patient's answer
+        if demanded or p.get("patient_proof") is not None:
             problem = self._proof_problem(event, case)
             if problem is not None:
                 code, why, remedy = problem
                 return Verdict.refuse(
                     self.name, code,
                     f"identity check {event.event_id} at step {p['step']} of therapy "
-                    f"{event.coi} reports MATCH, but {why}; do not dispense or administer: "
-                    f"{remedy}",
+                    f"{event.coi} reports {p['result']}, but {why}; do not dispense or "
+                    f"administer: {remedy}",
                     alert=True,
                 )
         if p.get("dose_id") is not None:

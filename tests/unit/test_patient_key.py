@@ -190,6 +190,17 @@ def test_another_patients_card_at_the_bedside_is_refused(
     assert verdict.alert and other.card.key_id in verdict.reason
 
 
+def test_a_proof_carried_where_none_is_demanded_is_verified_too(
+        hub: Hub, scenario: TherapyScenario) -> None:
+    other = TherapyScenario(hub, cast=scenario.actors, patient_hash="b2" * 32)
+    scenario.run_until("dispense#1")
+    event = scenario.issue("nurse", "IdentityVerified", {
+        **scenario.verify_identity(1).payload, "step": "DISPENSE",
+        "patient_proof": other.card.answer(scenario.challenge(1))},
+        meaning=SignatureMeaning.VERIFIED)
+    refused(scenario.judge(event), "R5", "PATIENT_CARD_NOT_OF_THIS_THERAPY", event)
+
+
 def test_a_match_on_card_with_the_enrolled_template_is_accepted(
         scenario: TherapyScenario) -> None:
     scenario.run_until("dispense#1")
