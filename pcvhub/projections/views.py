@@ -129,7 +129,8 @@ SIGNING_KEYS = View(
         "valid_until": "End of the window (exclusive): the registered end or, after a "
                        "rotation, the old key's overlap end; NULL if open-ended.",
         "revoked_at": "Event time from which the key is revoked; NULL if never revoked.",
-        "revocation_reason": "COMPROMISED, SUPERSEDED, ACTOR_LEFT or OTHER.",
+        "revocation_reason": "COMPROMISED, SUPERSEDED, ACTOR_LEFT, CARD_LOST (a patient's "
+                             "card) or OTHER.",
         "compromised_since": "Earliest event time the key may have been compromised.",
         "registered_by": "TRUST_ANCHOR, or the registrar actor that signed the registration.",
     },
