@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pcvhub.config import load_settings
+from pcvhub.schemas.catalog import load_catalog
 from pcvhub.times import utc_iso
 from pcvhub.trust.issuer import now_us
 from pcvhub.trust.keys import KeyStore, KeyStoreError, passphrase_from_env
@@ -28,7 +29,10 @@ from pcvhub.trust.registry import (
     write_anchor,
 )
 
-REVOCATION_REASONS = ("COMPROMISED", "SUPERSEDED", "ACTOR_LEFT", "OTHER")
+#: the KeyRevoked.reason symbols, read from the catalog so the two cannot drift apart
+REVOCATION_REASONS: tuple[str, ...] = tuple(next(
+    f["type"]["symbols"] for f in load_catalog().schema("KeyRevoked").raw["fields"]
+    if f["name"] == "reason"))
 
 keys_app = typer.Typer(help="Actor key pairs: create, list, rotate, revoke.", no_args_is_help=True)
 console = Console()

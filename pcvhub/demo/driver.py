@@ -87,7 +87,9 @@ from pcvhub.schemas.envelope import SignatureMeaning
 from pcvhub.streams.case import AlertStatus, CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.gatekeeper import alert_id
+from pcvhub.times import utc_iso
 from pcvhub.trust.issuer import IssuedEvent, now_us
+from pcvhub.trust.patient_card import PatientCard
 
 #: who writes an event: the demo itself (ingress.direct) or one of the connectors
 DIRECT, HL7, FHIR, FILES = "direct", "hl7", "fhir", "files"
@@ -162,6 +164,8 @@ class World:
     #: (therapy, alert code) the hub must raise with no event to answer: the stalled one
     expected_alerts: set[tuple[str, str]] = field(default_factory=set)
     mes_exports: dict[int, MesExport] = field(default_factory=dict)  # by cohort day
+    #: each patient's card (by patient index), as ``issue_wallets`` made it
+    wallets: dict[int, PatientCard] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -184,6 +188,36 @@ class World:
 
     def close(self) -> None:
         self.direct.close()
+
+
+def biometric_template(patient: Patient) -> bytes:
+    """The stand-in for the fingerprint template enrolled on a patient's card."""
+    return f"fingerprint minutiae of {patient.tag}".encode()
+
+
+def wallet_pin(patient: Patient) -> bytes:
+    """The PIN the patient chose for their wallet (a demo stand-in: derived from the tag)."""
+    return f"pin-{patient.tag}".encode()
+
+
+def wallet_folder(deployment: Deployment, patient: Patient) -> Path:
+    """Where the patient's wallet lives: under the run folder, never the hub's key store."""
+    return deployment.run_dir / "wallets" / patient.tag
+
+
+def issue_wallets(deployment: Deployment, cohort: Cohort) -> dict[int, PatientCard]:
+    """Give every patient a card whose key only the card holds, saved as the patient's wallet
+    under their PIN, and have the registrar register its key as a PATIENT actor (sent with
+    the other registrations); a nurse binds it to the therapy at enrolment."""
+    wallets: dict[int, PatientCard] = {}
+    for patient in cohort.therapies:
+        card = PatientCard.issue(SITE, biometric_template(patient),
+                                 card_id=f"CARD-{patient.tag}")
+        card.save(wallet_folder(deployment, patient), wallet_pin(patient),
+                  utc_iso(now_us(), "microseconds"))
+        deployment.hub.register_patient(card)
+        wallets[patient.index] = card
+    return wallets
 
 
 class MesExport:
@@ -265,8 +299,12 @@ class TherapyRun:
         self.world = world
         self.patient = patient
         tag = patient.tag
+        if patient.index not in world.wallets:
+            raise DemoError(f"patient {tag} has no wallet: issue_wallets before the run")
         s = TherapyScenario(world.deployment.hub, cast=world.cast, site=SITE,
-                            start_us=world.start_us, tick_us=TICK_US)
+                            start_us=world.start_us, tick_us=TICK_US,
+                            card=world.wallets[patient.index])
+        s.biometric_template = biometric_template(patient)
         s.sample_id, s.design_id, s.batch_id = f"TS-{tag}", f"DSN-{tag}", f"LOT-{tag}"
         s.shipment_id = f"SHP-{tag}"
         s.dose_ids = [f"LOT-{tag}-D{n}" for n in (1, 2)]
@@ -499,9 +537,15 @@ class TherapyRun:
         self.world.watch.follow(self.coi, self._fold)
         self._hl7(lambda cid, at: messages.diagnosis(p, cid, SITE, at))
         self._direct(s.confirm_eligibility)
-        scopes = ["TREATMENT", "GENOME_STORAGE", "PAYER_SHARING"]
+        # the nurse hands the patient their card (opened from the wallet with the patient's
+        # PIN) and witnesses it; treatment consent is the EMR's record of the signed form;
+        # the data scopes the patient signs with the card
+        s.card = PatientCard.load(wallet_folder(self.world.deployment, p), wallet_pin(p))
+        self._direct(s.issue_card)
+        self._post(messages.consent(p, "TREATMENT", self._tick()))
+        scopes = ["GENOME_STORAGE", "PAYER_SHARING"]
         for scope in scopes + (["RESEARCH"] if p.research_consent else []):
-            self._post(messages.consent(p, scope, self._tick()))
+            self._direct(partial(s.consent, scope))
         ack, control_id, order = self._hl7(lambda cid, at: messages.order(
             p, cid, SITE, at, placer=f"PL-{p.tag}", clinician=s.id_of("physician")))
         if Fault.DUPLICATE_HL7 in p.faults:
@@ -646,17 +690,20 @@ class TherapyRun:
             meaning=SignatureMeaning.RESPONSIBLE))
 
     def _wrong_patient(self) -> None:
-        """The nurse scans the wristband of the patient in the next bed against this
-        patient's vial; the scanner reports MISMATCH, then the EMR still tries to record
-        the administration."""
+        """At the next bed, the patient there answers the bedside challenge of this
+        patient's vial with their own card while the chart says MATCH; the hub checks the
+        card against this therapy's, refuses, then the EMR still tries to record the
+        administration."""
         p, s = self.patient, self.scenario
-        neighbour = self.world.deployment.pseudonymiser.patient_hash(
-            self.world.cohort.neighbours[p.index])
+        neighbour_mrn = self.world.cohort.neighbours[p.index]
+        neighbour = next((self.world.wallets[o.index] for o in self.world.cohort.therapies
+                          if o.mrn == neighbour_mrn), None)
         with self.lock:
-            scan = s.verify_identity(1, patient_hash=neighbour, result="MISMATCH")
+            # a visitor's card when the cohort has no other patient: bound to nothing
+            scan = s.verify_identity(1, card=neighbour or PatientCard.issue(SITE))
         self._inject(Fault.WRONG_PATIENT,
-                     f"bedside scan of {s.dose(1)} against another patient's wristband",
-                     "IDENTITY_MISMATCH", scan, "gatekeeper R5")
+                     f"bedside challenge of {s.dose(1)} answered by another patient's card",
+                     "PATIENT_CARD_NOT_OF_THIS_THERAPY", scan, "gatekeeper R5")
         ack, control_id, _ = self._hl7(lambda cid, at: messages.administration(
             p, cid, SITE, at, administration_id="ADM-1", dose_number=1, dose_id=s.dose(1),
             nurse=s.id_of("nurse")), expect="AE")

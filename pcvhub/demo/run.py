@@ -26,6 +26,7 @@ from pcvhub.demo.driver import (
     account,
     cohort_start_us,
     drive_cohort,
+    issue_wallets,
     settle_receivables,
 )
 from pcvhub.demo.stack import PayerGateway, Stack, cli_command
@@ -76,6 +77,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                       f"(pid {projections.proc.pid}), pcvhub serve (pid {serve.proc.pid}); "
                       f"logs in {deployment.run_dir / 'logs'}", highlight=False)
         watch = LogWatch(deployment.settings).start()
+        wallets = issue_wallets(deployment, cohort)  # the patients' cards: registered too
         registrations = deployment.hub.registry_log
         with console.status(f"gatekeeper starting; registering {len(registrations)} actors "
                             "on the registry chain ..."):
@@ -106,7 +108,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                       highlight=False)
         world = World(deployment, cohort, start_us, watch, endpoints.mllp, endpoints.fhir_url,
                       DropFolder(endpoints.drop), DropFolder(inbox),
-                      deployment.run_dir / "claims-outbox")
+                      deployment.run_dir / "claims-outbox", wallets=wallets)
         drive = drive_cohort(world, console)
         receivables = settle_receivables(world, drive, console)
         hl7_ids = [o.event_id for o in read_verified(watch.settings, "ingress.hl7",

@@ -39,6 +39,8 @@ class Figures:
     rejections: int
     open_alerts: list[tuple[str, str, int]]  # severity, code, count
     events: int
+    cards: int  # patients' cards a clinician bound to a therapy
+    consents: dict[str, int]  # grants by whose signature they carry (the consents view)
 
     @property
     def paid(self) -> Decimal:
@@ -77,12 +79,15 @@ def read_figures(path: Path) -> Figures:
         open_alerts = rows("SELECT severity, code, count(*) FROM alerts WHERE status <> 'RESOLVED' "
                            "GROUP BY ALL ORDER BY severity, code")
         (events,), = rows("SELECT count(*) FROM log.envelopes WHERE log_topic = 'events'")
+        (cards,), = rows("SELECT count(*) FROM log.patient_credential_issued "
+                         "WHERE log_topic = 'events'")
+        consents = dict(rows("SELECT signed_by, count(*) FROM consents GROUP BY signed_by"))
     finally:
         con.close()
     return Figures(therapies, completed, median, doses,
                    [(s, n, Decimal(b or 0), Decimal(p or 0), Decimal(o or 0))
                     for s, n, b, p, o in claims],
-                   rejections, open_alerts, events)
+                   rejections, open_alerts, events, cards, consents)
 
 
 @dataclass
@@ -133,6 +138,11 @@ def render(console: Console, report: Report) -> None:
                 f"vein-to-vein [bold]{median}[/] · claims paid [bold]{_money(f.paid)}[/] "
                 f"({f.claims_with('PAID')}), outstanding [bold]{_money(f.outstanding)}[/] "
                 f"({sum(c[1] for c in f.claims if c[4] > 0)})")
+
+    consents = (f"patients' cards bound at enrolment: [bold]{f.cards}[/] · consents signed by "
+                f"the patient's own card: [bold]{f.consents.get('PATIENT', 0)}[/], witnessed "
+                f"for a patient who could not sign: {f.consents.get('WITNESSED', 0)}, the "
+                f"EMR's record of a treatment form: {f.consents.get('HOSPITAL', 0)}")
 
     doses = Table(title="doses by status", title_justify="left", box=None, pad_edge=False)
     doses.add_column("status")
@@ -192,7 +202,7 @@ def render(console: Console, report: Report) -> None:
     side = Table.grid(padding=(0, 6))
     side.add_row(doses, claims)
     style = "green" if report.ok else "red"
-    body: list = [headline, "", side, "", faults, attacks,
+    body: list = [headline, consents, "", side, "", faults, attacks,
                   f"[{'green' if not a.unexplained_refusals else 'red'}]{explained}[/]",
                   timing, "", where]
     for problem in report.problems:

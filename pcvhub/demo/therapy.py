@@ -45,6 +45,7 @@ from pcvhub.streams.rules import default_rules
 from pcvhub.streams.verdict import Verdict
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer
+from pcvhub.trust.patient_card import BedsideChallenge, PatientCard, witnessed_proof
 from pcvhub.trust.registry import (
     REGISTRY_COI,
     Actor,
@@ -52,6 +53,7 @@ from pcvhub.trust.registry import (
     KeyRegistry,
     registration_payload,
     revocation_payload,
+    rotation_payload,
 )
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
@@ -175,6 +177,27 @@ class Hub:
             "KeyRevoked", revocation_payload(party.actor_id, party.key_id, at_us, reason),
             at_us=at_us))
 
+    # -- the patient's card ------------------------------------------------------------
+
+    def register_patient(self, card: PatientCard) -> InboundEvent:
+        """The registrar registers a new card's key as a PATIENT actor (no pseudonym of the
+        patient goes onto the registry chain: the therapy chain binds it)."""
+        return self.admit(self.registry_event("ActorRegistered", registration_payload(
+            card.actor(), card.key_id, card.public, self.clock_us)))
+
+    def card_lost(self, card: PatientCard, at_us: int) -> InboundEvent:
+        """The patient reports the card lost: its key is revoked from ``at_us``."""
+        return self.admit(self.registry_event("KeyRevoked", revocation_payload(
+            card.patient_actor_id, card.key_id, at_us, "CARD_LOST"), at_us=at_us))
+
+    def reissue_card(self, lost: PatientCard, at_us: int) -> PatientCard:
+        """A replacement card: the same patient actor with a new key (KeyRotated); it signs
+        for the therapy once a clinician witnesses it (PatientCredentialIssued)."""
+        card = lost.reissued()
+        self.admit(self.registry_event("KeyRotated", rotation_payload(
+            card.patient_actor_id, lost.key_id, card.key_id, card.public, at_us), at_us=at_us))
+        return card
+
 
 # name in the scenario -> (role, site or organisation); hospital staff work at SITE
 CAST: dict[str, tuple[str, str]] = {
@@ -195,9 +218,9 @@ CAST: dict[str, tuple[str, str]] = {
 }
 
 _BEFORE_DOSES = (
-    "enrol", "confirm_eligibility", "consent_treatment", "consent_genome", "consent_payer",
-    "diagnose", "order", "collect", "hand_over_sample", "receive_sample", "sequence",
-    "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
+    "enrol", "issue_card", "confirm_eligibility", "consent_treatment", "consent_genome",
+    "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "receive_sample",
+    "sequence", "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
     "complete_step", "record_qc", "release", "ship", "receive_at_site",
 )
 _PER_DOSE = ("schedule", "reserve", "dispense", "verify_identity", "administer", "outcome",
@@ -222,7 +245,10 @@ class TherapyScenario:
                  patient_hash: str = "a1" * 32, tick_us: int = 1_000_000,
                  therapy_type: str = "individualized-neoantigen-mRNA",
                  shelf_life_us: int | None = 90 * DAY_US, site: str = SITE,
-                 coi: str | None = None, start_us: int = T0_US) -> None:
+                 coi: str | None = None, start_us: int = T0_US,
+                 card: PatientCard | None = None) -> None:
+        """:param card: the patient's card, already registered (default: a new card,
+            registered now through the hub's registrar)."""
         self.hub = hub
         self.site = site
         self.coi = coi or new_coi(site, 2026)
@@ -250,11 +276,26 @@ class TherapyScenario:
         self.batch_id = "BATCH-1"
         self.shipment_id = "SHP-1"
         self.dose_ids = [f"DOSE-{n}" for n in range(1, doses + 1)]
+        # the patient's own card: its key is registered now, bound at the issue_card step
+        self.biometric_template = f"minutiae of the patient of {self.coi}".encode()
+        if card is None:
+            card = PatientCard.issue(site, self.biometric_template)
+            hub.register_patient(card)
+        self.card = card
+        self._patient: Party | None = None
         self.path = happy_path(doses)
         self._position = 0  # how far run_until has walked the path
 
     def id_of(self, name: str) -> str:
         return self.actors[name].actor_id
+
+    @property
+    def patient(self) -> Party:
+        """The patient as a signer: the key of the card they hold now."""
+        if self._patient is None or self._patient.key_id != self.card.key_id:
+            self._patient = Party(self.card.patient_actor_id, frozenset({"PATIENT"}),
+                                  self.site, self.card.issuer())
+        return self._patient
 
     def clock_to(self, at_us: int) -> None:
         """Make the next issued step occur at ``at_us`` (the clock then ticks on from it)."""
@@ -326,10 +367,31 @@ class TherapyScenario:
             "confirmed_by": self.id_of("physician"),
             "failed_criteria": None if eligible else ["ECOG<=1"]})
 
-    def consent(self, scope: str, *, expires_at_us: int | None = None) -> InboundEvent:
-        return self.issue("physician", "ConsentGranted", {
+    def issue_card(self, card: PatientCard | None = None, reason: str = "ENROLMENT",
+                   replaces_key_id: str | None = None, by: str = "nurse") -> InboundEvent:
+        """A clinician hands the patient their card and witnesses its key as the patient's."""
+        card = card or self.card
+        return self.issue(by, "PatientCredentialIssued", card.credential_payload(
+            self.patient_hash, reason, replaces_key_id), meaning=SignatureMeaning.VERIFIED)
+
+    def consent(self, scope: str, *, expires_at_us: int | None = None,
+                by: str | Party | None = None) -> InboundEvent:
+        """The patient signs the consent with their card (``by``: someone else signs it)."""
+        signer = self.patient if by is None else by
+        meaning = APPROVED if signer is self.patient or (
+            isinstance(signer, Party) and "PATIENT" in signer.roles) \
+            else SignatureMeaning.AUTHORED
+        return self.issue(signer, "ConsentGranted", {
             "scope": scope, "consent_document_ref": f"DocumentReference/consent-{scope}",
-            "expires_at": expires_at_us, "consent_form_version": "v3.2"})
+            "expires_at": expires_at_us, "consent_form_version": "v3.2"}, meaning=meaning)
+
+    def witnessed_consent(self, scope: str, why: str = "PHYSICALLY_UNABLE",
+                          by: str = "physician") -> InboundEvent:
+        """A clinician witnesses the consent of a patient who cannot sign it."""
+        return self.issue(by, "ConsentWitnessed", {
+            "scope": scope, "consent_document_ref": f"DocumentReference/consent-{scope}",
+            "why_patient_did_not_sign": why, "representative": None, "expires_at": None,
+            "consent_form_version": "v3.2"}, meaning=SignatureMeaning.VERIFIED)
 
     def consent_treatment(self) -> InboundEvent:
         return self.consent("TREATMENT")
@@ -340,8 +402,9 @@ class TherapyScenario:
     def consent_payer(self) -> InboundEvent:
         return self.consent("PAYER_SHARING")
 
-    def withdraw(self, scope: str) -> InboundEvent:
-        return self.issue("physician", "ConsentWithdrawn", {
+    def withdraw(self, scope: str, by: str | Party | None = None) -> InboundEvent:
+        """The patient withdraws with their card alone (``by``: someone records it)."""
+        return self.issue(self.patient if by is None else by, "ConsentWithdrawn", {
             "scope": scope, "consent_document_ref": f"DocumentReference/withdrawal-{scope}"})
 
     def diagnose(self) -> InboundEvent:
@@ -498,11 +561,34 @@ class TherapyScenario:
             "identity_check_event_id": identity_check_event_id,
             "dispensed_to": self.id_of("nurse")})
 
+    def challenge(self, n: int, *, age_us: int | None = None) -> BedsideChallenge:
+        """A fresh bedside challenge for dose ``n``, issued ``age_us`` before the next step
+        occurs (default: a few seconds, never more than one tick)."""
+        at = self.now_us + self.tick_us
+        return BedsideChallenge.fresh(self.coi, self.dose(n), f"ADM-{n}",
+                                      at - (min(self.tick_us, 5_000_000) if age_us is None
+                                            else age_us))
+
     def verify_identity(self, n: int, patient_hash: str | None = None,
-                        result: str = "MATCH", step: str = "BEDSIDE") -> InboundEvent:
+                        result: str = "MATCH", step: str = "BEDSIDE",
+                        proof: dict[str, Any] | str | None = "card",
+                        card: PatientCard | None = None) -> InboundEvent:
+        """The bedside check of dose ``n``: the patient's card answers a fresh challenge
+        (``proof``: "card", "biometric" for a match-on-card, "witnessed", None for no proof,
+        or a ready ``patient_proof``)."""
+        if isinstance(proof, str):
+            challenge = self.challenge(n)
+            holder = card or self.card
+            proof = {"card": lambda: holder.answer(challenge),
+                     "biometric": lambda: holder.answer(challenge, self.biometric_template),
+                     "witnessed": lambda: witnessed_proof(
+                         challenge, "patient sedated; two identifiers checked on the "
+                         "wristband with a second nurse")}[proof]()
         return self.issue("nurse", "IdentityVerified", {
             "patient_hash": patient_hash or self.patient_hash, "step": step,
-            "method": "WRISTBAND_BARCODE", "result": result, "dose_id": self.dose(n)},
+            "method": "BIOMETRIC" if proof and proof["kind"] == "CARD_BIOMETRIC_MATCH"
+            else "WRISTBAND_BARCODE", "result": result, "dose_id": self.dose(n),
+            "patient_proof": proof if step == "BEDSIDE" else None},
             meaning=SignatureMeaning.VERIFIED)
 
     def last_check_of(self, n: int) -> str:

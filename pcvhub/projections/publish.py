@@ -121,15 +121,15 @@ def _load_pseudonyms(con: duckdb.DuckDBPyConnection, pseudonyms: Pseudonyms) -> 
 
 # -- what each scope gets ---------------------------------------------------------------------
 
-#: therapies whose RESEARCH consent holds at ``as_of``: granted (and not expired), and not
-#: withdrawn by a later accepted event
+#: therapies whose RESEARCH consent holds at ``as_of``: granted by the patient's own card or
+#: witnessed for a patient who could not sign (the ``consents`` view; a grant the hospital
+#: recorded does not count for research, as in the gatekeeper's R7), not expired, and not
+#: withdrawn
 RESEARCH_CONSENTED = """
-    SELECT DISTINCT g.coi FROM log.consent_granted g
-    WHERE g.log_topic = 'events' AND g.scope = 'RESEARCH'
+    SELECT DISTINCT g.coi FROM consents g
+    WHERE g.scope = 'RESEARCH' AND g.signed_by IN ('PATIENT', 'WITNESSED')
       AND (g.expires_at IS NULL OR g.expires_at > {as_of})
-      AND NOT EXISTS (SELECT 1 FROM log.consent_withdrawn w
-                      WHERE w.log_topic = 'events' AND w.coi = g.coi
-                        AND w.scope = 'RESEARCH' AND w.log_offset > g.log_offset)"""
+      AND g.withdrawn_at IS NULL"""
 
 THERAPY = "pseudonym('therapy', coi) AS therapy"
 

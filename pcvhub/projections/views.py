@@ -129,7 +129,8 @@ SIGNING_KEYS = View(
         "valid_until": "End of the window (exclusive): the registered end or, after a "
                        "rotation, the old key's overlap end; NULL if open-ended.",
         "revoked_at": "Event time from which the key is revoked; NULL if never revoked.",
-        "revocation_reason": "COMPROMISED, SUPERSEDED, ACTOR_LEFT or OTHER.",
+        "revocation_reason": "COMPROMISED, SUPERSEDED, ACTOR_LEFT, CARD_LOST (a patient's "
+                             "card) or OTHER.",
         "compromised_since": "Earliest event time the key may have been compromised.",
         "registered_by": "TRUST_ANCHOR, or the registrar actor that signed the registration.",
     },
@@ -1046,13 +1047,70 @@ OUTCOMES = View(
     },
 )
 
+# -- consents ----------------------------------------------------------------------------
+
+CONSENTS = View(
+    "consents",
+    "Every consent grant of every therapy, with whose signature it carries: PATIENT (the "
+    "patient's own card key, bound to the therapy by a clinician's PatientCredentialIssued), "
+    "WITNESSED (ConsentWitnessed: a clinician, for a patient who could not sign) or HOSPITAL "
+    "(the hospital's record of a paper form; it counts only for TREATMENT), and when it was "
+    "withdrawn. Secondary use that needs the patient's own signature reads signed_by.",
+    """
+    WITH bound AS (
+        SELECT DISTINCT coi, patient_actor_id, key_id FROM log.patient_credential_issued
+        WHERE log_topic = 'events'
+    ),
+    grants AS (
+        SELECT g.coi, g.event_id, g.scope, g.occurred_at AS granted_at, g.expires_at,
+               g.producer AS signer, e.key_id,
+               CASE WHEN b.key_id IS NULL THEN 'HOSPITAL' ELSE 'PATIENT' END AS signed_by,
+               NULL::VARCHAR AS why_patient_did_not_sign
+        FROM log.consent_granted g
+        JOIN log.envelopes e USING (log_topic, log_partition, log_offset)
+        LEFT JOIN bound b ON b.coi = g.coi AND b.patient_actor_id = g.producer
+                         AND b.key_id = e.key_id
+        WHERE g.log_topic = 'events'
+        UNION ALL
+        SELECT w.coi, w.event_id, w.scope, w.occurred_at, w.expires_at, w.producer, e.key_id,
+               'WITNESSED', w.why_patient_did_not_sign
+        FROM log.consent_witnessed w
+        JOIN log.envelopes e USING (log_topic, log_partition, log_offset)
+        WHERE w.log_topic = 'events'
+    )
+    SELECT g.coi, g.scope, g.signed_by, g.signer, g.key_id, g.granted_at, g.expires_at,
+           g.why_patient_did_not_sign,
+           (SELECT min(x.occurred_at) FROM log.consent_withdrawn x
+            WHERE x.log_topic = 'events' AND x.coi = g.coi AND x.scope = g.scope
+              AND x.occurred_at >= g.granted_at) AS withdrawn_at,
+           g.event_id
+    FROM grants g
+    """,
+    {
+        "coi": "Therapy.",
+        "scope": "TREATMENT, GENOME_STORAGE, PAYER_SHARING or RESEARCH.",
+        "signed_by": "PATIENT (the patient's own card), WITNESSED (a clinician for a patient "
+                     "who could not sign) or HOSPITAL (a recorded paper form).",
+        "signer": "Actor that signed the grant (the patient's card actor, or the clinician "
+                  "or connector).",
+        "key_id": "Key that signed the grant.",
+        "granted_at": "When the consent was given (event time).",
+        "expires_at": "When it lapses; NULL if valid until withdrawn.",
+        "why_patient_did_not_sign": "For a witnessed consent, why the patient's key did not "
+                                    "sign (NO_CARD_YET, PHYSICALLY_UNABLE, "
+                                    "LEGAL_REPRESENTATIVE, OTHER).",
+        "withdrawn_at": "When a withdrawal of the scope stopped it; NULL if never withdrawn.",
+        "event_id": "The grant's event id.",
+    },
+)
+
 #: in dependency order: a view may use the ones before it
 MACROS_AND_VIEWS: tuple[View | Macro, ...] = (
     SIGNING_KEYS, ACTORS, AUDIT_TRAIL, AUDIT_MACRO, ALERTS, REJECTIONS,
     INVENTORY_MACRO, INVENTORY, INVENTORY_BY_SITE, INVENTORY_LOTS,
     BILLING_MACRO, BILLING_CLAIMS, PAYER_CLAIMS_MACRO, RECEIVABLES_MACRO, RECEIVABLES_AGEING,
     OUTCOME_MILESTONES, QC_RESULTS, TURNAROUND_STAGES, TURNAROUND, TURNAROUND_BY_SITE,
-    CASE_STATUS_MACRO, CASE_STATUS, OUTCOMES,
+    CASE_STATUS_MACRO, CASE_STATUS, OUTCOMES, CONSENTS,
 )
 VIEWS = tuple(v for v in MACROS_AND_VIEWS if isinstance(v, View))
 

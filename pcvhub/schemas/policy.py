@@ -9,14 +9,24 @@ it, and on which topic (and chain) it may stand.
 Who reads which column:
 
 - the gatekeeper's rules (``pcvhub.streams.rules``): R2 reads ``roles``, ``meaning``,
-  ``site_bound``, ``topic`` and ``registry``; R4 reads ``transition``; R7 reads ``consent``;
+  ``patient_meaning``, ``patient_scopes``, ``site_bound``, ``topic`` and ``registry``; R4
+  reads ``transition``; R5 reads ``patient_proof``; R7 reads ``consent`` (and
+  ``PATIENT_SIGNED_SCOPES``: which grants count for a scope);
 - the case fold (``pcvhub.streams.case``) and the projections' fold
   (``pcvhub.projections.projector``) both move a therapy's stage with :func:`advance`,
   which reads ``transition``;
 - the case-status view (``pcvhub.projections.views``) reads ``next_step_at``;
 - the log reader (``pcvhub.log.verify``) reads ``topic`` and ``roles`` for the side topics;
-- producers (the connectors, the demo, the trust floor's registry) read ``meaning`` and
-  ``registry``.
+- producers (the connectors, the demo, the trust floor's registry, the patient's card) read
+  ``meaning`` (``meaning_for``) and ``registry``.
+
+The patient signs with their own key (a card or wallet the hub never holds; see
+``pcvhub.trust.patient_card``): a clinician of the site binds that key to the therapy
+(``PatientCredentialIssued``), and from then on the consents that let the patient's data
+leave the treatment relationship (``PATIENT_SIGNED_SCOPES``) count only when that key signed
+them, or when a clinician witnessed them for a patient who could not sign
+(``ConsentWitnessed``, a distinct event type so that it is never mistaken for the patient's
+own signature).
 
 The two workers may not import each other, which is why the table and the fold live here,
 below both. An event type without a row is refused everywhere (fail closed).
@@ -42,6 +52,16 @@ class ConsentScope(StrEnum):
     GENOME_STORAGE = "GENOME_STORAGE"
     PAYER_SHARING = "PAYER_SHARING"
     RESEARCH = "RESEARCH"
+
+
+#: Scopes whose grant must be the patient's own signature (or a witnessed consent): each
+#: lets the patient's data leave the treatment relationship (stored for decades, shared with
+#: a payer, used for research). Treatment consent may also be the hospital's record of the
+#: signed paper form, entered by a clinician or the EMR's connector.
+PATIENT_SIGNED_SCOPES = frozenset({ConsentScope.GENOME_STORAGE, ConsentScope.PAYER_SHARING,
+                                   ConsentScope.RESEARCH})
+#: The role of a patient's own key (a card or wallet the hub never holds).
+PATIENT = "PATIENT"
 
 
 # -- the lifecycle fold -------------------------------------------------------------------
@@ -182,6 +202,16 @@ def unless_at_sample_receipt(payload: Mapping[str, Any]) -> bool:
     return bool(payload["step"] != "SAMPLE_RECEIPT")
 
 
+#: Whether an event must carry the patient's own proof of identity, judged on its payload.
+ProofDemand = Callable[[Mapping[str, Any]], bool]
+
+
+def a_bedside_match(payload: Mapping[str, Any]) -> bool:
+    """A bedside check that claims the patient is the right one must prove it with the
+    patient's card: a MATCH flag alone is only the nurse's (or a connector's) word."""
+    return bool(payload["step"] == "BEDSIDE" and payload["result"] == "MATCH")
+
+
 @dataclass(frozen=True)
 class EventPolicy:
     """The policy of one event type (see the module docstring for who reads what).
@@ -199,6 +229,12 @@ class EventPolicy:
     :param topic: the topic it stands on: the canonical log, or a side topic of the
         gatekeeper (never accepted from ingress).
     :param registry: it lives on the registry chain (actors and keys), and only there.
+    :param patient_meaning: the meaning the patient's own key signs it with, when a patient
+        signs it (None: ``meaning``); a patient signer must be this therapy's patient.
+    :param patient_scopes: payload scopes only the therapy's patient may sign (a clinician
+        witnesses instead with ``ConsentWitnessed``).
+    :param patient_proof: when set and true on the payload, the event must carry the
+        patient's card signature over a fresh challenge, or the named witnessed fallback.
     """
 
     event_type: str
@@ -210,6 +246,15 @@ class EventPolicy:
     next_step_at: tuple[tuple[Stage, str], ...] = ()
     topic: TopicRole = TopicRole.CANONICAL
     registry: bool = False
+    patient_meaning: SignatureMeaning | None = None
+    patient_scopes: frozenset[ConsentScope] = frozenset()
+    patient_proof: ProofDemand | None = None
+
+    def meaning_of(self, patient: bool) -> SignatureMeaning:
+        """The meaning this event is signed with, by the patient's key or by anyone else."""
+        if patient and self.patient_meaning is not None:
+            return self.patient_meaning
+        return self.meaning
 
     @property
     def gatekeeper_output(self) -> bool:
@@ -265,11 +310,24 @@ _ROWS: tuple[EventPolicy, ...] = (
     EventPolicy("EligibilityConfirmed",
                 roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
                 site_bound=at_the_site, transition=Transition(from_stage(S.ENROLLED))),
-    EventPolicy("ConsentGranted", roles(CLINICAL, "PATIENT", connector=True),
+    # a clinician hands the patient a card and witnesses that its key is the patient's
+    EventPolicy("PatientCredentialIssued", roles(CLINICAL), meaning=M.VERIFIED,
+                site_bound=at_the_site, transition=Transition(from_stage(S.ENROLLED))),
+    # the patient approves with their own key; treatment consent may also be the hospital's
+    # record of the paper form (AUTHORED by a clinician or the EMR's connector)
+    EventPolicy("ConsentGranted", roles(CLINICAL, PATIENT, connector=True),
+                patient_meaning=M.APPROVED, patient_scopes=PATIENT_SIGNED_SCOPES,
                 transition=Transition(from_stage(S.ENROLLED), S.CONSENTED,
                                       advance_if=_at(S.ENROLLED)),
                 next_step_at=((S.ENROLLED, "record treatment consent"),)),
-    EventPolicy("ConsentWithdrawn", roles(CLINICAL, "PATIENT", connector=True),
+    # the named fallback for a patient who cannot sign: a person of the site, never a
+    # connector, answers for it, and it stays visible as witnessed
+    EventPolicy("ConsentWitnessed", roles(CLINICAL), meaning=M.VERIFIED,
+                site_bound=at_the_site,
+                transition=Transition(from_stage(S.ENROLLED), S.CONSENTED,
+                                      advance_if=_at(S.ENROLLED))),
+    # withdrawing is always the safe direction: the patient alone suffices, at any stage
+    EventPolicy("ConsentWithdrawn", roles(CLINICAL, PATIENT, connector=True),
                 transition=Transition(from_stage(S.ENROLLED))),
     EventPolicy("DiagnosisRecorded", roles("PHYSICIAN", connector=True),
                 transition=Transition(from_stage(S.ENROLLED))),
@@ -349,7 +407,7 @@ _ROWS: tuple[EventPolicy, ...] = (
                               (S.FOLLOW_UP, "dispense the next dose"))),
     EventPolicy("IdentityVerified", roles(CLINICAL, PHARMACY, "SEQUENCING_LAB", connector=True),
                 meaning=M.VERIFIED, site_bound=unless_at_sample_receipt,
-                transition=Transition(from_stage(S.ENROLLED))),
+                patient_proof=a_bedside_match, transition=Transition(from_stage(S.ENROLLED))),
     EventPolicy("DoseAdministered", roles(CLINICAL, connector=True), site_bound=at_the_site,
                 consent=C.TREATMENT,
                 transition=Transition(_only(S.DISPENSED), S.ADMINISTERED),
@@ -365,7 +423,7 @@ _ROWS: tuple[EventPolicy, ...] = (
                                       requires="administered_before",
                                       advance_if=not_mid_dose),
                 next_step_at=((S.ADMINISTERED, "record the outcome"),)),
-    EventPolicy("AdverseEventReported", roles(CLINICAL, "PATIENT", connector=True),
+    EventPolicy("AdverseEventReported", roles(CLINICAL, PATIENT, connector=True),
                 transition=Transition(from_stage(S.ENROLLED))),
     EventPolicy("ResearchDataRequested", roles("RESEARCHER"), consent=C.RESEARCH,
                 transition=Transition(from_stage(S.ENROLLED))),
@@ -421,10 +479,11 @@ def policy_of(event_type: str) -> EventPolicy | None:
     return POLICY.get(event_type)
 
 
-def meaning_for(event_type: str) -> SignatureMeaning:
-    """The meaning a producer signs ``event_type`` (short name) with."""
+def meaning_for(event_type: str, *, patient: bool = False) -> SignatureMeaning:
+    """The meaning a producer (``patient``: the patient's own key) signs ``event_type``
+    (short name) with."""
     row = POLICY.get(event_type)
-    return row.meaning if row is not None else SignatureMeaning.AUTHORED
+    return row.meaning_of(patient) if row is not None else SignatureMeaning.AUTHORED
 
 
 def registry_event_types() -> frozenset[str]:

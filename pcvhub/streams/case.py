@@ -36,6 +36,12 @@ from pcvhub.schemas import codec
 from pcvhub.schemas.policy import LifecycleState, advance
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
+from pcvhub.trust.consent import (
+    ConsentRecord,
+    ConsentSigner,
+    ConsentWindow,
+    PatientCredential,
+)
 from pcvhub.trust.registry import REGISTRY_COI
 
 
@@ -69,21 +75,6 @@ FINAL_DOSE = frozenset({DoseStatus.ADMINISTERED, DoseStatus.DESTROYED})
 def to_us(value: Any) -> int | None:
     """Event-time microseconds from a decoded optional timestamp (None stays None)."""
     return None if value is None else codec.to_us(value)
-
-
-@dataclass
-class ConsentWindow:
-    """One grant of a scope: valid from ``granted_at_us`` until it expires or is withdrawn."""
-
-    granted_at_us: int
-    expires_at_us: int | None = None
-    withdrawn_at_us: int | None = None
-    granted_by_event: str = ""
-
-    def covers(self, at_us: int) -> bool:
-        return (self.granted_at_us <= at_us
-                and (self.expires_at_us is None or at_us < self.expires_at_us)
-                and (self.withdrawn_at_us is None or at_us < self.withdrawn_at_us))
 
 
 @dataclass
@@ -133,6 +124,8 @@ class IdentityCheck:
     occurred_at_us: int
     dose_id: str | None = None
     sample_id: str | None = None
+    proof_kind: str | None = None  # the patient's proof (PatientProofKind), if it carried one
+    administration_id: str | None = None  # the administration the proof's challenge was for
 
 
 @dataclass
@@ -182,7 +175,8 @@ class CaseState:
     site: str | None = None
     therapy_type: str | None = None
     eligible: bool | None = None  # the latest eligibility decision, if any
-    consents: dict[str, list[ConsentWindow]] = field(default_factory=dict)
+    #: the patient's bound card keys and every consent grant (``pcvhub.trust.consent``)
+    consent: ConsentRecord = field(default_factory=ConsentRecord)
     diagnosis: dict[str, Any] | None = None
     orders: set[str] = field(default_factory=set)
     sequencing_hashes: set[str] = field(default_factory=set)
@@ -197,6 +191,8 @@ class CaseState:
     administrations: dict[str, Administration] = field(default_factory=dict)  # by event id
     doses_administered: list[int] = field(default_factory=list)
     identity_checks: dict[str, IdentityCheck] = field(default_factory=dict)  # by event id
+    #: the bedside challenges the patient's card already answered (each is used once)
+    bedside_challenges: set[bytes] = field(default_factory=set)
     claims: dict[str, Claim] = field(default_factory=dict)
     milestones: set[tuple[str, str]] = field(default_factory=set)  # (agreement, milestone)
     research_requests: set[str] = field(default_factory=set)
@@ -220,14 +216,27 @@ class CaseState:
     def is_registry(self) -> bool:
         return self.coi == REGISTRY_COI
 
+    @property
+    def consents(self) -> dict[str, list[ConsentWindow]]:
+        """Every grant, by scope (``ConsentRecord.consents``)."""
+        return self.consent.consents
+
+    @property
+    def patient_credentials(self) -> dict[str, PatientCredential]:
+        """The patient's card keys a clinician bound to this therapy, by key id."""
+        return self.consent.patient_credentials
+
     def consent_covers(self, scope: str, at_us: int) -> bool:
-        return any(window.covers(at_us) for window in self.consents.get(scope, ()))
+        return self.consent.covers(scope, at_us)
+
+    def consent_signers(self, scope: str, at_us: int) -> frozenset[ConsentSigner]:
+        return self.consent.signers(scope, at_us)
 
     def consent_ended(self, scope: str, at_us: int) -> ConsentWindow | None:
-        """The latest grant of ``scope`` that began before ``at_us`` but no longer covers it."""
-        ended = [w for w in self.consents.get(scope, ())
-                 if w.granted_at_us <= at_us and not w.covers(at_us)]
-        return max(ended, key=lambda w: w.granted_at_us, default=None)
+        return self.consent.ended(scope, at_us)
+
+    def patient_credential(self, actor_id: str, key_id: str) -> PatientCredential | None:
+        return self.consent.patient_credential(actor_id, key_id)
 
     def doses_remaining(self) -> int:
         """Doses that may still go to the patient (released, not used, not quarantined)."""
@@ -316,15 +325,11 @@ def _eligibility(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     case.eligible = bool(p["eligible"])
 
 
-def _consent_granted(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    case.consents.setdefault(p["scope"], []).append(
-        ConsentWindow(e.occurred_at_us, to_us(p.get("expires_at")), None, e.event_id))
-
-
-def _consent_withdrawn(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    for window in case.consents.get(p["scope"], ()):
-        if window.withdrawn_at_us is None and window.granted_at_us <= e.occurred_at_us:
-            window.withdrawn_at_us = e.occurred_at_us
+def _consent(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    """Cards, grants and withdrawals: the trust floor's consent fold, shared with the
+    workers that judge the patient's consent tokens."""
+    case.consent.fold(e.event_type, p, e.event_id, e.occurred_at_us, e.producer,
+                      e.envelope.key_id)
 
 
 def _diagnosis(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -480,9 +485,13 @@ def _dispensed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
 
 
 def _identity(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    proof = p.get("patient_proof")
     case.identity_checks[e.event_id] = IdentityCheck(
         p["result"], p["step"], p["patient_hash"], e.occurred_at_us, p.get("dose_id"),
-        p.get("sample_id"))
+        p.get("sample_id"), None if proof is None else proof["kind"],
+        None if proof is None else proof["administration_id"])
+    if proof is not None:
+        case.bedside_challenges.add(bytes(proof["challenge"]))
 
 
 def _administered(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -551,8 +560,10 @@ def _alert_resolved(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None
 _HANDLERS: dict[str, Handler] = {
     "PatientEnrolled": _enrolled,
     "EligibilityConfirmed": _eligibility,
-    "ConsentGranted": _consent_granted,
-    "ConsentWithdrawn": _consent_withdrawn,
+    "PatientCredentialIssued": _consent,
+    "ConsentGranted": _consent,
+    "ConsentWitnessed": _consent,
+    "ConsentWithdrawn": _consent,
     "DiagnosisRecorded": _diagnosis,
     "TherapyOrdered": _ordered,
     "AdministrationScheduled": _scheduled,

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pcvhub.schemas.policy import POLICY, EventPolicy
+from pcvhub.schemas import codec
+from pcvhub.schemas.policy import PATIENT, POLICY, EventPolicy
 from pcvhub.streams.case import (
     FINAL_DOSE,
     PRECONDITIONS,
@@ -30,6 +31,12 @@ from pcvhub.streams.case import (
 )
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.verdict import AllOf, Verdict
+from pcvhub.trust.patient_card import (
+    CHALLENGE_MAX_BYTES,
+    CHALLENGE_MIN_BYTES,
+    CHALLENGE_TTL_US,
+    verify_bedside_answer,
+)
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
 
 ACCEPT = Verdict.accept()
@@ -171,7 +178,24 @@ class RoleAllowed:
                 f"{', '.join(sorted(held)) or 'none'}; only {', '.join(sorted(allowed))} may "
                 "emit it; have an actor with one of those roles sign it",
             )
-        meaning = row.meaning
+        # a signer counts as the patient when PATIENT is the only role letting it sign this
+        as_patient = PATIENT in held and not (allowed & held) - {PATIENT}
+        if as_patient and not on_registry:
+            refused = self._not_this_patient(event, case)
+            if refused is not None:
+                return refused
+        scope = event.payload.get("scope")
+        if scope in row.patient_scopes and not as_patient:
+            return Verdict.refuse(
+                self.name, "PATIENT_SIGNATURE_REQUIRED",
+                f"event {event.event_id} ({kind}) grants {scope} consent for therapy "
+                f"{event.coi}, but it is signed by {event.producer} (roles "
+                f"{', '.join(sorted(held))}), not by the patient's own card key; only the "
+                f"patient may let their data go to {scope}: have the patient sign it with "
+                "their card, or, if the patient cannot sign, a clinician of the site records "
+                "it as witnessed (ConsentWitnessed, with the reason)",
+            )
+        meaning = row.meaning_of(as_patient)
         if event.envelope.meaning != meaning:
             return Verdict.refuse(
                 self.name, "WRONG_SIGNATURE_MEANING",
@@ -191,6 +215,20 @@ class RoleAllowed:
                     f"{site or 'unknown'}; only staff of that site may do this step",
                 )
         return ACCEPT
+
+    def _not_this_patient(self, event: InboundEvent, case: CaseState) -> Verdict | None:
+        """A patient's key signs only for the therapy a clinician bound it to."""
+        if case.patient_credential(event.producer, event.envelope.key_id) is not None:
+            return None
+        bound = sorted(c.key_id for c in case.patient_credentials.values())
+        return Verdict.refuse(
+            self.name, "PATIENT_NOT_OF_THIS_THERAPY",
+            f"event {event.event_id} ({event.event_type}) is signed by patient "
+            f"{event.producer} with card key {event.envelope.key_id}, which no clinician bound "
+            f"to the patient of therapy {event.coi} (its bound card keys: "
+            f"{', '.join(bound) or 'none yet'}); a patient signs only their own therapy's "
+            "events: sign with the card issued for this therapy (PatientCredentialIssued)",
+        )
 
 
 # -- R4 lifecycle ------------------------------------------------------------------------
@@ -279,9 +317,15 @@ def _same_site(event: InboundEvent, case: CaseState, *, alert: bool) -> Verdict:
 
 class ChainOfIdentity:
     """R5: sample -> sequencing -> design -> batch -> dose -> patient -> claim all belong to
-    this therapy, and the patient at the bedside is the enrolled one."""
+    this therapy, and the patient at the bedside is the enrolled one: proven by the
+    patient's own card key (read from the live ``KeyRegistry``), not by a MATCH flag."""
 
     name = "R5"
+
+    def __init__(self, registry: KeyRegistry,
+                 policy: Mapping[str, EventPolicy] = POLICY) -> None:
+        self.registry = registry
+        self.policy = policy
 
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
         check = self._checks.get(event.event_type)
@@ -482,6 +526,12 @@ class ChainOfIdentity:
             return refused
         problem = self._matching_check(event, case, frozenset({"BEDSIDE"}))
         ref = event.payload["identity_check_event_id"]
+        check = case.identity_checks.get(ref)
+        if problem is None and check is not None and check.administration_id not in (
+                None, event.payload["administration_id"]):
+            problem = (f"names identity check {ref}, whose patient's card answered the "
+                       f"challenge of administration {check.administration_id}, not of "
+                       f"{event.payload['administration_id']}")
         if problem is None and ref in case.used_identity_checks():
             problem = (f"names identity check {ref}, which already cleared an earlier "
                        "administration; every administration needs its own bedside check")
@@ -500,10 +550,126 @@ class ChainOfIdentity:
                 "patient's identity again",
                 alert=True,
             )
+        row = self.policy.get(event.event_type)
+        demanded = row is not None and row.patient_proof is not None and row.patient_proof(p)
+        # a proof that is carried is verified even where none is demanded: the case records
+        # its kind, and nothing unverified may read as the patient's answer
+        if demanded or p.get("patient_proof") is not None:
+            problem = self._proof_problem(event, case)
+            if problem is not None:
+                code, why, remedy = problem
+                return Verdict.refuse(
+                    self.name, code,
+                    f"identity check {event.event_id} at step {p['step']} of therapy "
+                    f"{event.coi} reports {p['result']}, but {why}; do not dispense or "
+                    f"administer: {remedy}",
+                    alert=True,
+                )
         if p.get("dose_id") is not None:
             return _own_dose(event, case, alert=True)
         if p.get("sample_id") is not None:
             return self._sample(p["sample_id"], event, case)
+        return ACCEPT
+
+    def _proof_problem(self, event: InboundEvent, case: CaseState
+                       ) -> tuple[str, str, str] | None:
+        """(code, what is wrong, what to do) with the patient's proof of a bedside MATCH."""
+        p = event.payload
+        proof = p.get("patient_proof")
+        again = "issue a fresh challenge and have the patient's own card answer it"
+        if proof is None:
+            return ("IDENTITY_UNPROVEN", "it carries no proof from the patient (a MATCH flag "
+                    "is only the signer's word)", again + ", or record the witnessed "
+                    "fallback (WITNESSED_NO_CARD) with its reason")
+        dose_id = p.get("dose_id")
+        if dose_id is None:
+            return ("IDENTITY_UNPROVEN", "it names no dose, so the challenge is bound to none",
+                    "check the patient against the dose about to be given")
+        # the administration that names this check must be the one the challenge was for
+        administration = proof["administration_id"]
+        reserved = case.doses.get(dose_id)
+        if reserved is not None and reserved.reserved_for not in (None, administration):
+            return ("BEDSIDE_CHALLENGE_WRONG_ADMINISTRATION", f"its challenge was issued for "
+                    f"administration {administration}, but dose {dose_id} is reserved for "
+                    f"administration {reserved.reserved_for}", again + " for this dose")
+        challenge = bytes(proof["challenge"])
+        if not CHALLENGE_MIN_BYTES <= len(challenge) <= CHALLENGE_MAX_BYTES:
+            return ("BEDSIDE_CHALLENGE_INVALID", f"its challenge is {len(challenge)} bytes, "
+                    f"not {CHALLENGE_MIN_BYTES} to {CHALLENGE_MAX_BYTES} random bytes", again)
+        if challenge in case.bedside_challenges:
+            return ("BEDSIDE_CHALLENGE_REPLAYED", f"its challenge {challenge.hex()[:16]}... "
+                    "was already answered at an earlier check of this therapy: a recorded "
+                    "answer is being replayed", again)
+        issued = codec.to_us(proof["challenge_issued_at"])
+        age = event.occurred_at_us - issued
+        if not 0 <= age <= CHALLENGE_TTL_US:
+            return ("BEDSIDE_CHALLENGE_STALE", f"its challenge was issued at {issued} µs, "
+                    f"{age} µs from the check; a challenge is answered within "
+                    f"{CHALLENGE_TTL_US // 1_000_000} s after it is issued", again)
+        if proof["kind"] == "WITNESSED_NO_CARD":
+            if not (proof.get("witness_reason") or "").strip():
+                return ("IDENTITY_UNPROVEN", "it is witnessed without a card but says neither "
+                        "why the card could not be used nor how identity was established",
+                        "state the reason and the means in witness_reason")
+            return None
+        if proof["kind"] not in ("CARD_SIGNATURE", "CARD_BIOMETRIC_MATCH"):
+            return ("IDENTITY_UNPROVEN", f"its proof is of kind {proof['kind']}, which the "
+                    "hub cannot verify", again)
+        actor, key_id = proof.get("patient_actor_id") or "", proof.get("key_id") or ""
+        credential = case.patient_credential(actor, key_id)
+        if credential is None:
+            return ("PATIENT_CARD_NOT_OF_THIS_THERAPY", f"the card that answered ({actor} key "
+                    f"{key_id}) is not the card a clinician bound to this therapy's patient: "
+                    "it may be another patient's card", "find the patient this dose belongs "
+                    "to, and check them with their own card")
+        key_problem = self.registry.key_problem(actor, key_id, event.occurred_at_us)
+        if key_problem is not None:
+            return ("PATIENT_KEY_INVALID", f"the card's key cannot sign now: {key_problem[1]}",
+                    "a lost card is replaced through the registrar and a witnessing "
+                    "clinician (KeyRotated, PatientCredentialIssued); until then use the "
+                    "witnessed fallback")
+        if proof["kind"] == "CARD_BIOMETRIC_MATCH" and (
+                proof.get("biometric_template_hash") != credential.biometric_template_hash):
+            return ("BIOMETRIC_TEMPLATE_MISMATCH", f"the card matched the live biometric against "
+                    f"template {_short(proof.get('biometric_template_hash') or 'none')}, not "
+                    f"the template enrolled with card {credential.card_id} "
+                    f"({_short(credential.biometric_template_hash or 'none')})", again)
+        record = self.registry.keys[(actor, key_id)]
+        verification = verify_bedside_answer(event.coi, dose_id, proof, record.public)
+        if not verification.ok:
+            return ("PATIENT_PROOF_INVALID", f"{verification}: the answer is not this card's "
+                    f"signature over this therapy's challenge for dose {dose_id}", again)
+        return None
+
+    def _credential(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """A card is bound only to the enrolled patient, and only a PATIENT key that the
+        registrar registered (and that is valid now) can be bound."""
+        p = event.payload
+        actor, key_id = p["patient_actor_id"], p["key_id"]
+        if p["patient_hash"] != case.patient_hash:
+            return Verdict.refuse(
+                self.name, "IDENTITY_MISMATCH",
+                f"event {event.event_id} hands card {p['card_id']} to patient "
+                f"{_short(p['patient_hash'])}, but the patient enrolled in {event.coi} is "
+                f"{_short(case.patient_hash or 'unknown')}; give the card to the enrolled "
+                "patient, checked against the wristband",
+                alert=True,
+            )
+        if self.registry.roles_of(actor) != {PATIENT}:
+            return Verdict.refuse(
+                self.name, "NOT_A_PATIENT_KEY",
+                f"event {event.event_id} binds key {key_id} of {actor} to the patient of "
+                f"{event.coi}, but that actor holds roles "
+                f"{', '.join(sorted(self.registry.roles_of(actor))) or 'none'}, not PATIENT "
+                "alone; the registrar registers the card's key as a PATIENT actor first",
+            )
+        problem = self.registry.key_problem(actor, key_id, event.occurred_at_us)
+        if problem is not None:
+            return Verdict.refuse(
+                self.name, "NOT_A_PATIENT_KEY",
+                f"event {event.event_id} binds card key {key_id} to the patient of "
+                f"{event.coi}, but {problem[1]}; register (or re-issue) the card first",
+            )
         return ACCEPT
 
     def _dose_record(self, event: InboundEvent, case: CaseState) -> Verdict:
@@ -580,6 +746,7 @@ class ChainOfIdentity:
         "DoseReserved": _reservation,
         "DoseDispensed": _dispense,
         "IdentityVerified": _identity,
+        "PatientCredentialIssued": _credential,
         "DoseAdministered": _administration,
         "DoseDestroyed": _dose_record,
         "DoseExpired": _dose_record,
@@ -861,7 +1028,8 @@ class Custody:
 
 class Consent:
     """R7: the consent scope an event needs (the ``consent`` column of the policy table)
-    holds at its occurred-at."""
+    holds at its occurred-at; for the scopes of ``PATIENT_SIGNED_SCOPES`` only a grant the
+    patient signed with their card, or a witnessed one, counts (``CaseState.grants``)."""
 
     name = "R7"
 
@@ -892,6 +1060,14 @@ class Consent:
                 f"expired at {ended.expires_at_us} µs for therapy {event.coi} (the event "
                 f"occurred at {at} µs); record a renewed consent first",
             )
+        if any(w.covers(at) for w in case.consents.get(scope, ())):
+            return Verdict.refuse(
+                self.name, "CONSENT_NOT_SIGNED_BY_PATIENT",
+                f"event {event.event_id} ({event.event_type}) needs {scope} consent; therapy "
+                f"{event.coi} holds only a grant the hospital recorded, which does not count "
+                f"for {scope}: the patient signs it with their card, or a clinician records "
+                "it as witnessed (ConsentWitnessed)",
+            )
         return Verdict.refuse(
             self.name, "CONSENT_MISSING",
             f"event {event.event_id} ({event.event_type}) needs {scope} consent, which therapy "
@@ -911,7 +1087,7 @@ def default_rules(registry: KeyRegistry) -> AllOf:
         HashChain(),
         RoleAllowed(registry),
         Lifecycle(),
-        ChainOfIdentity(),
+        ChainOfIdentity(registry),
         Custody(),
         Consent(),
     ])

@@ -18,6 +18,8 @@ from pcvhub.schemas.envelope import Envelope
 EVENT_CONTEXT = b"pcvhub/event-signature/v1\x00"
 BATCH_CONTEXT = b"pcvhub/batch-root-signature/v1\x00"
 CHAIN_CONTEXT = b"pcvhub/chain-link/v1\x00"
+BEDSIDE_CONTEXT = b"pcvhub/bedside-challenge/v1\x00"
+CONSENT_TOKEN_CONTEXT = b"pcvhub/consent-token/v1\x00"
 # ML-DSA takes a context string (FIPS 204 section 5.2); Ed25519 in `cryptography` does not,
 # so the domain separation above also lives inside the message for both halves.
 ML_DSA_CONTEXT = b"pcvhub"
@@ -55,3 +57,24 @@ def chain_digest(env: Envelope) -> bytes:
     drafts before the batch is signed.
     """
     return hashlib.sha256(CHAIN_CONTEXT + signing_bytes(env)).digest()
+
+
+def bedside_challenge_bytes(coi: str, patient_actor_id: str, key_id: str, dose_id: str,
+                            administration_id: str, challenge: bytes, issued_at_us: int,
+                            biometric_template_hash: str | None) -> bytes:
+    """What a patient's card signs at the bedside: the fresh challenge bound to this therapy,
+    dose and administration (and, after a match-on-card, the enrolled template's hash), so
+    an answer cannot be replayed for another dose, another therapy or another patient."""
+    parts = [coi.encode(), patient_actor_id.encode(), key_id.encode(), dose_id.encode(),
+             administration_id.encode(), challenge, struct.pack(">q", issued_at_us),
+             (biometric_template_hash or "").encode()]
+    return BEDSIDE_CONTEXT + b"".join(_item(p) for p in parts)
+
+
+def consent_token_bytes(coi: str, patient_actor_id: str, key_id: str, purpose: str,
+                        requester: str, expires_at_us: int, nonce: bytes) -> bytes:
+    """What a patient's card signs to let ``requester`` use their data once for
+    ``purpose`` (a vault restore, for example) until ``expires_at_us``."""
+    parts = [coi.encode(), patient_actor_id.encode(), key_id.encode(), purpose.encode(),
+             requester.encode(), struct.pack(">q", expires_at_us), nonce]
+    return CONSENT_TOKEN_CONTEXT + b"".join(_item(p) for p in parts)

@@ -71,8 +71,13 @@ class KeyStore:
         return self.root / actor_id / f"{key_id}.json"
 
     def create(self, actor_id: str, created_at: str, key_id: str | None = None) -> EventSigner:
-        key_id = key_id or new_key_id(actor_id)
-        keys = HybridKeyPair.generate()
+        signer = EventSigner(actor_id, key_id or new_key_id(actor_id), HybridKeyPair.generate())
+        self.store(signer, created_at)
+        return signer
+
+    def store(self, signer: EventSigner, created_at: str) -> Path:
+        """Seal an existing key pair into its file (a patient's card written to the wallet)."""
+        actor_id, key_id, keys = signer.producer, signer.key_id, signer.keys
         salt, nonce = os.urandom(16), os.urandom(12)
         ed_seed, pq_seed = keys.seeds()
         sealed = AESGCM(_kek(self._passphrase, salt)).encrypt(
@@ -90,7 +95,7 @@ class KeyStore:
         tmp.write_text(json.dumps(record, indent=1))
         tmp.chmod(0o600)
         tmp.replace(path)
-        return EventSigner(actor_id, key_id, keys)
+        return path
 
     def _record(self, actor_id: str, key_id: str) -> dict:
         path = self._path(actor_id, key_id)

@@ -161,3 +161,14 @@ def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
     failed = _halves_failing(message, sig.ed25519, sig.ml_dsa_65, keys.ed25519, keys.ml_dsa_65)
     return Verification(tuple(f"{who}: {half} signature does not verify over {covered}"
                               for half in failed), "SIGNATURE_INVALID" if failed else "OK")
+
+
+def verify_detached(message: bytes, signature: HybridSignature, keys: PublicKeys,
+                    what: str) -> Verification:
+    """Check both halves of a hybrid signature over ``message`` that is not an envelope (a
+    patient card's answer to a bedside challenge, a consent token); ``what`` names it in
+    the failures. The bytes must carry their own domain context (``canonical``)."""
+    failed = _halves_failing(message, signature.ed25519, signature.ml_dsa_65, keys.ed25519,
+                             keys.ml_dsa_65)
+    return Verification(tuple(f"{what}: {half} signature does not verify" for half in failed),
+                        "SIGNATURE_INVALID" if failed else "OK")

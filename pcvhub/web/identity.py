@@ -40,7 +40,8 @@ LINK_OF_EVENT: dict[str, str] = {
     "ShipmentDispatched": "batch", "ShipmentReceived": "batch",
     "InventoryPlaced": "dose", "DoseReserved": "dose", "DoseDispensed": "dose",
     "TemperatureExcursion": "dose", "DoseExpired": "dose", "DoseDestroyed": "dose",
-    "IdentityVerified": "patient", "DoseAdministered": "patient",
+    "PatientCredentialIssued": "patient", "IdentityVerified": "patient",
+    "DoseAdministered": "patient",
 }
 
 #: steps that take a dose out of use: shown as warnings on the chain

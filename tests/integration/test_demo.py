@@ -30,7 +30,7 @@ REFUSED_FOR = {
     "DOSE_QUARANTINED",  # excursion, then dispense
     "DESIGN_ALTERED_AFTER_APPROVAL",  # the MES batch names another design hash
     "CLAIM_WITHOUT_ADMINISTRATION",  # a claim for a dose never given
-    "IDENTITY_MISMATCH",  # the bedside scan of another patient's wristband
+    "PATIENT_CARD_NOT_OF_THIS_THERAPY",  # another patient's card answers the bedside check
     "HL7_UNKNOWN_PATIENT",  # the MLLP listener's AE for that administration: no MATCH scan
     "UNREGISTERED_KEY",  # a sequencing result signed by an unregistered actor
 }
@@ -71,7 +71,7 @@ def test_every_therapy_completes_and_the_demo_exits_0(demo):
     ("temperature excursion, then an attempt to dispense", "DOSE_QUARANTINED"),
     ("design altered after approval", "DESIGN_ALTERED_AFTER_APPROVAL"),
     ("claim for a dose never given", "CLAIM_WITHOUT_ADMINISTRATION"),
-    ("dose scanned for the wrong patient", "IDENTITY_MISMATCH"),
+    ("dose scanned for the wrong patient", "PATIENT_CARD_NOT_OF_THIS_THERAPY"),
     ("dose scanned for the wrong patient", "ACK AE: no bedside identity check"),
     ("message from an unregistered signer", "UNREGISTERED_KEY"),
     ("duplicate HL7 message", "already applied, not applied again"),
@@ -93,7 +93,8 @@ def test_nothing_valid_is_refused(demo):
     # of the stalled referral: no valid therapy ran past a deadline
     alerts = demo.query("SELECT rule, code, status FROM alerts ORDER BY code")
     assert alerts == [("R5", "DESIGN_ALTERED_AFTER_APPROVAL", "OPEN"),
-                      ("R6", "DOSE_QUARANTINED", "RESOLVED"), ("R5", "IDENTITY_MISMATCH", "OPEN"),
+                      ("R6", "DOSE_QUARANTINED", "RESOLVED"),
+                      ("R5", "PATIENT_CARD_NOT_OF_THIS_THERAPY", "OPEN"),
                       ("TIMER", "TAT_SAMPLE_TO_DESIGN", "OPEN")]
     # the quarantine alert has an owner and a signed resolution, on the therapy's chain
     [owned] = demo.query("SELECT acknowledged_by, resolved_by, resolution FROM alerts "
@@ -150,3 +151,21 @@ def test_the_attacker_is_refused_by_the_broker(demo):
     assert len(rows) == 2 and all("✔" in r and "Topic authorization failed" in r
                                   for r in rows), rows
     assert any(".events" in r for r in rows) and any(".ingress.payer" in r for r in rows)
+
+
+def test_every_patient_has_a_wallet_and_signs_the_data_consents_with_it(demo):
+    wallets = sorted(p.name for p in (demo.data_dir / "runs").glob("*/wallets/*"))
+    assert len(wallets) == 4, wallets  # three patients and the stalled referral
+    signers = demo.query("SELECT scope, signed_by, count(*) FROM consents "
+                         "GROUP BY scope, signed_by ORDER BY scope, signed_by")
+    by_scope = {(scope, signed_by): n for scope, signed_by, n in signers}
+    assert by_scope[("GENOME_STORAGE", "PATIENT")] == 4
+    assert by_scope[("PAYER_SHARING", "PATIENT")] == 4
+    assert by_scope[("TREATMENT", "HOSPITAL")] == 4  # the EMR's record of the paper form
+    assert not {k for k in by_scope if k[0] != "TREATMENT" and k[1] != "PATIENT"}
+    bound = demo.query("SELECT count(DISTINCT coi) FROM log.patient_credential_issued "
+                       "WHERE log_topic = 'events'")
+    assert bound == [(4,)]
+    assert "patients' cards bound at enrolment: 4" in demo.text
+    signed = sum(n for (scope, signed_by), n in by_scope.items() if signed_by == "PATIENT")
+    assert f"consents signed by the patient's own card: {signed}," in demo.text

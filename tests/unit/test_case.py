@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import pytest
-
 from pcvhub.streams.case import CaseState, DoseStatus, Stage
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
 
 from .therapy_builder import Hub, TherapyScenario
-
-
-@pytest.fixture
-def hub() -> Hub:
-    return Hub()
-
-
-@pytest.fixture
-def scenario(hub: Hub) -> TherapyScenario:
-    return TherapyScenario(hub)
 
 
 def test_a_new_case_is_empty() -> None:

@@ -25,7 +25,9 @@ NAMESPACE = "pcvhub.events"
 EVENT_TYPES = (
     "PatientEnrolled",
     "ConsentGranted",
+    "ConsentWitnessed",
     "ConsentWithdrawn",
+    "PatientCredentialIssued",
     "IdentityVerified",
     "TherapyOrdered",
     "DiagnosisRecorded",
@@ -150,8 +152,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 44
-    assert len(set(EVENT_TYPES)) == 44
+    assert len(EVENT_TYPES) == 46
+    assert len(set(EVENT_TYPES)) == 46
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

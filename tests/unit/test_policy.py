@@ -15,6 +15,7 @@ import pytest
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.envelope import SignatureMeaning
 from pcvhub.schemas.policy import (
+    PATIENT_SIGNED_SCOPES,
     POLICY,
     ConsentScope,
     DuplicatePolicyRow,
@@ -23,9 +24,10 @@ from pcvhub.schemas.policy import (
     policy_table,
 )
 from pcvhub.schemas.stages import Stage
-from pcvhub.streams.case import PRECONDITIONS, CaseState, ConsentWindow
+from pcvhub.streams.case import PRECONDITIONS, CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.rules import Consent, Lifecycle, RoleAllowed
+from pcvhub.trust.consent import ConsentSigner, ConsentWindow, PatientCredential
 from pcvhub.trust.registry import REGISTRY_COI
 
 from .avro_samples import sample
@@ -57,7 +59,7 @@ def ids(rows: list[EventPolicy]) -> list[str]:
 
 def test_every_catalog_event_type_has_exactly_one_row() -> None:
     types = sorted(CATALOG.short_name(t) for t in CATALOG.event_types())
-    assert len(types) == 44
+    assert len(types) == 46
     assert sorted(POLICY) == types
     assert all(key == row.event_type for key, row in POLICY.items())
 
@@ -140,9 +142,13 @@ class Signers:
                 f"far-{row.event_type}", row.roles, ELSEWHERE)
 
     def event(self, row: EventPolicy, by: Party, *, meaning: SignatureMeaning | None = None,
-              coi: str | None = None) -> InboundEvent:
+              coi: str | None = None, scope: str | None = None) -> InboundEvent:
         payload: dict[str, Any] = sample(CATALOG.schema(row.event_type).raw,
                                          random.Random(row.event_type))
+        if row.patient_scopes:
+            # the generic tests judge a scope anyone allowed may sign; the patient's own
+            # scopes have their test below
+            payload["scope"] = scope or "TREATMENT"
         chain = coi or (REGISTRY_COI if row.registry else THERAPY)
         issued = by.issuer.issue(row.event_type, chain, payload, occurred_at_us=T0_US,
                                  prev_hash=b"", meaning=meaning or row.meaning)
@@ -235,5 +241,50 @@ def test_r7_refuses_the_event_without_the_consent_its_row_names(
             others.consents[scope] = [ConsentWindow(granted_at_us=0)]
     assert not rule.check(event, others).accepted  # only its own scope covers it
     consented = case_for(event)
-    consented.consents[row.consent] = [ConsentWindow(granted_at_us=0)]
+    consented.consents[row.consent] = [ConsentWindow(granted_at_us=0,
+                                                     signed_by=ConsentSigner.PATIENT)]
     assert rule.check(event, consented).accepted
+    witnessed = case_for(event)
+    witnessed.consents[row.consent] = [ConsentWindow(granted_at_us=0,
+                                                     signed_by=ConsentSigner.WITNESSED)]
+    assert rule.check(event, witnessed).accepted
+    recorded = case_for(event)  # the hospital's record of a paper form
+    recorded.consents[row.consent] = [ConsentWindow(granted_at_us=0)]
+    verdict = rule.check(event, recorded)
+    if row.consent in PATIENT_SIGNED_SCOPES:
+        assert (verdict.rule, verdict.code) == ("R7", "CONSENT_NOT_SIGNED_BY_PATIENT"), verdict
+    else:
+        assert verdict.accepted, verdict
+
+
+PATIENT_ROWS = [r for r in ROWS if r.patient_scopes]
+
+
+@pytest.mark.parametrize("row", PATIENT_ROWS, ids=ids(PATIENT_ROWS))
+def test_r2_lets_only_the_therapys_own_patient_sign_the_patient_scopes(
+        row: EventPolicy, signers: Signers) -> None:
+    rule = RoleAllowed(signers.hub.registry)
+    patient = signers.hub.register(f"patient-{row.event_type}", {"PATIENT"}, SITE)
+    staff = signers.allowed[row.event_type]
+    bound = case_for(signers.event(row, patient))
+    bound.patient_credentials[patient.key_id] = PatientCredential(
+        patient.actor_id, patient.key_id, "CARD-1", None, 0, staff.actor_id, "")
+    for scope in ConsentScope:
+        own = signers.event(row, patient, meaning=row.meaning_of(True), scope=scope)
+        assert rule.check(own, bound).accepted, scope
+        # the patient's key of another therapy: nobody bound it to this one
+        verdict = rule.check(own, case_for(own))
+        assert (verdict.rule, verdict.code) == ("R2", "PATIENT_NOT_OF_THIS_THERAPY"), verdict
+        assert patient.key_id in verdict.reason
+        # a clinician signing consent as if it were the patient's
+        for meaning in {row.meaning, row.meaning_of(True)}:
+            as_if = signers.event(row, staff, meaning=meaning, scope=scope)
+            verdict = rule.check(as_if, bound)
+            if scope in row.patient_scopes:
+                assert (verdict.rule, verdict.code) == ("R2", "PATIENT_SIGNATURE_REQUIRED"), \
+                    verdict
+                assert scope in verdict.reason and "ConsentWitnessed" in verdict.reason
+            elif meaning is row.meaning:
+                assert verdict.accepted, verdict
+            else:
+                assert (verdict.rule, verdict.code) == ("R2", "WRONG_SIGNATURE_MEANING")

@@ -96,7 +96,6 @@ class ScriptedLog:
 
     hub: Hub
     gatekeeper: EventSigner
-    registrations: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, wire)
     ingress: list[tuple[bytes, bytes]] = field(default_factory=list)  # after registrations
     coi_a: str = ""
     coi_b: str = ""
@@ -108,6 +107,12 @@ class ScriptedLog:
     garbage: bytes = b""
     accepted: list[str] = field(default_factory=list)  # event ids, in send order
     therapies: dict[str, TherapyScenario] = field(default_factory=dict)  # "A", "B", "C"
+
+    @property
+    def registrations(self) -> list[tuple[bytes, bytes]]:
+        """(key, wire) of every registry event the hub admitted, the patients' cards of
+        therapies added later included: all are sent before any therapy event."""
+        return [(e.coi.encode(), e.raw) for e in self.hub.registry_log]
 
     def send(self, event: InboundEvent) -> None:
         self.ingress.append((event.coi.encode(), event.raw))
@@ -161,7 +166,6 @@ def scripted_log(hub: Hub | None = None, gatekeeper: EventSigner | None = None) 
                          for name in HOSPITAL_ROLES},
              "payer": hub.register("payer-kenpo", {"PAYER"}, "KENPO")}
     log = ScriptedLog(hub, gatekeeper)
-    log.registrations = [(e.coi.encode(), e.raw) for e in hub.registry_log]
 
     # B and C first: A's late dose moves event time on, which would make B's and C's
     # timers fire if they shared A's partition and came after it.
@@ -257,18 +261,19 @@ def signed_cohort(hub: Hub, cast: dict[str, Party], events: int, *, batch: int =
     inclusion path costs O(batch) per event), interleaved across therapies as if they
     arrived from many sites (each therapy's own order kept)."""
     therapies: list[list[Envelope]] = []
+    issuers = {party.actor_id: party.issuer for party in cast.values()}
     total = 0
     while total < events:
         scenario = DraftingScenario(hub, cast=cast, patient_hash=f"{len(therapies):064x}")
         scenario.full_therapy()
         therapies.append(scenario.drafts)
+        issuers[scenario.patient.actor_id] = scenario.patient.issuer
         total += len(scenario.drafts)
     by_signer: dict[str, list[Envelope]] = {}
     for drafts in therapies:
         for draft in drafts:
             by_signer.setdefault(draft.producer, []).append(draft)
     signed: dict[str, IssuedEvent] = {}
-    issuers = {party.actor_id: party.issuer for party in cast.values()}
     for producer, drafts in by_signer.items():
         for start in range(0, len(drafts), batch):
             for issued in issuers[producer].issue_batch(drafts[start:start + batch]):

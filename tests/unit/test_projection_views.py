@@ -23,8 +23,14 @@ from pcvhub.schemas.stages import Stage
 from pcvhub.streams.case import CaseState, DoseStatus
 from pcvhub.trust.canonical import chain_digest
 
-from .test_projection_scenario import ScriptedLog, project, scripted_log
-from .therapy_builder import T0_US, TherapyScenario
+from .test_projection_scenario import (
+    ScriptedLog,
+    anchor_of,
+    canonical_records,
+    project,
+    scripted_log,
+)
+from .therapy_builder import T0_US, Hub, TherapyScenario
 
 T0 = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=T0_US)
 BEFORE_EXPIRY = T0 + timedelta(days=10)  # doses expire 90 days after release
@@ -63,11 +69,16 @@ def test_the_audit_lists_every_accepted_event_of_a_therapy_in_chain_order(
     assert [r["chain_seq"] for r in events] == list(range(1, len(a.log) + 1))
     assert [r["chain_link"] for r in events] == ["GENESIS"] + ["LINKED"] * (len(a.log) - 1)
     assert {r["verification"] for r in events} == {"VERIFIED"}
+    signers = [*a.actors.values(), a.patient]
     for row, event in zip(events, a.log, strict=True):  # who signed it: actor, role, site, key
-        party = next(p for p in a.actors.values() if p.actor_id == event.producer)
+        party = next(p for p in signers if p.actor_id == event.producer)
         assert (row["actor"], row["key_id"], row["actor_site"]) == (
             party.actor_id, party.key_id, party.site)
         assert set(row["actor_roles"]) == set(party.roles)
+    # the patient's own consents read as such: the patient's card, an approval
+    consents = [r for r in events if r["event_type"] == "ConsentGranted"]
+    assert consents and {(tuple(r["actor_roles"]), r["meaning"]) for r in consents} == {
+        (("PATIENT",), "APPROVED")}
 
 
 def test_the_audit_places_refusals_and_alerts_after_the_event_before_them(
@@ -352,3 +363,44 @@ def test_a_view_whose_columns_differ_from_its_documentation_is_refused() -> None
     with pytest.raises(views.ViewDocumentationError, match="wrong"):
         views.install(memory, [wrong])
     memory.close()
+
+
+# -- consents ---------------------------------------------------------------------------------
+
+def test_the_consents_view_shows_whose_signature_each_grant_carries(
+        scripted: ScriptedLog, db: duckdb.DuckDBPyConnection) -> None:
+    a = scripted.therapies["A"]
+    grants = rows(db, "SELECT * FROM consents WHERE coi = ? ORDER BY granted_at", a.coi)
+    assert [g["scope"] for g in grants] == ["TREATMENT", "GENOME_STORAGE", "PAYER_SHARING",
+                                            "RESEARCH"]
+    assert {(g["signed_by"], g["signer"]) for g in grants} == {
+        ("PATIENT", a.card.patient_actor_id)}
+    assert all(g["withdrawn_at"] is None for g in grants)
+
+
+def test_the_consents_view_marks_witnessed_and_hospital_recorded_grants(
+        tmp_path: Path) -> None:
+    hub = Hub()
+    therapy = TherapyScenario(hub)
+    therapy.run_until("issue_card")
+    therapy.accept(therapy.consent("TREATMENT", by="physician"))  # the EMR's paper form
+    therapy.accept(therapy.witnessed_consent("RESEARCH", why="LEGAL_REPRESENTATIVE"))
+    therapy.accept(therapy.consent("GENOME_STORAGE"))
+    withdrawal = therapy.accept(therapy.withdraw("RESEARCH"))
+    log = [(e.coi.encode(), e.raw) for e in (*hub.registry_log, *therapy.log)]
+    project(tmp_path / "hub.duckdb", list(canonical_records(log)), anchor_of(hub))
+    con = connect(tmp_path / "hub.duckdb", read_only=True)
+    try:
+        found = rows(con, "SELECT scope, signed_by, signer, why_patient_did_not_sign, "
+                          "withdrawn_at FROM consents ORDER BY granted_at")
+    finally:
+        con.close()
+    withdrawn = datetime.fromtimestamp(withdrawal.occurred_at_us / 1e6, UTC)
+    assert found == [
+        {"scope": "TREATMENT", "signed_by": "HOSPITAL", "signer": therapy.id_of("physician"),
+         "why_patient_did_not_sign": None, "withdrawn_at": None},
+        {"scope": "RESEARCH", "signed_by": "WITNESSED", "signer": therapy.id_of("physician"),
+         "why_patient_did_not_sign": "LEGAL_REPRESENTATIVE", "withdrawn_at": withdrawn},
+        {"scope": "GENOME_STORAGE", "signed_by": "PATIENT",
+         "signer": therapy.card.patient_actor_id, "why_patient_did_not_sign": None,
+         "withdrawn_at": None}]

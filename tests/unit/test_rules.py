@@ -25,31 +25,20 @@ from pcvhub.streams.rules import (
     Lifecycle,
     default_rules,
 )
-from pcvhub.streams.verdict import AllOf, Verdict
+from pcvhub.streams.verdict import AllOf
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
-from .therapy_builder import HAPPY_PATH, NIL_UUID, Hub, Party, TherapyScenario, decode_inbound
-
-
-@pytest.fixture
-def hub() -> Hub:
-    return Hub()
-
-
-@pytest.fixture
-def scenario(hub: Hub) -> TherapyScenario:
-    return TherapyScenario(hub)
-
-
-def refused(verdict: Verdict, rule: str, code: str, event: InboundEvent) -> Verdict:
-    """The verdict is a refusal by ``rule`` with ``code`` whose sentence names the event."""
-    assert not verdict.accepted, f"expected a refusal of {event.event_type}"
-    assert (verdict.rule, verdict.code) == (rule, code), verdict
-    assert event.event_id in verdict.reason, verdict.reason
-    return verdict
-
+from .therapy_builder import (
+    HAPPY_PATH,
+    NIL_UUID,
+    Hub,
+    Party,
+    TherapyScenario,
+    decode_inbound,
+    refused,
+)
 
 # -- the rule set as a whole -------------------------------------------------------------
 
@@ -239,7 +228,7 @@ def test_an_event_out_of_lifecycle_order_is_refused(scenario: TherapyScenario) -
 
 
 def test_the_first_event_must_be_an_enrolment(scenario: TherapyScenario) -> None:
-    event = scenario.consent_treatment()
+    event = scenario.consent("TREATMENT", by="physician")  # the hospital's paper form
     verdict = refused(scenario.judge(event), "R4", "OUT_OF_ORDER", event)
     assert "PatientEnrolled" in verdict.reason
 
@@ -259,7 +248,7 @@ def test_the_same_approver_twice_does_not_approve(scenario: TherapyScenario) -> 
 
 
 def test_an_ineligible_patient_cannot_be_ordered_therapy(scenario: TherapyScenario) -> None:
-    scenario.run_until("enrol")
+    scenario.run_until("issue_card")
     scenario.accept(scenario.confirm_eligibility(eligible=False))
     scenario.accept(scenario.consent_treatment())
     event = scenario.order()
@@ -511,7 +500,7 @@ def test_sequencing_without_genome_storage_consent_is_refused(
 
 def test_consent_withdrawn_then_a_research_event_is_refused(
         scenario: TherapyScenario) -> None:
-    scenario.run_until("enrol")
+    scenario.run_until("issue_card")
     scenario.accept(scenario.consent("RESEARCH"))
     scenario.accept(scenario.research_use("RQ-1"))
     scenario.accept(scenario.withdraw("RESEARCH"))
@@ -521,7 +510,7 @@ def test_consent_withdrawn_then_a_research_event_is_refused(
 
 
 def test_consent_is_judged_at_the_events_occurred_at(scenario: TherapyScenario) -> None:
-    scenario.run_until("enrol")
+    scenario.run_until("issue_card")
     scenario.accept(scenario.consent("RESEARCH"))
     withdrawal = scenario.accept(scenario.withdraw("RESEARCH"))
     # a request made before the withdrawal, arriving after it, is still covered
@@ -532,7 +521,7 @@ def test_consent_is_judged_at_the_events_occurred_at(scenario: TherapyScenario) 
 
 
 def test_an_expired_consent_no_longer_covers(scenario: TherapyScenario) -> None:
-    scenario.run_until("enrol")
+    scenario.run_until("issue_card")
     scenario.accept(scenario.consent("RESEARCH",
                                      expires_at_us=scenario.now_us + 3 * scenario.tick_us))
     scenario.accept(scenario.research_use("RQ-1"))
@@ -618,7 +607,8 @@ def test_a_replayed_log_is_refused_event_by_event(scenario: TherapyScenario) -> 
 def test_the_happy_path_lists_every_lifecycle_event_type_that_a_therapy_needs() -> None:
     scenario = TherapyScenario(Hub())
     issued = {scenario.step(label).event_type for label in HAPPY_PATH}
-    off_path = {"ConsentWithdrawn", "TemperatureExcursion", "DoseDestroyed", "DoseExpired",
+    off_path = {"ConsentWithdrawn", "ConsentWitnessed",  # only for a patient who cannot sign
+                "TemperatureExcursion", "DoseDestroyed", "DoseExpired",
                 "AdverseEventReported", "ResearchDataRequested",
                 "AlertAcknowledged", "AlertResolved",  # only where an alert was raised
                 "GenomeStored"}  # optional: a lab that keeps its own genome store never sends it

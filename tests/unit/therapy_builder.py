@@ -20,6 +20,17 @@ from pcvhub.demo.therapy import (
     decode_inbound,
     happy_path,
 )
+from pcvhub.streams.event import InboundEvent
+from pcvhub.streams.verdict import Verdict
 
 __all__ = ["APPROVED", "CAST", "DAY_US", "HAPPY_PATH", "NIL_UUID", "SITE", "T0_US", "Hub",
-           "Party", "TherapyScenario", "decode_inbound", "happy_path"]
+           "Party", "TherapyScenario", "decode_inbound", "happy_path", "refused"]
+
+
+def refused(verdict: Verdict, rule: str, code: str, event: InboundEvent) -> Verdict:
+    """The verdict is a refusal by ``rule`` with ``code`` whose sentence names the event."""
+    assert not verdict.accepted, f"expected a refusal of {event.event_type}"
+    assert (verdict.rule, verdict.code) == (rule, code), verdict
+    assert event.event_id in verdict.reason, verdict.reason
+    return verdict
+
