@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from pcvhub.config import Settings
-from pcvhub.trust.keys import passphrase_from_env
+from pcvhub.trust.keys import passphrase_from_env, write_secret
 from pcvhub.trust.signing import EventSigner
 
 __all__ = ["TLS_DIR", "LocalCA", "private_key_pem"]
@@ -61,7 +61,7 @@ class LocalCA:
                                              False, False), critical=True)
                 .sign(key, None))
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_private(self._key_path, key.private_bytes(
+        write_secret(self._key_path, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(self._passphrase)))
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -85,7 +85,7 @@ class LocalCA:
                     .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
                                    critical=False)
                     .sign(self._key, None))
-            _write_private(key_path, key.private_bytes(
+            write_secret(key_path, key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.BestAvailableEncryption(self._passphrase)))
             cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -127,13 +127,6 @@ def _builder(subject: x509.Name, issuer: x509.Name, public: Any, days: int
             .public_key(public).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=days)))
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o600)
-    tmp.replace(path)
 
 
 def private_key_pem(signer: EventSigner) -> bytes:

@@ -25,12 +25,10 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -40,6 +38,7 @@ from cryptography.x509.oid import NameOID
 
 from pcvhub.config import Settings
 from pcvhub.topics import Grant, Principal, acl_table, principals
+from pcvhub.trust.keys import write_secret
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192
@@ -50,13 +49,6 @@ HOSTS = ("127.0.0.1", "localhost")
 
 class SecuritySetupError(RuntimeError):
     """Credentials or ACLs could not be applied; the message names what and why."""
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -100,7 +92,7 @@ class BrokerSecurity:
             path = self.principals_dir / f"{name}.json"
             if not path.exists():
                 # 32 random bytes as URL-safe text: SCRAM passwords travel in JAAS strings
-                _write_private(path, json.dumps({
+                write_secret(path, json.dumps({
                     "username": name, "password": secrets.token_urlsafe(32)}).encode())
                 created.append(str(path))
         return created
@@ -126,7 +118,7 @@ class BrokerSecurity:
                 .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
                                              False, False), critical=True)
                 .sign(key, hashes.SHA256()))
-        _write_private(self._ca_key_path, _pkcs8(key))
+        write_secret(self._ca_key_path, _pkcs8(key))
         self.ca_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def _issue_broker_certificate(self) -> None:
@@ -155,9 +147,9 @@ class BrokerSecurity:
                                critical=False)
                 .sign(ca_key, hashes.SHA256()))
         pem = cert.public_bytes(serialization.Encoding.PEM)
-        _write_private(self.broker_key_path, _pkcs8(key))
+        write_secret(self.broker_key_path, _pkcs8(key))
         self.broker_cert_path.write_bytes(pem)
-        _write_private(self.keystore_path, _pkcs8(key) + pem)
+        write_secret(self.keystore_path, _pkcs8(key) + pem)
 
     # -- broker side ------------------------------------------------------------------
 

@@ -27,6 +27,18 @@ PASSPHRASE_ENV = "PCVHUB_KEY_PASSPHRASE"
 _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 
 
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a file only its owner may read (keys, passwords), atomically: the bytes go to
+    a temporary file created with mode 0600 (never readable by others, not even for a
+    moment), which then replaces ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    tmp.replace(path)
+
 class KeyStoreError(RuntimeError):
     pass
 
@@ -91,10 +103,7 @@ class KeyStore:
             "public": {"ed25519": keys.public.ed25519.hex(),
                        "ml_dsa_65": keys.public.ml_dsa_65.hex()},
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_secret(path, json.dumps(record, indent=1).encode())
         return path
 
     def _record(self, actor_id: str, key_id: str) -> dict:
