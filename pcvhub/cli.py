@@ -16,6 +16,7 @@ from pcvhub.cli_mpc import register as register_mpc
 from pcvhub.cli_projections import register as register_projections
 from pcvhub.cli_serve import register as register_serve
 from pcvhub.cli_web import register as register_web
+from pcvhub.cli_witness import register as register_witness
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.infra.kafka import InfraError, LocalKafka
 
@@ -30,6 +31,7 @@ register_ledger(app)
 register_mpc(app)
 register_serve(app)
 register_web(app)
+register_witness(app)
 schemas_app = typer.Typer(help="The Avro event catalog and its released versions.",
                           no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.ledger.errors import LedgerError
@@ -25,6 +27,7 @@ from pcvhub.ledger.log import TransparencyLog, load_keys, save_keys
 from pcvhub.ledger.note import LogKeys, VerifiedCheckpoint, VerifierKey
 from pcvhub.ledger.serve import TileServer
 from pcvhub.ledger.tiles import audit_tiles
+from pcvhub.ledger.witnessing import Cosigning, WitnessPolicy, read_history
 from pcvhub.log.reader import LogReadError
 from pcvhub.topics import Principal
 from pcvhub.trust.keys import KeyStoreError, passphrase_from_env
@@ -87,6 +90,9 @@ def register(app: typer.Typer) -> None:
     def run(every: int = typer.Option(1000, help="Checkpoint after this many new records."),
             seconds: float = typer.Option(5.0, help="... or this many seconds after the "
                                                     "first record no checkpoint covers."),
+            witnesses: Path | None = typer.Option(None, help="Witness configuration (JSON: "
+                                                  "quorum, witnesses' URLs and vkeys): send "
+                                                  "each checkpoint to them for cosigning."),
             folder: Path | None = folder_option) -> None:
         """Follow the canonical, rejected and alerts topics into the log until SIGTERM."""
         stop = threading.Event()
@@ -100,11 +106,20 @@ def register(app: typer.Typer) -> None:
                 # the ledger's principal: it reads the outputs, writes only its own topic
                 settings = load_settings().as_principal(Principal.LEDGER)
                 topic = CheckpointTopic(settings)
+                cosigning = (Cosigning(log, WitnessPolicy.read(witnesses))
+                             if witnesses is not None else None)
 
                 def announce(signed: VerifiedCheckpoint) -> None:
+                    cosigned = ""
+                    if cosigning is not None:
+                        witnessed = cosigning(signed)
+                        signed, count = witnessed.signed, witnessed.count
+                        cosigned = (f" cosigned {len(count.cosigned)}/"
+                                    f"{len(cosigning.policy.witnesses)}"
+                                    + (" BELOW QUORUM" if count.below_quorum else ""))
                     topic(signed)
                     print(f"checkpoint {signed.checkpoint.size} "
-                          f"{signed.checkpoint.root.hex()}", flush=True)
+                          f"{signed.checkpoint.root.hex()}{cosigned}", flush=True)
 
                 follower = LedgerFollower(settings, log, every=every, seconds=seconds,
                                           publish=announce)
@@ -112,6 +127,8 @@ def register(app: typer.Typer) -> None:
                     follower.run(stop, on_caught_up=lambda: print("caught up", flush=True))
                 finally:
                     topic.close()
+                    if cosigning is not None:
+                        cosigning.close()
                 for sentence in follower.discrepancies:
                     print(f"discrepancy {sentence}", flush=True)
         except (LedgerError, KeyStoreError, ConfigError, LogReadError,
@@ -173,3 +190,30 @@ def register(app: typer.Typer) -> None:
         head = result.checkpoint.checkpoint
         print(f"verified {head.origin} size {head.size} root {head.root.hex()}: "
               f"{result.entries_checked} entries, {result.tiles_read} files")
+
+    @ledger_app.command("checkpoints")
+    def checkpoints(witnesses: Path = typer.Option(..., help="Witness configuration (JSON)."),
+                    last: int = typer.Option(20, help="Show this many, newest last."),
+                    folder: Path | None = folder_option) -> None:
+        """Each recorded checkpoint with how many configured witnesses cosigned it; exits 1
+        if the latest is below quorum."""
+        root = _folder(folder)
+        try:
+            record = json.loads((root / KEY_FILE).read_text())
+            policy = WitnessPolicy.read(witnesses)
+            counts = list(read_history(root, VerifierKey.parse(record["ed25519_vkey"]),
+                                       VerifierKey.parse(record["ml_dsa_44_vkey"]), policy))
+        except (LedgerError, OSError) as exc:
+            _fail(str(exc))
+        table = Table(title=f"checkpoints of {record['name']}: quorum {policy.quorum} of "
+                            f"{len(policy.witnesses)} witnesses")
+        for column in ("size", "root", "cosigned", "witnesses", "missing"):
+            table.add_column(column)
+        for count in counts[-last:]:
+            flag = " [bold red]BELOW QUORUM[/]" if count.below_quorum else ""
+            table.add_row(str(count.checkpoint.size), count.checkpoint.root.hex()[:16],
+                          f"{len(count.cosigned)}/{len(policy.witnesses)}{flag}",
+                          ", ".join(c.witness for c in count.cosigned),
+                          "; ".join(f"{n}: {why[:120]}" for n, why in count.missing))
+        Console().print(table)
+        raise typer.Exit(code=1 if counts and counts[-1].below_quorum else 0)

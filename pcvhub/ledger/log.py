@@ -53,9 +53,11 @@ def save_keys(path: Path, keys: LogKeys, passphrase: bytes) -> None:
     path.chmod(0o600)
 
 
-def load_keys(path: Path, passphrase: bytes) -> LogKeys:
+def load_keys(path: Path, passphrase: bytes, kind: type[LogKeys] = LogKeys,
+              init: str = "pcvhub ledger init") -> LogKeys:
+    """The keys ``save_keys`` stored (a log's, or with ``kind`` a witness's)."""
     if not path.exists():
-        raise LedgerError(f"no ledger keys at {path}: create the log with `pcvhub ledger init`")
+        raise LedgerError(f"no keys at {path}: create them with `{init}`")
     record = json.loads(path.read_text())
     try:
         seeds = AESGCM(_kek(passphrase, bytes.fromhex(record["kdf"]["salt"]))).decrypt(
@@ -64,7 +66,7 @@ def load_keys(path: Path, passphrase: bytes) -> LogKeys:
     except InvalidTag:
         raise LedgerError(f"cannot unlock the ledger keys in {path}: wrong passphrase, or the "
                           "file was altered") from None
-    return LogKeys.from_seeds(record["name"], seeds[:32], seeds[32:])
+    return kind.from_seeds(record["name"], seeds[:32], seeds[32:])
 
 
 class TransparencyLog:
@@ -180,6 +182,17 @@ class TransparencyLog:
         write_file(self.tiles / "checkpoint", note)
         self.latest = VerifiedCheckpoint(head, timestamp, note)
         return self.latest
+
+    def attach_cosignatures(self, cosigned: VerifiedCheckpoint) -> None:
+        """Replace ``tiles/checkpoint`` with the latest checkpoint plus witness lines: same
+        body and the log's own lines verify, so the commit point is unchanged."""
+        got = verify_checkpoint(cosigned.note, self.keys.ed25519_vkey,
+                                self.keys.ml_dsa_44_vkey, where="cosigned checkpoint")
+        if self.latest is None or got.checkpoint != self.latest.checkpoint:
+            raise LedgerError(f"cosignatures are for size {got.checkpoint.size}, not this "
+                              "log's latest checkpoint")
+        write_file(self.tiles / "checkpoint", cosigned.note)
+        self.latest = cosigned
 
     # -- reading and proving ----------------------------------------------------------------
 

@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 from pcvhub.ledger.errors import LedgerError
 
 ED25519_TYPE = 0x01
+#: c2sp.org/tlog-cosignature: a witness's Ed25519 ``cosignature/v1`` key
+COSIGNATURE_V1_TYPE = 0x04
 ML_DSA_44_TYPE = 0x06
 ML_DSA_44_PUBLIC_SIZE = 1312
 ML_DSA_44_SIGNATURE_SIZE = 2420
@@ -92,10 +94,12 @@ class VerifierKey:
         if not raw:
             raise LedgerError(f"vkey of {name} carries no key")
         key = cls(name, raw[0], raw[1:])
-        sizes = {ED25519_TYPE: 32, ML_DSA_44_TYPE: ML_DSA_44_PUBLIC_SIZE}
+        sizes = {ED25519_TYPE: 32, COSIGNATURE_V1_TYPE: 32,
+                 ML_DSA_44_TYPE: ML_DSA_44_PUBLIC_SIZE}
         if key.sig_type not in sizes:
             raise LedgerError(f"vkey of {name} has signature type 0x{key.sig_type:02x}; pcvhub "
-                              "verifies 0x01 (Ed25519) and 0x06 (ML-DSA-44)")
+                              "verifies 0x01 (Ed25519), 0x04 (Ed25519 cosignature/v1) and "
+                              "0x06 (ML-DSA-44)")
         if len(key.public_key) != sizes[key.sig_type]:
             raise LedgerError(f"vkey of {name}: a type 0x{key.sig_type:02x} key is "
                               f"{sizes[key.sig_type]} bytes, this one {len(key.public_key)}")

@@ -18,19 +18,24 @@ from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.tiles import TILE_PATH
 
 
+def require_loopback(host: str, who: str) -> None:
+    """Ledger and witness listen on loopback only; publishing is a reverse proxy's job."""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise LedgerError(f"{who} on loopback only, not {host}: put a reverse proxy in front "
+                          "to publish it")
+
+
 class TileServer(ThreadingHTTPServer):
     """Serves one tile folder; ``port`` 0 picks a free one (see ``server_address``)."""
 
     daemon_threads = True
 
     def __init__(self, tiles: Path, host: str = "127.0.0.1", port: int = 0) -> None:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise LedgerError(f"the ledger serves its tiles on loopback only, not {host}: put "
-                              "a reverse proxy in front to publish them")
+        require_loopback(host, "the ledger serves its tiles")
         self.tiles = Path(tiles)
         super().__init__((host, port), _TileHandler)
 
