@@ -207,8 +207,10 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         table = Table(title=f"checkpoints of {record['name']}: quorum {policy.quorum} of "
                             f"{len(policy.witnesses)} witnesses")
-        for column in ("size", "root", "cosigned", "witnesses", "missing"):
-            table.add_column(column)
+        for column in ("size", "root", "cosigned"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("by")
+        table.add_column("missing")
         for count in counts[-last:]:
             flag = " [bold red]BELOW QUORUM[/]" if count.below_quorum else ""
             table.add_row(str(count.checkpoint.size), count.checkpoint.root.hex()[:16],

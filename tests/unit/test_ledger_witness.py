@@ -12,8 +12,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from pcvhub.ledger.cosign import WitnessKey, WitnessKeys, count_cosignatures, \
-    cosignature_v1_message, verify_cosignature
+from pcvhub.ledger.cosign import (
+    WitnessKey,
+    WitnessKeys,
+    cosignature_v1_message,
+    count_cosignatures,
+    verify_cosignature,
+)
 from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog, load_keys, save_keys
