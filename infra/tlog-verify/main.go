@@ -11,6 +11,11 @@
 //     github.com/transparency-dev/merkle, and against the proofs tlog builds from the tiles.
 //
 // Usage: tlog-verify -tiles DIR|URL -vkey VKEY -mldsa-vkey VKEY [-proofs FILE]
+//        [-witness-vkey VKEY]... [-witness-policy FILE]
+//
+// With -witness-vkey, each witness's cosignature line on the checkpoint must verify
+// (transparency-dev/formats, witness.go); with -witness-policy, the checkpoint must
+// satisfy that witness policy.
 //
 // With a URL (http://127.0.0.1:PORT/, as `pcvhub ledger serve` prints it) every file is
 // fetched over HTTP, as a tlog client would.
@@ -64,11 +69,14 @@ func main() {
 	vkey := flag.String("vkey", "", "the log's Ed25519 note verifier key")
 	pqVkey := flag.String("mldsa-vkey", "", "the log's ML-DSA-44 cosignature verifier key")
 	proofFile := flag.String("proofs", "", "JSON file of proofs to check (optional)")
+	var witnessVkeys stringList
+	flag.Var(&witnessVkeys, "witness-vkey", "a witness's cosignature vkey (type 0x04 or 0x06) whose line must verify (repeatable)")
+	witnessPolicy := flag.String("witness-policy", "", "a witness policy file the checkpoint's cosignatures must satisfy (optional)")
 	flag.Parse()
 	if *tiles == "" || *vkey == "" || *pqVkey == "" {
 		fail(errors.New("usage: tlog-verify -tiles DIR -vkey VKEY -mldsa-vkey VKEY [-proofs FILE]"))
 	}
-	if err := run(*tiles, *vkey, *pqVkey, *proofFile); err != nil {
+	if err := run(*tiles, *vkey, *pqVkey, *proofFile, witnessVkeys, *witnessPolicy); err != nil {
 		fail(err)
 	}
 }
@@ -96,7 +104,7 @@ func (s source) read(rel string) ([]byte, error) {
 	return io.ReadAll(resp.Body)
 }
 
-func run(dir, vkey, pqVkey, proofFile string) error {
+func run(dir, vkey, pqVkey, proofFile string, witnessVkeys []string, witnessPolicy string) error {
 	src := source(dir)
 	raw, err := src.read("checkpoint")
 	if err != nil {
@@ -121,6 +129,12 @@ func run(dir, vkey, pqVkey, proofFile string) error {
 		return err
 	}
 	fmt.Printf("ok checkpoint ML-DSA-44 line (circl)\n")
+
+	if len(witnessVkeys) > 0 || witnessPolicy != "" {
+		if err := checkWitnesses(raw, verifier, witnessVkeys, witnessPolicy); err != nil {
+			return err
+		}
+	}
 
 	reader := tlog.TileHashReader(tree, tileDir{src})
 	root, err := tlog.TreeHash(tree.N, reader)

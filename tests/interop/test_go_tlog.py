@@ -36,23 +36,10 @@ from pcvhub.ledger.tiles import audit_tiles
 pytestmark = pytest.mark.go
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO / "infra" / "tlog-verify" / "build.sh"
 ORIGIN = "ledger.pcvhub.example/interop"
 # three tile levels: 273 full level-0 tiles, partials at levels 0, 1 and 2
 SIZE = 70_000
 CHECKPOINTS = (1, 255, 256, 257, 65_536, SIZE)
-
-
-@pytest.fixture(scope="session")
-def go_verifier() -> Path:
-    if shutil.which("go") is None:
-        pytest.fail("go not found: the ledger interop test needs Go 1.26 (apt-get install "
-                    "golang-go) and, on the first build, the Go module proxy")
-    built = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True,
-                           timeout=900, check=False)
-    if built.returncode != 0:
-        pytest.fail(f"building the Go verifier failed:\n{built.stderr}")
-    return Path(built.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
