@@ -15,7 +15,7 @@ from rich.console import Console
 from pcvhub.clock import SimulationClock
 from pcvhub.config import Settings, load_settings
 from pcvhub.connectors.writer import IngressWriter
-from pcvhub.demo import attacker
+from pcvhub.demo import attacker, witnesses
 from pcvhub.demo.clients import DemoError, DropFolder, LogWatch
 from pcvhub.demo.cohort import build_cohort
 from pcvhub.demo.deployment import Deployment, forget_previous_run, prepare, wait_for_topics
@@ -115,6 +115,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                                                      watch.verifier)
                    if isinstance(o, VerifiedRecord)]
         accounting = account(world, hl7_ids)
+        ledger = witnesses.witness_the_ledger(stack, deployment, console)
         with console.status("projecting the log into DuckDB ..."):
             stack.stop(projections)  # one writer per file: finish with a catch-up run
             stack.run_to_end(deployment, "project-catch-up", [
@@ -129,6 +130,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
             report.where["projections"] = ("the runner stays stopped while the dashboard reads "
                                            "the file (DuckDB: one writer, no reader beside it)")
         render(console, report)
+        witnesses.render(console, ledger)
         if keep_running:
             _wait_for_interrupt(console)
         return 0 if report.ok else 1

@@ -11,9 +11,10 @@ with a consistency proof from that size; the witness checks, in the spec's order
 - old size is the size of the latest checkpoint it cosigned (0 if none), else **409**
   with that size (``text/x.tlog.size``): the log catches up and asks again;
 - same size: same root, else **409**; otherwise the RFC 6962 consistency proof from its
-  stored root to the new one verifies, else **422**. Those two refusals are a split view:
-  two checkpoints the log signed that cannot both be true. The witness keeps both notes
-  and the proof as evidence (``evidence/``), says so on stderr, and lists them at
+  stored root to the new one verifies, else **422**. The 409 is a split view proven (two
+  roots the log signed for one size); the 422 is one unless the log sent a broken proof
+  (a later, valid proof settles which). Either way the witness keeps both notes and the
+  proof as evidence (``evidence/``), says so on stderr, and lists them at
   ``GET <prefix>/evidence``;
 - then it stores the new checkpoint (atomically, fsynced) and only then answers 200 with
   its two cosignature lines (``cosign.WitnessKeys.cosign``).
@@ -223,15 +224,23 @@ class Witness:
             if request.old_size != latest_size:
                 return Answer(HTTPStatus.CONFLICT, f"{latest_size}\n".encode(),
                               SIZE_CONTENT_TYPE)
+            if request.proof and request.old_size in (0, head.size):
+                return Answer(HTTPStatus.BAD_REQUEST, f"from size {request.old_size} to "
+                              f"{head.size} the proof is empty, not {len(request.proof)} "
+                              "lines\n".encode())
             latest_root = latest.checkpoint.root if latest is not None else merkle.root_of([])
             try:
                 verify_consistency(ConsistencyProof(request.old_size, head.size, request.proof),
                                    latest_root, head.root)
             except LedgerError as exc:
-                self._keep_evidence(latest, signed, request, str(exc))
-                status = (HTTPStatus.CONFLICT if request.old_size == head.size
-                          else HTTPStatus.UNPROCESSABLE_ENTITY)
-                return Answer(status, f"split view: {exc}\n".encode())
+                if request.old_size == head.size:  # two roots the log signed for one size
+                    reason = f"split view: {exc}"
+                    status = HTTPStatus.CONFLICT
+                else:
+                    reason = (f"split view, or a broken proof (both checkpoints kept): {exc}")
+                    status = HTTPStatus.UNPROCESSABLE_ENTITY
+                self._keep_evidence(latest, signed, request, reason)
+                return Answer(status, f"{reason}\n".encode())
             # persisted before answering: a cosignature is never given for a state a
             # restart could forget
             write_file(self.folder / "state" / _state_id(head.origin), request.note)

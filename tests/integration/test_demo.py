@@ -169,3 +169,12 @@ def test_every_patient_has_a_wallet_and_signs_the_data_consents_with_it(demo):
     assert "patients' cards bound at enrolment: 4" in demo.text
     signed = sum(n for (scope, signed_by), n in by_scope.items() if signed_by == "PATIENT")
     assert f"consents signed by the patient's own card: {signed}," in demo.text
+
+
+def test_the_ledger_is_cosigned_by_both_witnesses(demo):
+    # the manufacturer's and the payer's witness processes each cosigned the last checkpoint
+    assert "witnessed: quorum met (2/2)" in demo.text, demo.text
+    rows = [line for line in demo.text.splitlines() if ".example/witness" in line]
+    assert len(rows) == 2 and all("yes, at" in row for row in rows), rows
+    history = next((demo.data_dir / "runs").iterdir()) / "ledger" / "checkpoints.jsonl"
+    assert history.read_text().count("\n") >= 1

@@ -155,10 +155,14 @@ def test_add_checkpoint_answers_each_case(witness: Witness, log_keys: LogKeys,
         assert (stale.status, stale.body, stale.content_type) == (409, b"10\n",
                                                                    "text/x.tlog.size")
         assert witness.add_checkpoint(submit(log, 10)).status == 200
-        # a wrong proof (not a fork: a damaged path) is refused with 422
+        # from its own size to the same size the proof is empty
+        same = Submission(300, log.consistency_proof(299, 300).path, log.latest.note)
+        assert witness.add_checkpoint(same.encode()).status == 400
+        # a wrong proof (a damaged path) is refused with 422
         grow(log, 301)
         bad = Submission(300, log.consistency_proof(299, 301).path, log.latest.note)
-        assert witness.add_checkpoint(bad.encode()).status == 422
+        answer = witness.add_checkpoint(bad.encode())
+        assert answer.status == 422 and b"or a broken proof" in answer.body
         # the same checkpoint again is cosigned again (a retry after a lost answer)
         assert witness.add_checkpoint(submit(log, 300)).status == 200
         assert witness.add_checkpoint(submit(log, 301)).status == 200
