@@ -5,9 +5,9 @@ PYTHON  ?= python3
 export PIP_CACHE_DIR := $(CURDIR)/.cache/pip
 export PCVHUB_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: setup liboqs avro-java tlog-verify chromium demo test fuzz bench lint clean-data
+.PHONY: setup liboqs avro-java tlog-verify litewitness chromium demo test fuzz bench lint clean-data
 
-setup: $(VENV)/.installed liboqs avro-java tlog-verify chromium
+setup: $(VENV)/.installed liboqs avro-java tlog-verify litewitness chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ avro-java:
 # cached under .cache/go and .cache/tlog-verify, a no-op when up to date.
 tlog-verify:
 	bash infra/tlog-verify/build.sh >/dev/null
+
+# torchwood's litewitness, the independent witness of tests/interop/test_litewitness.py;
+# cached under .cache/go and .cache/litewitness, a no-op when up to date.
+litewitness:
+	bash infra/litewitness/build.sh >/dev/null
 
 # Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never
 # downloads a browser of its own). Needs root or sudo, as apt does.

@@ -75,26 +75,33 @@ class WitnessKeys(LogKeys):
 
 @dataclass(frozen=True)
 class WitnessKey:
-    """A configured witness as a log (or a reader) knows it: name, both vkeys, and where
-    its submission prefix is (empty for a reader that only verifies)."""
+    """A configured witness as a log (or a reader) knows it: name, vkeys, and where its
+    submission prefix is (empty for a reader that only verifies).
+
+    ``ml_dsa_44`` is None for a witness that cosigns with Ed25519 only (tlog-cosignature
+    lets a client be configured per key and version; Go's litewitness is one such): then
+    only its cosignature/v1 line is required, and the table says so.
+    """
 
     name: str
     ed25519: VerifierKey
-    ml_dsa_44: VerifierKey
+    ml_dsa_44: VerifierKey | None
     url: str = ""
 
     def __post_init__(self) -> None:
-        if (self.ed25519.sig_type, self.ml_dsa_44.sig_type) != (COSIGNATURE_V1_TYPE,
-                                                                ML_DSA_44_TYPE):
+        if self.ed25519.sig_type != COSIGNATURE_V1_TYPE or (
+                self.ml_dsa_44 is not None and self.ml_dsa_44.sig_type != ML_DSA_44_TYPE):
             raise LedgerError(f"witness {self.name}: give its type 0x04 (Ed25519 "
-                              "cosignature/v1) and type 0x06 (ML-DSA-44) vkeys")
-        if self.ed25519.name != self.name or self.ml_dsa_44.name != self.name:
-            raise LedgerError(f"witness {self.name}: its vkeys are named "
-                              f"{self.ed25519.name} and {self.ml_dsa_44.name}")
+                              "cosignature/v1) vkey and, if it has one, its type 0x06 "
+                              "(ML-DSA-44) vkey")
+        names = {self.ed25519.name} | ({self.ml_dsa_44.name} if self.ml_dsa_44 else set())
+        if names != {self.name}:
+            raise LedgerError(f"witness {self.name}: its vkeys are named {sorted(names)}")
 
     @classmethod
-    def parse(cls, vkey: str, mldsa_vkey: str, url: str = "") -> WitnessKey:
-        ed, pq = VerifierKey.parse(vkey), VerifierKey.parse(mldsa_vkey)
+    def parse(cls, vkey: str, mldsa_vkey: str | None, url: str = "") -> WitnessKey:
+        ed = VerifierKey.parse(vkey)
+        pq = VerifierKey.parse(mldsa_vkey) if mldsa_vkey else None
         return cls(ed.name, ed, pq, url)
 
 
@@ -122,10 +129,7 @@ def verify_cosignature(note: SignedNote, witness: WitnessKey, where: str = "chec
     line fails and why."""
     checkpoint = Checkpoint.parse_body(note.text)
     ed_line = note.line_of(witness.ed25519, "cosignature/v1", where)
-    pq_line = note.line_of(witness.ml_dsa_44, "ML-DSA-44 cosignature", where)
     ed_time, ed_sig = _timestamped(ed_line.signature, 64, f"{where} line {ed_line.line}")
-    pq_time, pq_sig = _timestamped(pq_line.signature, ML_DSA_44_SIGNATURE_SIZE,
-                                   f"{where} line {pq_line.line}")
     try:
         ed25519.Ed25519PublicKey.from_public_bytes(witness.ed25519.public_key).verify(
             ed_sig, cosignature_v1_message(ed_time, note.text))
@@ -133,6 +137,11 @@ def verify_cosignature(note: SignedNote, witness: WitnessKey, where: str = "chec
         raise LedgerError(f"{where} line {ed_line.line}: the cosignature/v1 of {witness.name} "
                           f"does not verify over size {checkpoint.size} at time {ed_time}: "
                           "altered or forged") from None
+    if witness.ml_dsa_44 is None:
+        return Cosignature(witness.name, ed_time)
+    pq_line = note.line_of(witness.ml_dsa_44, "ML-DSA-44 cosignature", where)
+    pq_time, pq_sig = _timestamped(pq_line.signature, ML_DSA_44_SIGNATURE_SIZE,
+                                   f"{where} line {pq_line.line}")
     try:
         mldsa.MLDSA44PublicKey.from_public_bytes(witness.ml_dsa_44.public_key).verify(
             pq_sig, cosigned_message(witness.name, pq_time, checkpoint))

@@ -17,6 +17,8 @@ Witness configuration (JSON)::
 
     {"quorum": 2, "witnesses": [{"url": "http://127.0.0.1:8601",
                                  "vkey": "<type 0x04 vkey>", "mldsa_vkey": "<0x06 vkey>"}]}
+
+``mldsa_vkey`` may be left out for a witness that cosigns with Ed25519 only.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class WitnessPolicy:
     def read(cls, path: Path) -> WitnessPolicy:
         try:
             data = json.loads(Path(path).read_text())
-            witnesses = tuple(WitnessKey.parse(w["vkey"], w["mldsa_vkey"], w.get("url", ""))
+            witnesses = tuple(WitnessKey.parse(w["vkey"], w.get("mldsa_vkey"), w.get("url", ""))
                               for w in data["witnesses"])
             quorum = int(data.get("quorum", len(witnesses)))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -69,7 +71,8 @@ class WitnessPolicy:
 
     def write(self, path: Path) -> None:
         Path(path).write_text(json.dumps({"quorum": self.quorum, "witnesses": [
-            {"url": w.url, "vkey": str(w.ed25519), "mldsa_vkey": str(w.ml_dsa_44)}
+            {"url": w.url, "vkey": str(w.ed25519)}
+            | ({"mldsa_vkey": str(w.ml_dsa_44)} if w.ml_dsa_44 is not None else {})
             for w in self.witnesses]}, indent=1))
 
 
