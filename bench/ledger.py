@@ -1,4 +1,5 @@
-"""The transparency ledger: append rate, checkpoint cost, proofs at a large tree.
+"""The transparency ledger: append rate, checkpoint cost (alone and witnessed), proofs at
+a large tree.
 
 Baselines in the same run: for appends, raw SHA-256 of the same leaves (the least any
 Merkle log must do per leaf); for a proof, the raw SHA-256 node hashes a verifier of a
@@ -13,11 +14,13 @@ import hashlib
 import random
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.report import Figure, median_rate
+from pcvhub.ledger.cosign import WitnessKey, WitnessKeys
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog
 from pcvhub.ledger.note import LogKeys
@@ -28,6 +31,8 @@ from pcvhub.ledger.proofs import (
     verify_inclusion,
 )
 from pcvhub.ledger.tree import TreeLevels
+from pcvhub.ledger.witness import Witness, WitnessServer, trust_log
+from pcvhub.ledger.witnessing import Cosigning, WitnessPolicy
 from pcvhub.trust import merkle
 
 APPENDS = 50_000
@@ -54,6 +59,37 @@ def _raw_hashes_us(n: int, count: int) -> float:
             h = hashlib.sha256(b"\x01" + h + node).digest()
 
     return _median_us(chain, count)
+
+
+def _witnessed_ms(log: TransparencyLog, batch: list[bytes], tmp: str, stamps) -> float:
+    """Median of: append ``batch``, checkpoint, send it to two witnesses (each checks both
+    log lines and the consistency proof, stores the note, cosigns twice), attach."""
+    servers = []
+    for name in ("a", "b"):
+        folder = Path(tmp) / f"witness-{name}"
+        folder.mkdir()
+        trust_log(folder, str(log.keys.ed25519_vkey), str(log.keys.ml_dsa_44_vkey))
+        server = WitnessServer(Witness(folder, WitnessKeys.generate(f"{name}.example/w")))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    policy = WitnessPolicy(tuple(WitnessKey(s.witness.keys.name, s.witness.keys.ed25519_vkey,
+                                            s.witness.keys.ml_dsa_44_vkey, s.url)
+                                 for s in servers), quorum=2)
+    cosigning = Cosigning(log, policy)
+    try:
+        def witnessed(_: int) -> None:
+            for leaf in batch:
+                log.append(leaf)
+            if cosigning(log.checkpoint(next(stamps))).count.below_quorum:
+                raise RuntimeError("a bench witness did not cosign")
+
+        return _median_us(witnessed, 20) / 1000
+    finally:
+        cosigning.close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+            server.witness.close()
 
 
 def run(quick: bool = False) -> list[Figure]:
@@ -91,8 +127,12 @@ def run(quick: bool = False) -> list[Figure]:
                     log.append(leaf)
                 log.checkpoint(next(stamps))
 
+            alone = _median_us(checkpoint, 20) / 1000
             figures.append(Figure(section, "checkpoint per 100 appends (fsync, sign both "
-                                  "lines, tiles)", _median_us(checkpoint, 20) / 1000, "ms"))
+                                  "lines, tiles)", alone, "ms"))
+            figures.append(Figure(section, "... and cosigned by 2 witnesses (loopback HTTP, "
+                                  "same process)", _witnessed_ms(log, leaves[:100], tmp, stamps),
+                                  "ms", "checkpoint alone", alone))
 
         started = time.perf_counter()
         levels = TreeLevels(Path(tmp) / "large")
