@@ -10,21 +10,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pcvhub.ledger.cosign import WitnessKey
+from pcvhub.ledger.cosign import WitnessKey, WitnessKeys
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog, save_keys
 from pcvhub.ledger.note import LogKeys
+from pcvhub.ledger.witness import trust_log
 from pcvhub.ledger.witnessing import Cosigning, WitnessPolicy, read_history
 
 ORIGIN = "hub.example/ledger"
@@ -167,3 +170,48 @@ def test_two_witnesses_cosign_a_growing_log_refuse_a_fork_and_resume(witnesses, 
                    "--witnesses", str(tmp_path / "witnesses.json"))
     assert table.returncode == 0, table.stderr
     assert "BELOW QUORUM" in table.stdout and "1/2" in table.stdout
+
+
+def test_a_witness_killed_mid_request_never_forgets_what_it_cosigned(tmp_path):
+    """SIGKILL while add-checkpoint requests are in flight, twice: after each
+    restart the witness's state is at least the largest size it returned a cosignature
+    for (it persists before answering), and the ledger goes on from there."""
+    keys = LogKeys.generate(ORIGIN)
+    folder = tmp_path / "witness"
+    witness_keys = WitnessKeys.generate("payer.example/witness")
+    save_keys(folder / "keys.json", witness_keys, PASSPHRASE["PCVHUB_KEY_PASSPHRASE"].encode())
+    trust_log(folder, str(keys.ed25519_vkey), str(keys.ml_dsa_44_vkey))
+    process = WitnessProcess(folder)
+    key = WitnessKey(witness_keys.name, witness_keys.ed25519_vkey, witness_keys.ml_dsa_44_vkey,
+                     process.url)
+    rng = random.Random(17)
+    with TransparencyLog(tmp_path / "ledger", keys) as log:
+        cosigning = Cosigning(log, WitnessPolicy((key,), quorum=1), timeout=2)
+        try:
+            for _ in range(2):
+                cosigned_sizes: list[int] = []
+                stop = threading.Event()
+
+                def submit(stop: threading.Event = stop,
+                           cosigned_sizes: list[int] = cosigned_sizes) -> None:
+                    while not stop.is_set():
+                        grow(log, log.size + rng.randrange(1, 40))
+                        if cosigning(log.latest).count.cosigned:
+                            cosigned_sizes.append(log.size)
+
+                sender = threading.Thread(target=submit)
+                sender.start()
+                time.sleep(rng.uniform(0.5, 1.5))
+                process.kill()
+                stop.set()
+                sender.join(30)
+                assert cosigned_sizes, "nothing was cosigned before the kill"
+                process = WitnessProcess(folder, port=process.port)
+                resumed = int(re.search(rf"{ORIGIN} at (\d+)", process.banner).group(1))
+                assert resumed >= max(cosigned_sizes)
+                cosigning.clients[0].known_size = 0
+                grow(log, log.size + 1)
+                assert cosigning(log.latest).count.cosigned
+        finally:
+            cosigning.close()
+            process.stop()
