@@ -301,6 +301,7 @@ class _WitnessHandler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length") or -1)
         if not 0 <= length <= MAX_REQUEST:
+            self.close_connection = True  # the unread body must not be taken for a request
             self._send(Answer(HTTPStatus.BAD_REQUEST if length < 0
                               else HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                               f"a body of 0 to {MAX_REQUEST} bytes with Content-Length\n"
