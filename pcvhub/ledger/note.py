@@ -15,7 +15,7 @@ and after a blank line, two signature lines of the log's key name (the origin):
    signature (FIPS 204, empty context) over the ``cosigned_message`` ``"subtree/v1\\n\\0" ||
    u8 len || name || u64 timestamp || u8 len || origin || u64 start=0 || u64 end=size ||
    root``; key id = SHA-256(name || 0x0A || 0x06 || 1312-byte public key)[:4]. Signed
-   notes have no plain ML-DSA type; this one is what witnesses (issue 17) will use too.
+   notes have no plain ML-DSA type; witnesses sign the same message (``cosign.py``).
 
 pcvhub's ``verify_checkpoint`` requires both lines and rejects extension lines (the
 ML-DSA-44 message does not cover them, so they would be unsigned text). Lines of other
