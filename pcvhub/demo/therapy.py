@@ -219,7 +219,8 @@ CAST: dict[str, tuple[str, str]] = {
 
 _BEFORE_DOSES = (
     "enrol", "issue_card", "confirm_eligibility", "consent_treatment", "consent_genome",
-    "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "receive_sample",
+    "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "accept_sample",
+    "receive_sample",
     "sequence", "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
     "complete_step", "record_qc", "release", "ship", "receive_at_site",
 )
@@ -426,11 +427,24 @@ class TherapyScenario:
             "preservation": "FRESH_FROZEN"})
 
     def hand_over_sample(self) -> InboundEvent:
-        return self.transfer("nurse", self.sample_id, "nurse", "lab", item_kind="SAMPLE")
+        """The nurse releases the sample to the lab (the lab's acceptance moves it)."""
+        return self.release_item("nurse", self.sample_id, "lab")
+
+    def accept_sample(self) -> InboundEvent:
+        return self.transfer("lab", self.sample_id, "nurse", "lab", item_kind="SAMPLE")
+
+    def release_item(self, holder: str, item_id: str, taker: str,
+                     location: str = "pathology hand-over desk") -> InboundEvent:
+        """The first signature of a hand-over: ``holder`` releases the item to ``taker``."""
+        return self.issue(holder, "CustodyReleased", {
+            "item_id": item_id, "from_actor": self.id_of(holder),
+            "to_actor": self.id_of(taker), "location": location, "seal_id": "SEAL-77"})
 
     def transfer(self, signer: str, item_id: str, giver: str, taker: str,
                  item_kind: str | None = None,
                  location: str = "pathology hand-over desk") -> InboundEvent:
+        """The second signature of a hand-over: the receiver (normally ``signer`` is
+        ``taker``) accepts the item ``giver`` released to it."""
         return self.issue(signer, "CustodyTransferred", {
             "item_id": item_id, "from_actor": self.id_of(giver),
             "to_actor": self.id_of(taker), "location": location,
@@ -526,13 +540,15 @@ class TherapyScenario:
             "shipment_id": shipment_id or self.shipment_id, "item_ids": self.dose_ids,
             "recipient": self.id_of("pharmacist"), "courier": "ColdChain Express",
             "destination_site_id": self.site, "temperature_range": "-80..-60 C",
-            "tracking_number": "CC-123456", "logger_id": "LOG-9"})
+            "tracking_number": "CC-123456", "logger_id": "LOG-9", "seal_id": "SEAL-SHP-1"})
 
-    def receive_at_site(self, shipment_id: str | None = None,
-                        by: str = "pharmacist") -> InboundEvent:
+    def receive_at_site(self, shipment_id: str | None = None, by: str = "pharmacist", *,
+                        seal_intact: bool = True, seal_id: str = "SEAL-SHP-1",
+                        item_ids: list[str] | None = None) -> InboundEvent:
         return self.issue(by, "ShipmentReceived", {
             "shipment_id": shipment_id or self.shipment_id,
-            "location": "pharmacy freezer 2", "seal_intact": True})
+            "location": "pharmacy freezer 2", "seal_intact": seal_intact,
+            "seal_id": seal_id, "item_ids": item_ids})
 
     # -- pharmacy, bedside, follow-up (per dose n) -------------------------------------
 
@@ -669,6 +685,15 @@ class TherapyScenario:
             else None
         return self.issue("pharmacist", "DoseExpired", {
             "dose_id": self.dose(n), "expired_at": expiry or self.now_us})
+
+    def disposition_quarantine(self, item_id: str, decision: str = "RELEASED",
+                               reason: str = "stability data cover the excursion",
+                               signer: str = "qp") -> InboundEvent:
+        """The qualified person's decision on a quarantined item."""
+        return self.issue(signer, "QuarantineDispositioned", {
+            "item_id": item_id, "decision": decision, "qualified_person": self.id_of(signer),
+            "reason": reason, "investigation_ref": "DEV-2026-031"},
+            meaning=SignatureMeaning.RESPONSIBLE)
 
     def destroy(self, n: int) -> InboundEvent:
         return self.issue("pharmacist", "DoseDestroyed", {

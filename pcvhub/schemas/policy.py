@@ -388,9 +388,16 @@ _ROWS: tuple[EventPolicy, ...] = (
                 transition=Transition(from_stage(S.COLLECTED), S.RECEIVED_AT_SITE,
                                       advance_if=first_dose_receipt),
                 next_step_at=((S.SHIPPED, "receive the shipment at the site"),)),
+    # a hand-over takes two signatures: the holder releases to a named receiver, and only
+    # that receiver's acceptance moves custody (neither alone does)
+    EventPolicy("CustodyReleased", roles(HOLDERS, CLINICAL),
+                transition=Transition(from_stage(S.COLLECTED))),
     EventPolicy("CustodyTransferred", roles(HOLDERS, CLINICAL),
                 transition=Transition(from_stage(S.COLLECTED))),
     EventPolicy("TemperatureExcursion", roles(HOLDERS, connector=True),
+                transition=Transition(from_stage(S.COLLECTED))),
+    # only the qualified person lifts a quarantine (or destroys what it holds), with a reason
+    EventPolicy("QuarantineDispositioned", roles("QUALIFIED_PERSON"), meaning=M.RESPONSIBLE,
                 transition=Transition(from_stage(S.COLLECTED))),
     # pharmacy and bedside; repeated doses loop dispense -> administer -> (outcome)
     EventPolicy("InventoryPlaced", roles(PHARMACY, connector=True), site_bound=at_the_site,

@@ -53,7 +53,7 @@ class DoseStatus(StrEnum):
     RESERVED = "RESERVED"          # placed and held for one scheduled administration
     DISPENSED = "DISPENSED"
     ADMINISTERED = "ADMINISTERED"
-    QUARANTINED = "QUARANTINED"    # after a temperature excursion, until destroyed
+    QUARANTINED = "QUARANTINED"    # until the qualified person releases or destroys it
     EXPIRED = "EXPIRED"
     DESTROYED = "DESTROYED"
 
@@ -101,7 +101,10 @@ class CustodyItem:
     holder: str
     location: str = ""
     open_dispatch: str | None = None  # the shipment it travels in, until received
+    #: the one actor the holder released it to, until that actor accepts it
+    released_to: str | None = None
     quarantined: bool = False
+    quarantine_reason: str = ""  # why it was quarantined, for the refusals that cite it
     consumed: bool = False  # administered or destroyed: it can move no more
 
 
@@ -114,6 +117,8 @@ class DoseRecord:
     location: str = ""
     placement_method: str = ""
     reserved_for: str | None = None  # administration id
+    #: the status a quarantine interrupted, restored when the qualified person releases it
+    before_quarantine: DoseStatus | None = None
 
 
 @dataclass
@@ -150,6 +155,7 @@ class Shipment:
     sender: str
     recipient: str
     received: bool = False
+    seal_id: str | None = None  # the seal the sender closed it with, if any
 
 
 @dataclass
@@ -354,6 +360,9 @@ def _sample_received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> Non
     item = case.items.get(p["sample_id"])
     if item is not None:
         item.location = p.get("location") or item.location
+    if p["condition"] == "REJECTED":
+        _quarantine(case, p["sample_id"], "the lab received it in REJECTED condition"
+                    + (f" ({p['condition_notes']})" if p.get("condition_notes") else ""))
 
 
 def _sequenced(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -400,18 +409,40 @@ def _dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     expiry = to_us(p.get("expiry"))
     for dose_id in p["dose_ids"]:
         status = DoseStatus.QUARANTINED if item.quarantined else DoseStatus.AVAILABLE
-        case.doses[dose_id] = DoseRecord(p["batch_id"], status, expiry)
+        case.doses[dose_id] = DoseRecord(
+            p["batch_id"], status, expiry,
+            before_quarantine=DoseStatus.AVAILABLE if item.quarantined else None)
         case.items[dose_id] = CustodyItem("DOSE", item.holder, item.location,
-                                          quarantined=item.quarantined)
+                                          quarantined=item.quarantined,
+                                          quarantine_reason=item.quarantine_reason)
 
 
 def _dispatched(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     items = tuple(p["item_ids"])
-    case.shipments[p["shipment_id"]] = Shipment(items, e.producer, p["recipient"])
+    case.shipments[p["shipment_id"]] = Shipment(items, e.producer, p["recipient"],
+                                                seal_id=p.get("seal_id"))
     for item_id in items:
         item = case.items.get(item_id)
         if item is not None:
             item.open_dispatch = p["shipment_id"]
+            item.released_to = None  # a release to someone else lapses once it travels
+
+
+def receipt_problem(shipment: Shipment, payload: Mapping[str, Any]) -> str | None:
+    """Why a receipt shows the shipment was tampered with or is incomplete (its items are
+    then quarantined), or None: the seal was intact and every dispatched item arrived."""
+    if payload.get("seal_intact") is False:
+        return f"shipment {payload['shipment_id']} arrived with its seal broken"
+    found = payload.get("seal_id")
+    if shipment.seal_id is not None and found is not None and found != shipment.seal_id:
+        return (f"shipment {payload['shipment_id']} arrived under seal {found}, not the "
+                f"dispatched seal {shipment.seal_id}")
+    arrived = payload.get("item_ids")
+    if arrived is not None and set(arrived) != set(shipment.items):
+        missing = sorted(set(shipment.items) - set(arrived))
+        return (f"shipment {payload['shipment_id']} arrived without "
+                f"{', '.join(missing) or 'some of its items'}")
+    return None
 
 
 def _received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -419,37 +450,71 @@ def _received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     if shipment is None:
         return
     shipment.received = True
+    problem = receipt_problem(shipment, p)
+    arrived = set(shipment.items if p.get("item_ids") is None else p["item_ids"])
     for item_id in shipment.items:
         item = case.items.get(item_id)
-        if item is not None:
+        if item is None:
+            continue
+        if item_id in arrived:
             item.holder = e.producer
             item.open_dispatch = None
             item.location = p.get("location") or item.location
+        if problem is not None:  # a missing item stays in transit, quarantined
+            _quarantine(case, item_id, problem)
+
+
+def _released(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    item = case.items.get(p["item_id"])
+    if item is not None:
+        item.released_to = p["to_actor"]
 
 
 def _transferred(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     item = case.items.get(p["item_id"])
     if item is not None:
         item.holder = p["to_actor"]
+        item.released_to = None
         item.location = p.get("location") or item.location
 
 
-def _quarantine(case: CaseState, item_id: str) -> None:
+def _quarantine(case: CaseState, item_id: str, reason: str) -> None:
     item = case.items.get(item_id)
     if item is not None:
         item.quarantined = True
+        item.quarantine_reason = reason
     dose = case.doses.get(item_id)
-    if dose is not None and dose.status not in FINAL_DOSE:
+    if dose is not None and dose.status not in FINAL_DOSE \
+            and dose.status is not DoseStatus.QUARANTINED:
+        dose.before_quarantine = dose.status
         dose.status = DoseStatus.QUARANTINED
 
 
 def _excursion(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    reason = (f"a temperature excursion ({p['min_celsius']}..{p['max_celsius']} C for "
+              f"{p['duration_seconds']} s, logger {p['logger_id']})")
     for item_id in p["item_ids"]:
-        _quarantine(case, item_id)
+        _quarantine(case, item_id, reason)
         if item_id in case.batches:  # a batch's doses were in the same box
             for dose_id, dose in case.doses.items():
                 if dose.batch_id == item_id:
-                    _quarantine(case, dose_id)
+                    _quarantine(case, dose_id, reason)
+
+
+def _quarantine_dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    item = case.items.get(p["item_id"])
+    if item is None:
+        return
+    dose = case.doses.get(p["item_id"])
+    if p["decision"] == "RELEASED":
+        item.quarantined, item.quarantine_reason = False, ""
+        if dose is not None and dose.status is DoseStatus.QUARANTINED:
+            dose.status = dose.before_quarantine or DoseStatus.AVAILABLE
+            dose.before_quarantine = None
+    elif p["decision"] == "DESTROYED":
+        item.consumed = True
+        if dose is not None:
+            _dose_to(case, p["item_id"], DoseStatus.DESTROYED)
 
 
 def _dose_to(case: CaseState, dose_id: str, status: DoseStatus) -> DoseRecord | None:
@@ -578,7 +643,9 @@ _HANDLERS: dict[str, Handler] = {
     "BatchDispositioned": _dispositioned,
     "ShipmentDispatched": _dispatched,
     "ShipmentReceived": _received,
+    "CustodyReleased": _released,
     "CustodyTransferred": _transferred,
+    "QuarantineDispositioned": _quarantine_dispositioned,
     "TemperatureExcursion": _excursion,
     "InventoryPlaced": _placed,
     "DoseReserved": _reserved,

@@ -25,6 +25,7 @@ from pcvhub.streams.case import (
     FINAL_DOSE,
     PRECONDITIONS,
     CaseState,
+    CustodyItem,
     DoseRecord,
     DoseStatus,
     Stage,
@@ -760,8 +761,11 @@ class ChainOfIdentity:
 # -- R6 custody --------------------------------------------------------------------------
 
 class Custody:
-    """R6: items move only from their holder, receipts match open dispatches, an item is
-    never in two places, and quarantined or expired doses never go to the patient."""
+    """R6: items move only from their holder, and only with two signatures (the holder
+    releases to a named receiver, that receiver accepts; a shipment is dispatched by its
+    holder to a named consignee and received only by it); receipts match open dispatches;
+    an item is never in two places; a quarantined item goes nowhere until the qualified
+    person releases it, and quarantined or expired doses never reach the patient."""
 
     name = "R6"
 
@@ -809,18 +813,70 @@ class Custody:
             "must hand it over, or record the missing transfer or receipt first",
         )
 
-    def _transfer(self, event: InboundEvent, case: CaseState) -> Verdict:
+    def _quarantined(self, event: InboundEvent, item_id: str, item: CustodyItem) -> Verdict:
+        return Verdict.refuse(
+            self.name, "ITEM_QUARANTINED",
+            f"event {event.event_id} ({event.event_type}) moves item {item_id}, which is "
+            f"quarantined after {item.quarantine_reason or 'a deviation'}; keep it in "
+            "quarantine storage until the qualified person releases or destroys it "
+            "(QuarantineDispositioned, with the reason)",
+        )
+
+    def _movable(self, event: InboundEvent, item_id: str, item: CustodyItem) -> Verdict:
+        """The item may leave its holder now: not travelling, not used up."""
+        if item.open_dispatch is not None:
+            return self._in_transit(event, item_id, item.open_dispatch)
+        if item.consumed:
+            return self._consumed(event, item_id)
+        return ACCEPT
+
+    def _release(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """The first signature of a hand-over: the holder names the one receiver."""
         p = event.payload
         item = case.items.get(p["item_id"])
         if item is None:
             return self._unknown(event, p["item_id"])
-        giver = p["from_actor"]
-        if giver != item.holder or event.producer not in (giver, p["to_actor"]):
+        if event.producer != item.holder or p["from_actor"] != item.holder:
+            return self._not_holder(event, p["item_id"], event.producer, item.holder)
+        if p["to_actor"] == item.holder:
+            return Verdict.refuse(
+                self.name, "RELEASE_TO_SELF",
+                f"event {event.event_id} releases item {p['item_id']} from {item.holder} to "
+                "the same actor; name the actor who will take the item over",
+            )
+        return self._movable(event, p["item_id"], item)
+
+    def _transfer(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """The second signature of a hand-over: the named receiver accepts; only then does
+        custody move."""
+        p = event.payload
+        item = case.items.get(p["item_id"])
+        if item is None:
+            return self._unknown(event, p["item_id"])
+        giver, taker = p["from_actor"], p["to_actor"]
+        if giver != item.holder:
             return self._not_holder(event, p["item_id"], giver, item.holder)
-        if item.open_dispatch is not None:
-            return self._in_transit(event, p["item_id"], item.open_dispatch)
-        if item.consumed:
-            return self._consumed(event, p["item_id"])
+        if event.producer != taker:
+            return Verdict.refuse(
+                self.name, "ACCEPTANCE_BY_RECEIVER_ONLY",
+                f"event {event.event_id} records {taker} taking item {p['item_id']}, but it "
+                f"is signed by {event.producer}; custody moves only when the receiver signs "
+                f"its acceptance: the holder releases it (CustodyReleased to {taker}) and "
+                f"{taker} signs this CustodyTransferred",
+            )
+        moving = self._movable(event, p["item_id"], item)
+        if not moving.accepted:
+            return moving
+        if item.released_to != taker:
+            released = (f"released it to {item.released_to}" if item.released_to
+                        else "has not released it")
+            return Verdict.refuse(
+                self.name, "CUSTODY_NOT_RELEASED",
+                f"event {event.event_id} has {taker} take custody of item {p['item_id']}, "
+                f"but its holder {item.holder} {released}; the receiver alone cannot move "
+                f"custody: have {item.holder} sign the release to {taker} "
+                "(CustodyReleased) first, or return the item",
+            )
         return ACCEPT
 
     def _dispatch(self, event: InboundEvent, case: CaseState) -> Verdict:
@@ -837,10 +893,11 @@ class Custody:
                 return self._unknown(event, item_id)
             if item.holder != event.producer:
                 return self._not_holder(event, item_id, event.producer, item.holder)
-            if item.open_dispatch is not None:
-                return self._in_transit(event, item_id, item.open_dispatch)
-            if item.consumed:
-                return self._consumed(event, item_id)
+            moving = self._movable(event, item_id, item)
+            if not moving.accepted:
+                return moving
+            if item.quarantined:
+                return self._quarantined(event, item_id, item)
             batch = case.batches.get(item_id)
             if batch is not None and batch.disposition != "RELEASED":
                 return Verdict.refuse(
@@ -866,9 +923,64 @@ class Custody:
             return Verdict.refuse(
                 self.name, "WRONG_RECIPIENT",
                 f"event {event.event_id} receives shipment {shipment_id} as {event.producer}, "
-                f"but it was dispatched to {shipment.recipient}; the named recipient must "
-                "receive it, or record a custody transfer",
+                f"but it was dispatched to {shipment.recipient}; only the named consignee "
+                "receives it: hand the shipment to that consignee",
             )
+        strays = sorted(set(event.payload.get("item_ids") or ()) - set(shipment.items))
+        if strays:
+            return Verdict.refuse(
+                self.name, "ITEM_NOT_IN_SHIPMENT",
+                f"event {event.event_id} receives {', '.join(strays)} in shipment "
+                f"{shipment_id}, which carried only {', '.join(shipment.items)}; quarantine "
+                "the stray items physically and report them: they may be another "
+                "patient's",
+                alert=True,
+            )
+        return ACCEPT
+
+    def _sequenced(self, event: InboundEvent, case: CaseState) -> Verdict:
+        for sample_id in event.payload["sample_ids"]:
+            item = case.items.get(sample_id)
+            if item is not None and item.quarantined:
+                return Verdict.refuse(
+                    self.name, "ITEM_QUARANTINED",
+                    f"event {event.event_id} sequences sample {sample_id}, which is "
+                    f"quarantined after {item.quarantine_reason}; do not use it: collect a "
+                    "new sample, or have the qualified person release it with a reason "
+                    "(QuarantineDispositioned)",
+                )
+        return ACCEPT
+
+    def _quarantine_disposition(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        item = case.items.get(p["item_id"])
+        if item is None:
+            return self._unknown(event, p["item_id"])
+        if p["decision"] not in ("RELEASED", "DESTROYED"):
+            return Verdict.refuse(
+                self.name, "UNKNOWN_DECISION",
+                f"event {event.event_id} decides {p['decision']} for item {p['item_id']}; "
+                "decide RELEASED or DESTROYED",
+            )
+        if not item.quarantined or item.consumed:
+            state = "already used or destroyed" if item.consumed else "not quarantined"
+            return Verdict.refuse(
+                self.name, "NOT_QUARANTINED",
+                f"event {event.event_id} dispositions item {p['item_id']}, which is {state}; "
+                "only a quarantined item needs the qualified person's disposition",
+            )
+        if not p["reason"].strip() or p["qualified_person"] != event.producer:
+            return Verdict.refuse(
+                self.name, "DISPOSITION_UNJUSTIFIED",
+                f"event {event.event_id} {p['decision']} quarantined item {p['item_id']} "
+                f"(quarantined after {item.quarantine_reason}) without "
+                + ("a reason" if not p["reason"].strip()
+                   else f"naming its signer {event.producer} as the qualified person")
+                + "; the qualified person states why the item is fit for use or must be "
+                "destroyed, and signs as themself",
+            )
+        if p["decision"] == "RELEASED" and item.open_dispatch is not None:
+            return self._in_transit(event, p["item_id"], item.open_dispatch)
         return ACCEPT
 
     def _sample_received(self, event: InboundEvent, case: CaseState) -> Verdict:
@@ -888,14 +1000,18 @@ class Custody:
                 return self._unknown(event, item_id)
         return ACCEPT
 
-    def _unusable(self, event: InboundEvent, dose_id: str, dose: DoseRecord) -> Verdict | None:
+    def _unusable(self, event: InboundEvent, case: CaseState, dose_id: str,
+                  dose: DoseRecord) -> Verdict | None:
         """A refusal if the dose may not go further towards the patient, else None."""
         if dose.status is DoseStatus.QUARANTINED:
+            item = case.items.get(dose_id)
+            why = item.quarantine_reason if item is not None else ""
             return Verdict.refuse(
                 self.name, "DOSE_QUARANTINED",
                 f"dose {dose_id} in event {event.event_id} ({event.event_type}) is "
-                "quarantined after a temperature excursion; do not use it: return it to the "
-                "pharmacy and wait for the manufacturer's assessment",
+                f"quarantined after {why or 'a deviation'}; do not use it: keep it in "
+                "quarantine storage until the qualified person releases or destroys it "
+                "(QuarantineDispositioned, with the reason)",
                 alert=event.event_type in ("DoseDispensed", "DoseAdministered"),
             )
         if dose.status is DoseStatus.EXPIRED or (
@@ -926,7 +1042,7 @@ class Custody:
         dose, item = case.doses.get(dose_id), case.items.get(dose_id)
         if dose is None or item is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if item.open_dispatch is not None:
@@ -946,7 +1062,7 @@ class Custody:
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if dose.status is not DoseStatus.PLACED:
@@ -958,7 +1074,7 @@ class Custody:
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if dose.status is DoseStatus.DISPENSED:
@@ -985,7 +1101,7 @@ class Custody:
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if dose.status is not DoseStatus.DISPENSED:
@@ -1001,6 +1117,13 @@ class Custody:
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
+        if dose.status is DoseStatus.QUARANTINED and event.event_type == "DoseDestroyed":
+            return Verdict.refuse(
+                self.name, "DISPOSITION_BY_QUALIFIED_PERSON",
+                f"event {event.event_id} destroys dose {dose_id}, which is quarantined; only "
+                "the qualified person's disposition (QuarantineDispositioned DESTROYED, with "
+                "the reason) destroys a quarantined dose: ask them to decide",
+            )
         if dose.status not in FINAL_DOSE:
             return ACCEPT
         return Verdict.refuse(
@@ -1010,11 +1133,14 @@ class Custody:
         )
 
     _checks: dict[str, Callable[[Custody, InboundEvent, CaseState], Verdict]] = {
+        "CustodyReleased": _release,
         "CustodyTransferred": _transfer,
         "ShipmentDispatched": _dispatch,
         "ShipmentReceived": _receipt,
         "SampleReceived": _sample_received,
+        "SequencingCompleted": _sequenced,
         "TemperatureExcursion": _excursion,
+        "QuarantineDispositioned": _quarantine_disposition,
         "InventoryPlaced": _placement,
         "DoseReserved": _reservation,
         "DoseDispensed": _dispense,
