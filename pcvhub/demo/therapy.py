@@ -23,9 +23,10 @@ calls ``commit`` (or uses ``accept``, which judges, commits and fails on a refus
     event = scenario.start_manufacturing()   # the next step, not yet applied
     verdict = hub.judge(event, scenario.case)
 
-Steps are labels: a method name, or ``name#n`` for the step of dose ``n``
-(``"dispense#2"``). Event time is a scenario clock (``tick_us`` per event) so timers can
-be tested with compressed durations; ``clock_to`` sets it for the next step.
+Steps are labels: a method name, or ``name#n`` for the ``n``-th of a repeated step: of
+dose ``n`` (``"dispense#2"``), of the ``n``-th QC test (``"qc_test#1"``). Event time is a
+scenario clock (``tick_us`` per event) so timers can be tested with compressed durations;
+``clock_to`` sets it for the next step.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pcvhub.ids import new_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.schemas.envelope import SignatureMeaning
+from pcvhub.schemas.specifications import panel_for
 from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.rules import default_rules
@@ -61,6 +63,9 @@ if TYPE_CHECKING:
     from pcvhub.streams.sandbox import Sandbox
 
 SITE = "KYOTO01"
+_QC_METHODS = {"sterility": "Ph. Eur. 2.6.1", "endotoxin": "Ph. Eur. 2.6.14",
+               "identity": "NGS identity SOP-41",
+               "mRNA integrity": "capillary electrophoresis SOP-12"}
 T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 DAY_US = 86_400_000_000
 NIL_UUID = "00000000-0000-0000-0000-000000000000"  # "no such event", still a valid uuid
@@ -217,12 +222,14 @@ CAST: dict[str, tuple[str, str]] = {
     "researcher": ("RESEARCHER", "UNIV-RES"),
 }
 
+#: the QC panel of the default therapy type, one step per test; sterility comes last
+QC_STEPS = ("qc_test#1", "qc_test#2", "qc_test#3", "record_qc")
 _BEFORE_DOSES = (
     "enrol", "issue_card", "confirm_eligibility", "consent_treatment", "consent_genome",
     "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "accept_sample",
     "receive_sample",
     "sequence", "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
-    "complete_step", "record_qc", "release", "ship", "receive_at_site",
+    "complete_step", *QC_STEPS, "release", "ship", "receive_at_site",
 )
 _PER_DOSE = ("schedule", "reserve", "dispense", "verify_identity", "administer", "outcome",
              "claim", "adjudicate", "pay")
@@ -518,11 +525,29 @@ class TherapyScenario:
             "operator": self.id_of("manufacturer"), "equipment_id": "FILL-02",
             "parameter_hash": "9a" * 32})
 
-    def record_qc(self, result: str = "PASS") -> InboundEvent:
+    def qc_result(self, test: str, value: str, result: str = "PASS",
+                  investigation_ref: str | None = None) -> InboundEvent:
+        """A QC result of ``test`` against the panel's specification and unit."""
+        panel = panel_for(self.therapy_type)
+        limit = panel.limit(test) if panel is not None else None
         return self.issue("qc", "QcResultRecorded", {
-            "batch_id": self.batch_id, "test": "sterility", "specification": "no growth",
-            "value": "no growth" if result == "PASS" else "growth", "result": result,
-            "method_ref": "Ph. Eur. 2.6.1"}, meaning=SignatureMeaning.REVIEWED)
+            "batch_id": self.batch_id, "test": test,
+            "specification": limit.specification if limit else "no growth",
+            "value": value, "unit": limit.unit if limit else None, "result": result,
+            "method_ref": _QC_METHODS.get(test), "investigation_ref": investigation_ref},
+            meaning=SignatureMeaning.REVIEWED)
+
+    def qc_test(self, n: int) -> InboundEvent:
+        """The passing result of the ``n``-th test of the panel before sterility."""
+        test, value = (("endotoxin", "0.8"), ("identity", self.design_hash),
+                       ("mRNA integrity", "93"))[n - 1]
+        return self.qc_result(test, value)
+
+    def record_qc(self, result: str = "PASS",
+                  investigation_ref: str | None = None) -> InboundEvent:
+        """The sterility result (the last test of the panel to be read)."""
+        return self.qc_result("sterility", "no growth" if result == "PASS" else "growth",
+                              result, investigation_ref)
 
     def release(self, disposition: str = "RELEASED", signer: str = "qp") -> InboundEvent:
         released = disposition == "RELEASED"

@@ -34,6 +34,7 @@ from typing import Any
 
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import LifecycleState, advance
+from pcvhub.schemas.specifications import SpecificationPanel, panel_for
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
 from pcvhub.trust.consent import (
@@ -85,12 +86,39 @@ class DesignRecord:
     approved: bool = False
 
 
+@dataclass(frozen=True)
+class QcResult:
+    """One recorded QC result; a retest adds another, it never replaces the first."""
+
+    test: str
+    result: str  # PASS, FAIL or UNKNOWN
+    value: str
+    event_id: str
+    investigation_ref: str | None = None
+
+
 @dataclass
 class BatchRecord:
     design_hash: str
     planned_dose_count: int
-    qc_results: dict[str, str] = field(default_factory=dict)  # test -> PASS/FAIL/UNKNOWN
+    qc_history: list[QcResult] = field(default_factory=list)  # in log order
     disposition: str | None = None
+
+    def latest_results(self) -> dict[str, str]:
+        """The latest result of each test (test -> PASS/FAIL/UNKNOWN)."""
+        return {r.test: r.result for r in self.qc_history}
+
+    def failed_before(self, test: str) -> bool:
+        return any(r.test == test and r.result != "PASS" for r in self.qc_history)
+
+    def unreleasable(self, panel: SpecificationPanel | None) -> list[str]:
+        """Why the panel is not passed (one phrase per test), or [] when every test of the
+        panel's latest result is a PASS."""
+        if panel is None:
+            return ["no QC specification panel exists for this therapy type"]
+        latest = self.latest_results()
+        return [f"{test} {'not recorded' if test not in latest else 'last ' + latest[test]}"
+                for test in panel.tests if latest.get(test) != "PASS"]
 
 
 @dataclass
@@ -275,20 +303,27 @@ class CaseState:
 
 @dataclass(frozen=True)
 class Precondition:
-    """A condition R4 checks before an event; ``code`` and ``needs`` go into the refusal."""
+    """A condition R4 checks before an event; ``code`` and ``needs`` go into the refusal,
+    and ``explain`` (when set) says what exactly is missing."""
 
     holds: Callable[[CaseState, Mapping[str, Any]], bool]
     code: str
     needs: str
     remedy: str
+    explain: Callable[[CaseState, Mapping[str, Any]], str | None] | None = None
 
 
-def _qc_passed(case: CaseState, payload: Mapping[str, Any]) -> bool:
+def _qc_unpassed(case: CaseState, payload: Mapping[str, Any]) -> str | None:
     if payload["disposition"] != "RELEASED":
-        return True  # rejecting a batch needs no passing QC
+        return None  # rejecting a batch needs no passing QC
     batch = case.batches.get(payload["batch_id"])
-    results = batch.qc_results.values() if batch is not None else ()
-    return bool(results) and all(r == "PASS" for r in results)
+    if batch is None:
+        return f"batch {payload['batch_id']} was never started"
+    missing = batch.unreleasable(panel_for(case.therapy_type))
+    if not missing:
+        return None
+    return (f"batch {payload['batch_id']} of therapy type {case.therapy_type}: "
+            + ", ".join(missing))
 
 
 # R4 asks only whether the step may happen now; whether *this* dose, batch or design is
@@ -302,9 +337,11 @@ PRECONDITIONS: dict[str, Precondition] = {
         "a patient whose latest eligibility assessment is positive",
         "reassess eligibility (EligibilityConfirmed) before ordering"),
     "qc_passed": Precondition(
-        _qc_passed, "QC_NOT_PASSED",
-        "every QC result recorded for the batch to PASS (and at least one recorded)",
-        "record the missing or repeated QC results, or reject the batch"),
+        lambda case, p: _qc_unpassed(case, p) is None, "QC_NOT_PASSED",
+        "the latest result of every test of the therapy type's QC panel to be a PASS",
+        "record the missing tests; a failed test is retested only under an out-of-"
+        "specification investigation (investigation_ref); or reject the batch",
+        explain=_qc_unpassed),
     "administered_before": Precondition(
         lambda case, p: bool(case.administrations), "OUT_OF_ORDER",
         "at least one administration of the therapy", "record the administration first"),
@@ -395,7 +432,8 @@ def _manufacturing_started(case: CaseState, p: dict[str, Any], e: InboundEvent) 
 def _qc(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     batch = case.batches.get(p["batch_id"])
     if batch is not None:
-        batch.qc_results[p["test"]] = p["result"]
+        batch.qc_history.append(QcResult(p["test"], p["result"], p["value"], e.event_id,
+                                         p.get("investigation_ref")))
 
 
 def _dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:

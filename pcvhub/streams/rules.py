@@ -1,4 +1,4 @@
-"""The custody rules R1..R8: one small policy object per rule, composed with ``AllOf``.
+"""The custody rules R1..R9: one small policy object per rule, composed with ``AllOf``.
 
 Each rule answers ``check(event, case) -> Verdict`` and refuses with a code and a
 sentence that names the event, the item or field at fault and what to do about it.
@@ -21,6 +21,7 @@ from typing import Any
 
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import PATIENT, POLICY, EventPolicy
+from pcvhub.schemas.specifications import LimitKind, UnreadableValue, panel_for
 from pcvhub.streams.case import (
     FINAL_DOSE,
     PRECONDITIONS,
@@ -271,11 +272,12 @@ class Lifecycle:
         if transition.requires is not None:
             pre = PRECONDITIONS[transition.requires]
             if not pre.holds(case, event.payload):
+                detail = pre.explain(case, event.payload) if pre.explain else None
                 return Verdict.refuse(
                     self.name, pre.code,
                     f"event {event.event_id} ({event.event_type}) of therapy {event.coi} "
-                    f"needs {pre.needs}, and that does not hold ({_name_of(event.payload)}); "
-                    f"{pre.remedy}",
+                    f"needs {pre.needs}, and that does not hold "
+                    f"({detail or _name_of(event.payload)}); {pre.remedy}",
                 )
         return ACCEPT
 
@@ -1150,6 +1152,82 @@ class Custody:
     }
 
 
+# -- R9 QC specification -----------------------------------------------------------------
+
+class QcSpecification:
+    """R9: a QC result is judged against the therapy type's specification panel
+    (``pcvhub.schemas.specifications``), not taken on the analyst's word: the test is one of
+    the panel, its specification and unit are the panel's, PASS or FAIL agrees with the
+    value, and a test that already failed is retested only under an out-of-specification
+    investigation (both results stay in the batch's history)."""
+
+    name = "R9"
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        if event.event_type != "QcResultRecorded":
+            return ACCEPT
+        p = event.payload
+        batch = case.batches.get(p["batch_id"])
+        if batch is None:
+            return Verdict.refuse(
+                self.name, "UNKNOWN_BATCH",
+                f"event {event.event_id} records QC of batch {p['batch_id']}, which was "
+                f"never started for therapy {event.coi}; check the lot number",
+            )
+        panel = panel_for(case.therapy_type)
+        if panel is None:
+            return Verdict.refuse(
+                self.name, "NO_QC_PANEL",
+                f"event {event.event_id} records QC for therapy {event.coi} of therapy type "
+                f"{case.therapy_type}, for which no QC specification panel exists; a batch "
+                "cannot be judged without one: add the panel (pcvhub.schemas."
+                "specifications) after review",
+            )
+        limit = panel.limit(p["test"])
+        if limit is None:
+            return Verdict.refuse(
+                self.name, "UNKNOWN_QC_TEST",
+                f"event {event.event_id} records test {p['test']!r} for batch "
+                f"{p['batch_id']}, which is not in the QC panel of {panel.therapy_type} "
+                f"({', '.join(panel.tests)}); record a test of the panel under its name",
+            )
+        unit = p.get("unit") or None
+        if p["specification"] != limit.specification or unit != limit.unit:
+            return Verdict.refuse(
+                self.name, "SPECIFICATION_MISMATCH",
+                f"event {event.event_id} judges {p['test']} of batch {p['batch_id']} "
+                f"against {p['specification']!r} ({unit or 'no unit'}), but the panel of "
+                f"{panel.therapy_type} specifies {limit.specification!r} "
+                f"({limit.unit or 'no unit'}); record it against the approved specification",
+            )
+        try:
+            meets = limit.meets(p["value"], design_hash=batch.design_hash)
+        except UnreadableValue as exc:
+            return Verdict.refuse(
+                self.name, "QC_VALUE_UNREADABLE",
+                f"event {event.event_id} records {p['test']} of batch {p['batch_id']}: "
+                f"{exc}; record the measured number",
+            )
+        if p["result"] not in ("PASS", "FAIL") or meets != (p["result"] == "PASS"):
+            return Verdict.refuse(
+                self.name, "QC_RESULT_CONTRADICTS_SPECIFICATION",
+                f"event {event.event_id} records {p['test']} of batch {p['batch_id']} as "
+                f"{p['result']}, but value {_short(p['value'])} "
+                f"{'meets' if meets else 'does not meet'} the specification "
+                f"{limit.specification!r}; record the result the value gives",
+                alert=limit.kind is LimitKind.DESIGN_MATCH and p["result"] == "PASS",
+            )
+        if batch.failed_before(p["test"]) and not (p.get("investigation_ref") or "").strip():
+            return Verdict.refuse(
+                self.name, "RETEST_WITHOUT_INVESTIGATION",
+                f"event {event.event_id} retests {p['test']} of batch {p['batch_id']}, "
+                "which already failed; a retest after an out-of-specification result is "
+                "done only under an investigation: name it (investigation_ref); the failed "
+                "result stays on record",
+            )
+        return ACCEPT
+
+
 # -- R7 consent --------------------------------------------------------------------------
 
 class Consent:
@@ -1215,5 +1293,6 @@ def default_rules(registry: KeyRegistry) -> AllOf:
         Lifecycle(),
         ChainOfIdentity(registry),
         Custody(),
+        QcSpecification(),
         Consent(),
     ])

@@ -1,4 +1,4 @@
-"""Custody rules R1..R8: given a therapy so far, when an event is judged, then a verdict.
+"""Custody rules R1..R9: given a therapy so far, when an event is judged, then a verdict.
 
 Every event here is really signed, encoded and decoded; actors are registered through
 the registrar on the registry chain (see ``therapy_builder``).
@@ -44,7 +44,7 @@ from .therapy_builder import (
 
 def test_default_rules_run_in_the_documented_order(hub: Hub) -> None:
     names = [rule.name for rule in default_rules(hub.registry).rules]
-    assert names == ["R8", "R1", "R3", "R2", "R4", "R5", "R6", "R7"]
+    assert names == ["R8", "R1", "R3", "R2", "R4", "R5", "R6", "R9", "R7"]
 
 
 def test_an_empty_rule_set_refuses_everything(scenario: TherapyScenario) -> None:
