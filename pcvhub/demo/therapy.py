@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from pcvhub.streams.sandbox import Sandbox
 
 SITE = "KYOTO01"
+#: the design model the cast's design service runs, and the hash of its container
+MODEL_ID = "neoagent 3.1"
+MODEL_HASH = "ab" * 32
 _QC_METHODS = {"sterility": "Ph. Eur. 2.6.1", "endotoxin": "Ph. Eur. 2.6.14",
                "identity": "NGS identity SOP-41",
                "mRNA integrity": "capillary electrophoresis SOP-12"}
@@ -161,6 +164,24 @@ class Hub:
         """One registered party per part of ``CAST``; the therapies of a cohort share it."""
         return {name: self.register(f"{name}-{suffix}", {role}, org)
                 for name, (role, org) in CAST.items()}
+
+    def register_model(self, designer: Party, approver: Party, model_id: str = MODEL_ID,
+                       model_hash: str = MODEL_HASH) -> InboundEvent:
+        """The registrar registers a validated design model for ``designer``."""
+        return self.admit(self.registry_event("ModelRegistered", {
+            "model_id": model_id, "version": "3.1", "model_hash": model_hash,
+            "design_service": designer.actor_id,
+            "validation_evidence_ref": "VAL-NEOAGENT-3.1", "approved_by": approver.actor_id,
+            "valid_from": self.clock_us}))
+
+    def model_of(self, designer: Party, approver: Party) -> str:
+        """The id of the model registered for ``designer`` (registered now if none is)."""
+        for model in self.registry.models.values():
+            if model.design_service == designer.actor_id and model.retired_at_us is None:
+                return model.model_id
+        model_id = f"{MODEL_ID} ({designer.actor_id})"
+        self.register_model(designer, approver, model_id)
+        return model_id
 
     def register_gatekeeper(self, gatekeeper: EventSigner) -> InboundEvent:
         """Register the gatekeeper's own key (it signs rejections and alerts)."""
@@ -280,6 +301,7 @@ class TherapyScenario:
         self.sequencing_hash = "5e" * 32
         self.variant_calls_hash = "7c" * 32
         self.design_id = "DSN-1"
+        self.model_id = hub.model_of(self.actors["designer"], self.actors["approver1"])
         self.design_hash = "de" * 32
         self.batch_id = "BATCH-1"
         self.shipment_id = "SHP-1"
@@ -496,7 +518,7 @@ class TherapyScenario:
         return self.issue("designer", "NeoantigenDesignProduced", {
             "design_id": self.design_id, "design_hash": self.design_hash,
             "sequencing_hash": sequencing_hash or self.sequencing_hash,
-            "model_id": "neoagent 3.1", "model_hash": "ab" * 32, "epitope_count": 20,
+            "model_id": self.model_id, "model_hash": MODEL_HASH, "epitope_count": 20,
             "variant_calls_hash": self.variant_calls_hash})
 
     def approval(self, approver: str, design_hash: str | None = None,

@@ -303,6 +303,11 @@ _ROWS: tuple[EventPolicy, ...] = (
                 registry=True),
     EventPolicy("KeyRevoked", roles("REGISTRAR"), transition=Transition(ANY_STAGE),
                 registry=True),
+    # the design models designs may name: validated, approved, registered, retired
+    EventPolicy("ModelRegistered", roles("REGISTRAR"), transition=Transition(ANY_STAGE),
+                registry=True),
+    EventPolicy("ModelRetired", roles("REGISTRAR"), transition=Transition(ANY_STAGE),
+                registry=True),
     # hospital
     EventPolicy("PatientEnrolled", roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
                 site_bound=at_the_site, transition=Transition(_only(S.NEW), S.ENROLLED),

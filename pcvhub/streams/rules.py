@@ -399,6 +399,9 @@ class ChainOfIdentity:
         calls = p.get("variant_calls_hash")
         if calls is not None and calls not in case.variant_call_hashes:
             return self._not_this_patients_data(event, what, f"variant calls {_short(calls)}")
+        refused = self._model(event)
+        if not refused.accepted:
+            return refused
         if p["design_id"] in case.designs:
             return Verdict.refuse(
                 self.name, "DESIGN_ID_IN_USE",
@@ -406,6 +409,64 @@ class ChainOfIdentity:
                 f"{event.coi} already used; a changed design needs a new id and new approvals",
             )
         return ACCEPT
+
+    def _model(self, event: InboundEvent) -> Verdict:
+        """The design was made by a registered, current model, with its validated hash, by
+        the design service it is registered for."""
+        p = event.payload
+        model = self.registry.models.get(p["model_id"])
+        problem: str | None
+        if model is None:
+            known = sorted(self.registry.models)
+            problem = (f"names model {p['model_id']!r}, which is not registered (registered: "
+                       f"{', '.join(known) or 'none'})")
+        elif model.design_service != event.producer:
+            problem = (f"was produced by {event.producer}, but model {model.model_id} is "
+                       f"registered for design service {model.design_service}")
+        else:
+            problem = model.problem_at(p["model_hash"], event.occurred_at_us)
+        if problem is None:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "MODEL_NOT_REGISTERED",
+            f"design {p['design_id']} in event {event.event_id} {problem}; a design is made "
+            "only by a validated model the registrar registered (ModelRegistered): rerun "
+            "the design with the registered model, or register the new one after its "
+            "validation",
+            alert=True,
+        )
+
+    def _model_registered(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        problems = []
+        if "DESIGN_APPROVER" not in self.registry.roles_of(p["approved_by"]):
+            problems.append(f"its approver {p['approved_by']} is no registered design "
+                            "approver")
+        if "DESIGN_SERVICE" not in self.registry.roles_of(p["design_service"]):
+            problems.append(f"{p['design_service']} is no registered design service")
+        digest = p["model_hash"]
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            problems.append(f"its hash {_short(digest)} is not a lowercase hex SHA-256")
+        if p["model_id"] in self.registry.models:
+            problems.append(f"model id {p['model_id']!r} is already registered (a new "
+                            "version needs its own id)")
+        if not problems:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "MODEL_REGISTRATION_INVALID",
+            f"event {event.event_id} registers model {p['model_id']!r}, but "
+            f"{'; '.join(problems)}; correct the registration",
+        )
+
+    def _model_retired(self, event: InboundEvent, case: CaseState) -> Verdict:
+        model = self.registry.models.get(event.payload["model_id"])
+        if model is not None and model.retired_at_us is None:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "MODEL_NOT_REGISTERED",
+            f"event {event.event_id} retires model {event.payload['model_id']!r}, which is "
+            f"{'already retired' if model is not None else 'not registered'}; check the id",
+        )
 
     def _approval(self, event: InboundEvent, case: CaseState) -> Verdict:
         design = case.designs.get(event.payload["design_id"])
@@ -740,6 +801,8 @@ class ChainOfIdentity:
         "SequencingCompleted": _sequenced,
         "VariantCallsProduced": _variant_calls,
         "NeoantigenDesignProduced": _design,
+        "ModelRegistered": _model_registered,
+        "ModelRetired": _model_retired,
         "DesignApproved": _approval,
         "ManufacturingStarted": _manufacture,
         "ManufacturingStepCompleted": _batch,

@@ -66,6 +66,8 @@ EVENT_TYPES = (
     "ActorRegistered",
     "KeyRotated",
     "KeyRevoked",
+    "ModelRegistered",
+    "ModelRetired",
     "EventRejected",
     "CustodyViolationDetected",
     "AlertRaised",
@@ -154,8 +156,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 48
-    assert len(set(EVENT_TYPES)) == 48
+    assert len(EVENT_TYPES) == 50
+    assert len(set(EVENT_TYPES)) == 50
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

@@ -55,7 +55,8 @@ RECORDS = _records()
 NEWER_THAN_THE_FIX = {"pcvhub.events.GenomeStored", "pcvhub.events.AlertAcknowledged",
                       "pcvhub.events.AlertResolved", "pcvhub.events.PatientCredentialIssued",
                       "pcvhub.events.ConsentWitnessed", "pcvhub.events.CustodyReleased",
-                      "pcvhub.events.QuarantineDispositioned"}
+                      "pcvhub.events.QuarantineDispositioned", "pcvhub.events.ModelRegistered",
+                      "pcvhub.events.ModelRetired"}
 
 
 def test_the_fixture_has_every_event_type_and_both_signing_paths():
