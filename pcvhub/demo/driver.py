@@ -61,7 +61,7 @@ from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.outcome import Outcome
 from pcvhub.connectors.payer import ClaimOutbox, ClaimRecord
 from pcvhub.connectors.writer import IngressWriter
-from pcvhub.demo import messages
+from pcvhub.demo import custody_faults, messages
 from pcvhub.demo.clients import (
     Alert,
     DemoError,
@@ -628,6 +628,7 @@ class TherapyRun:
     def qc(self) -> None:
         s = self.scenario
         self._mes(messages.qc_results(self.coi, self._tick(), s.batch_id, s.design_hash))
+        custody_faults.after_qc(self)
 
     def ship(self) -> None:
         """The plant releases the doses to the courier, the courier signs the pick-up, and
@@ -645,6 +646,7 @@ class TherapyRun:
         self._direct(s.receive_at_site)
         self._direct(lambda: s.place(1))
         self._direct(lambda: s.place(2))
+        custody_faults.after_receipt(self)
         if Fault.EXCURSION_THEN_DISPENSE in self.patient.faults:
             # the freezer logger reports an excursion of the second vial's rack
             self._direct(lambda: s.excursion([s.dose(2)]))

@@ -602,10 +602,11 @@ class TherapyScenario:
     def dose(self, n: int) -> str:
         return self.dose_ids[n - 1]
 
-    def place(self, n: int, site: str | None = None) -> InboundEvent:
+    def place(self, n: int, site: str | None = None,
+              method: str = "CONSIGNMENT") -> InboundEvent:
         return self.issue("pharmacist", "InventoryPlaced", {
             "dose_id": self.dose(n), "site_id": site or self.site,
-            "location": "pharmacy freezer 2, shelf 3", "placement_method": "CONSIGNMENT"})
+            "location": "pharmacy freezer 2, shelf 3", "placement_method": method})
 
     def schedule(self, n: int) -> InboundEvent:
         return self.issue("physician", "AdministrationScheduled", {

@@ -144,6 +144,9 @@ class DoseRecord:
     site: str = ""
     location: str = ""
     placement_method: str = ""
+    #: who owns the dose: the manufacturer until a SITE_STOCK placement makes it the
+    #: site's, or (consignment, just in time) until it is administered
+    owner: str = ""
     reserved_for: str | None = None  # administration id
     #: the status a quarantine interrupted, restored when the qualified person releases it
     before_quarantine: DoseStatus | None = None
@@ -448,7 +451,7 @@ def _dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     for dose_id in p["dose_ids"]:
         status = DoseStatus.QUARANTINED if item.quarantined else DoseStatus.AVAILABLE
         case.doses[dose_id] = DoseRecord(
-            p["batch_id"], status, expiry,
+            p["batch_id"], status, expiry, owner=item.holder,
             before_quarantine=DoseStatus.AVAILABLE if item.quarantined else None)
         case.items[dose_id] = CustodyItem("DOSE", item.holder, item.location,
                                           quarantined=item.quarantined,
@@ -572,6 +575,8 @@ def _placed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
         dose.site = p["site_id"]
         dose.location = p["location"]
         dose.placement_method = p["placement_method"]
+        if dose.placement_method == "SITE_STOCK":  # the site buys it on receipt
+            dose.owner = p["site_id"]
         case.items[p["dose_id"]].location = p["location"]
 
 
@@ -598,7 +603,9 @@ def _identity(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
 
 
 def _administered(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    _dose_to(case, p["dose_id"], DoseStatus.ADMINISTERED)
+    dose = _dose_to(case, p["dose_id"], DoseStatus.ADMINISTERED)
+    if dose is not None and dose.placement_method != "SITE_STOCK" and case.site:
+        dose.owner = case.site  # consigned stock is the site's (and billed) once used
     case.administrations[e.event_id] = Administration(
         p["dose_id"], p["administration_id"], e.occurred_at_us, p["dose_number"],
         p["identity_check_event_id"])

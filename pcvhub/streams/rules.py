@@ -42,6 +42,10 @@ from pcvhub.trust.patient_card import (
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
 
 ACCEPT = Verdict.accept()
+#: the placement methods of ``InventoryPlaced`` whose ownership and billing the hub knows
+PLACEMENT_METHODS = frozenset({"CONSIGNMENT", "SITE_STOCK", "JUST_IN_TIME"})
+#: a just-in-time placement needs an administration scheduled within this (72 h)
+JUST_IN_TIME_WINDOW_US = 72 * 3_600_000_000
 
 
 def _hex(digest: bytes) -> str:
@@ -834,6 +838,11 @@ class Custody:
 
     name = "R6"
 
+    def __init__(self, just_in_time_window_us: int = JUST_IN_TIME_WINDOW_US) -> None:
+        """:param just_in_time_window_us: how soon after a JUST_IN_TIME placement the
+            administration it is delivered for must be scheduled."""
+        self.just_in_time_window_us = just_in_time_window_us
+
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
         check = self._checks.get(event.event_type)
         return ACCEPT if check is None else check(self, event, case)
@@ -1120,7 +1129,33 @@ class Custody:
                 f"event {event.event_id} places dose {dose_id}, which is reserved for "
                 f"administration {dose.reserved_for}; dispense it or let the reservation go",
             )
+        method = event.payload["placement_method"]
+        if method not in PLACEMENT_METHODS:
+            return Verdict.refuse(
+                self.name, "PLACEMENT_METHOD_UNKNOWN",
+                f"event {event.event_id} places dose {dose_id} as {method}; who owns the "
+                f"dose, and when it is billed, follow from the method: name one of "
+                f"{', '.join(sorted(PLACEMENT_METHODS))}",
+            )
+        if method == "JUST_IN_TIME":
+            return self._just_in_time(event, case, dose_id)
         return ACCEPT
+
+    def _just_in_time(self, event: InboundEvent, case: CaseState, dose_id: str) -> Verdict:
+        """A just-in-time delivery is for an administration scheduled soon at this site."""
+        at, until = event.occurred_at_us, event.occurred_at_us + self.just_in_time_window_us
+        given = {a.administration_id for a in case.administrations.values()}
+        if any(at <= s.scheduled_for_us <= until and s.site == event.payload["site_id"]
+               and a not in given for a, s in case.scheduled.items()):
+            return ACCEPT
+        hours = self.just_in_time_window_us // 3_600_000_000
+        return Verdict.refuse(
+            self.name, "NO_ADMINISTRATION_SCHEDULED",
+            f"event {event.event_id} places dose {dose_id} just in time, but therapy "
+            f"{event.coi} has no administration scheduled at site {event.payload['site_id']} "
+            f"within {hours} h of the placement; schedule the administration first "
+            "(AdministrationScheduled), or place the dose as consignment or site stock",
+        )
 
     def _reservation(self, event: InboundEvent, case: CaseState) -> Verdict:
         dose_id = event.payload["dose_id"]

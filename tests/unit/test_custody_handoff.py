@@ -199,3 +199,39 @@ def test_an_item_never_quarantined_needs_no_disposition(scenario: TherapyScenari
     scenario.run_until("receive_at_site")
     event = scenario.disposition_quarantine(scenario.dose(1))
     refused(scenario.judge(event), "R6", "NOT_QUARANTINED", event)
+
+
+# -- placement methods ---------------------------------------------------------------------
+
+
+def test_consigned_stock_stays_the_manufacturers_until_administered(
+        scenario: TherapyScenario) -> None:
+    scenario.run_until("dispense#1")
+    first = scenario.case.doses[scenario.dose(1)]
+    assert (first.placement_method, first.owner) == ("CONSIGNMENT",
+                                                     scenario.id_of("manufacturer"))
+    scenario.run_until("administer#1")
+    assert first.owner == scenario.site
+
+
+def test_site_stock_is_the_sites_on_placement(scenario: TherapyScenario) -> None:
+    scenario.run_until("receive_at_site")
+    scenario.accept(scenario.place(1, method="SITE_STOCK"))
+    assert scenario.case.doses[scenario.dose(1)].owner == scenario.site
+
+
+def test_a_just_in_time_placement_needs_an_administration_scheduled_soon(
+        scenario: TherapyScenario) -> None:
+    scenario.run_until("receive_at_site")
+    event = scenario.place(1, method="JUST_IN_TIME")
+    verdict = refused(scenario.judge(event), "R6", "NO_ADMINISTRATION_SCHEDULED", event)
+    assert "within 72 h" in verdict.reason and "AdministrationScheduled" in verdict.reason
+    scenario.accept(scenario.schedule(1))  # ten ticks ahead: well inside the window
+    assert scenario.judge(scenario.place(1, method="JUST_IN_TIME")).accepted
+
+
+def test_a_placement_method_the_hub_does_not_know_is_refused(
+        scenario: TherapyScenario) -> None:
+    scenario.run_until("receive_at_site")
+    event = scenario.place(1, method="OTHER")
+    refused(scenario.judge(event), "R6", "PLACEMENT_METHOD_UNKNOWN", event)
