@@ -717,6 +717,18 @@ class TherapyScenario:
             "max_celsius": -5.0, "duration_seconds": 1800, "logger_id": "FRZ-2",
             "allowed_range": "-80..-60 C"})
 
+    def logger_readings(self, celsius: list[float], item_ids: list[str] | None = None,
+                        every_us: int = 300_000_000) -> InboundEvent:
+        """The courier uploads its logger's readings (one every ``every_us``, ending now)."""
+        end = self.now_us
+        start = end - every_us * (len(celsius) - 1)
+        return self.issue("courier", "TemperatureLogRecorded", {
+            "logger_id": "LOG-9", "item_ids": item_ids or self.dose_ids,
+            "shipment_id": self.shipment_id,
+            "readings": [{"at": start + i * every_us, "celsius": c}
+                         for i, c in enumerate(celsius)],
+            "source_ref": "LOG-9.csv"})
+
     def research_use(self, request_id: str = "RQ-1") -> InboundEvent:
         return self.issue("researcher", "ResearchDataRequested", {
             "request_id": request_id, "purpose": "RESEARCH",

@@ -401,6 +401,9 @@ _ROWS: tuple[EventPolicy, ...] = (
                 transition=Transition(from_stage(S.COLLECTED))),
     EventPolicy("TemperatureExcursion", roles(HOLDERS, connector=True),
                 transition=Transition(from_stage(S.COLLECTED))),
+    # the logger's readings themselves: the hub derives the excursion from them
+    EventPolicy("TemperatureLogRecorded", roles(HOLDERS, connector=True),
+                transition=Transition(from_stage(S.COLLECTED))),
     # only the qualified person lifts a quarantine (or destroys what it holds), with a reason
     EventPolicy("QuarantineDispositioned", roles("QUALIFIED_PERSON"), meaning=M.RESPONSIBLE,
                 transition=Transition(from_stage(S.COLLECTED))),

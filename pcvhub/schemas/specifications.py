@@ -1,5 +1,6 @@
 """The QC specification panel of each therapy type: which tests a batch must pass before
-the qualified person may release it, and the limit each result is judged against.
+the qualified person may release it, the limit each result is judged against, and the
+storage range its samples, batches and doses must be kept in.
 
 The gatekeeper judges every ``QcResultRecorded`` by this table, not by the analyst's word:
 the recorded specification and unit must be the panel's, the value must meet the limit
@@ -8,16 +9,21 @@ of every test of the panel to be a PASS (``pcvhub.streams.case``). An identity t
 judged against the approved design itself: its value is the digest of the sequence read
 from the product, which must be the batch's design hash.
 
+Logger readings (``TemperatureLogRecorded``) are judged against the storage range by the
+hub itself (``storage_excursion``): the holder uploads what the logger read, never its own
+verdict on it.
+
 A therapy type without a panel has no release path (fail closed): add its panel here,
 after review, before its first batch is made.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
+from itertools import pairwise
 
 
 class LimitKind(StrEnum):
@@ -82,6 +88,8 @@ class SpecificationPanel:
 
     therapy_type: str
     limits: tuple[Limit, ...]
+    storage_min_celsius: float
+    storage_max_celsius: float
 
     def __post_init__(self) -> None:
         names = [limit.test for limit in self.limits]
@@ -106,10 +114,26 @@ PANELS: Mapping[str, SpecificationPanel] = {panel.therapy_type: panel for panel 
         Limit("identity", "sequence matches design", LimitKind.DESIGN_MATCH),
         Limit("mRNA integrity", ">= 80", LimitKind.AT_LEAST, unit="%", bound=Decimal(80),
               inclusive=True),
-    )),
+    ), storage_min_celsius=-80.0, storage_max_celsius=-60.0),
 )}
 
 
 def panel_for(therapy_type: str | None) -> SpecificationPanel | None:
     """The panel of ``therapy_type``, or None: a therapy type nobody specified."""
     return PANELS.get(therapy_type or "")
+
+
+def storage_excursion(panel: SpecificationPanel,
+                      readings: Sequence[tuple[int, float]]) -> str | None:
+    """What the readings (event-time microseconds, degrees Celsius; in time order) show
+    outside the panel's storage range, or None if every reading is inside it. A reading
+    out of range counts until the next reading."""
+    low, high = panel.storage_min_celsius, panel.storage_max_celsius
+    outside = [(at, c) for at, c in readings if not low <= c <= high]
+    if not outside:
+        return None
+    seconds = sum((nxt[0] - cur[0]) // 1_000_000 for cur, nxt in pairwise(readings)
+                  if not low <= cur[1] <= high)
+    coldest, warmest = min(c for _, c in outside), max(c for _, c in outside)
+    return (f"{len(outside)} of {len(readings)} logger readings outside {low:g}..{high:g} C "
+            f"({coldest:g}..{warmest:g} C, about {seconds} s)")

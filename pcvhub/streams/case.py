@@ -34,7 +34,7 @@ from typing import Any
 
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import LifecycleState, advance
-from pcvhub.schemas.specifications import SpecificationPanel, panel_for
+from pcvhub.schemas.specifications import SpecificationPanel, panel_for, storage_excursion
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
 from pcvhub.trust.consent import (
@@ -542,6 +542,23 @@ def _excursion(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
                     _quarantine(case, dose_id, reason)
 
 
+def _temperature_log(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    panel = panel_for(case.therapy_type)
+    if panel is None:
+        return
+    found = storage_excursion(panel, [(codec.to_us(r["at"]), r["celsius"])
+                                      for r in p["readings"]])
+    if found is None:
+        return
+    reason = f"logger {p['logger_id']}: {found}"
+    for item_id in p["item_ids"]:
+        _quarantine(case, item_id, reason)
+        if item_id in case.batches:
+            for dose_id, dose in case.doses.items():
+                if dose.batch_id == item_id:
+                    _quarantine(case, dose_id, reason)
+
+
 def _quarantine_dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     item = case.items.get(p["item_id"])
     if item is None:
@@ -692,6 +709,7 @@ _HANDLERS: dict[str, Handler] = {
     "CustodyTransferred": _transferred,
     "QuarantineDispositioned": _quarantine_dispositioned,
     "TemperatureExcursion": _excursion,
+    "TemperatureLogRecorded": _temperature_log,
     "InventoryPlaced": _placed,
     "DoseReserved": _reserved,
     "DoseDispensed": _dispensed,

@@ -17,6 +17,7 @@ the approved one, a dose about to reach the wrong patient, a quarantined dose di
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from typing import Any
 
 from pcvhub.schemas import codec
@@ -1074,6 +1075,28 @@ class Custody:
                 return self._unknown(event, item_id)
         return ACCEPT
 
+    def _temperature_log(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """Readings the hub can judge: of known items, in time order, for a therapy type
+        whose storage range is specified."""
+        refused = self._excursion(event, case)
+        if not refused.accepted:
+            return refused
+        times = [codec.to_us(r["at"]) for r in event.payload["readings"]]
+        problem = None
+        if not times:
+            problem = "it holds no reading"
+        elif any(b < a for a, b in pairwise(times)):
+            problem = "its readings are not in time order"
+        elif panel_for(case.therapy_type) is None:
+            problem = f"no storage range is specified for therapy type {case.therapy_type}"
+        if problem is None:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "TEMPERATURE_LOG_UNJUDGEABLE",
+            f"event {event.event_id} uploads logger {event.payload['logger_id']}'s readings, "
+            f"but {problem}; upload the logger's full download as read",
+        )
+
     def _unusable(self, event: InboundEvent, case: CaseState, dose_id: str,
                   dose: DoseRecord) -> Verdict | None:
         """A refusal if the dose may not go further towards the patient, else None."""
@@ -1240,6 +1263,7 @@ class Custody:
         "SampleReceived": _sample_received,
         "SequencingCompleted": _sequenced,
         "TemperatureExcursion": _excursion,
+        "TemperatureLogRecorded": _temperature_log,
         "QuarantineDispositioned": _quarantine_disposition,
         "InventoryPlaced": _placement,
         "DoseReserved": _reservation,

@@ -235,3 +235,35 @@ def test_a_placement_method_the_hub_does_not_know_is_refused(
     scenario.run_until("receive_at_site")
     event = scenario.place(1, method="OTHER")
     refused(scenario.judge(event), "R6", "PLACEMENT_METHOD_UNKNOWN", event)
+
+
+# -- cold chain from the logger's readings -------------------------------------------------
+
+
+def test_readings_inside_the_storage_range_quarantine_nothing(
+        scenario: TherapyScenario) -> None:
+    scenario.run_until("receive_at_site")
+    scenario.accept(scenario.logger_readings([-72.0, -71.5, -70.8, -72.2]))
+    assert all(not scenario.case.items[d].quarantined for d in scenario.dose_ids)
+
+
+def test_the_hub_derives_the_excursion_from_the_readings(scenario: TherapyScenario) -> None:
+    scenario.run_until("receive_at_site")
+    scenario.accept(scenario.logger_readings([-72.0, -55.0, -41.5, -70.0]))
+    dose = scenario.case.items[scenario.dose(1)]
+    assert dose.quarantined
+    assert "2 of 4 logger readings outside -80..-60 C (-55..-41.5 C, about 600 s)" \
+        in dose.quarantine_reason
+    event = scenario.place(1)
+    verdict = refused(scenario.judge(event), "R6", "DOSE_QUARANTINED", event)
+    assert "LOG-9" in verdict.reason
+
+
+def test_readings_out_of_time_order_are_refused(scenario: TherapyScenario) -> None:
+    scenario.run_until("receive_at_site")
+    good = scenario.logger_readings([-72.0, -71.0])
+    readings = list(reversed(good.payload["readings"]))
+    event = scenario.issue("courier", "TemperatureLogRecorded", {
+        **good.payload, "readings": readings})
+    verdict = refused(scenario.judge(event), "R6", "TEMPERATURE_LOG_UNJUDGEABLE", event)
+    assert "not in time order" in verdict.reason

@@ -608,7 +608,8 @@ def test_the_happy_path_lists_every_lifecycle_event_type_that_a_therapy_needs() 
     scenario = TherapyScenario(Hub())
     issued = {scenario.step(label).event_type for label in HAPPY_PATH}
     off_path = {"ConsentWithdrawn", "ConsentWitnessed",  # only for a patient who cannot sign
-                "TemperatureExcursion", "QuarantineDispositioned", "DoseDestroyed",
+                "TemperatureExcursion", "TemperatureLogRecorded",
+                "QuarantineDispositioned", "DoseDestroyed",
                 "DoseExpired",
                 "AdverseEventReported", "ResearchDataRequested",
                 "AlertAcknowledged", "AlertResolved",  # only where an alert was raised
