@@ -818,6 +818,8 @@ QC_RESULTS = View(
            arg_max_null(q.producer, q.log_offset) AS recorded_by,
            max(q.occurred_at) AS recorded_at,
            list(q.result ORDER BY q.log_offset) AS history,
+           coalesce(list(q.investigation_ref ORDER BY q.log_offset)
+                    FILTER (WHERE q.investigation_ref IS NOT NULL), []) AS investigations,
            d.disposition AS batch_disposition
     FROM log.qc_result_recorded q LEFT JOIN disposition d USING (coi, batch_id)
     WHERE q.log_topic = 'events'
@@ -836,6 +838,8 @@ QC_RESULTS = View(
         "recorded_by": "QC analyst who recorded the latest result.",
         "recorded_at": "When the latest result was recorded.",
         "history": "Every result of this test, in order.",
+        "investigations": "Out-of-specification investigations the retests were done "
+                          "under, in order.",
         "batch_disposition": "Latest disposition of the batch (RELEASED, REJECTED, NULL).",
     },
 )

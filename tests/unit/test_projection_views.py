@@ -297,6 +297,8 @@ def test_qc_results_per_batch_and_test_keep_the_retest_history(
     endotoxin = results["endotoxin"]  # passed, then failed, then retested under investigation
     assert (endotoxin["attempts"], endotoxin["history"], endotoxin["result"]) == (
         3, ["PASS", "FAIL", "PASS"], "PASS")
+    assert endotoxin["investigations"] == ["OOS-2026-007"]
+    assert results["sterility"]["investigations"] == []
     assert (endotoxin["value"], endotoxin["unit"]) == ("2.1", "EU/mL")
     assert endotoxin["batch_disposition"] == "RELEASED"
 
