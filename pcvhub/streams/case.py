@@ -532,9 +532,14 @@ def _quarantine(case: CaseState, item_id: str, reason: str) -> None:
 
 
 def _excursion(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    reason = (f"a temperature excursion ({p['min_celsius']}..{p['max_celsius']} C for "
-              f"{p['duration_seconds']} s, logger {p['logger_id']})")
-    for item_id in p["item_ids"]:
+    _exposed(case, p["item_ids"],
+             f"a temperature excursion ({p['min_celsius']}..{p['max_celsius']} C for "
+             f"{p['duration_seconds']} s, logger {p['logger_id']})")
+
+
+def _exposed(case: CaseState, item_ids: list[str], reason: str) -> None:
+    """Quarantine items out of their storage range, and the doses of a batch among them."""
+    for item_id in item_ids:
         _quarantine(case, item_id, reason)
         if item_id in case.batches:  # a batch's doses were in the same box
             for dose_id, dose in case.doses.items():
@@ -550,13 +555,7 @@ def _temperature_log(case: CaseState, p: dict[str, Any], e: InboundEvent) -> Non
                                       for r in p["readings"]])
     if found is None:
         return
-    reason = f"logger {p['logger_id']}: {found}"
-    for item_id in p["item_ids"]:
-        _quarantine(case, item_id, reason)
-        if item_id in case.batches:
-            for dose_id, dose in case.doses.items():
-                if dose.batch_id == item_id:
-                    _quarantine(case, dose_id, reason)
+    _exposed(case, p["item_ids"], f"logger {p['logger_id']}: {found}")
 
 
 def _quarantine_dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
