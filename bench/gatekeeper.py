@@ -25,7 +25,7 @@ from pcvhub.schemas.codec import decode_envelope
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import connector_principal, topic_name
 
-THERAPIES = 120  # x 42 events for the throughput runs
+THERAPIES = 120  # x 47 events (the happy path) for the throughput runs
 LATENCY_RATE = 500
 LATENCY_SECONDS = 10
 

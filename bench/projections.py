@@ -1,7 +1,7 @@
 """Projection rebuild rate and audit query latency.
 
 1. A log is built once into a sandbox's canonical topic: the registry, then whole valid
-   therapies sharing one cast (about 42 events each), signed in Merkle batches of 64 per
+   therapies sharing one cast (about 47 events each), signed in Merkle batches of 64 per
    actor (signing each of a million events on its own would take the better part of an
    hour), written straight to the topic. Its build time is reported.
 2. Baseline: a raw confluent-kafka consumer reads the same topic from the beginning to

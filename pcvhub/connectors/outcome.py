@@ -7,7 +7,7 @@ says is one :class:`Outcome`:
 * **accepted**: durably in the hub and on the canonical log; *already accepted* is a
   repeat of something accepted before, not written again; an accepted outcome may carry
   warnings (an HL7 ACK AA with ERR severity W);
-* **refused**: by which rule (a gatekeeper rule R1..R8, or the connector's own check:
+* **refused**: by which rule (a gatekeeper rule R1..R9, or the connector's own check:
   ``HL7``, ``MLLP``, ``FHIR``, ``AUTH``, ``FILE``, ``X12-835``), with a machine-readable
   code, a sentence a person can act on and every :class:`Problem` found, so that an HL7
   ACK carries one ERR segment per problem and a FHIR OperationOutcome one issue;

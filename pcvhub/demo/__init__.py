@@ -10,7 +10,8 @@ patients, their timelines and faults), :mod:`~pcvhub.demo.messages` (HL7, FHIR, 
 and X12 835 as the outside systems write them), :mod:`~pcvhub.demo.clients` (the
 protocols' client side and the demo's view of the log), :mod:`~pcvhub.demo.deployment`
 (keys, anchor, CA, actors), :mod:`~pcvhub.demo.stack` (the processes),
-:mod:`~pcvhub.demo.driver` (the therapies, day by day), :mod:`~pcvhub.demo.summary`.
+:mod:`~pcvhub.demo.driver` (the therapies, day by day), :mod:`~pcvhub.demo.custody_faults`
+(the custody and release faults it injects), :mod:`~pcvhub.demo.summary`.
 """
 
 from __future__ import annotations

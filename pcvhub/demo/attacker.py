@@ -3,7 +3,7 @@
 Mallory holds the HL7 connector's Kafka credentials (a compromised interface engine) and
 tries two writes the hub must never take: her own registration as a registrar, signed by
 herself and linked onto the registry chain's head, straight onto the canonical topic
-(skipping the gatekeeper, R1-R8); and an event onto the payer connector's ingress topic.
+(skipping the gatekeeper, R1-R9); and an event onto the payer connector's ingress topic.
 The broker refuses both before any byte is stored; what it answered is the evidence the
 summary shows. (Someone who bypasses the broker's ACLs, an operator with file access, is
 met by the log reader instead: a registration no registrar signed is quarantined, not

@@ -35,6 +35,8 @@ class Fault(StrEnum):
     WRONG_PATIENT = "dose scanned for the wrong patient"
     UNREGISTERED_SIGNER = "message from an unregistered signer"
     DUPLICATE_HL7 = "duplicate HL7 message"
+    COURIER_WITHOUT_RELEASE = "courier takes custody without the pharmacy's release"
+    RELEASE_AFTER_FAILED_STERILITY = "release with a failed sterility test"
     #: not an event at all: a therapy nobody writes for any more (``Cohort.stalled``)
     STALLED = "therapy stalled at the sequencing lab"
 
@@ -186,7 +188,7 @@ VISITOR_MRN = "PCC-V000001"
 
 def assign_faults(patients: int) -> dict[int, set[Fault]]:
     """Spread the sent faults over the cohort (patient index -> faults): fault ``k`` of the
-    six goes to patient ``k * patients // 6``, so a large cohort has one fault per faulty
+    ``n`` goes to patient ``k * patients // n``, so a large cohort has one fault per faulty
     therapy and a small one doubles them up."""
     faults: dict[int, set[Fault]] = {}
     for k, fault in enumerate(SENT_FAULTS):

@@ -195,6 +195,8 @@ def prepare(base: Settings, data_dir: Path, prefix: str, start_us: int) -> Deplo
     parties = {}
     for actor in ACTORS:
         parties[actor.actor_id] = hub.register_party(_party(store, actor), actor.display_name)
+    # the design service's validated model, registered with the actors (designs name it)
+    hub.register_model(parties[CAST["designer"]], parties[CAST["approver1"]])
     ca = LocalCA(data_dir / "tls", passphrase.encode())
     pseudonymiser = Pseudonymiser.load(store, create=True)  # before any connector races for it
     run_dir = data_dir / "runs" / prefix

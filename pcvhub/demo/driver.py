@@ -61,7 +61,7 @@ from pcvhub.connectors.identity import deterministic_event_id
 from pcvhub.connectors.outcome import Outcome
 from pcvhub.connectors.payer import ClaimOutbox, ClaimRecord
 from pcvhub.connectors.writer import IngressWriter
-from pcvhub.demo import messages
+from pcvhub.demo import custody_faults, messages
 from pcvhub.demo.clients import (
     Alert,
     DemoError,
@@ -566,6 +566,7 @@ class TherapyRun:
         s = self.scenario
         self._direct(s.collect)
         self._direct(s.hand_over_sample)
+        self._direct(s.accept_sample)
 
     def lab_receipt(self) -> None:
         self._direct(self.scenario.receive_sample)
@@ -626,13 +627,16 @@ class TherapyRun:
 
     def qc(self) -> None:
         s = self.scenario
-        self._mes(messages.qc_results(self.coi, self._tick(), s.batch_id))
+        self._mes(messages.qc_results(self.coi, self._tick(), s.batch_id, s.design_hash))
+        custody_faults.after_qc(self)
 
     def ship(self) -> None:
-        """The courier takes the doses from the plant (signing the pick-up) and ships them
-        to the hospital pharmacy."""
+        """The plant releases the doses to the courier, the courier signs the pick-up, and
+        ships them to the hospital pharmacy."""
         s = self.scenario
         for dose_id in s.dose_ids:
+            self._direct(partial(s.release_item, "manufacturer", dose_id, "courier",
+                                 location="Kobe plant dock 2"))
             self._direct(partial(s.transfer, "courier", dose_id, "manufacturer", "courier",
                                  item_kind="DOSE", location="Kobe plant dock 2"))
         self._direct(lambda: s.ship(by="courier"))
@@ -642,6 +646,7 @@ class TherapyRun:
         self._direct(s.receive_at_site)
         self._direct(lambda: s.place(1))
         self._direct(lambda: s.place(2))
+        custody_faults.after_receipt(self)
         if Fault.EXCURSION_THEN_DISPENSE in self.patient.faults:
             # the freezer logger reports an excursion of the second vial's rack
             self._direct(lambda: s.excursion([s.dose(2)]))
@@ -670,7 +675,8 @@ class TherapyRun:
             p, cid, SITE, at, administration_id=f"ADM-{n}", dose_number=n, dose_id=s.dose(n),
             nurse=s.id_of("nurse")))
         if n == 1 and Fault.EXCURSION_THEN_DISPENSE in p.faults:
-            self._direct(lambda: s.destroy(2))
+            self._direct(lambda: s.disposition_quarantine(
+                s.dose(2), "DESTROYED", "freezer excursion beyond the stability data"))
             self._own_quarantine_alert()
 
     def _own_quarantine_alert(self) -> None:
@@ -682,10 +688,11 @@ class TherapyRun:
             # the demo's local case learns it as the gatekeeper's did
             s.case.alerts.setdefault(alert, AlertStatus.OPEN)
         self._direct(lambda: s.issue("pharmacist", "AlertAcknowledged", {
-            "alert_id": alert, "note": "vial 2 held in quarantine; destruction witnessed"}))
+            "alert_id": alert, "note": "vial 2 held in quarantine; the qualified person "
+                                       "decided its destruction"}))
         self._direct(lambda: s.issue("pharmacist", "AlertResolved", {
             "alert_id": alert, "resolution": "CORRECTED",
-            "reason": "the quarantined vial was destroyed (witnessed); the patient received "
+            "reason": "the qualified person destroyed the quarantined vial; the patient received "
                       "vial 1; no second dispense of vial 2 is possible"},
             meaning=SignatureMeaning.RESPONSIBLE))
 

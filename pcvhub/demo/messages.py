@@ -165,7 +165,9 @@ MANUFACTURING_STEPS = (("IVT mRNA synthesis", "BIOREACTOR-3"), ("purification", 
 #: (test, specification, value, unit, method): every result meets its specification
 QC_TESTS = (("sterility", "no growth", "no growth", "", "Ph. Eur. 2.6.1"),
             ("endotoxin", "< 5", "0.8", "EU/mL", "Ph. Eur. 2.6.14"),
-            ("identity", "sequence matches design", "match", "", "NGS identity SOP-41"),
+            # the value of the identity test is the digest of the sequence read from the
+            # product: it must be the batch's design hash (``qc_results`` fills it in)
+            ("identity", "sequence matches design", "", "", "NGS identity SOP-41"),
             ("mRNA integrity", ">= 80", "93", "%", "capillary electrophoresis SOP-12"))
 
 
@@ -194,10 +196,12 @@ def batch_steps(coi: str, at_us: int, batch_id: str, operator: str) -> list[dict
             for i, (step, equipment) in enumerate(MANUFACTURING_STEPS)]
 
 
-def qc_results(coi: str, at_us: int, batch_id: str) -> list[dict[str, Any]]:
+def qc_results(coi: str, at_us: int, batch_id: str,
+               design_hash: str) -> list[dict[str, Any]]:
     return [{"event": "QcResultRecorded", "coi": coi,
              "occurred_at": utc_iso(at_us + i * 1_800_000_000), "batch_id": batch_id,
-             "test": test, "specification": spec, "value": value, "unit": unit or None,
+             "test": test, "specification": spec, "value": value or design_hash,
+             "unit": unit or None,
              "result": "PASS", "method_ref": method}
             for i, (test, spec, value, unit, method) in enumerate(QC_TESTS)]
 

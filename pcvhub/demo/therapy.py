@@ -23,9 +23,10 @@ calls ``commit`` (or uses ``accept``, which judges, commits and fails on a refus
     event = scenario.start_manufacturing()   # the next step, not yet applied
     verdict = hub.judge(event, scenario.case)
 
-Steps are labels: a method name, or ``name#n`` for the step of dose ``n``
-(``"dispense#2"``). Event time is a scenario clock (``tick_us`` per event) so timers can
-be tested with compressed durations; ``clock_to`` sets it for the next step.
+Steps are labels: a method name, or ``name#n`` for the ``n``-th of a repeated step: of
+dose ``n`` (``"dispense#2"``), of the ``n``-th QC test (``"qc_test#1"``). Event time is a
+scenario clock (``tick_us`` per event) so timers can be tested with compressed durations;
+``clock_to`` sets it for the next step.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pcvhub.ids import new_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.schemas.envelope import SignatureMeaning
+from pcvhub.schemas.specifications import panel_for
 from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.rules import default_rules
@@ -61,6 +63,12 @@ if TYPE_CHECKING:
     from pcvhub.streams.sandbox import Sandbox
 
 SITE = "KYOTO01"
+#: the design model the cast's design service runs, and the hash of its container
+MODEL_ID = "neoagent 3.1"
+MODEL_HASH = "ab" * 32
+_QC_METHODS = {"sterility": "Ph. Eur. 2.6.1", "endotoxin": "Ph. Eur. 2.6.14",
+               "identity": "NGS identity SOP-41",
+               "mRNA integrity": "capillary electrophoresis SOP-12"}
 T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 DAY_US = 86_400_000_000
 NIL_UUID = "00000000-0000-0000-0000-000000000000"  # "no such event", still a valid uuid
@@ -157,6 +165,24 @@ class Hub:
         return {name: self.register(f"{name}-{suffix}", {role}, org)
                 for name, (role, org) in CAST.items()}
 
+    def register_model(self, designer: Party, approver: Party, model_id: str = MODEL_ID,
+                       model_hash: str = MODEL_HASH) -> InboundEvent:
+        """The registrar registers a validated design model for ``designer``."""
+        return self.admit(self.registry_event("ModelRegistered", {
+            "model_id": model_id, "version": "3.1", "model_hash": model_hash,
+            "design_service": designer.actor_id,
+            "validation_evidence_ref": "VAL-NEOAGENT-3.1", "approved_by": approver.actor_id,
+            "valid_from": self.clock_us}))
+
+    def model_of(self, designer: Party, approver: Party) -> str:
+        """The id of the model registered for ``designer`` (registered now if none is)."""
+        for model in self.registry.models.values():
+            if model.design_service == designer.actor_id and model.retired_at_us is None:
+                return model.model_id
+        model_id = f"{MODEL_ID} ({designer.actor_id})"
+        self.register_model(designer, approver, model_id)
+        return model_id
+
     def register_gatekeeper(self, gatekeeper: EventSigner) -> InboundEvent:
         """Register the gatekeeper's own key (it signs rejections and alerts)."""
         return self.admit(self.registry_event("ActorRegistered", registration_payload(
@@ -217,11 +243,14 @@ CAST: dict[str, tuple[str, str]] = {
     "researcher": ("RESEARCHER", "UNIV-RES"),
 }
 
+#: the QC panel of the default therapy type, one step per test; sterility comes last
+QC_STEPS = ("qc_test#1", "qc_test#2", "qc_test#3", "record_qc")
 _BEFORE_DOSES = (
     "enrol", "issue_card", "confirm_eligibility", "consent_treatment", "consent_genome",
-    "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "receive_sample",
+    "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "accept_sample",
+    "receive_sample",
     "sequence", "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
-    "complete_step", "record_qc", "release", "ship", "receive_at_site",
+    "complete_step", *QC_STEPS, "release", "ship", "receive_at_site",
 )
 _PER_DOSE = ("schedule", "reserve", "dispense", "verify_identity", "administer", "outcome",
              "claim", "adjudicate", "pay")
@@ -272,6 +301,7 @@ class TherapyScenario:
         self.sequencing_hash = "5e" * 32
         self.variant_calls_hash = "7c" * 32
         self.design_id = "DSN-1"
+        self.model_id = hub.model_of(self.actors["designer"], self.actors["approver1"])
         self.design_hash = "de" * 32
         self.batch_id = "BATCH-1"
         self.shipment_id = "SHP-1"
@@ -426,11 +456,24 @@ class TherapyScenario:
             "preservation": "FRESH_FROZEN"})
 
     def hand_over_sample(self) -> InboundEvent:
-        return self.transfer("nurse", self.sample_id, "nurse", "lab", item_kind="SAMPLE")
+        """The nurse releases the sample to the lab (the lab's acceptance moves it)."""
+        return self.release_item("nurse", self.sample_id, "lab")
+
+    def accept_sample(self) -> InboundEvent:
+        return self.transfer("lab", self.sample_id, "nurse", "lab", item_kind="SAMPLE")
+
+    def release_item(self, holder: str, item_id: str, taker: str,
+                     location: str = "pathology hand-over desk") -> InboundEvent:
+        """The first signature of a hand-over: ``holder`` releases the item to ``taker``."""
+        return self.issue(holder, "CustodyReleased", {
+            "item_id": item_id, "from_actor": self.id_of(holder),
+            "to_actor": self.id_of(taker), "location": location, "seal_id": "SEAL-77"})
 
     def transfer(self, signer: str, item_id: str, giver: str, taker: str,
                  item_kind: str | None = None,
                  location: str = "pathology hand-over desk") -> InboundEvent:
+        """The second signature of a hand-over: the receiver (normally ``signer`` is
+        ``taker``) accepts the item ``giver`` released to it."""
         return self.issue(signer, "CustodyTransferred", {
             "item_id": item_id, "from_actor": self.id_of(giver),
             "to_actor": self.id_of(taker), "location": location,
@@ -475,7 +518,7 @@ class TherapyScenario:
         return self.issue("designer", "NeoantigenDesignProduced", {
             "design_id": self.design_id, "design_hash": self.design_hash,
             "sequencing_hash": sequencing_hash or self.sequencing_hash,
-            "model_id": "neoagent 3.1", "model_hash": "ab" * 32, "epitope_count": 20,
+            "model_id": self.model_id, "model_hash": MODEL_HASH, "epitope_count": 20,
             "variant_calls_hash": self.variant_calls_hash})
 
     def approval(self, approver: str, design_hash: str | None = None,
@@ -504,11 +547,29 @@ class TherapyScenario:
             "operator": self.id_of("manufacturer"), "equipment_id": "FILL-02",
             "parameter_hash": "9a" * 32})
 
-    def record_qc(self, result: str = "PASS") -> InboundEvent:
+    def qc_result(self, test: str, value: str, result: str = "PASS",
+                  investigation_ref: str | None = None) -> InboundEvent:
+        """A QC result of ``test`` against the panel's specification and unit."""
+        panel = panel_for(self.therapy_type)
+        limit = panel.limit(test) if panel is not None else None
         return self.issue("qc", "QcResultRecorded", {
-            "batch_id": self.batch_id, "test": "sterility", "specification": "no growth",
-            "value": "no growth" if result == "PASS" else "growth", "result": result,
-            "method_ref": "Ph. Eur. 2.6.1"}, meaning=SignatureMeaning.REVIEWED)
+            "batch_id": self.batch_id, "test": test,
+            "specification": limit.specification if limit else "no growth",
+            "value": value, "unit": limit.unit if limit else None, "result": result,
+            "method_ref": _QC_METHODS.get(test), "investigation_ref": investigation_ref},
+            meaning=SignatureMeaning.REVIEWED)
+
+    def qc_test(self, n: int) -> InboundEvent:
+        """The passing result of the ``n``-th test of the panel before sterility."""
+        test, value = (("endotoxin", "0.8"), ("identity", self.design_hash),
+                       ("mRNA integrity", "93"))[n - 1]
+        return self.qc_result(test, value)
+
+    def record_qc(self, result: str = "PASS",
+                  investigation_ref: str | None = None) -> InboundEvent:
+        """The sterility result (the last test of the panel to be read)."""
+        return self.qc_result("sterility", "no growth" if result == "PASS" else "growth",
+                              result, investigation_ref)
 
     def release(self, disposition: str = "RELEASED", signer: str = "qp") -> InboundEvent:
         released = disposition == "RELEASED"
@@ -526,23 +587,26 @@ class TherapyScenario:
             "shipment_id": shipment_id or self.shipment_id, "item_ids": self.dose_ids,
             "recipient": self.id_of("pharmacist"), "courier": "ColdChain Express",
             "destination_site_id": self.site, "temperature_range": "-80..-60 C",
-            "tracking_number": "CC-123456", "logger_id": "LOG-9"})
+            "tracking_number": "CC-123456", "logger_id": "LOG-9", "seal_id": "SEAL-SHP-1"})
 
-    def receive_at_site(self, shipment_id: str | None = None,
-                        by: str = "pharmacist") -> InboundEvent:
+    def receive_at_site(self, shipment_id: str | None = None, by: str = "pharmacist", *,
+                        seal_intact: bool = True, seal_id: str = "SEAL-SHP-1",
+                        item_ids: list[str] | None = None) -> InboundEvent:
         return self.issue(by, "ShipmentReceived", {
             "shipment_id": shipment_id or self.shipment_id,
-            "location": "pharmacy freezer 2", "seal_intact": True})
+            "location": "pharmacy freezer 2", "seal_intact": seal_intact,
+            "seal_id": seal_id, "item_ids": item_ids})
 
     # -- pharmacy, bedside, follow-up (per dose n) -------------------------------------
 
     def dose(self, n: int) -> str:
         return self.dose_ids[n - 1]
 
-    def place(self, n: int, site: str | None = None) -> InboundEvent:
+    def place(self, n: int, site: str | None = None,
+              method: str = "CONSIGNMENT") -> InboundEvent:
         return self.issue("pharmacist", "InventoryPlaced", {
             "dose_id": self.dose(n), "site_id": site or self.site,
-            "location": "pharmacy freezer 2, shelf 3", "placement_method": "CONSIGNMENT"})
+            "location": "pharmacy freezer 2, shelf 3", "placement_method": method})
 
     def schedule(self, n: int) -> InboundEvent:
         return self.issue("physician", "AdministrationScheduled", {
@@ -653,6 +717,18 @@ class TherapyScenario:
             "max_celsius": -5.0, "duration_seconds": 1800, "logger_id": "FRZ-2",
             "allowed_range": "-80..-60 C"})
 
+    def logger_readings(self, celsius: list[float], item_ids: list[str] | None = None,
+                        every_us: int = 300_000_000) -> InboundEvent:
+        """The courier uploads its logger's readings (one every ``every_us``, ending now)."""
+        end = self.now_us
+        start = end - every_us * (len(celsius) - 1)
+        return self.issue("courier", "TemperatureLogRecorded", {
+            "logger_id": "LOG-9", "item_ids": item_ids or self.dose_ids,
+            "shipment_id": self.shipment_id,
+            "readings": [{"at": start + i * every_us, "celsius": c}
+                         for i, c in enumerate(celsius)],
+            "source_ref": "LOG-9.csv"})
+
     def research_use(self, request_id: str = "RQ-1") -> InboundEvent:
         return self.issue("researcher", "ResearchDataRequested", {
             "request_id": request_id, "purpose": "RESEARCH",
@@ -669,6 +745,15 @@ class TherapyScenario:
             else None
         return self.issue("pharmacist", "DoseExpired", {
             "dose_id": self.dose(n), "expired_at": expiry or self.now_us})
+
+    def disposition_quarantine(self, item_id: str, decision: str = "RELEASED",
+                               reason: str = "stability data cover the excursion",
+                               signer: str = "qp") -> InboundEvent:
+        """The qualified person's decision on a quarantined item."""
+        return self.issue(signer, "QuarantineDispositioned", {
+            "item_id": item_id, "decision": decision, "qualified_person": self.id_of(signer),
+            "reason": reason, "investigation_ref": "DEV-2026-031"},
+            meaning=SignatureMeaning.RESPONSIBLE)
 
     def destroy(self, n: int) -> InboundEvent:
         return self.issue("pharmacist", "DoseDestroyed", {

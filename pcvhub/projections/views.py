@@ -396,7 +396,7 @@ ALERTS = View(
         "coi": "Therapy the alert is about.",
         "alert_id": "Deterministic alert id (one per subject and kind).",
         "severity": "INFO, WARNING or CRITICAL.",
-        "rule": "Rule that raised it: TIMER for turnaround timers, R1..R8 for breaches.",
+        "rule": "Rule that raised it: TIMER for turnaround timers, R1..R9 for breaches.",
         "code": "Machine-readable kind (e.g. DOSE_WINDOW, DOSE_QUARANTINED).",
         "message": "What happened and what to do, for people.",
         "subject_event_id": "Refused event id, or the timer key coi/kind/anchor.",
@@ -440,7 +440,7 @@ REJECTIONS = View(
         "rejected_event_type": "Event type of the refused record, if readable.",
         "claimed_signer": "Signer the refused record claims (unverified).",
         "claimed_key_id": "Key id the refused record claims (unverified).",
-        "rule": "Rule that refused it (R0 for unreadable records, R1..R8).",
+        "rule": "Rule that refused it (R0 for unreadable records, R1..R9).",
         "reason_code": "Machine-readable reason (e.g. DOSE_QUARANTINED, DUPLICATE_EVENT).",
         "reason": "Why, for people, with what to do.",
         "source_topic": "Ingress topic the refused record was read from.",
@@ -468,6 +468,21 @@ INVENTORY_MACRO = Macro("inventory_as_of", "as_of", f"""
     excursions AS (
         SELECT coi, unnest(item_ids) AS item_id, log_offset, occurred_at
         FROM log.temperature_excursion WHERE log_topic = 'events'
+        UNION ALL
+        -- a receipt with a broken seal, or under a seal other than the dispatched one,
+        -- quarantines every item of the shipment (as the gatekeeper does)
+        SELECT r.coi, unnest(d.item_ids), r.log_offset, r.occurred_at
+        FROM log.shipment_received r JOIN log.shipment_dispatched d
+          ON d.coi = r.coi AND d.shipment_id = r.shipment_id AND d.log_topic = 'events'
+        WHERE r.log_topic = 'events' AND (r.seal_intact = false OR (
+              r.seal_id IS NOT NULL AND d.seal_id IS NOT NULL AND r.seal_id <> d.seal_id)
+              OR (r.item_ids IS NOT NULL
+                  AND list_sort(list_distinct(r.item_ids))
+                      <> list_sort(list_distinct(d.item_ids))))
+    ),
+    dispositions AS (
+        SELECT coi, item_id AS dose_id, decision, log_offset, occurred_at
+        FROM log.quarantine_dispositioned WHERE log_topic = 'events'
     ),
     changes AS (
         SELECT coi, dose_id, log_offset, occurred_at, 'AVAILABLE' AS status
@@ -482,6 +497,8 @@ INVENTORY_MACRO = Macro("inventory_as_of", "as_of", f"""
         FROM log.dose_expired WHERE log_topic = 'events'
         UNION ALL SELECT coi, dose_id, log_offset, occurred_at, 'DESTROYED'
         FROM log.dose_destroyed WHERE log_topic = 'events'
+        UNION ALL SELECT coi, dose_id, log_offset, occurred_at, 'DESTROYED'
+        FROM dispositions WHERE decision = 'DESTROYED'
         UNION ALL
         -- an excursion of the dose or of its whole batch; before release it takes
         -- effect at release, as the gatekeeper quarantines the doses it releases then
@@ -490,8 +507,15 @@ INVENTORY_MACRO = Macro("inventory_as_of", "as_of", f"""
         FROM excursions x JOIN doses d
           ON d.coi = x.coi AND (x.item_id = d.dose_id OR x.item_id = d.batch_id)
     ),
+    lifted AS (  -- the qualified person's latest release from quarantine, per dose
+        SELECT coi, dose_id, max(log_offset) AS lifted_at FROM dispositions
+        WHERE decision = 'RELEASED' GROUP BY coi, dose_id
+    ),
     current AS (
-        SELECT coi, dose_id, status, occurred_at AS status_since FROM changes
+        SELECT c.coi, c.dose_id, c.status, c.occurred_at AS status_since
+        FROM changes c LEFT JOIN lifted l USING (coi, dose_id)
+        -- a released quarantine no longer counts: the dose is back where it was
+        WHERE NOT (c.status = 'QUARANTINED' AND c.log_offset < coalesce(l.lifted_at, -1))
         QUALIFY row_number() OVER (
             PARTITION BY coi, dose_id
             ORDER BY status IN {FINAL} DESC,
@@ -532,8 +556,9 @@ INVENTORY = View(
     "Every released dose (one vial for one administration): where it is (site, location, "
     "placement method), its status and expiry. Status: RELEASED (not yet placed at the "
     "site), AVAILABLE (placed, free), RESERVED, DISPENSED, ADMINISTERED, QUARANTINED "
-    "(temperature excursion), EXPIRED (recorded expired, or past expiry and unused), "
-    "DESTROYED. inventory_as_of(TIMESTAMPTZ) gives the same at another date.",
+    "(temperature excursion or tampered receipt, until the qualified person decides), "
+    "EXPIRED (recorded expired, or past expiry and unused), DESTROYED. "
+    "inventory_as_of(TIMESTAMPTZ) gives the same at another date.",
     "SELECT * FROM inventory_as_of(current_timestamp)",
     {
         "coi": "Therapy (patient) the dose belongs to.",
@@ -793,6 +818,8 @@ QC_RESULTS = View(
            arg_max_null(q.producer, q.log_offset) AS recorded_by,
            max(q.occurred_at) AS recorded_at,
            list(q.result ORDER BY q.log_offset) AS history,
+           coalesce(list(q.investigation_ref ORDER BY q.log_offset)
+                    FILTER (WHERE q.investigation_ref IS NOT NULL), []) AS investigations,
            d.disposition AS batch_disposition
     FROM log.qc_result_recorded q LEFT JOIN disposition d USING (coi, batch_id)
     WHERE q.log_topic = 'events'
@@ -811,6 +838,8 @@ QC_RESULTS = View(
         "recorded_by": "QC analyst who recorded the latest result.",
         "recorded_at": "When the latest result was recorded.",
         "history": "Every result of this test, in order.",
+        "investigations": "Out-of-specification investigations the retests were done "
+                          "under, in order.",
         "batch_disposition": "Latest disposition of the batch (RELEASED, REJECTED, NULL).",
     },
 )

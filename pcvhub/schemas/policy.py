@@ -303,6 +303,11 @@ _ROWS: tuple[EventPolicy, ...] = (
                 registry=True),
     EventPolicy("KeyRevoked", roles("REGISTRAR"), transition=Transition(ANY_STAGE),
                 registry=True),
+    # the design models designs may name: validated, approved, registered, retired
+    EventPolicy("ModelRegistered", roles("REGISTRAR"), transition=Transition(ANY_STAGE),
+                registry=True),
+    EventPolicy("ModelRetired", roles("REGISTRAR"), transition=Transition(ANY_STAGE),
+                registry=True),
     # hospital
     EventPolicy("PatientEnrolled", roles("PHYSICIAN", "HOSPITAL_CLINICIAN", connector=True),
                 site_bound=at_the_site, transition=Transition(_only(S.NEW), S.ENROLLED),
@@ -388,9 +393,19 @@ _ROWS: tuple[EventPolicy, ...] = (
                 transition=Transition(from_stage(S.COLLECTED), S.RECEIVED_AT_SITE,
                                       advance_if=first_dose_receipt),
                 next_step_at=((S.SHIPPED, "receive the shipment at the site"),)),
+    # a hand-over takes two signatures: the holder releases to a named receiver, and only
+    # that receiver's acceptance moves custody (neither alone does)
+    EventPolicy("CustodyReleased", roles(HOLDERS, CLINICAL),
+                transition=Transition(from_stage(S.COLLECTED))),
     EventPolicy("CustodyTransferred", roles(HOLDERS, CLINICAL),
                 transition=Transition(from_stage(S.COLLECTED))),
     EventPolicy("TemperatureExcursion", roles(HOLDERS, connector=True),
+                transition=Transition(from_stage(S.COLLECTED))),
+    # the logger's readings themselves: the hub derives the excursion from them
+    EventPolicy("TemperatureLogRecorded", roles(HOLDERS, connector=True),
+                transition=Transition(from_stage(S.COLLECTED))),
+    # only the qualified person lifts a quarantine (or destroys what it holds), with a reason
+    EventPolicy("QuarantineDispositioned", roles("QUALIFIED_PERSON"), meaning=M.RESPONSIBLE,
                 transition=Transition(from_stage(S.COLLECTED))),
     # pharmacy and bedside; repeated doses loop dispense -> administer -> (outcome)
     EventPolicy("InventoryPlaced", roles(PHARMACY, connector=True), site_bound=at_the_site,

@@ -34,6 +34,7 @@ from typing import Any
 
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import LifecycleState, advance
+from pcvhub.schemas.specifications import SpecificationPanel, panel_for, storage_excursion
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
 from pcvhub.trust.consent import (
@@ -53,7 +54,7 @@ class DoseStatus(StrEnum):
     RESERVED = "RESERVED"          # placed and held for one scheduled administration
     DISPENSED = "DISPENSED"
     ADMINISTERED = "ADMINISTERED"
-    QUARANTINED = "QUARANTINED"    # after a temperature excursion, until destroyed
+    QUARANTINED = "QUARANTINED"    # until the qualified person releases or destroys it
     EXPIRED = "EXPIRED"
     DESTROYED = "DESTROYED"
 
@@ -85,12 +86,39 @@ class DesignRecord:
     approved: bool = False
 
 
+@dataclass(frozen=True)
+class QcResult:
+    """One recorded QC result; a retest adds another, it never replaces the first."""
+
+    test: str
+    result: str  # PASS, FAIL or UNKNOWN
+    value: str
+    event_id: str
+    investigation_ref: str | None = None
+
+
 @dataclass
 class BatchRecord:
     design_hash: str
     planned_dose_count: int
-    qc_results: dict[str, str] = field(default_factory=dict)  # test -> PASS/FAIL/UNKNOWN
+    qc_history: list[QcResult] = field(default_factory=list)  # in log order
     disposition: str | None = None
+
+    def latest_results(self) -> dict[str, str]:
+        """The latest result of each test (test -> PASS/FAIL/UNKNOWN)."""
+        return {r.test: r.result for r in self.qc_history}
+
+    def failed_before(self, test: str) -> bool:
+        return any(r.test == test and r.result != "PASS" for r in self.qc_history)
+
+    def unreleasable(self, panel: SpecificationPanel | None) -> list[str]:
+        """Why the panel is not passed (one phrase per test), or [] when every test of the
+        panel's latest result is a PASS."""
+        if panel is None:
+            return ["no QC specification panel exists for this therapy type"]
+        latest = self.latest_results()
+        return [f"{test} {'not recorded' if test not in latest else 'last ' + latest[test]}"
+                for test in panel.tests if latest.get(test) != "PASS"]
 
 
 @dataclass
@@ -101,7 +129,10 @@ class CustodyItem:
     holder: str
     location: str = ""
     open_dispatch: str | None = None  # the shipment it travels in, until received
+    #: the one actor the holder released it to, until that actor accepts it
+    released_to: str | None = None
     quarantined: bool = False
+    quarantine_reason: str = ""  # why it was quarantined, for the refusals that cite it
     consumed: bool = False  # administered or destroyed: it can move no more
 
 
@@ -113,7 +144,12 @@ class DoseRecord:
     site: str = ""
     location: str = ""
     placement_method: str = ""
+    #: who owns the dose: the manufacturer until a SITE_STOCK placement makes it the
+    #: site's, or (consignment, just in time) until it is administered
+    owner: str = ""
     reserved_for: str | None = None  # administration id
+    #: the status a quarantine interrupted, restored when the qualified person releases it
+    before_quarantine: DoseStatus | None = None
 
 
 @dataclass
@@ -150,6 +186,7 @@ class Shipment:
     sender: str
     recipient: str
     received: bool = False
+    seal_id: str | None = None  # the seal the sender closed it with, if any
 
 
 @dataclass
@@ -269,20 +306,27 @@ class CaseState:
 
 @dataclass(frozen=True)
 class Precondition:
-    """A condition R4 checks before an event; ``code`` and ``needs`` go into the refusal."""
+    """A condition R4 checks before an event; ``code`` and ``needs`` go into the refusal,
+    and ``explain`` (when set) says what exactly is missing."""
 
     holds: Callable[[CaseState, Mapping[str, Any]], bool]
     code: str
     needs: str
     remedy: str
+    explain: Callable[[CaseState, Mapping[str, Any]], str | None] | None = None
 
 
-def _qc_passed(case: CaseState, payload: Mapping[str, Any]) -> bool:
+def _qc_unpassed(case: CaseState, payload: Mapping[str, Any]) -> str | None:
     if payload["disposition"] != "RELEASED":
-        return True  # rejecting a batch needs no passing QC
+        return None  # rejecting a batch needs no passing QC
     batch = case.batches.get(payload["batch_id"])
-    results = batch.qc_results.values() if batch is not None else ()
-    return bool(results) and all(r == "PASS" for r in results)
+    if batch is None:
+        return f"batch {payload['batch_id']} was never started"
+    missing = batch.unreleasable(panel_for(case.therapy_type))
+    if not missing:
+        return None
+    return (f"batch {payload['batch_id']} of therapy type {case.therapy_type}: "
+            + ", ".join(missing))
 
 
 # R4 asks only whether the step may happen now; whether *this* dose, batch or design is
@@ -296,9 +340,11 @@ PRECONDITIONS: dict[str, Precondition] = {
         "a patient whose latest eligibility assessment is positive",
         "reassess eligibility (EligibilityConfirmed) before ordering"),
     "qc_passed": Precondition(
-        _qc_passed, "QC_NOT_PASSED",
-        "every QC result recorded for the batch to PASS (and at least one recorded)",
-        "record the missing or repeated QC results, or reject the batch"),
+        lambda case, p: _qc_unpassed(case, p) is None, "QC_NOT_PASSED",
+        "the latest result of every test of the therapy type's QC panel to be a PASS",
+        "record the missing tests; a failed test is retested only under an out-of-"
+        "specification investigation (investigation_ref); or reject the batch",
+        explain=_qc_unpassed),
     "administered_before": Precondition(
         lambda case, p: bool(case.administrations), "OUT_OF_ORDER",
         "at least one administration of the therapy", "record the administration first"),
@@ -354,6 +400,9 @@ def _sample_received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> Non
     item = case.items.get(p["sample_id"])
     if item is not None:
         item.location = p.get("location") or item.location
+    if p["condition"] == "REJECTED":
+        _quarantine(case, p["sample_id"], "the lab received it in REJECTED condition"
+                    + (f" ({p['condition_notes']})" if p.get("condition_notes") else ""))
 
 
 def _sequenced(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -386,7 +435,8 @@ def _manufacturing_started(case: CaseState, p: dict[str, Any], e: InboundEvent) 
 def _qc(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     batch = case.batches.get(p["batch_id"])
     if batch is not None:
-        batch.qc_results[p["test"]] = p["result"]
+        batch.qc_history.append(QcResult(p["test"], p["result"], p["value"], e.event_id,
+                                         p.get("investigation_ref")))
 
 
 def _dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -400,18 +450,40 @@ def _dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     expiry = to_us(p.get("expiry"))
     for dose_id in p["dose_ids"]:
         status = DoseStatus.QUARANTINED if item.quarantined else DoseStatus.AVAILABLE
-        case.doses[dose_id] = DoseRecord(p["batch_id"], status, expiry)
+        case.doses[dose_id] = DoseRecord(
+            p["batch_id"], status, expiry, owner=item.holder,
+            before_quarantine=DoseStatus.AVAILABLE if item.quarantined else None)
         case.items[dose_id] = CustodyItem("DOSE", item.holder, item.location,
-                                          quarantined=item.quarantined)
+                                          quarantined=item.quarantined,
+                                          quarantine_reason=item.quarantine_reason)
 
 
 def _dispatched(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     items = tuple(p["item_ids"])
-    case.shipments[p["shipment_id"]] = Shipment(items, e.producer, p["recipient"])
+    case.shipments[p["shipment_id"]] = Shipment(items, e.producer, p["recipient"],
+                                                seal_id=p.get("seal_id"))
     for item_id in items:
         item = case.items.get(item_id)
         if item is not None:
             item.open_dispatch = p["shipment_id"]
+            item.released_to = None  # a release to someone else lapses once it travels
+
+
+def receipt_problem(shipment: Shipment, payload: Mapping[str, Any]) -> str | None:
+    """Why a receipt shows the shipment was tampered with or is incomplete (its items are
+    then quarantined), or None: the seal was intact and every dispatched item arrived."""
+    if payload.get("seal_intact") is False:
+        return f"shipment {payload['shipment_id']} arrived with its seal broken"
+    found = payload.get("seal_id")
+    if shipment.seal_id is not None and found is not None and found != shipment.seal_id:
+        return (f"shipment {payload['shipment_id']} arrived under seal {found}, not the "
+                f"dispatched seal {shipment.seal_id}")
+    arrived = payload.get("item_ids")
+    if arrived is not None and set(arrived) != set(shipment.items):
+        missing = sorted(set(shipment.items) - set(arrived))
+        return (f"shipment {payload['shipment_id']} arrived without "
+                f"{', '.join(missing) or 'some of its items'}")
+    return None
 
 
 def _received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -419,37 +491,87 @@ def _received(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     if shipment is None:
         return
     shipment.received = True
+    problem = receipt_problem(shipment, p)
+    arrived = set(shipment.items if p.get("item_ids") is None else p["item_ids"])
     for item_id in shipment.items:
         item = case.items.get(item_id)
-        if item is not None:
+        if item is None:
+            continue
+        if item_id in arrived:
             item.holder = e.producer
             item.open_dispatch = None
             item.location = p.get("location") or item.location
+        if problem is not None:  # a missing item stays in transit, quarantined
+            _quarantine(case, item_id, problem)
+
+
+def _released(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    item = case.items.get(p["item_id"])
+    if item is not None:
+        item.released_to = p["to_actor"]
 
 
 def _transferred(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     item = case.items.get(p["item_id"])
     if item is not None:
         item.holder = p["to_actor"]
+        item.released_to = None
         item.location = p.get("location") or item.location
 
 
-def _quarantine(case: CaseState, item_id: str) -> None:
+def _quarantine(case: CaseState, item_id: str, reason: str) -> None:
     item = case.items.get(item_id)
     if item is not None:
         item.quarantined = True
+        item.quarantine_reason = reason
     dose = case.doses.get(item_id)
-    if dose is not None and dose.status not in FINAL_DOSE:
+    if dose is not None and dose.status not in FINAL_DOSE \
+            and dose.status is not DoseStatus.QUARANTINED:
+        dose.before_quarantine = dose.status
         dose.status = DoseStatus.QUARANTINED
 
 
 def _excursion(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    for item_id in p["item_ids"]:
-        _quarantine(case, item_id)
+    _exposed(case, p["item_ids"],
+             f"a temperature excursion ({p['min_celsius']}..{p['max_celsius']} C for "
+             f"{p['duration_seconds']} s, logger {p['logger_id']})")
+
+
+def _exposed(case: CaseState, item_ids: list[str], reason: str) -> None:
+    """Quarantine items out of their storage range, and the doses of a batch among them."""
+    for item_id in item_ids:
+        _quarantine(case, item_id, reason)
         if item_id in case.batches:  # a batch's doses were in the same box
             for dose_id, dose in case.doses.items():
                 if dose.batch_id == item_id:
-                    _quarantine(case, dose_id)
+                    _quarantine(case, dose_id, reason)
+
+
+def _temperature_log(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    panel = panel_for(case.therapy_type)
+    if panel is None:
+        return
+    found = storage_excursion(panel, [(codec.to_us(r["at"]), r["celsius"])
+                                      for r in p["readings"]])
+    if found is None:
+        return
+    _exposed(case, p["item_ids"], f"logger {p['logger_id']}: {found}")
+
+
+def _quarantine_dispositioned(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    item = case.items.get(p["item_id"])
+    if item is None:
+        return
+    dose = case.doses.get(p["item_id"])
+    if p["decision"] == "RELEASED":
+        item.quarantined, item.quarantine_reason = False, ""
+        if dose is not None and dose.status is DoseStatus.QUARANTINED:
+            dose.status = dose.before_quarantine or DoseStatus.AVAILABLE
+            dose.before_quarantine = None
+    elif p["decision"] == "DESTROYED":
+        item.consumed = True
+        if dose is not None:
+            _dose_to(case, p["item_id"], DoseStatus.DESTROYED)
 
 
 def _dose_to(case: CaseState, dose_id: str, status: DoseStatus) -> DoseRecord | None:
@@ -469,6 +591,8 @@ def _placed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
         dose.site = p["site_id"]
         dose.location = p["location"]
         dose.placement_method = p["placement_method"]
+        if dose.placement_method == "SITE_STOCK":  # the site buys it on receipt
+            dose.owner = p["site_id"]
         case.items[p["dose_id"]].location = p["location"]
 
 
@@ -495,7 +619,9 @@ def _identity(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
 
 
 def _administered(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
-    _dose_to(case, p["dose_id"], DoseStatus.ADMINISTERED)
+    dose = _dose_to(case, p["dose_id"], DoseStatus.ADMINISTERED)
+    if dose is not None and dose.placement_method != "SITE_STOCK" and case.site:
+        dose.owner = case.site  # consigned stock is the site's (and billed) once used
     case.administrations[e.event_id] = Administration(
         p["dose_id"], p["administration_id"], e.occurred_at_us, p["dose_number"],
         p["identity_check_event_id"])
@@ -578,8 +704,11 @@ _HANDLERS: dict[str, Handler] = {
     "BatchDispositioned": _dispositioned,
     "ShipmentDispatched": _dispatched,
     "ShipmentReceived": _received,
+    "CustodyReleased": _released,
     "CustodyTransferred": _transferred,
+    "QuarantineDispositioned": _quarantine_dispositioned,
     "TemperatureExcursion": _excursion,
+    "TemperatureLogRecorded": _temperature_log,
     "InventoryPlaced": _placed,
     "DoseReserved": _reserved,
     "DoseDispensed": _dispensed,

@@ -1,4 +1,4 @@
-"""The custody rules R1..R8: one small policy object per rule, composed with ``AllOf``.
+"""The custody rules R1..R9: one small policy object per rule, composed with ``AllOf``.
 
 Each rule answers ``check(event, case) -> Verdict`` and refuses with a code and a
 sentence that names the event, the item or field at fault and what to do about it.
@@ -17,14 +17,17 @@ the approved one, a dose about to reach the wrong patient, a quarantined dose di
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from itertools import pairwise
 from typing import Any
 
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import PATIENT, POLICY, EventPolicy
+from pcvhub.schemas.specifications import LimitKind, UnreadableValue, panel_for
 from pcvhub.streams.case import (
     FINAL_DOSE,
     PRECONDITIONS,
     CaseState,
+    CustodyItem,
     DoseRecord,
     DoseStatus,
     Stage,
@@ -40,6 +43,10 @@ from pcvhub.trust.patient_card import (
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
 
 ACCEPT = Verdict.accept()
+#: the placement methods of ``InventoryPlaced`` whose ownership and billing the hub knows
+PLACEMENT_METHODS = frozenset({"CONSIGNMENT", "SITE_STOCK", "JUST_IN_TIME"})
+#: a just-in-time placement needs an administration scheduled within this (72 h)
+JUST_IN_TIME_WINDOW_US = 72 * 3_600_000_000
 
 
 def _hex(digest: bytes) -> str:
@@ -270,11 +277,12 @@ class Lifecycle:
         if transition.requires is not None:
             pre = PRECONDITIONS[transition.requires]
             if not pre.holds(case, event.payload):
+                detail = pre.explain(case, event.payload) if pre.explain else None
                 return Verdict.refuse(
                     self.name, pre.code,
                     f"event {event.event_id} ({event.event_type}) of therapy {event.coi} "
-                    f"needs {pre.needs}, and that does not hold ({_name_of(event.payload)}); "
-                    f"{pre.remedy}",
+                    f"needs {pre.needs}, and that does not hold "
+                    f"({detail or _name_of(event.payload)}); {pre.remedy}",
                 )
         return ACCEPT
 
@@ -396,6 +404,9 @@ class ChainOfIdentity:
         calls = p.get("variant_calls_hash")
         if calls is not None and calls not in case.variant_call_hashes:
             return self._not_this_patients_data(event, what, f"variant calls {_short(calls)}")
+        refused = self._model(event)
+        if not refused.accepted:
+            return refused
         if p["design_id"] in case.designs:
             return Verdict.refuse(
                 self.name, "DESIGN_ID_IN_USE",
@@ -403,6 +414,64 @@ class ChainOfIdentity:
                 f"{event.coi} already used; a changed design needs a new id and new approvals",
             )
         return ACCEPT
+
+    def _model(self, event: InboundEvent) -> Verdict:
+        """The design was made by a registered, current model, with its validated hash, by
+        the design service it is registered for."""
+        p = event.payload
+        model = self.registry.models.get(p["model_id"])
+        problem: str | None
+        if model is None:
+            known = sorted(self.registry.models)
+            problem = (f"names model {p['model_id']!r}, which is not registered (registered: "
+                       f"{', '.join(known) or 'none'})")
+        elif model.design_service != event.producer:
+            problem = (f"was produced by {event.producer}, but model {model.model_id} is "
+                       f"registered for design service {model.design_service}")
+        else:
+            problem = model.problem_at(p["model_hash"], event.occurred_at_us)
+        if problem is None:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "MODEL_NOT_REGISTERED",
+            f"design {p['design_id']} in event {event.event_id} {problem}; a design is made "
+            "only by a validated model the registrar registered (ModelRegistered): rerun "
+            "the design with the registered model, or register the new one after its "
+            "validation",
+            alert=True,
+        )
+
+    def _model_registered(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        problems = []
+        if "DESIGN_APPROVER" not in self.registry.roles_of(p["approved_by"]):
+            problems.append(f"its approver {p['approved_by']} is no registered design "
+                            "approver")
+        if "DESIGN_SERVICE" not in self.registry.roles_of(p["design_service"]):
+            problems.append(f"{p['design_service']} is no registered design service")
+        digest = p["model_hash"]
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            problems.append(f"its hash {_short(digest)} is not a lowercase hex SHA-256")
+        if p["model_id"] in self.registry.models:
+            problems.append(f"model id {p['model_id']!r} is already registered (a new "
+                            "version needs its own id)")
+        if not problems:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "MODEL_REGISTRATION_INVALID",
+            f"event {event.event_id} registers model {p['model_id']!r}, but "
+            f"{'; '.join(problems)}; correct the registration",
+        )
+
+    def _model_retired(self, event: InboundEvent, case: CaseState) -> Verdict:
+        model = self.registry.models.get(event.payload["model_id"])
+        if model is not None and model.retired_at_us is None:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "MODEL_NOT_REGISTERED",
+            f"event {event.event_id} retires model {event.payload['model_id']!r}, which is "
+            f"{'already retired' if model is not None else 'not registered'}; check the id",
+        )
 
     def _approval(self, event: InboundEvent, case: CaseState) -> Verdict:
         design = case.designs.get(event.payload["design_id"])
@@ -737,6 +806,8 @@ class ChainOfIdentity:
         "SequencingCompleted": _sequenced,
         "VariantCallsProduced": _variant_calls,
         "NeoantigenDesignProduced": _design,
+        "ModelRegistered": _model_registered,
+        "ModelRetired": _model_retired,
         "DesignApproved": _approval,
         "ManufacturingStarted": _manufacture,
         "ManufacturingStepCompleted": _batch,
@@ -760,10 +831,18 @@ class ChainOfIdentity:
 # -- R6 custody --------------------------------------------------------------------------
 
 class Custody:
-    """R6: items move only from their holder, receipts match open dispatches, an item is
-    never in two places, and quarantined or expired doses never go to the patient."""
+    """R6: items move only from their holder, and only with two signatures (the holder
+    releases to a named receiver, that receiver accepts; a shipment is dispatched by its
+    holder to a named consignee and received only by it); receipts match open dispatches;
+    an item is never in two places; a quarantined item goes nowhere until the qualified
+    person releases it, and quarantined or expired doses never reach the patient."""
 
     name = "R6"
+
+    def __init__(self, just_in_time_window_us: int = JUST_IN_TIME_WINDOW_US) -> None:
+        """:param just_in_time_window_us: how soon after a JUST_IN_TIME placement the
+            administration it is delivered for must be scheduled."""
+        self.just_in_time_window_us = just_in_time_window_us
 
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
         check = self._checks.get(event.event_type)
@@ -809,18 +888,70 @@ class Custody:
             "must hand it over, or record the missing transfer or receipt first",
         )
 
-    def _transfer(self, event: InboundEvent, case: CaseState) -> Verdict:
+    def _quarantined(self, event: InboundEvent, item_id: str, item: CustodyItem) -> Verdict:
+        return Verdict.refuse(
+            self.name, "ITEM_QUARANTINED",
+            f"event {event.event_id} ({event.event_type}) moves item {item_id}, which is "
+            f"quarantined after {item.quarantine_reason or 'a deviation'}; keep it in "
+            "quarantine storage until the qualified person releases or destroys it "
+            "(QuarantineDispositioned, with the reason)",
+        )
+
+    def _movable(self, event: InboundEvent, item_id: str, item: CustodyItem) -> Verdict:
+        """The item may leave its holder now: not travelling, not used up."""
+        if item.open_dispatch is not None:
+            return self._in_transit(event, item_id, item.open_dispatch)
+        if item.consumed:
+            return self._consumed(event, item_id)
+        return ACCEPT
+
+    def _release(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """The first signature of a hand-over: the holder names the one receiver."""
         p = event.payload
         item = case.items.get(p["item_id"])
         if item is None:
             return self._unknown(event, p["item_id"])
-        giver = p["from_actor"]
-        if giver != item.holder or event.producer not in (giver, p["to_actor"]):
+        if event.producer != item.holder or p["from_actor"] != item.holder:
+            return self._not_holder(event, p["item_id"], event.producer, item.holder)
+        if p["to_actor"] == item.holder:
+            return Verdict.refuse(
+                self.name, "RELEASE_TO_SELF",
+                f"event {event.event_id} releases item {p['item_id']} from {item.holder} to "
+                "the same actor; name the actor who will take the item over",
+            )
+        return self._movable(event, p["item_id"], item)
+
+    def _transfer(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """The second signature of a hand-over: the named receiver accepts; only then does
+        custody move."""
+        p = event.payload
+        item = case.items.get(p["item_id"])
+        if item is None:
+            return self._unknown(event, p["item_id"])
+        giver, taker = p["from_actor"], p["to_actor"]
+        if giver != item.holder:
             return self._not_holder(event, p["item_id"], giver, item.holder)
-        if item.open_dispatch is not None:
-            return self._in_transit(event, p["item_id"], item.open_dispatch)
-        if item.consumed:
-            return self._consumed(event, p["item_id"])
+        if event.producer != taker:
+            return Verdict.refuse(
+                self.name, "ACCEPTANCE_BY_RECEIVER_ONLY",
+                f"event {event.event_id} records {taker} taking item {p['item_id']}, but it "
+                f"is signed by {event.producer}; custody moves only when the receiver signs "
+                f"its acceptance: the holder releases it (CustodyReleased to {taker}) and "
+                f"{taker} signs this CustodyTransferred",
+            )
+        moving = self._movable(event, p["item_id"], item)
+        if not moving.accepted:
+            return moving
+        if item.released_to != taker:
+            released = (f"released it to {item.released_to}" if item.released_to
+                        else "has not released it")
+            return Verdict.refuse(
+                self.name, "CUSTODY_NOT_RELEASED",
+                f"event {event.event_id} has {taker} take custody of item {p['item_id']}, "
+                f"but its holder {item.holder} {released}; the receiver alone cannot move "
+                f"custody: have {item.holder} sign the release to {taker} "
+                "(CustodyReleased) first, or return the item",
+            )
         return ACCEPT
 
     def _dispatch(self, event: InboundEvent, case: CaseState) -> Verdict:
@@ -837,10 +968,11 @@ class Custody:
                 return self._unknown(event, item_id)
             if item.holder != event.producer:
                 return self._not_holder(event, item_id, event.producer, item.holder)
-            if item.open_dispatch is not None:
-                return self._in_transit(event, item_id, item.open_dispatch)
-            if item.consumed:
-                return self._consumed(event, item_id)
+            moving = self._movable(event, item_id, item)
+            if not moving.accepted:
+                return moving
+            if item.quarantined:
+                return self._quarantined(event, item_id, item)
             batch = case.batches.get(item_id)
             if batch is not None and batch.disposition != "RELEASED":
                 return Verdict.refuse(
@@ -866,9 +998,64 @@ class Custody:
             return Verdict.refuse(
                 self.name, "WRONG_RECIPIENT",
                 f"event {event.event_id} receives shipment {shipment_id} as {event.producer}, "
-                f"but it was dispatched to {shipment.recipient}; the named recipient must "
-                "receive it, or record a custody transfer",
+                f"but it was dispatched to {shipment.recipient}; only the named consignee "
+                "receives it: hand the shipment to that consignee",
             )
+        strays = sorted(set(event.payload.get("item_ids") or ()) - set(shipment.items))
+        if strays:
+            return Verdict.refuse(
+                self.name, "ITEM_NOT_IN_SHIPMENT",
+                f"event {event.event_id} receives {', '.join(strays)} in shipment "
+                f"{shipment_id}, which carried only {', '.join(shipment.items)}; quarantine "
+                "the stray items physically and report them: they may be another "
+                "patient's",
+                alert=True,
+            )
+        return ACCEPT
+
+    def _sequenced(self, event: InboundEvent, case: CaseState) -> Verdict:
+        for sample_id in event.payload["sample_ids"]:
+            item = case.items.get(sample_id)
+            if item is not None and item.quarantined:
+                return Verdict.refuse(
+                    self.name, "ITEM_QUARANTINED",
+                    f"event {event.event_id} sequences sample {sample_id}, which is "
+                    f"quarantined after {item.quarantine_reason}; do not use it: collect a "
+                    "new sample, or have the qualified person release it with a reason "
+                    "(QuarantineDispositioned)",
+                )
+        return ACCEPT
+
+    def _quarantine_disposition(self, event: InboundEvent, case: CaseState) -> Verdict:
+        p = event.payload
+        item = case.items.get(p["item_id"])
+        if item is None:
+            return self._unknown(event, p["item_id"])
+        if p["decision"] not in ("RELEASED", "DESTROYED"):
+            return Verdict.refuse(
+                self.name, "UNKNOWN_DECISION",
+                f"event {event.event_id} decides {p['decision']} for item {p['item_id']}; "
+                "decide RELEASED or DESTROYED",
+            )
+        if not item.quarantined or item.consumed:
+            state = "already used or destroyed" if item.consumed else "not quarantined"
+            return Verdict.refuse(
+                self.name, "NOT_QUARANTINED",
+                f"event {event.event_id} dispositions item {p['item_id']}, which is {state}; "
+                "only a quarantined item needs the qualified person's disposition",
+            )
+        if not p["reason"].strip() or p["qualified_person"] != event.producer:
+            return Verdict.refuse(
+                self.name, "DISPOSITION_UNJUSTIFIED",
+                f"event {event.event_id} {p['decision']} quarantined item {p['item_id']} "
+                f"(quarantined after {item.quarantine_reason}) without "
+                + ("a reason" if not p["reason"].strip()
+                   else f"naming its signer {event.producer} as the qualified person")
+                + "; the qualified person states why the item is fit for use or must be "
+                "destroyed, and signs as themself",
+            )
+        if p["decision"] == "RELEASED" and item.open_dispatch is not None:
+            return self._in_transit(event, p["item_id"], item.open_dispatch)
         return ACCEPT
 
     def _sample_received(self, event: InboundEvent, case: CaseState) -> Verdict:
@@ -888,14 +1075,40 @@ class Custody:
                 return self._unknown(event, item_id)
         return ACCEPT
 
-    def _unusable(self, event: InboundEvent, dose_id: str, dose: DoseRecord) -> Verdict | None:
+    def _temperature_log(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """Readings the hub can judge: of known items, in time order, for a therapy type
+        whose storage range is specified."""
+        refused = self._excursion(event, case)
+        if not refused.accepted:
+            return refused
+        times = [codec.to_us(r["at"]) for r in event.payload["readings"]]
+        problem = None
+        if not times:
+            problem = "it holds no reading"
+        elif any(b < a for a, b in pairwise(times)):
+            problem = "its readings are not in time order"
+        elif panel_for(case.therapy_type) is None:
+            problem = f"no storage range is specified for therapy type {case.therapy_type}"
+        if problem is None:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "TEMPERATURE_LOG_UNJUDGEABLE",
+            f"event {event.event_id} uploads logger {event.payload['logger_id']}'s readings, "
+            f"but {problem}; upload the logger's full download as read",
+        )
+
+    def _unusable(self, event: InboundEvent, case: CaseState, dose_id: str,
+                  dose: DoseRecord) -> Verdict | None:
         """A refusal if the dose may not go further towards the patient, else None."""
         if dose.status is DoseStatus.QUARANTINED:
+            item = case.items.get(dose_id)
+            why = item.quarantine_reason if item is not None else ""
             return Verdict.refuse(
                 self.name, "DOSE_QUARANTINED",
                 f"dose {dose_id} in event {event.event_id} ({event.event_type}) is "
-                "quarantined after a temperature excursion; do not use it: return it to the "
-                "pharmacy and wait for the manufacturer's assessment",
+                f"quarantined after {why or 'a deviation'}; do not use it: keep it in "
+                "quarantine storage until the qualified person releases or destroys it "
+                "(QuarantineDispositioned, with the reason)",
                 alert=event.event_type in ("DoseDispensed", "DoseAdministered"),
             )
         if dose.status is DoseStatus.EXPIRED or (
@@ -926,7 +1139,7 @@ class Custody:
         dose, item = case.doses.get(dose_id), case.items.get(dose_id)
         if dose is None or item is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if item.open_dispatch is not None:
@@ -939,14 +1152,40 @@ class Custody:
                 f"event {event.event_id} places dose {dose_id}, which is reserved for "
                 f"administration {dose.reserved_for}; dispense it or let the reservation go",
             )
+        method = event.payload["placement_method"]
+        if method not in PLACEMENT_METHODS:
+            return Verdict.refuse(
+                self.name, "PLACEMENT_METHOD_UNKNOWN",
+                f"event {event.event_id} places dose {dose_id} as {method}; who owns the "
+                f"dose, and when it is billed, follow from the method: name one of "
+                f"{', '.join(sorted(PLACEMENT_METHODS))}",
+            )
+        if method == "JUST_IN_TIME":
+            return self._just_in_time(event, case, dose_id)
         return ACCEPT
+
+    def _just_in_time(self, event: InboundEvent, case: CaseState, dose_id: str) -> Verdict:
+        """A just-in-time delivery is for an administration scheduled soon at this site."""
+        at, until = event.occurred_at_us, event.occurred_at_us + self.just_in_time_window_us
+        given = {a.administration_id for a in case.administrations.values()}
+        if any(at <= s.scheduled_for_us <= until and s.site == event.payload["site_id"]
+               and a not in given for a, s in case.scheduled.items()):
+            return ACCEPT
+        hours = self.just_in_time_window_us // 3_600_000_000
+        return Verdict.refuse(
+            self.name, "NO_ADMINISTRATION_SCHEDULED",
+            f"event {event.event_id} places dose {dose_id} just in time, but therapy "
+            f"{event.coi} has no administration scheduled at site {event.payload['site_id']} "
+            f"within {hours} h of the placement; schedule the administration first "
+            "(AdministrationScheduled), or place the dose as consignment or site stock",
+        )
 
     def _reservation(self, event: InboundEvent, case: CaseState) -> Verdict:
         dose_id = event.payload["dose_id"]
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if dose.status is not DoseStatus.PLACED:
@@ -958,7 +1197,7 @@ class Custody:
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if dose.status is DoseStatus.DISPENSED:
@@ -985,7 +1224,7 @@ class Custody:
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
-        refused = self._unusable(event, dose_id, dose)
+        refused = self._unusable(event, case, dose_id, dose)
         if refused is not None:
             return refused
         if dose.status is not DoseStatus.DISPENSED:
@@ -1001,6 +1240,13 @@ class Custody:
         dose = case.doses.get(dose_id)
         if dose is None:
             return self._unknown_dose(event, dose_id)
+        if dose.status is DoseStatus.QUARANTINED and event.event_type == "DoseDestroyed":
+            return Verdict.refuse(
+                self.name, "DISPOSITION_BY_QUALIFIED_PERSON",
+                f"event {event.event_id} destroys dose {dose_id}, which is quarantined; only "
+                "the qualified person's disposition (QuarantineDispositioned DESTROYED, with "
+                "the reason) destroys a quarantined dose: ask them to decide",
+            )
         if dose.status not in FINAL_DOSE:
             return ACCEPT
         return Verdict.refuse(
@@ -1010,11 +1256,15 @@ class Custody:
         )
 
     _checks: dict[str, Callable[[Custody, InboundEvent, CaseState], Verdict]] = {
+        "CustodyReleased": _release,
         "CustodyTransferred": _transfer,
         "ShipmentDispatched": _dispatch,
         "ShipmentReceived": _receipt,
         "SampleReceived": _sample_received,
+        "SequencingCompleted": _sequenced,
         "TemperatureExcursion": _excursion,
+        "TemperatureLogRecorded": _temperature_log,
+        "QuarantineDispositioned": _quarantine_disposition,
         "InventoryPlaced": _placement,
         "DoseReserved": _reservation,
         "DoseDispensed": _dispense,
@@ -1022,6 +1272,82 @@ class Custody:
         "DoseDestroyed": _dose_end,
         "DoseExpired": _dose_end,
     }
+
+
+# -- R9 QC specification -----------------------------------------------------------------
+
+class QcSpecification:
+    """R9: a QC result is judged against the therapy type's specification panel
+    (``pcvhub.schemas.specifications``), not taken on the analyst's word: the test is one of
+    the panel, its specification and unit are the panel's, PASS or FAIL agrees with the
+    value, and a test that already failed is retested only under an out-of-specification
+    investigation (both results stay in the batch's history)."""
+
+    name = "R9"
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        if event.event_type != "QcResultRecorded":
+            return ACCEPT
+        p = event.payload
+        batch = case.batches.get(p["batch_id"])
+        if batch is None:
+            return Verdict.refuse(
+                self.name, "UNKNOWN_BATCH",
+                f"event {event.event_id} records QC of batch {p['batch_id']}, which was "
+                f"never started for therapy {event.coi}; check the lot number",
+            )
+        panel = panel_for(case.therapy_type)
+        if panel is None:
+            return Verdict.refuse(
+                self.name, "NO_QC_PANEL",
+                f"event {event.event_id} records QC for therapy {event.coi} of therapy type "
+                f"{case.therapy_type}, for which no QC specification panel exists; a batch "
+                "cannot be judged without one: add the panel (pcvhub.schemas."
+                "specifications) after review",
+            )
+        limit = panel.limit(p["test"])
+        if limit is None:
+            return Verdict.refuse(
+                self.name, "UNKNOWN_QC_TEST",
+                f"event {event.event_id} records test {p['test']!r} for batch "
+                f"{p['batch_id']}, which is not in the QC panel of {panel.therapy_type} "
+                f"({', '.join(panel.tests)}); record a test of the panel under its name",
+            )
+        unit = p.get("unit") or None
+        if p["specification"] != limit.specification or unit != limit.unit:
+            return Verdict.refuse(
+                self.name, "SPECIFICATION_MISMATCH",
+                f"event {event.event_id} judges {p['test']} of batch {p['batch_id']} "
+                f"against {p['specification']!r} ({unit or 'no unit'}), but the panel of "
+                f"{panel.therapy_type} specifies {limit.specification!r} "
+                f"({limit.unit or 'no unit'}); record it against the approved specification",
+            )
+        try:
+            meets = limit.meets(p["value"], design_hash=batch.design_hash)
+        except UnreadableValue as exc:
+            return Verdict.refuse(
+                self.name, "QC_VALUE_UNREADABLE",
+                f"event {event.event_id} records {p['test']} of batch {p['batch_id']}: "
+                f"{exc}; record the measured number",
+            )
+        if p["result"] not in ("PASS", "FAIL") or meets != (p["result"] == "PASS"):
+            return Verdict.refuse(
+                self.name, "QC_RESULT_CONTRADICTS_SPECIFICATION",
+                f"event {event.event_id} records {p['test']} of batch {p['batch_id']} as "
+                f"{p['result']}, but value {_short(p['value'])} "
+                f"{'meets' if meets else 'does not meet'} the specification "
+                f"{limit.specification!r}; record the result the value gives",
+                alert=limit.kind is LimitKind.DESIGN_MATCH and p["result"] == "PASS",
+            )
+        if batch.failed_before(p["test"]) and not (p.get("investigation_ref") or "").strip():
+            return Verdict.refuse(
+                self.name, "RETEST_WITHOUT_INVESTIGATION",
+                f"event {event.event_id} retests {p['test']} of batch {p['batch_id']}, "
+                "which already failed; a retest after an out-of-specification result is "
+                "done only under an investigation: name it (investigation_ref); the failed "
+                "result stays on record",
+            )
+        return ACCEPT
 
 
 # -- R7 consent --------------------------------------------------------------------------
@@ -1089,5 +1415,6 @@ def default_rules(registry: KeyRegistry) -> AllOf:
         Lifecycle(),
         ChainOfIdentity(registry),
         Custody(),
+        QcSpecification(),
         Consent(),
     ])

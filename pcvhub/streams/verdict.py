@@ -40,7 +40,7 @@ _ACCEPT = Verdict(accepted=True)
 
 
 class CustodyRule(Protocol):
-    """One custody rule. ``name`` appears in refusals (R1..R8)."""
+    """One custody rule. ``name`` appears in refusals (R1..R9)."""
 
     name: str
 

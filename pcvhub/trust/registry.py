@@ -1,4 +1,5 @@
-"""Who may sign: actors, their roles and site, and their keys with validity windows.
+"""Who may sign: actors, their roles and site, and their keys with validity windows; and
+which design models designs may name (``ModelRecord``).
 
 Actors and keys are events (ActorRegistered, KeyRotated, KeyRevoked) on the log; this
 registry is their fold. A key is valid for an event only when the event's occurred-at
@@ -66,6 +67,34 @@ class Actor:
     site_id: str
 
 
+@dataclass(frozen=True)
+class ModelRecord:
+    """A registered design model: designs may name it from ``valid_from_us`` until it is
+    retired, and only with its hash."""
+
+    model_id: str
+    version: str
+    model_hash: str
+    design_service: str
+    approved_by: str
+    valid_from_us: int
+    retired_at_us: int | None = None
+
+    def problem_at(self, model_hash: str, at_us: int) -> str | None:
+        """Why a design occurring at ``at_us`` may not name this model with ``model_hash``,
+        or None."""
+        if model_hash.lower() != self.model_hash:
+            return (f"names hash {model_hash[:16]}..., but model {self.model_id} is "
+                    f"registered with hash {self.model_hash[:16]}...: the weights or "
+                    "container that ran are not the validated ones")
+        if at_us < self.valid_from_us:
+            return f"occurred before model {self.model_id} was approved for use"
+        if self.retired_at_us is not None and at_us >= self.retired_at_us:
+            return (f"occurred after model {self.model_id} was retired at "
+                    f"{utc_iso(self.retired_at_us)}")
+        return None
+
+
 @dataclass
 class KeyRegistry:
     actors: dict[str, Actor] = field(default_factory=dict)
@@ -73,6 +102,8 @@ class KeyRegistry:
     #: ids of registry events already folded: the gatekeeper that accepts an event and
     #: the follower that later reads it from the log may both offer it; it applies once.
     applied: set[str] = field(default_factory=set)
+    #: the design models designs may name, by model id
+    models: dict[str, ModelRecord] = field(default_factory=dict)
 
     @classmethod
     def with_anchor(cls, actor: Actor, key: KeyRecord) -> KeyRegistry:
@@ -82,7 +113,8 @@ class KeyRegistry:
         return registry
 
     def copy(self) -> KeyRegistry:
-        return KeyRegistry(dict(self.actors), dict(self.keys), set(self.applied))
+        return KeyRegistry(dict(self.actors), dict(self.keys), set(self.applied),
+                           dict(self.models))
 
     # --- reading --------------------------------------------------------------------
     def roles_of(self, actor_id: str) -> frozenset[str]:
@@ -152,6 +184,15 @@ class KeyRegistry:
                 self.keys[(p["actor_id"], p["key_id"])] = replace(
                     key, revoked_at_us=to_us(p["revoked_at"]),
                     revocation_reason=str(p["reason"]))
+        elif event_type == "ModelRegistered":
+            self.models[p["model_id"]] = ModelRecord(
+                p["model_id"], p["version"], p["model_hash"].lower(), p["design_service"],
+                p["approved_by"], to_us(p["valid_from"]))
+        elif event_type == "ModelRetired":
+            model = self.models.get(p["model_id"])
+            if model is not None:
+                self.models[p["model_id"]] = replace(model,
+                                                     retired_at_us=to_us(p["retired_at"]))
 
     def apply_event(self, event_id: str, event_type: str, payload: Mapping[str, Any]) -> bool:
         """Fold an accepted registry event once; False if it was already folded."""

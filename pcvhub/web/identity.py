@@ -40,6 +40,7 @@ LINK_OF_EVENT: dict[str, str] = {
     "ShipmentDispatched": "batch", "ShipmentReceived": "batch",
     "InventoryPlaced": "dose", "DoseReserved": "dose", "DoseDispensed": "dose",
     "TemperatureExcursion": "dose", "DoseExpired": "dose", "DoseDestroyed": "dose",
+    "TemperatureLogRecorded": "dose", "QuarantineDispositioned": "dose",
     "PatientCredentialIssued": "patient", "IdentityVerified": "patient",
     "DoseAdministered": "patient",
 }

@@ -38,7 +38,7 @@ AT_US = 1_768_867_200_000_000  # 2026-01-20T00:00:00Z
 COI = new_coi(SITE, 2026)
 RECORDS = [demo.batch_started(COI, AT_US, "BATCH-1", "de" * 32, 4),
            *demo.batch_steps(COI, AT_US, "BATCH-1", "op-7"),
-           *demo.qc_results(COI, AT_US, "BATCH-1")]
+           *demo.qc_results(COI, AT_US, "BATCH-1", "de" * 32)]
 CSV_SEED = demo.mes_file(RECORDS)
 JSON_SEEDS = [RECORDS, {"records": RECORDS}]
 DROP = Path(tempfile.mkdtemp(prefix="pcvhub-fuzz-drop-"))

@@ -33,6 +33,8 @@ REFUSED_FOR = {
     "PATIENT_CARD_NOT_OF_THIS_THERAPY",  # another patient's card answers the bedside check
     "HL7_UNKNOWN_PATIENT",  # the MLLP listener's AE for that administration: no MATCH scan
     "UNREGISTERED_KEY",  # a sequencing result signed by an unregistered actor
+    "CUSTODY_NOT_RELEASED",  # a courier takes a vial the pharmacy never released
+    "QC_NOT_PASSED",  # a release while the latest sterility result is a FAIL
 }
 
 
@@ -75,6 +77,8 @@ def test_every_therapy_completes_and_the_demo_exits_0(demo):
     ("dose scanned for the wrong patient", "ACK AE: no bedside identity check"),
     ("message from an unregistered signer", "UNREGISTERED_KEY"),
     ("duplicate HL7 message", "already applied, not applied again"),
+    ("courier takes custody without the pharmacy's release", "CUSTODY_NOT_RELEASED"),
+    ("release with a failed sterility test", "QC_NOT_PASSED"),
     ("therapy stalled at the sequencing lab", "TAT_SAMPLE_TO_DESIGN"),
 ])
 def test_each_injected_fault_is_reported_with_the_hubs_reason(demo, fault, evidence):
@@ -82,7 +86,7 @@ def test_each_injected_fault_is_reported_with_the_hubs_reason(demo, fault, evide
     assert rows, f"no summary line shows {evidence!r}:\n{demo.text}"
     assert "✔" in rows[0], rows[0]  # caught, not merely mentioned
     assert fault.split(",")[0][:20] in demo.text
-    assert "faults injected and caught: 8 of 8" in demo.text
+    assert "faults injected and caught: 10 of 10" in demo.text
 
 
 def test_nothing_valid_is_refused(demo):

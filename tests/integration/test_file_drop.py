@@ -118,9 +118,10 @@ def _at(scenario: TherapyScenario, minutes: int) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).isoformat()
 
 
-def _qc_row(scenario: TherapyScenario, minutes: int, test: str, value: str = "0.5") -> str:
+def _qc_row(scenario: TherapyScenario, minutes: int, value: str = "0.5") -> str:
+    """An endotoxin result against the QC panel's limit (the gatekeeper judges it, R9)."""
     return (f"QcResultRecorded,{scenario.coi},{_at(scenario, minutes)},{scenario.batch_id},,,,,"
-            f",,,{test},< 5 EU/mL,{value},EU/mL,PASS")
+            f",,,endotoxin,< 5,{value},EU/mL,PASS")
 
 
 def _csv(*rows: str) -> bytes:
@@ -139,7 +140,7 @@ def _by_id(hub: Sandbox, suffix: str) -> dict[str, tuple]:
 def _serving(plant, name: str, minutes: int) -> None:
     """A valid file dropped right after a bad one is accepted: the connector still serves."""
     hub, scenario, drop = plant
-    drop.drop(name, _csv(_qc_row(scenario, minutes, f"identity-{name}")))
+    drop.drop(name, _csv(_qc_row(scenario, minutes)))
     result = drop.result(name)
     assert [r["status"] for r in result["results"]] == ["accepted"], result
 
@@ -154,7 +155,7 @@ def test_a_batch_record_file_is_signed_judged_and_reported(plant):
         f"IVT,op-7,IVT-02,{'9a' * 32},,,,,",
         f"ManufacturingStepCompleted,{scenario.coi},{_at(scenario, 30)},{scenario.batch_id},,,,"
         f"LNP formulation,op-7,,{'9b' * 32},,,,,",  # equipment_id missing: refused
-        _qc_row(scenario, 40, "sterility"),
+        _qc_row(scenario, 40),
     ]
     drop.drop("batch-1.csv", _csv(*rows))
     result = drop.result("batch-1.csv")
@@ -203,14 +204,14 @@ def test_qc_results_in_json(plant):
                 "test": test, "specification": spec, "value": value, "unit": unit,
                 "result": "PASS", "method_ref": "SOP-QC-12"}
                for n, (test, spec, value, unit) in enumerate([
-                   ("mRNA integrity", ">= 80 %", "91", "%"),
-                   ("appearance", "clear, colourless", "clear, colourless", None)])]
+                   ("mRNA integrity", ">= 80", "91", "%"),
+                   ("sterility", "no growth", "no growth", None)])]
     drop.drop("qc.json", json.dumps({"records": records}).encode())
     result = drop.result("qc.json")
     assert [r["status"] for r in result["results"]] == ["accepted", "accepted"], result
     canonical = _by_id(hub, "events")
     assert [canonical[r["event_id"]][1]["test"] for r in result["results"]] == \
-        ["mRNA integrity", "appearance"]
+        ["mRNA integrity", "sterility"]
 
 
 @pytest.mark.parametrize(("name", "content", "where", "expect"), [
@@ -242,9 +243,9 @@ def test_bad_rows_are_refused_each_with_its_reason_and_good_rows_still_go(plant)
         # a mistyped CoI (wrong check character); the file has no unit column at all,
         # which QC rows may leave out (unit is optional)
         f"QcResultRecorded,{scenario.coi[:-1]}Z,{_at(scenario, 201)},{scenario.batch_id},,,,,,,"
-        ",potency,>= 1,3,PASS",
+        ",sterility,no growth,no growth,PASS",
         f"QcResultRecorded,{scenario.coi},{_at(scenario, 202)},{scenario.batch_id},,,,,,,,"
-        "potency,>= 1,3,PASS",
+        "sterility,no growth,no growth,PASS",
     ]
     drop.drop("mixed.csv", ("\n".join((missing_column, *rows)) + "\n").encode())
     result = drop.result("mixed.csv")
@@ -266,7 +267,7 @@ def test_a_row_the_gatekeeper_refuses_is_reported_and_does_not_block_the_next(pl
         # a second batch started while the first is in QC
         f"ManufacturingStarted,{scenario.coi},{_at(scenario, 300)},BATCH-X,{'ee' * 32},"
         "MFG-KOBE-1,1,,,,,,,,,",
-        _qc_row(scenario, 301, "bioburden"),
+        _qc_row(scenario, 301),
     ]
     drop.drop("gatekept.csv", _csv(*rows))
     result = drop.result("gatekept.csv")

@@ -87,7 +87,8 @@ def test_release_creates_doses_held_by_the_manufacturer(scenario: TherapyScenari
     scenario.run_until("release")
     case = scenario.case
     assert case.batches[scenario.batch_id].disposition == "RELEASED"
-    assert case.batches[scenario.batch_id].qc_results == {"sterility": "PASS"}
+    assert case.batches[scenario.batch_id].latest_results() == dict.fromkeys(
+        ("endotoxin", "identity", "mRNA integrity", "sterility"), "PASS")
     release_at = scenario.log[-1].occurred_at_us
     for dose_id in scenario.dose_ids:
         assert case.doses[dose_id].status is DoseStatus.AVAILABLE
@@ -97,7 +98,11 @@ def test_release_creates_doses_held_by_the_manufacturer(scenario: TherapyScenari
 
 def test_custody_follows_hand_over_dispatch_and_receipt(scenario: TherapyScenario) -> None:
     scenario.run_until("hand_over_sample")
-    assert scenario.case.items[scenario.sample_id].holder == scenario.id_of("lab")
+    sample = scenario.case.items[scenario.sample_id]
+    assert (sample.holder, sample.released_to) == (scenario.id_of("nurse"),
+                                                   scenario.id_of("lab"))
+    scenario.run_until("accept_sample")
+    assert (sample.holder, sample.released_to) == (scenario.id_of("lab"), None)
     scenario.run_until("ship")
     item = scenario.case.items[scenario.dose_ids[0]]
     assert item.open_dispatch == scenario.shipment_id
@@ -122,7 +127,8 @@ def test_an_excursion_quarantines_doses(scenario: TherapyScenario) -> None:
     assert {scenario.case.doses[d].status for d in scenario.dose_ids} == {
         DoseStatus.QUARANTINED}
     assert scenario.case.doses_remaining() == 0
-    scenario.accept(scenario.destroy(1))
+    scenario.accept(scenario.disposition_quarantine(scenario.dose(1), "DESTROYED",
+                                                    "thawed: outside stability data"))
     assert scenario.case.doses[scenario.dose(1)].status is DoseStatus.DESTROYED
     assert scenario.case.items[scenario.dose(1)].consumed
 

@@ -33,6 +33,7 @@ EVENT_TYPES = (
     "DiagnosisRecorded",
     "EligibilityConfirmed",
     "SampleCollected",
+    "CustodyReleased",
     "CustodyTransferred",
     "SampleReceived",
     "SequencingCompleted",
@@ -47,6 +48,8 @@ EVENT_TYPES = (
     "ShipmentDispatched",
     "ShipmentReceived",
     "TemperatureExcursion",
+    "QuarantineDispositioned",
+    "TemperatureLogRecorded",
     "InventoryPlaced",
     "DoseReserved",
     "DoseDispensed",
@@ -64,6 +67,8 @@ EVENT_TYPES = (
     "ActorRegistered",
     "KeyRotated",
     "KeyRevoked",
+    "ModelRegistered",
+    "ModelRetired",
     "EventRejected",
     "CustodyViolationDetected",
     "AlertRaised",
@@ -152,8 +157,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 46
-    assert len(set(EVENT_TYPES)) == 46
+    assert len(EVENT_TYPES) == 51
+    assert len(set(EVENT_TYPES)) == 51
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

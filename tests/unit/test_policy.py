@@ -59,7 +59,7 @@ def ids(rows: list[EventPolicy]) -> list[str]:
 
 def test_every_catalog_event_type_has_exactly_one_row() -> None:
     types = sorted(CATALOG.short_name(t) for t in CATALOG.event_types())
-    assert len(types) == 46
+    assert len(types) == 51
     assert sorted(POLICY) == types
     assert all(key == row.event_type for key, row in POLICY.items())
 
@@ -120,7 +120,8 @@ def test_gatekeeper_outputs_have_no_place_in_a_lifecycle_and_only_it_signs_alert
 
 def test_only_the_registrar_signs_the_registry_chain() -> None:
     registry = [row for row in ROWS if row.registry]
-    assert ids(registry) == ["ActorRegistered", "KeyRevoked", "KeyRotated"]
+    assert ids(registry) == ["ActorRegistered", "KeyRevoked", "KeyRotated", "ModelRegistered",
+                             "ModelRetired"]
     assert all(row.roles == {"REGISTRAR"} for row in registry)
 
 

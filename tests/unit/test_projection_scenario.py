@@ -184,11 +184,10 @@ def scripted_log(hub: Hub | None = None, gatekeeper: EventSigner | None = None) 
     log.run(a, "consent_payer")
     log.accept(a, a.consent("RESEARCH"))
     log.run(a, "record_qc")
-    for result in ("FAIL", "PASS"):  # endotoxin failed, retested, passed
-        log.accept(a, a.issue("qc", "QcResultRecorded", {
-            "batch_id": a.batch_id, "test": "endotoxin", "specification": "<= 10 EU/mL",
-            "value": "14.2" if result == "FAIL" else "2.1", "unit": "EU/mL", "result": result,
-            "method_ref": "Ph. Eur. 2.6.14"}, meaning=SignatureMeaning.REVIEWED))
+    for result in ("FAIL", "PASS"):  # endotoxin failed, retested under investigation, passed
+        log.accept(a, a.qc_result("endotoxin", "14.2" if result == "FAIL" else "2.1", result,
+                                  investigation_ref="OOS-2026-007" if result == "PASS"
+                                  else None))
     log.run(a, "pay#1")
     log.quarantined_dose = a.dose(3)
     log.accept(a, a.excursion([a.dose(3)]))

@@ -22,6 +22,7 @@ from pcvhub.schemas.policy import next_step
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.case import CaseState, DoseStatus
 from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
 from .test_projection_scenario import (
     ScriptedLog,
@@ -292,10 +293,12 @@ def test_qc_results_per_batch_and_test_keep_the_retest_history(
         scripted: ScriptedLog, db: duckdb.DuckDBPyConnection) -> None:
     results = {r["test"]: r for r in rows(db, "SELECT * FROM qc_results WHERE coi = ?",
                                           scripted.coi_a)}
-    assert set(results) == {"sterility", "endotoxin"}
-    endotoxin = results["endotoxin"]
+    assert set(results) == {"sterility", "endotoxin", "identity", "mRNA integrity"}
+    endotoxin = results["endotoxin"]  # passed, then failed, then retested under investigation
     assert (endotoxin["attempts"], endotoxin["history"], endotoxin["result"]) == (
-        2, ["FAIL", "PASS"], "PASS")
+        3, ["PASS", "FAIL", "PASS"], "PASS")
+    assert endotoxin["investigations"] == ["OOS-2026-007"]
+    assert results["sterility"]["investigations"] == []
     assert (endotoxin["value"], endotoxin["unit"]) == ("2.1", "EU/mL")
     assert endotoxin["batch_disposition"] == "RELEASED"
 
@@ -404,3 +407,27 @@ def test_the_consents_view_marks_witnessed_and_hospital_recorded_grants(
         {"scope": "GENOME_STORAGE", "signed_by": "PATIENT",
          "signer": therapy.card.patient_actor_id, "why_patient_did_not_sign": None,
          "withdrawn_at": None}]
+
+
+def test_inventory_follows_a_tampered_receipt_and_the_qualified_persons_decisions(
+        tmp_path: Path) -> None:
+    hub = Hub()
+    gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
+    hub.register_gatekeeper(gatekeeper)
+    log = ScriptedLog(hub, gatekeeper)
+    therapy = TherapyScenario(hub, doses=3)
+    log.run(therapy, "ship")
+    log.accept(therapy, therapy.receive_at_site(seal_intact=False))  # all three quarantined
+    log.accept(therapy, therapy.disposition_quarantine(therapy.dose(1)))
+    log.accept(therapy, therapy.disposition_quarantine(therapy.dose(2), "DESTROYED",
+                                                      "seal broken: contents unverifiable"))
+    project(tmp_path / "hub.duckdb", log.gatekeep(), log.anchor)
+    con = connect(tmp_path / "hub.duckdb", read_only=True)
+    try:
+        found = {r["dose_id"]: r["recorded_status"] for r in rows(
+            con, "SELECT * FROM inventory_as_of(?)", BEFORE_EXPIRY)}
+    finally:
+        con.close()
+    assert found == {"DOSE-1": "RELEASED", "DOSE-2": "DESTROYED", "DOSE-3": "QUARANTINED"}
+    assert {d: STATUS_OF.get(r.status, r.status.value)
+            for d, r in therapy.case.doses.items()} == found

@@ -1,4 +1,4 @@
-"""Custody rules R1..R8: given a therapy so far, when an event is judged, then a verdict.
+"""Custody rules R1..R9: given a therapy so far, when an event is judged, then a verdict.
 
 Every event here is really signed, encoded and decoded; actors are registered through
 the registrar on the registry chain (see ``therapy_builder``).
@@ -44,7 +44,7 @@ from .therapy_builder import (
 
 def test_default_rules_run_in_the_documented_order(hub: Hub) -> None:
     names = [rule.name for rule in default_rules(hub.registry).rules]
-    assert names == ["R8", "R1", "R3", "R2", "R4", "R5", "R6", "R7"]
+    assert names == ["R8", "R1", "R3", "R2", "R4", "R5", "R6", "R9", "R7"]
 
 
 def test_an_empty_rule_set_refuses_everything(scenario: TherapyScenario) -> None:
@@ -608,7 +608,9 @@ def test_the_happy_path_lists_every_lifecycle_event_type_that_a_therapy_needs() 
     scenario = TherapyScenario(Hub())
     issued = {scenario.step(label).event_type for label in HAPPY_PATH}
     off_path = {"ConsentWithdrawn", "ConsentWitnessed",  # only for a patient who cannot sign
-                "TemperatureExcursion", "DoseDestroyed", "DoseExpired",
+                "TemperatureExcursion", "TemperatureLogRecorded",
+                "QuarantineDispositioned", "DoseDestroyed",
+                "DoseExpired",
                 "AdverseEventReported", "ResearchDataRequested",
                 "AlertAcknowledged", "AlertResolved",  # only where an alert was raised
                 "GenomeStored"}  # optional: a lab that keeps its own genome store never sends it

@@ -11,7 +11,9 @@ from pcvhub.demo.therapy import (
     CAST,
     DAY_US,
     HAPPY_PATH,
+    MODEL_HASH,
     NIL_UUID,
+    QC_STEPS,
     SITE,
     T0_US,
     Hub,
@@ -23,8 +25,9 @@ from pcvhub.demo.therapy import (
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.verdict import Verdict
 
-__all__ = ["APPROVED", "CAST", "DAY_US", "HAPPY_PATH", "NIL_UUID", "SITE", "T0_US", "Hub",
-           "Party", "TherapyScenario", "decode_inbound", "happy_path", "refused"]
+__all__ = ["APPROVED", "CAST", "DAY_US", "HAPPY_PATH", "MODEL_HASH", "NIL_UUID", "QC_STEPS",
+           "SITE", "T0_US", "Hub", "Party", "TherapyScenario", "decode_inbound", "happy_path",
+           "refused"]
 
 
 def refused(verdict: Verdict, rule: str, code: str, event: InboundEvent) -> Verdict:
