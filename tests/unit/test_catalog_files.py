@@ -38,6 +38,7 @@ EVENT_TYPES = (
     "SequencingCompleted",
     "VariantCallsProduced",
     "GenomeStored",
+    "GenomeRestored",
     "NeoantigenDesignProduced",
     "DesignApproved",
     "ManufacturingStarted",
@@ -152,8 +153,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 46
-    assert len(set(EVENT_TYPES)) == 46
+    assert len(EVENT_TYPES) == 47
+    assert len(set(EVENT_TYPES)) == 47
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:
