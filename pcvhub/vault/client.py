@@ -12,6 +12,8 @@ import json
 import threading
 from typing import Any
 
+from OpenSSL import SSL
+
 from pcvhub.vault.pqtls import TlsSocket, connect
 from pcvhub.vault.site import SiteRegistration
 from pcvhub.vault.stream import ShareTampered
@@ -50,7 +52,7 @@ class SiteClient:
                     response = self._connection.getresponse()
                     data = response.read()
                     break
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, SSL.Error, http.client.HTTPException) as exc:
                     self._connection.close()
                     if attempt == 2:
                         raise SiteUnavailable(f"site {self.site_id} "

@@ -23,12 +23,14 @@ from pcvhub.vault.site import SiteFolderError, SiteRegistration
 
 class LocalSites:
     def __init__(self, root: Path, site_ids: Sequence[str],
-                 operators: Sequence[str] | None = None, capacity_mib: int = 1 << 20,
+                 operators: Sequence[str] | None = None,
+                 capacity_mib: int | Sequence[int] = 1 << 20,
                  timeout: float = 60.0) -> None:
         self.root = root
         self.site_ids = list(site_ids)
         self.operators = list(operators) if operators is not None else list(site_ids)
-        self.capacity_mib = capacity_mib
+        self.capacity_mib = ([capacity_mib] * len(self.site_ids)
+                             if isinstance(capacity_mib, int) else list(capacity_mib))
         self.timeout = timeout
         self.registry_dir = root / "registrations"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -42,9 +44,9 @@ class LocalSites:
         published.unlink(missing_ok=True)
         log = (self.root / f"{site_id}.log").open("ab")
         self.processes[site_id] = subprocess.Popen(
-            [sys.executable, "-m", "pcvhub.cli", "vault", "site", str(self.folder(site_id)),
+            [sys.executable, "-m", "pcvhub.cli_vault", "site", str(self.folder(site_id)),
              "--create", "--site-id", site_id, "--operator", self.operators[index],
-             "--capacity-mib", str(self.capacity_mib), "--sites", str(self.registry_dir)],
+             "--capacity-mib", str(self.capacity_mib[index]), "--sites", str(self.registry_dir)],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
         log.close()
 
@@ -98,7 +100,7 @@ class LocalSites:
             process.wait(10)
 
     def stop(self) -> None:
-        for site_id, process in list(self.processes.items()):
+        for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
         for process in self.processes.values():

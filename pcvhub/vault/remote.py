@@ -70,8 +70,9 @@ class _Uploader(threading.Thread):
                 share, chunk, sealed = item
                 try:
                     self.client.stage(self.obj, share, chunk, sealed)
-                except SiteUnavailable as exc:
-                    self.error = exc
+                except Exception as exc:  # noqa: BLE001 - any failure fails the put, named
+                    self.error = exc if isinstance(exc, SiteUnavailable) else SiteUnavailable(
+                        f"site {self.client.site_id}: {type(exc).__name__}: {exc}")
 
     def send(self, share: int, chunk: int, sealed: bytes) -> None:
         if self.error is not None:
