@@ -19,9 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pcvhub.config import load_settings
+from pcvhub.config import Settings, load_settings
 from pcvhub.connectors.core import Connector, EventRequest
 from pcvhub.connectors.outcome import Outcome
+from pcvhub.ids import uuid7
 from pcvhub.log.verify import VerifiedRecord
 from pcvhub.trust.patient_card import ConsentToken
 from pcvhub.vault.chunks import DEFAULT_CHUNK_SIZE
@@ -79,9 +80,11 @@ class VaultService:
         connector.watch(self._fold)
 
     @classmethod
-    def open(cls, actor_id: str, site_id: str, sites_dir: Path) -> VaultService:
-        return cls(Connector.open(load_settings(), actor_id, "direct", site_id=site_id),
-                   sites_dir)
+    def open(cls, actor_id: str, site_id: str, sites_dir: Path,
+             settings: Settings | None = None) -> VaultService:
+        """As ``actor_id`` (its newest key in the data folder's key store)."""
+        return cls(Connector.open(settings or load_settings(), actor_id, "direct",
+                                  site_id=site_id), sites_dir)
 
     def __enter__(self) -> VaultService:
         self.connector.start()
@@ -102,8 +105,10 @@ class VaultService:
             return self.records.get(coi) or VaultRecord()
 
     def _emit(self, event_type: str, coi: str, payload: dict[str, Any]) -> Outcome:
-        event, = self.connector.emit([EventRequest(event_type, coi, payload)])
-        return self.connector.wait_verdict(event.envelope.event_id, self.verdict_timeout)
+        event_id = str(uuid7())
+        self.connector.expect(event_id)  # so that a refusal is kept for wait_verdict
+        self.connector.emit([EventRequest(event_type, coi, payload, event_id=event_id)])
+        return self.connector.wait_verdict(event_id, self.verdict_timeout)
 
     def put(self, file: Path, coi: str, k: int = 2, n: int = 3,
             chunk_size: int = DEFAULT_CHUNK_SIZE,
