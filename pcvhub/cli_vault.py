@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import typer
@@ -139,7 +138,9 @@ def token_cmd(
     except WalletError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(BAD_INPUT) from exc
-    expires = int(time.time() * 1_000_000) + valid_minutes * 60_000_000
+    from pcvhub.trust.issuer import now_us
+
+    expires = now_us() + valid_minutes * 60_000_000
     out.write_text(token_to_json(card.consent_token(coi, purpose, requester, expires)))
 
 @vault_app.command("get")

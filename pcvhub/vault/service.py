@@ -24,6 +24,7 @@ from pcvhub.connectors.core import Connector, EventRequest
 from pcvhub.connectors.outcome import Outcome
 from pcvhub.ids import uuid7
 from pcvhub.log.verify import VerifiedRecord
+from pcvhub.trust.issuer import now_us
 from pcvhub.trust.patient_card import ConsentToken
 from pcvhub.vault.chunks import DEFAULT_CHUNK_SIZE
 from pcvhub.vault.client import SiteClient, SiteUnavailable
@@ -81,10 +82,11 @@ class VaultService:
 
     @classmethod
     def open(cls, actor_id: str, site_id: str, sites_dir: Path,
-             settings: Settings | None = None) -> VaultService:
+             settings: Settings | None = None, passphrase: bytes | None = None
+             ) -> VaultService:
         """As ``actor_id`` (its newest key in the data folder's key store)."""
         return cls(Connector.open(settings or load_settings(), actor_id, "direct",
-                                  site_id=site_id), sites_dir)
+                                  site_id=site_id, passphrase=passphrase), sites_dir)
 
     def __enter__(self) -> VaultService:
         self.connector.start()
@@ -103,6 +105,16 @@ class VaultService:
     def record(self, coi: str) -> VaultRecord:
         with self._lock:
             return self.records.get(coi) or VaultRecord()
+
+    def wait_folded(self, coi: str, holds: Callable[[VaultRecord], bool],
+                    timeout: float = 60.0) -> bool:
+        """Wait until the therapy's record, as read from the log, satisfies ``holds``."""
+        deadline = time.monotonic() + timeout
+        while not holds(self.record(coi)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _emit(self, event_type: str, coi: str, payload: dict[str, Any]) -> Outcome:
         event_id = str(uuid7())
@@ -127,7 +139,7 @@ class VaultService:
         """Judge the token on the log, restore to ``out``, record ``GenomeRestored``."""
         record = self.record(coi)
         verdict = judge_restore(record, self.connector.registry, token, coi, purpose,
-                                self.connector.actor_id, int(time.time() * 1_000_000))
+                                self.connector.actor_id, now_us())
         if not verdict.ok:
             raise RestoreDenied(verdict.code, str(verdict))
         stored = record.latest

@@ -10,7 +10,6 @@ get on the same token is refused before any share is fetched, leaving no file.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
@@ -71,9 +70,7 @@ def test_put_records_the_share_map_and_get_needs_a_fresh_token(sequenced, tmp_pa
                                         now_us() + 15 * 60_000_000)
     out = tmp_path / "restored.cram"
     with VaultService.open(DESIGNER, "NEOAI", sites.registry_dir, hub.settings) as design:
-        deadline = time.monotonic() + 60
-        while design.record(scenario.coi).latest is None and time.monotonic() < deadline:
-            time.sleep(0.2)  # the follower has read the GenomeStored
+        assert design.wait_folded(scenario.coi, lambda record: record.latest is not None)
         with pytest.raises(RestoreDenied) as wrong:
             design.get(scenario.coi, "RESEARCH_EXPORT", token, out)
         assert wrong.value.code == "TOKEN_WRONG_PURPOSE" and not out.exists()
@@ -82,9 +79,7 @@ def test_put_records_the_share_map_and_get_needs_a_fresh_token(sequenced, tmp_pa
         assert payload["root_hash"] == result.payload["root_hash"]
         assert len(payload["sites_used"]) == 2
         out.unlink()
-        deadline = time.monotonic() + 60
-        while not design.record(scenario.coi).spent and time.monotonic() < deadline:
-            time.sleep(0.2)
+        assert design.wait_folded(scenario.coi, lambda record: token.nonce in record.spent)
         with pytest.raises(RestoreDenied) as again:
             design.get(scenario.coi, "NEOANTIGEN_REDESIGN", token, out)
         assert again.value.code == "TOKEN_SPENT" and not out.exists()
