@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pcvhub.demo.driver import Drive, World
+from pcvhub.schemas.policy import from_stage
+from pcvhub.schemas.stages import Stage
 from pcvhub.trust.issuer import now_us
 from pcvhub.vault.local_sites import LocalSites
 from pcvhub.vault.service import RestoreDenied, VaultService
@@ -28,6 +30,7 @@ SITES = ("vault-kyoto", "vault-tohoku", "vault-nict")
 OPERATORS = ("KYOTO-UNIV-HOSPITAL", "TOHOKU-MEGABANK", "NICT")
 PURPOSE = "NEOANTIGEN_REDESIGN"
 FILE_BYTES = 256 * 1024
+SEQUENCED_ON = from_stage(Stage.SEQUENCED)
 
 
 @dataclass
@@ -61,7 +64,9 @@ def play(world: World, drive: Drive, console: Console) -> VaultRun:
         with VaultService.open(lab.actor_id, lab.site, sites.registry_dir, settings,
                                passphrase) as vault:
             for run in drive.runs:
-                if not run.coi or run.broken is not None:
+                # only sequenced therapies have a genome (the stalled referral has none)
+                if (not run.coi or run.broken is not None
+                        or run.scenario.case.stage not in SEQUENCED_ON):
                     continue
                 genome = folder / f"{run.patient.tag}.cram"
                 genome.write_bytes(random.Random(run.patient.index).randbytes(FILE_BYTES))

@@ -23,6 +23,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -189,10 +190,13 @@ def get_from_sites(genome_stored: Mapping[str, Any], coi: str,
         raise SiteUnavailable(f"no site holds a manifest of {coi} matching root "
                               f"{genome_stored['root_hash'][:16]}…; unreachable: {unreachable}")
     used: set[str] = set()
+    # the first k located shares of each chunk are fetched ahead, one thread per site, the
+    # next chunk while this one is rebuilt; the others only when a chunk needs them
+    ahead = sorted(located)[:manifest.k]
+    pool = ThreadPoolExecutor(max_workers=len(located) or 1, thread_name_prefix="vault-get")
+    pending: dict[tuple[int, int], Future[bytes | None]] = {}
 
-    def source(share_index: int, chunk_index: int) -> bytes | None:
-        if share_index not in located:
-            return None
+    def fetch(share_index: int, chunk_index: int) -> bytes | None:
         client, obj = located[share_index]
         try:
             sealed = client.share(obj, share_index, chunk_index, coi, public, token_nonce)
@@ -208,11 +212,24 @@ def get_from_sites(genome_stored: Mapping[str, Any], coi: str,
         used.add(client.site_id)
         return share
 
+    def source(share_index: int, chunk_index: int) -> bytes | None:
+        if share_index not in located:
+            return None
+        for chunk in (chunk_index, chunk_index + 1):
+            if chunk < manifest.tree.chunk_count:
+                for s in ahead:
+                    if (s, chunk) not in pending:
+                        pending[(s, chunk)] = pool.submit(fetch, s, chunk)
+        if (share_index, chunk_index) not in pending:
+            pending[(share_index, chunk_index)] = pool.submit(fetch, share_index, chunk_index)
+        return pending.pop((share_index, chunk_index)).result()
+
     try:
         report = restore_stream(manifest, source, write,
                                 expected_root=bytes.fromhex(genome_stored["root_hash"]),
                                 on_chunk=on_chunk)
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         for client, _ in located.values():
             client.close()
     return GetResult(report, manifest, sorted(used), unreachable)

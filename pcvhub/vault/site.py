@@ -148,16 +148,23 @@ class SiteStore:
         self.keys = _sealing_key(folder)
         self.private = self.keys.hpke_key()
         self.lock = threading.Lock()
+        self.used = used_bytes(folder)  # kept up to date by stage; counted again on health
+
+    def refresh_used(self) -> int:
+        with self.lock:
+            self.used = used_bytes(self.folder)
+            return self.used
 
     def _share_path(self, area: str, obj: str, share: int, chunk: int) -> Path:
         return self.folder / area / obj / str(share) / f"{chunk}.sealed"
 
     def stage(self, obj: str, share: int, chunk: int, sealed: bytes) -> None:
         with self.lock:
-            free = self.registration.capacity_bytes - used_bytes(self.folder)
-        if len(sealed) > free:
-            raise SiteFull(f"site {self.registration.site_id} has {free:,} bytes free, the "
-                           f"share needs {len(sealed):,}")
+            free = self.registration.capacity_bytes - self.used
+            if len(sealed) > free:
+                raise SiteFull(f"site {self.registration.site_id} has {free:,} bytes free, "
+                               f"the share needs {len(sealed):,}")
+            self.used += len(sealed)
         path = self._share_path("staging", obj, share, chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".part")
@@ -177,9 +184,11 @@ class SiteStore:
 
     def abort(self, obj: str) -> None:
         shutil.rmtree(self.folder / "staging" / obj, ignore_errors=True)
+        self.refresh_used()
 
     def delete(self, obj: str) -> None:
         shutil.rmtree(self.folder / "objects" / obj, ignore_errors=True)
+        self.refresh_used()
 
     def manifest(self, obj: str) -> bytes | None:
         path = self.folder / "objects" / obj / "manifest.json"
@@ -246,7 +255,7 @@ def _handler(store: SiteStore) -> type[BaseHTTPRequestHandler]:
             try:
                 parts = self._parts()
                 if parts == ["health"]:
-                    used = used_bytes(store.folder)
+                    used = store.refresh_used()
                     self._send(HTTPStatus.OK, json.dumps({
                         "site_id": store.registration.site_id,
                         "operator": store.registration.operator,

@@ -169,3 +169,14 @@ def test_every_patient_has_a_wallet_and_signs_the_data_consents_with_it(demo):
     assert "patients' cards bound at enrolment: 4" in demo.text
     signed = sum(n for (scope, signed_by), n in by_scope.items() if signed_by == "PATIENT")
     assert f"consents signed by the patient's own card: {signed}," in demo.text
+
+
+def test_the_genomes_are_in_the_vault_and_one_is_restored_under_the_patients_token(demo):
+    assert "genomes stored (GenomeStored accepted)  3" in " ".join(demo.text.split("│"))\
+        or "genomes stored (GenomeStored accepted) │ 3" in demo.text, demo.text
+    assert "X25519MLKEM768" in demo.text and "identical" in demo.text
+    assert "TOKEN_SPENT" in demo.text
+    stored = demo.query("SELECT count(DISTINCT coi) FROM log.genome_stored "
+                        "WHERE log_topic = 'events'")
+    restored = demo.query("SELECT count(*) FROM log.genome_restored WHERE log_topic = 'events'")
+    assert stored == [(3,)] and restored == [(1,)]
