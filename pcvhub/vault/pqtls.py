@@ -188,14 +188,15 @@ class TlsSocket:
         stream = _TlsStream(self.connection)
         size = buffering if buffering > 0 else io.DEFAULT_BUFFER_SIZE
         if "w" in mode:
-            return io.BufferedWriter(stream, size)
+            return io.BufferedWriter(stream, size)  # type: ignore[type-var]
         return io.BufferedReader(stream, size)
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         _send_all(self.connection, data)
 
     def settimeout(self, timeout: float | None) -> None:
-        set_timeout(self.connection, timeout)  # type: ignore[arg-type] - delegates to socket
+        # Connection passes socket methods through to its socket
+        set_timeout(self.connection, timeout)  # type: ignore[arg-type]
 
     def setsockopt(self, *args: object) -> None:
         self.connection.setsockopt(*args)

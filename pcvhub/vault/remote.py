@@ -33,6 +33,7 @@ from pcvhub.vault.chunks import DEFAULT_CHUNK_SIZE
 from pcvhub.vault.client import SiteClient, SiteUnavailable
 from pcvhub.vault.randomness import Randomness
 from pcvhub.vault.sealing import SiteKeyPair, open_sealed, share_context
+from pcvhub.vault.shamir import SCHEME as SHAMIR
 from pcvhub.vault.site import SiteRegistration
 from pcvhub.vault.stream import Manifest, RestoreReport, ShareTampered, restore_stream
 from pcvhub.vault.vault import Site, put
@@ -92,7 +93,7 @@ class PutResult:
 def put_to_sites(source: BinaryIO, coi: str, sites: Sequence[SiteRegistration], k: int = 2,
                  chunk_size: int = DEFAULT_CHUNK_SIZE, randomness: Randomness | None = None,
                  on_chunk: Callable[[int], None] | None = None,
-                 scheme: str | None = None) -> PutResult:
+                 scheme: str = SHAMIR) -> PutResult:
     """Split ``source`` k-of-len(sites), share i to ``sites[i - 1]`` (see the module doc)."""
     obj = uuid.uuid4().hex
     clients = [SiteClient(r) for r in sites]
@@ -103,12 +104,11 @@ def put_to_sites(source: BinaryIO, coi: str, sites: Sequence[SiteRegistration], 
         u.start()
     try:
         # step 1: stage every share
-        extra = {} if scheme is None else {"scheme": scheme}
         try:
             manifest, payload = put(source, coi, core_sites,
                                     lambda s, c, sealed: uploaders[s - 1].send(s, c, sealed),
                                     k=k, chunk_size=chunk_size, randomness=randomness,
-                                    on_chunk=on_chunk, **extra)
+                                    on_chunk=on_chunk, scheme=scheme)
         finally:
             for u in uploaders:
                 u.queue.put(_DONE)
