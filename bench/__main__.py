@@ -25,6 +25,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer items, for a smoke run")
     parser.add_argument("--vault-gib", type=int, default=4,
                         help="input size of the vault peak-memory run (16 for the full CRAM)")
+    parser.add_argument("--vault-sites-only", action="store_true",
+                        help="vault: only the end-to-end put/get through site processes")
     args = parser.parse_args()
     console = Console()
     figures = []
@@ -35,7 +37,8 @@ def main() -> None:
     for name in args.sections or list(SECTIONS):
         console.print(f"[bold]bench {name}[/] ...")
         if name == "vault":
-            figures.extend(vault.run(quick=args.quick, peak_gib=args.vault_gib))
+            figures.extend(vault.run(quick=args.quick, peak_gib=args.vault_gib,
+                                     sites_only=args.vault_sites_only))
         else:
             figures.extend(SECTIONS[name](quick=args.quick))
     print_figures(figures, console)

@@ -86,7 +86,9 @@ def _rates(operation: Callable[[], int], repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def run(quick: bool = False, peak_gib: int = 4) -> list[Figure]:
+def run(quick: bool = False, peak_gib: int = 4, sites_only: bool = False) -> list[Figure]:
+    if sites_only:
+        return through_sites(quick)
     size = (64 if quick else 256) << 20
     pattern = os.urandom(CHUNK)
     chunks = size // CHUNK
@@ -196,6 +198,72 @@ def run(quick: bool = False, peak_gib: int = 4) -> list[Figure]:
         figures.append(Figure(section, f"{name} [CPU{goal_text}]", cpu, "MB/s", "CPU " + against,
                               baselines[against][1]))
     figures.extend(_peak_memory(peak_gib))
+    figures.extend(through_sites(quick))
+    return figures
+
+
+def through_sites(quick: bool = False) -> list[Figure]:
+    """End to end through real site processes (HTTPS, X25519MLKEM768, staged then committed
+    on each site's disk; get resealed by each site to the restore's one-time key), 2-of-3
+    and 3-of-5, beside the core alone on the same input in the same run: put = split +
+    seal with the shares discarded, get = restore + tree check from shares in memory."""
+    size = (16 if quick else 64) << 20
+    pattern = os.urandom(CHUNK)
+    repeats = 2 if quick else 3
+    return [figure for k, n in ((2, 3), (3, 5))
+            for figure in _through_n_sites(k, n, size, pattern, repeats)]
+
+
+def _through_n_sites(k: int, n: int, size: int, pattern: bytes, repeats: int) -> list[Figure]:
+    import tempfile
+    from pathlib import Path
+
+    from pcvhub.vault.local_sites import LocalSites
+    from pcvhub.vault.remote import get_from_sites, put_to_sites
+
+    keys = [SiteKeyPair.generate() for _ in range(n)]
+    core_sites = [Site(f"s{i}", key.public, f"bench://{i}") for i, key in enumerate(keys)]
+    kept: dict[tuple[int, int], bytes] = {}
+
+    def core_put() -> int:
+        put(GeneratedInput(size, pattern), "bench-coi", core_sites, lambda *a: None, k=k,
+            randomness=AesCtrDrbg())
+        return size
+
+    manifest = split_stream(GeneratedInput(size, pattern),
+                            lambda s, c, b: kept.__setitem__((s, c), bytes(b)), k=k, n=n,
+                            randomness=AesCtrDrbg())
+
+    def core_get() -> int:
+        restore_stream(manifest, lambda s, c: kept.get((s, c)), lambda chunk: None)
+        return size
+
+    figures: list[Figure] = []
+    section = "vault through sites"
+    with tempfile.TemporaryDirectory(prefix="bench-vault-sites-") as root, \
+            LocalSites(Path(root), [f"bench-site-{i}" for i in range(1, n + 1)]) as sites:
+        registrations = sites.registrations()
+        stored: list[dict] = []
+
+        def site_put() -> int:
+            result = put_to_sites(GeneratedInput(size, pattern), "bench-coi", registrations,
+                                  k=k, randomness=AesCtrDrbg())
+            stored.append(result.payload)
+            return size
+
+        def site_get() -> int:
+            get_from_sites(stored[-1], "bench-coi", {r.site_id: r for r in registrations},
+                           lambda chunk: None, "00" * 32)
+            return size
+
+        for what, core_op, site_op in (("put", core_put, site_put),
+                                       ("get", core_get, site_get)):
+            core_wall, _ = _rates(core_op, repeats)
+            site_wall, _ = _rates(site_op, repeats)
+            label = f"{k}-of-{n} {what}"
+            figures.append(Figure(section, f"{label}, core alone [wall]", core_wall, "MB/s"))
+            figures.append(Figure(section, f"{label} through {n} site processes [wall]",
+                                  site_wall, "MB/s", "core alone", core_wall))
     return figures
 
 

@@ -15,6 +15,7 @@ from pcvhub.cli_log import register as register_log
 from pcvhub.cli_mpc import register as register_mpc
 from pcvhub.cli_projections import register as register_projections
 from pcvhub.cli_serve import register as register_serve
+from pcvhub.cli_vault import register as register_vault
 from pcvhub.cli_web import register as register_web
 from pcvhub.cli_witness import register as register_witness
 from pcvhub.config import ConfigError, load_settings
@@ -30,6 +31,7 @@ register_log(app)
 register_ledger(app)
 register_mpc(app)
 register_serve(app)
+register_vault(app)
 register_web(app)
 register_witness(app)
 schemas_app = typer.Typer(help="The Avro event catalog and its released versions.",

@@ -15,7 +15,7 @@ from rich.console import Console
 from pcvhub.clock import SimulationClock
 from pcvhub.config import Settings, load_settings
 from pcvhub.connectors.writer import IngressWriter
-from pcvhub.demo import attacker, witnesses
+from pcvhub.demo import attacker, vault_step, witnesses
 from pcvhub.demo.clients import DemoError, DropFolder, LogWatch
 from pcvhub.demo.cohort import build_cohort
 from pcvhub.demo.deployment import Deployment, forget_previous_run, prepare, wait_for_topics
@@ -111,6 +111,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                       deployment.run_dir / "claims-outbox", wallets=wallets)
         drive = drive_cohort(world, console)
         receivables = settle_receivables(world, drive, console)
+        genome_vault = vault_step.play(world, drive, console)
         hl7_ids = [o.event_id for o in read_verified(watch.settings, "ingress.hl7",
                                                      watch.verifier)
                    if isinstance(o, VerifiedRecord)]
@@ -131,9 +132,10 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                                            "the file (DuckDB: one writer, no reader beside it)")
         render(console, report)
         witnesses.render(console, ledger)
+        vault_step.render(console, genome_vault)
         if keep_running:
             _wait_for_interrupt(console)
-        return 0 if report.ok else 1
+        return 0 if report.ok and genome_vault.ok else 1
     except (DemoError, KeyStoreError, TopicSetupError, KafkaException) as exc:
         console.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
         return 1

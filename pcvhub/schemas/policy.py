@@ -362,6 +362,11 @@ _ROWS: tuple[EventPolicy, ...] = (
     # the genome goes into the vault for decades: only while the patient consents to that
     EventPolicy("GenomeStored", roles("SEQUENCING_LAB"), consent=C.GENOME_STORAGE,
                 transition=Transition(from_stage(S.SEQUENCED))),
+    # a restore from the vault: only under the patient's one-use token (checked by the vault
+    # against this log before any share is fetched; the token rides in the event)
+    EventPolicy("GenomeRestored", roles(CLINICAL, "SEQUENCING_LAB", "DESIGN_SERVICE",
+                                        "RESEARCHER"),
+                consent=C.GENOME_STORAGE, transition=Transition(from_stage(S.SEQUENCED))),
     EventPolicy("NeoantigenDesignProduced", roles("DESIGN_SERVICE"), consent=C.GENOME_STORAGE,
                 transition=Transition(_only(S.SEQUENCED, S.DESIGNED), S.DESIGNED),
                 next_step_at=((S.SEQUENCED, "produce the neoantigen design"),)),

@@ -233,6 +233,10 @@ class CaseState:
     claims: dict[str, Claim] = field(default_factory=dict)
     milestones: set[tuple[str, str]] = field(default_factory=set)  # (agreement, milestone)
     research_requests: set[str] = field(default_factory=set)
+    #: roots of the genome files stored in the vault, and the nonces of the patient's
+    #: consent tokens already spent on restores (each token restores once)
+    genome_roots: set[str] = field(default_factory=set)
+    restore_tokens: set[bytes] = field(default_factory=set)
     adverse_events: int = 0
     last_outcome_at_us: int | None = None
     #: alerts the gatekeeper raised for this therapy (it wrote them itself; the ledger
@@ -652,6 +656,14 @@ def _research(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     case.research_requests.add(p["request_id"])
 
 
+def _genome_stored(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.genome_roots.add(p["root_hash"])
+
+
+def _genome_restored(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    case.restore_tokens.add(bytes.fromhex(p["token_nonce"]))
+
+
 def _claim(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     case.claims[p["claim_id"]] = Claim(p["administration_event_id"], p["amount"])
 
@@ -697,6 +709,8 @@ _HANDLERS: dict[str, Handler] = {
     "SampleReceived": _sample_received,
     "SequencingCompleted": _sequenced,
     "VariantCallsProduced": _variant_calls,
+    "GenomeStored": _genome_stored,
+    "GenomeRestored": _genome_restored,
     "NeoantigenDesignProduced": _design_produced,
     "DesignApproved": _design_approved,
     "ManufacturingStarted": _manufacturing_started,

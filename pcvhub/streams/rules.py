@@ -21,7 +21,7 @@ from itertools import pairwise
 from typing import Any
 
 from pcvhub.schemas import codec
-from pcvhub.schemas.policy import PATIENT, POLICY, EventPolicy
+from pcvhub.schemas.policy import PATIENT, POLICY, ConsentScope, EventPolicy
 from pcvhub.schemas.specifications import LimitKind, UnreadableValue, panel_for
 from pcvhub.streams.case import (
     FINAL_DOSE,
@@ -41,6 +41,7 @@ from pcvhub.trust.patient_card import (
     verify_bedside_answer,
 )
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
+from pcvhub.vault.restore_gate import token_from_restore
 
 ACCEPT = Verdict.accept()
 #: the placement methods of ``InventoryPlaced`` whose ownership and billing the hub knows
@@ -799,7 +800,31 @@ class ChainOfIdentity:
             )
         return ACCEPT
 
+    def _restore(self, event: InboundEvent, case: CaseState) -> Verdict:
+        """A restore names a genome stored for this therapy and carries the patient's own
+        token for its requester, judged here again: valid, unexpired, unspent."""
+        p = event.payload
+        if p["root_hash"] not in case.genome_roots:
+            return Verdict.refuse(
+                self.name, "GENOME_NOT_STORED",
+                f"event {event.event_id} restores genome root {p['root_hash'][:16]}…, which no "
+                f"GenomeStored of therapy {event.coi} recorded")
+        if p["requester"] != event.producer:
+            return Verdict.refuse(
+                self.name, "TOKEN_OTHER_REQUESTER",
+                f"event {event.event_id} is signed by {event.producer}, but the patient's "
+                f"token lets {p['requester']} restore")
+        token = token_from_restore(event.coi, p)
+        verdict = case.consent.check_token(token, self.registry, ConsentScope.GENOME_STORAGE,
+                                           event.occurred_at_us, case.restore_tokens)
+        if verdict.ok:
+            return ACCEPT
+        return Verdict.refuse(self.name, verdict.code,
+                              f"event {event.event_id} restores under a token the hub does "
+                              f"not honour: {verdict}")
+
     _checks: dict[str, Callable[[ChainOfIdentity, InboundEvent, CaseState], Verdict]] = {
+        "GenomeRestored": _restore,
         "TherapyOrdered": _order,
         "AdministrationScheduled": _schedule,
         "SampleReceived": _sample_received,

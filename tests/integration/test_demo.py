@@ -182,3 +182,14 @@ def test_the_ledger_is_cosigned_by_both_witnesses(demo):
     assert len(rows) == 2 and all("yes, at" in row for row in rows), rows
     history = next((demo.data_dir / "runs").iterdir()) / "ledger" / "checkpoints.jsonl"
     assert history.read_text().count("\n") >= 1
+
+
+def test_the_genomes_are_in_the_vault_and_one_is_restored_under_the_patients_token(demo):
+    assert "genomes stored (GenomeStored accepted)  3" in " ".join(demo.text.split("│"))\
+        or "genomes stored (GenomeStored accepted) │ 3" in demo.text, demo.text
+    assert "X25519MLKEM768" in demo.text and "identical" in demo.text
+    assert "TOKEN_SPENT" in demo.text
+    stored = demo.query("SELECT count(DISTINCT coi) FROM log.genome_stored "
+                        "WHERE log_topic = 'events'")
+    restored = demo.query("SELECT count(*) FROM log.genome_restored WHERE log_topic = 'events'")
+    assert stored == [(3,)] and restored == [(1,)]

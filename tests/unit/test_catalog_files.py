@@ -39,6 +39,7 @@ EVENT_TYPES = (
     "SequencingCompleted",
     "VariantCallsProduced",
     "GenomeStored",
+    "GenomeRestored",
     "NeoantigenDesignProduced",
     "DesignApproved",
     "ManufacturingStarted",
@@ -157,8 +158,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 51
-    assert len(set(EVENT_TYPES)) == 51
+    assert len(EVENT_TYPES) == 52
+    assert len(set(EVENT_TYPES)) == 52
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

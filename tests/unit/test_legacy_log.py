@@ -56,7 +56,8 @@ NEWER_THAN_THE_FIX = {"pcvhub.events.GenomeStored", "pcvhub.events.AlertAcknowle
                       "pcvhub.events.AlertResolved", "pcvhub.events.PatientCredentialIssued",
                       "pcvhub.events.ConsentWitnessed", "pcvhub.events.CustodyReleased",
                       "pcvhub.events.QuarantineDispositioned", "pcvhub.events.ModelRegistered",
-                      "pcvhub.events.ModelRetired", "pcvhub.events.TemperatureLogRecorded"}
+                      "pcvhub.events.ModelRetired", "pcvhub.events.TemperatureLogRecorded",
+                      "pcvhub.events.GenomeRestored"}
 
 
 def test_the_fixture_has_every_event_type_and_both_signing_paths():

@@ -613,7 +613,8 @@ def test_the_happy_path_lists_every_lifecycle_event_type_that_a_therapy_needs() 
                 "DoseExpired",
                 "AdverseEventReported", "ResearchDataRequested",
                 "AlertAcknowledged", "AlertResolved",  # only where an alert was raised
-                "GenomeStored"}  # optional: a lab that keeps its own genome store never sends it
+                "GenomeStored",  # optional: a lab that keeps its own genome store never sends it
+                "GenomeRestored"}  # only when a stored genome is restored under a token
     therapy_events = {t for t, row in POLICY.items()
                       if row.transition is not None and not row.registry}
     assert issued | off_path == therapy_events
