@@ -61,6 +61,10 @@ EVENT_TYPES = (
     "PaymentPosted",
     "OutcomeMilestoneReached",
     "ResearchDataRequested",
+    "StudyRequested",
+    "StudyApproved",
+    "StudyRunCompleted",
+    "StudyResultPublished",
     "ActorRegistered",
     "KeyRotated",
     "KeyRevoked",
@@ -152,8 +156,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 46
-    assert len(set(EVENT_TYPES)) == 46
+    assert len(EVENT_TYPES) == 50
+    assert len(set(EVENT_TYPES)) == 50
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

@@ -54,7 +54,9 @@ RECORDS = _records()
 # event types introduced after the byte-order fix were never written in the legacy form
 NEWER_THAN_THE_FIX = {"pcvhub.events.GenomeStored", "pcvhub.events.AlertAcknowledged",
                       "pcvhub.events.AlertResolved", "pcvhub.events.PatientCredentialIssued",
-                      "pcvhub.events.ConsentWitnessed"}
+                      "pcvhub.events.ConsentWitnessed", "pcvhub.events.StudyRequested",
+                      "pcvhub.events.StudyApproved", "pcvhub.events.StudyRunCompleted",
+                      "pcvhub.events.StudyResultPublished"}
 
 
 def test_the_fixture_has_every_event_type_and_both_signing_paths():
