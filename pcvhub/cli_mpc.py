@@ -15,6 +15,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from pcvhub.mpc.study import StudyRefused, StudySpec
+
 console = Console(stderr=True, soft_wrap=True)  # errors stay one line: scripts grep them
 
 REFUSED, BAD_INPUT = 4, 1  # 2 is a usage error (click), 3 a failed run (PARTY_LOST_EXIT)
@@ -35,6 +37,23 @@ def _synthetic(text: str) -> tuple[int, int]:
     return int(seed), int(size)
 
 
+def _approved_on_the_log(site: str, study_id: str) -> StudySpec:
+    """The study's spec as its chain on the log approves it now, or ``StudyRefused``."""
+    from pcvhub.config import load_settings
+    from pcvhub.mpc.chain import read_study_chain
+    from pcvhub.trust.issuer import now_us
+
+    chain = read_study_chain(load_settings(), study_id)
+    try:
+        spec = chain.approved(now_us())
+    except StudyRefused as exc:
+        raise StudyRefused(f"site {site} refuses the run: {exc}") from None
+    approval = next(a for a in reversed(chain.approvals) if a.digest == spec.digest().hex())
+    console.print(f"site {site}: study {study_id} spec {spec.digest().hex()[:12]} approved on "
+                  f"the log by {approval.approver} ({approval.approval_ref})", highlight=False)
+    return spec
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``mpc`` command group to the ``pcvhub`` application."""
     mpc_app = typer.Typer(help="Cross-hospital statistics by secure multiparty computation.",
@@ -44,7 +63,12 @@ def register(app: typer.Typer) -> None:
     @mpc_app.command("party")
     def party(
         site: str = typer.Option(..., "--site", help="This party's hospital site."),
-        study: Path = typer.Option(..., "--study", help="The approved study spec (JSON)."),
+        study_id: str | None = typer.Option(None, "--study-id", help="The study, approved on "
+                                            "the log: its chain is read through the log "
+                                            "reader (the deployment's PCVHUB_* settings)."),
+        study: Path | None = typer.Option(None, "--study", help="A study spec file (JSON), "
+                                          "only for --synthetic rows: patients' rows are "
+                                          "computed only for a study approved on the log."),
         statistic: list[str] = typer.Option([], "--statistic", help="A statistic this run "
                                             "computes (repeat); default: all approved."),
         party_address: list[str] = typer.Option(..., "--party", help="SITE=HOST:PORT of "
@@ -65,18 +89,26 @@ def register(app: typer.Typer) -> None:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+        from pcvhub.log.reader import LogReadError
         from pcvhub.mpc.party import PARTY_LOST_EXIT, PartyLost, prepare, run_party
         from pcvhub.mpc.records import CohortRowError
         from pcvhub.mpc.site_rows import site_rows_from_file
-        from pcvhub.mpc.study import StudyRefused, StudySpec, StudySpecError, parse_statistics
+        from pcvhub.mpc.study import StudySpecError, parse_statistics
         from pcvhub.mpc.synthetic import synthetic_site_rows
 
         def fail(code: int, message: str) -> None:
             console.print(f"[bold red]error:[/] {message}")
             raise typer.Exit(code=code)
 
+        if (study is None) == (study_id is None):
+            fail(BAD_INPUT, "give exactly one of --study-id ID (approved on the log) or "
+                            "--study FILE (synthetic rows only)")
+        if projection is not None and study_id is None:
+            fail(REFUSED, f"site {site}: a study over the site's patients is computed only "
+                          "when an ethics approver approved it on the log; give --study-id")
         try:
-            spec = StudySpec.load(study)
+            spec = _approved_on_the_log(site, study_id) if study_id is not None \
+                else StudySpec.load(study or Path())
             addresses = {s: (h, p) for s, h, p in map(_address, party_address)}
             missing = [s for s in spec.sites if s not in addresses]
             if missing:
@@ -86,7 +118,7 @@ def register(app: typer.Typer) -> None:
                           connect_timeout=connect_timeout, run_timeout=timeout)
         except StudyRefused as exc:
             fail(REFUSED, str(exc))
-        except (StudySpecError, FileNotFoundError, ValueError) as exc:
+        except (StudySpecError, FileNotFoundError, ValueError, LogReadError) as exc:
             fail(BAD_INPUT, str(exc))
         if (projection is None) == (synthetic is None):
             fail(BAD_INPUT, "give exactly one of --projection FILE or --synthetic SEED:N")
@@ -122,7 +154,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print the plaintext reference over the pooled synthetic cohort (for checking)."""
         from pcvhub.mpc.plaintext import reference_result
-        from pcvhub.mpc.study import StudySpec
         from pcvhub.mpc.synthetic import synthetic_site_rows
 
         spec = StudySpec.load(study)

@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pcvhub.ids import study_coi
 from pcvhub.mpc.study import StudyRefused, StudySpec, StudySpecError
+from pcvhub.schemas.codec import to_us
 from pcvhub.schemas.policy import ETHICS_APPROVER
 from pcvhub.streams.event import InboundEvent
 
@@ -124,7 +126,7 @@ class StudyChain:
             return (f"{event.producer} requested this spec and may not approve it: an "
                     "ethics approval is someone else's")
         self.approvals.append(StudyApproval(p["spec_digest"], event.producer, p["approval_ref"],
-                                            p.get("expires_at"), event.event_id,
+                                            _opt_us(p.get("expires_at")), event.event_id,
                                             event.occurred_at_us))
         return None
 
@@ -134,7 +136,7 @@ class StudyChain:
             return f"run {p['run_id']} is already recorded"
         self.runs[p["run_id"]] = StudyRunRecord(
             p["run_id"], p["spec_digest"], tuple(p["statistics"]), tuple(p["parties"]),
-            p["consent_as_of"], p["result_digest"], event.event_id)
+            to_us(p["consent_as_of"]), p["result_digest"], event.event_id)
         return None
 
     def _StudyResultPublished(self, event: InboundEvent, p: Mapping[str, Any],  # noqa: N802
@@ -179,6 +181,10 @@ class StudyChain:
             raise refuse(f"the approval of spec {latest.digest[:12]} expired at "
                          f"{max(a.expires_at_us or 0 for a in approvals)} µs")
         return latest.spec
+
+
+def _opt_us(value: datetime | int | None) -> int | None:
+    return None if value is None else to_us(value)
 
 
 def fold_study_chain(study_id: str, events: Iterable[tuple[InboundEvent, frozenset[str]]]
