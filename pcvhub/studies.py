@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pcvhub.config import Settings
-from pcvhub.connectors.registrar import publish_chain_event
+from pcvhub.connectors.registrar import publish_chain_event, publish_chain_events
 from pcvhub.ids import study_coi, uuid7
 from pcvhub.mpc.chain import approval_payload, request_payload, run_payloads
 from pcvhub.mpc.local_run import LocalStudyRun, finish
@@ -37,7 +37,15 @@ from pcvhub.trust.signing import EventSigner
 
 
 class StudyRunFailed(RuntimeError):
-    """A party refused or failed, or the parties disagree: nothing is recorded."""
+    """A party refused or failed, or the parties disagree: nothing is recorded.
+
+    :param parties: site -> (exit code, output) of each party, when the parties ran here.
+    """
+
+    def __init__(self, message: str, parties: Mapping[str, tuple[int, str]] | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.parties = dict(parties or {})
 
 
 def request_study(settings: Settings, researcher: EventSigner, spec: StudySpec, title: str
@@ -83,9 +91,8 @@ def record_run(settings: Settings, researcher: EventSigner, spec: StudySpec,
     run_id = str(uuid7())
     run, published = run_payloads(spec, run_id, [s.value for s in statistics],
                                   to_us(consent_as_of), result)
-    coi = study_coi(spec.study_id)
-    recorded = publish_chain_event(settings, researcher, coi, "StudyRunCompleted", run)
-    shown = publish_chain_event(settings, researcher, coi, "StudyResultPublished", published)
+    recorded, shown = publish_chain_events(settings, researcher, study_coi(spec.study_id), [
+        ("StudyRunCompleted", run), ("StudyResultPublished", published)])
     return RecordedRun(run_id, result, run["result_digest"], (recorded, shown))
 
 
@@ -120,7 +127,7 @@ def run_and_record(settings: Settings, researcher: EventSigner, root: Path, spec
         last = out.strip().splitlines()[-1] if out.strip() else "(no output)"
         raise StudyRunFailed(f"study {spec.study_id}: party {site} exited {code}: {last}; "
                              f"{len(failed)} of {len(spec.sites)} parties failed, the run is "
-                             "not recorded")
+                             "not recorded", dict(zip(spec.sites, outcomes, strict=True)))
     computed = tuple(s for s in spec.statistics if not statistics or s in statistics)
     return record_run(settings, researcher, spec, computed, as_of,
                       {site: run.result(site) for site in spec.sites})

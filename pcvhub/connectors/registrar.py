@@ -20,7 +20,7 @@ through ``publish_chain_event``:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pcvhub.config import Settings
@@ -54,6 +54,15 @@ def publish_chain_event(settings: Settings, signer: EventSigner, coi: str, event
                         wait: bool = True) -> IssuedEvent:
     """Link ``event_type`` onto the head of chain ``coi``, signed by ``signer``, send it,
     return it once the gatekeeper accepted it (``wait=False``: once Kafka holds it)."""
+    return publish_chain_events(settings, signer, coi, [(event_type, payload)],
+                                timeout=timeout, wait=wait)[0]
+
+
+def publish_chain_events(settings: Settings, signer: EventSigner, coi: str,
+                         events: Sequence[tuple[str, Mapping[str, Any]]],
+                         timeout: float = 60.0, wait: bool = True) -> list[IssuedEvent]:
+    """Several events onto chain ``coi``, each linked onto the one before, with one read
+    of the chain; returned once every one is accepted (the first refusal raises)."""
     # these events reach the hub through ingress.direct, as its connector principal
     settings = settings.as_principal(connector_principal("direct"))
     verifier = deployment_verifier(settings, "registrar" if coi == REGISTRY_COI
@@ -106,23 +115,27 @@ def publish_chain_event(settings: Settings, signer: EventSigner, coi: str, event
         if not wait and in_flight:
             head = sent[in_flight[-1]]  # not yet judged: link onto it, as it will be
         # -- 2. link and sign --
-        issued = EventIssuer(signer).issue(event_type, coi, dict(payload), prev_hash=head,
-                                           meaning=meaning_for(event_type))
+        issuer = EventIssuer(signer)
+        issued: list[IssuedEvent] = []
+        for event_type, payload in events:
+            issued.append(issuer.issue(event_type, coi, dict(payload), prev_hash=head,
+                                       meaning=meaning_for(event_type)))
+            head = issued[-1].digest
         # -- 3. write --
-        writer.write([issued])
+        writer.write(issued)
         if not wait:
             return issued
-        # -- 4. wait for the verdict --
-        event_id = issued.envelope.event_id
-        if wait_answered([event_id]):
-            raise RegistryPublishError(f"no verdict on {event_type} {event_id} within "
-                                       f"{timeout:.0f}s: is the gatekeeper (`pcvhub worker`) "
-                                       "running?")
-        if event_id in refusals:
-            p = refusals[event_id]
-            raise RegistryPublishError(
-                f"the gatekeeper refused {event_type} {event_id}: {p['rule']} "
-                f"{p['reason_code']}: {p['reason']}")
+        # -- 4. wait for the verdicts --
+        event_ids = [e.envelope.event_id for e in issued]
+        if wait_answered(event_ids):
+            raise RegistryPublishError(f"no verdict on {events[0][0]} "
+                                       f"{event_ids[0]} within {timeout:.0f}s: is the "
+                                       "gatekeeper (`pcvhub worker`) running?")
+        for (kind, _), event_id in zip(events, event_ids, strict=True):
+            if event_id in refusals:
+                p = refusals[event_id]
+                raise RegistryPublishError(
+                    f"the gatekeeper refused {kind} {event_id}: {p['rule']} {p['reason_code']}: {p['reason']}")
         return issued
     finally:
         for follower in followers:
