@@ -135,7 +135,8 @@ def publish_chain_events(settings: Settings, signer: EventSigner, coi: str,
             if event_id in refusals:
                 p = refusals[event_id]
                 raise RegistryPublishError(
-                    f"the gatekeeper refused {kind} {event_id}: {p['rule']} {p['reason_code']}: {p['reason']}")
+                    f"the gatekeeper refused {kind} {event_id}: {p['rule']} "
+                    f"{p['reason_code']}: {p['reason']}")
         return issued
     finally:
         for follower in followers:
