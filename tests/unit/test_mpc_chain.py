@@ -5,13 +5,15 @@ when the chain is folded as a party folds it, then the requested spec is computa
 approved; not before, not after the request is altered (another statistic, another
 threshold: another digest), not once the approval expired, not when the requester approves
 their own study, and not when someone without the ETHICS_APPROVER role signs the approval.
-A recorded run and its published result must carry the same digest.
+A recorded run and its published result must carry the same digest. Projected, the
+chain's events are on the log and the chain is not listed as a therapy.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,3 +144,34 @@ def test_a_run_and_its_result_carry_one_digest(log: StudyLog) -> None:
     assert list(chain.runs) == ["run-1"] and chain.runs["run-1"].parties == SPEC.sites
     assert chain.results == {"run-1": result}
     assert len(chain.ignored) == 1 and "does not have the digest" in chain.ignored[0]
+
+
+def test_a_study_chain_is_projected_as_events_and_never_listed_as_a_therapy(
+        tmp_path: Path) -> None:
+    """Through the gatekeeper into a projection: the study's events are accepted on the
+    canonical log, and the case-status view (one row per therapy) does not list its chain."""
+    from pcvhub.projections.store import connect
+    from pcvhub.trust.signing import EventSigner, HybridKeyPair
+
+    from .test_projection_scenario import ScriptedLog, project
+
+    gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
+    log = StudyLog()
+    log.hub.register_gatekeeper(gatekeeper)
+    log.publish(log.researcher, "StudyRequested", request_payload(SPEC, "response in C43"))
+    log.publish(log.approver, "StudyApproved", approval_payload(SPEC, "IRB-2026-017"))
+    scripted = ScriptedLog(log.hub, gatekeeper)
+    for event in log.events:
+        scripted.send(event)
+    path = tmp_path / "hub.duckdb"
+    project(path, scripted.gatekeep(), scripted.anchor)
+    con = connect(path, read_only=True)
+    try:
+        on_chain = con.execute(
+            "SELECT event_type FROM log.envelopes WHERE log_topic = 'events' AND coi = ? "
+            "ORDER BY log_offset", [log.case.coi]).fetchall()
+        listed = con.execute("SELECT count(*) FROM case_status").fetchone()
+    finally:
+        con.close()
+    assert [t for (t,) in on_chain] == ["StudyRequested", "StudyApproved"]
+    assert listed == (0,)
