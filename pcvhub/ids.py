@@ -54,6 +54,23 @@ def new_coi(site: str, year: int | None = None) -> str:
     return body + _check_char(body)
 
 
+#: the chains of cross-hospital studies: ``pcvhub:study:<study id>``, one per study
+STUDY_CHAIN_PREFIX = "pcvhub:study:"
+_STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def study_coi(study_id: str) -> str:
+    """The chain a study's events stand on; a study id is 1-64 letters, digits, ``._-``."""
+    if not _STUDY_ID.match(study_id):
+        raise ValueError(f"study id {study_id!r}: use 1 to 64 letters, digits, '.', '_' or "
+                         "'-', starting with a letter or digit")
+    return STUDY_CHAIN_PREFIX + study_id
+
+
+def is_study_chain(coi: str) -> bool:
+    return coi.startswith(STUDY_CHAIN_PREFIX)
+
+
 def is_valid_coi(coi: str) -> bool:
     """True if ``coi`` has the CoI shape and its check character matches."""
     match = _COI.match(coi)

@@ -13,7 +13,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,13 +41,17 @@ class LocalStudyRun:
     spec: StudySpec
     tls: tuple[Path, ...]
     ports: tuple[int, ...]
+    on_the_log: bool = False
 
     @classmethod
-    def create(cls, root: Path, spec: StudySpec) -> LocalStudyRun:
+    def create(cls, root: Path, spec: StudySpec, *, on_the_log: bool = False
+               ) -> LocalStudyRun:
+        """``on_the_log``: each party reads the study's approval from the log
+        (``--study-id``) instead of a spec file (``--study``, synthetic rows only)."""
         root.mkdir(parents=True, exist_ok=True)
         (root / "study.json").write_text(json.dumps(spec.to_json(), indent=2) + "\n")
         return cls(root, spec, tuple(issue_party_certificates(root / "tls", len(spec.sites))),
-                   tuple(free_ports(len(spec.sites))))
+                   tuple(free_ports(len(spec.sites))), on_the_log)
 
     @property
     def spec_path(self) -> Path:
@@ -59,19 +63,25 @@ class LocalStudyRun:
     def command(self, index: int, rows: Sequence[str], *extra: str,
                 program: Sequence[str] = ()) -> list[str]:
         """``pcvhub mpc party`` for party ``index``; ``rows``: ``--synthetic S:N`` or
-        ``--projection FILE``; ``program`` replaces ``python -m pcvhub.cli``."""
+        ``--projection FILE``; ``program`` replaces ``python -m pcvhub.cli_mpc`` (the
+        ``mpc`` commands alone: quicker to start than all of ``pcvhub``)."""
         site = self.spec.sites[index]
-        return [*(program or (sys.executable, "-m", "pcvhub.cli")), "mpc", "party",
-                "--site", site, "--study", str(self.spec_path),
+        return [*(program or (sys.executable, "-m", "pcvhub.cli_mpc")), "mpc", "party",
+                "--site", site, *(("--study-id", self.spec.study_id) if self.on_the_log
+                                  else ("--study", str(self.spec_path))),
                 *(arg for s, p in zip(self.spec.sites, self.ports, strict=True)
                   for arg in ("--party", f"{s}=127.0.0.1:{p}")),
                 "--tls-dir", str(self.tls[index]), *rows, "--result", str(self.result(site)),
                 *extra]
 
-    def start(self, command: Sequence[str]) -> subprocess.Popen[str]:
+    def start(self, command: Sequence[str], env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen[str]:
+        """One party's process; ``env``: its environment (default: this one's), e.g. the
+        deployment whose log holds the study."""
         return subprocess.Popen(list(command), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**(os.environ if env is None else env),
+                                     "PYTHONUNBUFFERED": "1"})
 
 
 def finish(processes: Sequence[subprocess.Popen[str]], timeout: float = 600

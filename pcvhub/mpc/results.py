@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -95,9 +96,14 @@ class StudyResult:
                 "statistics": {s.value: r.to_json() for s, r in self.statistics.items()}}
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON: the result hash a StudyRun event will carry."""
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """SHA-256 of the canonical JSON: the result hash ``StudyRunCompleted`` carries."""
+        return result_digest(self.to_json())
+
+
+def result_digest(published: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a result's canonical JSON, as published or as read back."""
+    canonical = json.dumps(published, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _cell(value: Cell) -> int | str:

@@ -16,7 +16,6 @@ from pathlib import Path
 import duckdb
 
 from pcvhub.mpc.records import RECIST, TherapyRecord
-from pcvhub.projections.publish import RESEARCH_CONSENTED
 from pcvhub.projections.schema import sql_string
 from pcvhub.projections.store import connect
 
@@ -26,14 +25,22 @@ _RANKS = ", ".join(f"({sql_string(c)}, {i})" for i, c in enumerate(RECIST))
 def consented_therapies(scope: str, as_of: datetime) -> str:
     """SQL of the therapies a study under ``scope`` may count at ``as_of``.
 
-    The one place the consent check lives. Today it is the projection's own rule for the
-    research copy (granted, not expired, not withdrawn by a later accepted event), so the
-    research copy and a study count the same patients; when research consent is signed
-    by the patient, the check of that signature replaces this query, here and nowhere else.
+    The one place a study's consent check lives: a grant of the scope **signed by the
+    patient's own key** (``consents.signed_by = 'PATIENT'``; a witnessed grant or the
+    hospital's record of a form does not count for a study), given by ``as_of``, not
+    expired at it and not withdrawn by then. A withdrawal at or before ``as_of`` stops
+    that grant for every run from then on; only a new grant the patient signs later counts
+    again.
     """
     if scope != "RESEARCH":
         raise ValueError(f"no consent rule for scope {scope!r}")
-    return RESEARCH_CONSENTED.format(as_of=f"TIMESTAMPTZ {sql_string(as_of.isoformat())}")
+    at = f"TIMESTAMPTZ {sql_string(as_of.isoformat())}"
+    return f"""
+    SELECT DISTINCT g.coi FROM consents g
+    WHERE g.scope = {sql_string(scope)} AND g.signed_by = 'PATIENT'
+      AND g.granted_at <= {at}
+      AND (g.expires_at IS NULL OR g.expires_at > {at})
+      AND (g.withdrawn_at IS NULL OR g.withdrawn_at > {at})"""
 
 
 def _site_query(site: str, scope: str, as_of: datetime) -> str:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from pcvhub.ids import STUDY_CHAIN_PREFIX
 from pcvhub.projections.schema import sql_string
 from pcvhub.schemas.policy import next_step
 from pcvhub.schemas.stages import Stage
@@ -955,7 +956,8 @@ NO_DOSE_LEFT = "follow up: record outcomes (OutcomeRecorded); no usable dose is 
 
 CASE_STATUS_MACRO = Macro("case_status_as_of", "as_of", f"""
     WITH chains AS (
-        SELECT coi, stage, chain_seq FROM log.therapy_progress WHERE coi <> {REGISTRY}
+        SELECT coi, stage, chain_seq FROM log.therapy_progress
+        WHERE coi <> {REGISTRY} AND NOT starts_with(coi, {sql_string(STUDY_CHAIN_PREFIX)})
     ),
     enrolment AS (
         SELECT coi, site_id, therapy_type, occurred_at AS enrolled_at

@@ -10,7 +10,7 @@ Who reads which column:
 
 - the gatekeeper's rules (``pcvhub.streams.rules``): R2 reads ``roles``, ``meaning``,
   ``patient_meaning``, ``patient_scopes``, ``site_bound``, ``topic`` and ``registry``; R4
-  reads ``transition``; R5 reads ``patient_proof``; R7 reads ``consent`` (and
+  reads ``transition`` and ``study``; R5 reads ``patient_proof``; R7 reads ``consent`` (and
   ``PATIENT_SIGNED_SCOPES``: which grants count for a scope);
 - the case fold (``pcvhub.streams.case``) and the projections' fold
   (``pcvhub.projections.projector``) both move a therapy's stage with :func:`advance`,
@@ -62,6 +62,8 @@ PATIENT_SIGNED_SCOPES = frozenset({ConsentScope.GENOME_STORAGE, ConsentScope.PAY
                                    ConsentScope.RESEARCH})
 #: The role of a patient's own key (a card or wallet the hub never holds).
 PATIENT = "PATIENT"
+#: The role that approves a cross-hospital study (a member of the ethics committee / IRB).
+ETHICS_APPROVER = "ETHICS_APPROVER"
 
 
 # -- the lifecycle fold -------------------------------------------------------------------
@@ -229,6 +231,8 @@ class EventPolicy:
     :param topic: the topic it stands on: the canonical log, or a side topic of the
         gatekeeper (never accepted from ingress).
     :param registry: it lives on the registry chain (actors and keys), and only there.
+    :param study: it lives on a study's chain (``pcvhub.ids.study_coi``), and only there;
+        a study chain holds nothing else.
     :param patient_meaning: the meaning the patient's own key signs it with, when a patient
         signs it (None: ``meaning``); a patient signer must be this therapy's patient.
     :param patient_scopes: payload scopes only the therapy's patient may sign (a clinician
@@ -246,6 +250,7 @@ class EventPolicy:
     next_step_at: tuple[tuple[Stage, str], ...] = ()
     topic: TopicRole = TopicRole.CANONICAL
     registry: bool = False
+    study: bool = False
     patient_meaning: SignatureMeaning | None = None
     patient_scopes: frozenset[ConsentScope] = frozenset()
     patient_proof: ProofDemand | None = None
@@ -447,6 +452,18 @@ _ROWS: tuple[EventPolicy, ...] = (
                 transition=Transition(from_stage(S.ENROLLED))),
     EventPolicy("ResearchDataRequested", roles("RESEARCHER"), consent=C.RESEARCH,
                 transition=Transition(from_stage(S.ENROLLED))),
+    # cross-hospital studies (pcvhub.mpc), each on its own chain: a researcher asks, an
+    # ethics approver approves the exact specification, the researcher who ran the parties
+    # records each run and publishes its result; consent is checked per therapy by the
+    # parties, inside each site, when the study runs
+    EventPolicy("StudyRequested", roles("RESEARCHER"), transition=Transition(ANY_STAGE),
+                study=True),
+    EventPolicy("StudyApproved", roles(ETHICS_APPROVER), meaning=M.APPROVED,
+                transition=Transition(ANY_STAGE), study=True),
+    EventPolicy("StudyRunCompleted", roles("RESEARCHER"), transition=Transition(ANY_STAGE),
+                study=True),
+    EventPolicy("StudyResultPublished", roles("RESEARCHER"), transition=Transition(ANY_STAGE),
+                study=True),
     # receivables
     EventPolicy("ClaimSubmitted", roles("BILLING", connector=True), site_bound=at_the_site,
                 consent=C.PAYER_SHARING,
@@ -509,6 +526,11 @@ def meaning_for(event_type: str, *, patient: bool = False) -> SignatureMeaning:
 def registry_event_types() -> frozenset[str]:
     """The event types of the registry chain (actors and keys)."""
     return frozenset(t for t, row in POLICY.items() if row.registry)
+
+
+def study_event_types() -> frozenset[str]:
+    """The event types of study chains."""
+    return frozenset(t for t, row in POLICY.items() if row.study)
 
 
 def types_on(topic: TopicRole) -> frozenset[str]:

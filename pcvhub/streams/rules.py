@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from itertools import pairwise
 from typing import Any
 
+from pcvhub.ids import is_study_chain
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import PATIENT, POLICY, ConsentScope, EventPolicy
 from pcvhub.schemas.specifications import LimitKind, UnreadableValue, panel_for
@@ -243,7 +244,8 @@ class RoleAllowed:
 
 class Lifecycle:
     """R4: the event is in order for the chain's current stage (the ``transition`` column
-    of the policy table; on the registry chain only registry events, in any order)."""
+    of the policy table; on the registry chain only registry events, in any order; on a
+    study chain only study events)."""
 
     name = "R4"
 
@@ -253,10 +255,12 @@ class Lifecycle:
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
         row = self.policy.get(event.event_type)
         on_registry = event.coi == REGISTRY_COI
+        on_study = is_study_chain(event.coi)
         transition = row.transition if row is not None and row.registry == on_registry \
-            else None
+            and row.study == on_study else None
         if transition is None:
             what = ("the registry chain" if on_registry
+                    else f"study chain {event.coi}" if on_study
                     else f"the lifecycle of therapy {event.coi}")
             return Verdict.refuse(
                 self.name, "NOT_IN_LIFECYCLE",

@@ -65,6 +65,10 @@ EVENT_TYPES = (
     "PaymentPosted",
     "OutcomeMilestoneReached",
     "ResearchDataRequested",
+    "StudyRequested",
+    "StudyApproved",
+    "StudyRunCompleted",
+    "StudyResultPublished",
     "ActorRegistered",
     "KeyRotated",
     "KeyRevoked",
@@ -158,8 +162,8 @@ def _example(schema: Any) -> Any:
 
 
 def test_event_type_list_is_the_agreed_one() -> None:
-    assert len(EVENT_TYPES) == 52
-    assert len(set(EVENT_TYPES)) == 52
+    assert len(EVENT_TYPES) == 56
+    assert len(set(EVENT_TYPES)) == 56
 
 
 def test_file_stems_are_exactly_the_event_types() -> None:

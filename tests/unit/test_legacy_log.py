@@ -57,7 +57,9 @@ NEWER_THAN_THE_FIX = {"pcvhub.events.GenomeStored", "pcvhub.events.AlertAcknowle
                       "pcvhub.events.ConsentWitnessed", "pcvhub.events.CustodyReleased",
                       "pcvhub.events.QuarantineDispositioned", "pcvhub.events.ModelRegistered",
                       "pcvhub.events.ModelRetired", "pcvhub.events.TemperatureLogRecorded",
-                      "pcvhub.events.GenomeRestored"}
+                      "pcvhub.events.GenomeRestored", "pcvhub.events.StudyRequested",
+                      "pcvhub.events.StudyApproved", "pcvhub.events.StudyRunCompleted",
+                      "pcvhub.events.StudyResultPublished"}
 
 
 def test_the_fixture_has_every_event_type_and_both_signing_paths():

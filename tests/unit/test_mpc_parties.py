@@ -4,7 +4,8 @@ Given an approved study and a seeded synthetic cohort per site, when each site r
 ``pcvhub mpc party`` in its own process, then every party writes the same result and it
 equals the plaintext reference over the pooled rows; what a party received holds none of
 another site's counts; a run asking for an unapproved statistic is refused by every
-party; a party killed mid-run makes the others fail with a clear error and write nothing.
+party; a party killed mid-run makes the others fail with a clear error and write nothing;
+a spec file never lets a party compute over its patients' rows.
 """
 
 from __future__ import annotations
@@ -186,32 +187,23 @@ def test_parties_given_different_specs_stop_before_sharing_a_count(tmp_path: Pat
         assert not run.result(site).exists()
 
 
-@pytest.mark.slow
-def test_parties_reading_their_projection_publish_only_suppressed_small_counts(
+def test_a_party_refuses_patients_rows_for_a_study_not_approved_on_the_log(
         tmp_path: Path) -> None:
-    """The scripted scenario has one consented therapy (A, KYOTO01): every cell it lands in
-    is below the threshold, so the parties open it as suppressed, as the reference does."""
-    from datetime import UTC, datetime
+    """A spec file serves synthetic cohorts only: the rows of a site's patients are
+    computed only for a study an ethics approver approved on its chain (``--study-id``)."""
+    import typer
+    from typer.testing import CliRunner
 
-    from pcvhub.mpc.site_rows import site_rows_from_file
+    from pcvhub.cli_mpc import register
 
-    from .test_projection_scenario import project, scripted_log
-
-    scripted = scripted_log()
+    app = typer.Typer()
+    register(app)
+    run = LocalStudyRun.create(tmp_path, study())
     projection = tmp_path / "hub.duckdb"
-    project(projection, scripted.gatekeep(), scripted.anchor)
-    as_of = datetime(2026, 6, 1, tzinfo=UTC)
-    spec = study(cancer_types=("C43",), day_bins=64)
-    run = LocalStudyRun.create(tmp_path / "run", spec)
-    outcomes = finish([run.start(run.command(
-        i, ("--projection", str(projection)), "--as-of", as_of.isoformat(),
-        "--connect-timeout", "60")) for i in range(len(SITES))])
-    for code, out in outcomes:
-        assert code == 0, out
-    pooled = [r for s in SITES for r in site_rows_from_file(projection, s, as_of)]
-    assert [r.therapy for r in pooled] == [scripted.coi_a]
-    expected = reference_result(spec, spec.statistics, pooled).to_json()
-    published = json.loads(run.result("KYOTO01").read_text())
-    assert published == expected
-    response = published["statistics"]["response_by_recist"]["rows"]
-    assert "suppressed" in json.dumps(response) and '"total": 1' not in json.dumps(response)
+    projection.touch()
+    command = run.command(0, ("--projection", str(projection)))
+    outcome = CliRunner().invoke(app, command[command.index("mpc"):])
+    assert outcome.exit_code == 4, outcome.output
+    assert "site KYOTO01: a study over the site's patients is computed only when an ethics " \
+           "approver approved it on the log; give --study-id" in " ".join(outcome.output.split())
+    assert not run.result("KYOTO01").exists()

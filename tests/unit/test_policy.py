@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pcvhub.ids import study_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.envelope import SignatureMeaning
 from pcvhub.schemas.policy import (
@@ -47,7 +48,10 @@ def symbols(event_type: str, field_name: str) -> set[str]:
 
 
 ROWS = sorted(POLICY.values(), key=lambda row: row.event_type)
-THERAPY_ROWS = [r for r in ROWS if r.transition is not None and not r.registry]
+THERAPY_ROWS = [r for r in ROWS if r.transition is not None and not r.registry
+                and not r.study]
+STUDY_ROWS = [r for r in ROWS if r.study]
+STUDY = study_coi("melanoma-response-2026")
 CANONICAL_ROWS = [r for r in ROWS if not r.gatekeeper_output]
 
 
@@ -59,7 +63,7 @@ def ids(rows: list[EventPolicy]) -> list[str]:
 
 def test_every_catalog_event_type_has_exactly_one_row() -> None:
     types = sorted(CATALOG.short_name(t) for t in CATALOG.event_types())
-    assert len(types) == 52
+    assert len(types) == 56
     assert sorted(POLICY) == types
     assert all(key == row.event_type for key, row in POLICY.items())
 
@@ -116,6 +120,33 @@ def test_gatekeeper_outputs_have_no_place_in_a_lifecycle_and_only_it_signs_alert
     assert all(row.transition is None and not row.registry for row in outputs)
     assert {r for row in outputs for r in row.roles} == {"GATEKEEPER", "CONNECTOR"}
     assert POLICY["EventRejected"].roles == {"GATEKEEPER", "CONNECTOR"}
+
+
+def test_study_chains_hold_the_study_events_and_an_ethics_approver_approves() -> None:
+    assert ids(STUDY_ROWS) == ["StudyApproved", "StudyRequested", "StudyResultPublished",
+                               "StudyRunCompleted"]
+    assert POLICY["StudyApproved"].roles == {"ETHICS_APPROVER"}
+    assert POLICY["StudyApproved"].meaning is SignatureMeaning.APPROVED
+    assert all(row.roles == {"RESEARCHER"} for row in STUDY_ROWS
+               if row.event_type != "StudyApproved")
+    assert "ETHICS_APPROVER" in symbols("ActorRegistered", "roles")
+
+
+def test_r4_keeps_study_events_on_study_chains_and_everything_else_off_them(
+        signers: Signers) -> None:
+    rule = Lifecycle()
+    for row in STUDY_ROWS:
+        on_study = signers.event(row, signers.allowed[row.event_type], coi=STUDY)
+        assert rule.check(on_study, CaseState.new(STUDY)).accepted, row.event_type
+        off = signers.event(row, signers.allowed[row.event_type])
+        verdict = rule.check(off, case_for(off))
+        assert (verdict.rule, verdict.code) == ("R4", "NOT_IN_LIFECYCLE"), row.event_type
+    for row in (r for r in ROWS if not r.study):
+        event = signers.event(row, signers.allowed.get(row.event_type, signers.outsider),
+                              coi=STUDY)
+        verdict = rule.check(event, CaseState.new(STUDY))
+        assert (verdict.rule, verdict.code) == ("R4", "NOT_IN_LIFECYCLE"), row.event_type
+        assert STUDY in verdict.reason
 
 
 def test_only_the_registrar_signs_the_registry_chain() -> None:
