@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -125,7 +125,10 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
     @app.agent(ingress)
     async def gate(stream: faust.StreamT) -> None:
         # Step 8. One send step per batch of ready records; Faust acks them after it.
-        async for events in stream.take_events(SEAL_BATCH_MAX, within=SEAL_WAIT_SECONDS):
+        # (``take_events`` is on faust's Stream, which every agent gets, not on StreamT.)
+        batches = cast(faust.Stream, stream).take_events(SEAL_BATCH_MAX,
+                                                         within=SEAL_WAIT_SECONDS)
+        async for events in batches:
             alerts: list[Output] = []
             primaries: list[Output] = []
             for event in events:
