@@ -119,6 +119,7 @@ class Gatekeeper:
         self.registry = registry  # the one R1/R2 read: accepted registry events fold into it
         self.timers = timers or TurnaroundTimers()
         self.clock = clock or WallClock()
+        self._sealing_clock = WallClock()
         self.catalog = load_catalog()
 
     # -- decoding ----------------------------------------------------------------
@@ -273,8 +274,10 @@ class Gatekeeper:
         """The outputs of one send step, sealed in one batch: one hybrid signature over
         the Merkle root of all of them (the post-quantum signature is the costly part, so
         it is paid once per step, not per record), each output given its own seal."""
+        # sealed at the wall clock's time, whatever the timers' clock says: the seal is
+        # signed now, and a simulation clock may stand anywhere (0 before it is first set)
         seals = seal_batch(self.issuer.signer, [o.facts() for o in outputs],
-                           self.clock.now_us())
+                           self._sealing_clock.now_us())
         return [replace(o, seal=s.encode()) for o, s in zip(outputs, seals, strict=True)]
 
     # -- rebuilding the ledger from the log --------------------------------------
