@@ -72,6 +72,6 @@ def run(quick: bool = False) -> list[Figure]:
         Figure("log reader", "decode only (envelope + payload)", decoded, "records/s"),
         Figure("log reader", "hybrid signature check only", verified, "records/s",
                "decode only", decoded),
-        Figure("log reader", "LogVerifier.admit (decode, key, signatures, chain, fold)",
+        Figure("log reader", "LogVerifier.admit (decode, key, signatures, seal, chain, fold)",
                admitted, "records/s", "hybrid signature check only", verified),
     ]
