@@ -151,10 +151,11 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-#: Header the gatekeeper puts on every record it writes (canonical, rejected, alerts):
-#: the ingress position (``topic/partition/offset``) the record answers. The gatekeeper
-#: rebuilds what it already answered from it; projections and audits show it.
-SOURCE_HEADER = "pcvhub-source"
+#: Header the gatekeeper puts on every record it writes (canonical, rejected, alerts): its
+#: seal (``pcvhub.trust.seal``): the verdict, the ingress position the record answers and
+#: the broker's append time of it, the inclusion path in its batch and the batch's hybrid
+#: signature. The log reader admits no output record without a valid one.
+SEAL_HEADER = "pcvhub-seal"
 
 
 # -- ACLs ---------------------------------------------------------------------------------
