@@ -53,6 +53,7 @@ class TopicRole(StrEnum):
     CANONICAL = "canonical"
     REJECTED = "rejected"
     ALERTS = "alerts"
+    SEALS = "seals"
     LEDGER = "ledger"
 
 
@@ -122,6 +123,13 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("alerts", TopicRole.ALERTS, 6, FOREVER, "delete",
               "alerts raised by custody rules and turnaround timers",
               writers=(Principal.GATEKEEPER,), readers=_OUTPUT_READERS),
+    TopicSpec("seals", TopicRole.SEALS, 1, FOREVER, "delete",
+              "the gatekeeper's signed batch heads (pcvhub.trust.seal): one hybrid signature "
+              "per send step over the Merkle root of everything it wrote; each output "
+              "record names its head's offset here. One partition: every record of every "
+              "output partition points into it",
+              # whoever reads an output topic reads the heads that seal it
+              writers=(Principal.GATEKEEPER,), readers=(*_OUTPUT_READERS, *_CONNECTORS)),
     TopicSpec("ledger", TopicRole.LEDGER, 1, FOREVER, "delete",
               "signed checkpoints of the transparency ledger (C2SP signed notes), its only "
               "writer being `pcvhub ledger run`; kept forever as evidence of what it showed",
@@ -153,8 +161,8 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 #: Header the gatekeeper puts on every record it writes (canonical, rejected, alerts): its
 #: seal (``pcvhub.trust.seal``): the verdict, the ingress position the record answers and
-#: the broker's append time of it, the inclusion path in its batch and the batch's hybrid
-#: signature. The log reader admits no output record without a valid one.
+#: the broker's append time of it, where its batch's signed head stands on the seals topic
+#: and its inclusion path. The log reader admits no output record without a valid one.
 SEAL_HEADER = "pcvhub-seal"
 
 

@@ -23,9 +23,11 @@ not use it. Instead the outputs are the checkpoint:
 8. Everything one send step writes is sealed in one batch (``Gatekeeper.seal``): the agent
    takes what the stream has ready (``take_events``, waiting at most ``SEAL_WAIT_SECONDS``
    for a first record, never for a batch to fill), judges it, seals all its outputs with
-   one hybrid signature and sends them. Under load the batch grows by itself with the
-   records that arrive while the last one is signed, so the post-quantum signature is paid
-   once per step; an idle gatekeeper seals each record alone.
+   one hybrid signature, writes that signed head to the seals topic and waits for Kafka's
+   acknowledgement (a reader never meets a record whose head is not on the log yet), then
+   sends the outputs, each naming the head's offset. Under load the batch grows by itself
+   with the records that arrive while the last one is signed, so the post-quantum
+   signature is paid once per step; an idle gatekeeper seals each record alone.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
     ingress = app.topic(*ingress_names, key_serializer="raw", value_serializer="raw")
     sinks = {suffix: app.topic(topic_name(suffix, prefix), key_serializer="raw",
                                value_serializer="raw")
-             for suffix in ("events", "rejected", "alerts")}
+             for suffix in ("events", "rejected", "alerts", "seals")}
     ledgers: dict[int, PartitionLedger] = {}
     loop_lock = asyncio.Lock()
 
@@ -121,6 +123,15 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
         return await sinks[output.topic].send(
             key=output.key, value=output.value, partition=output.partition,
             headers=output.headers)
+
+    async def sealed(outputs: list[Output]) -> list[Output]:
+        # Step 8a. One hybrid signature over everything this step writes.
+        batch = gatekeeper.seal(outputs)
+        # Step 8b. The signed head is on the log, acknowledged, before anything it seals.
+        written = await (await sinks["seals"].send(
+            key=gatekeeper.issuer.signer.producer.encode(), value=batch.head, partition=0))
+        # Step 8c. Each output names where its head stands.
+        return batch.at(written.offset)
 
     @app.agent(ingress)
     async def gate(stream: faust.StreamT) -> None:
@@ -149,12 +160,12 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             if not primaries:
                 continue
             # Step 8. One seal over everything this step writes.
-            sealed = gatekeeper.seal([*alerts, *primaries])
+            outputs = await sealed([*alerts, *primaries])
             # Step 4. Every alert is acknowledged by Kafka before any primary is sent.
-            for pending in [await send(alert) for alert in sealed[:len(alerts)]]:
+            for pending in [await send(alert) for alert in outputs[:len(alerts)]]:
                 await pending
             # Step 5. One idempotent producer per partition writes the primaries, in order.
-            for primary in sealed[len(alerts):]:
+            for primary in outputs[len(alerts):]:
                 await send(primary)
 
     # Step 7. Timers on processing time (the gatekeeper's clock, ``pcvhub.clock``): every
@@ -176,7 +187,7 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
                 continue  # revoked while its ledger was being rebuilt
             raised = gatekeeper.sweep(ledger, gatekeeper.clock.now_us())
             if raised:
-                for alert in gatekeeper.seal(raised):  # Step 8: one seal per sweep
+                for alert in await sealed(raised):  # Step 8: one seal per sweep
                     await (await send(alert))
 
     # Step 6. On revocation Faust has already waited for the agent and flushed the

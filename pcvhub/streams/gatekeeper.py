@@ -4,9 +4,10 @@
 the records to write: alerts first, then exactly one *primary* record, which is either
 the original bytes on the canonical topic or an ``EventRejected`` on the rejected topic.
 ``Gatekeeper.seal`` then seals the outputs of one send step in one batch
-(``pcvhub.trust.seal``): every output carries, in its ``pcvhub-seal`` header, the verdict,
-the ingress position it answers (and the broker's append time of it) and the batch's
-hybrid signature. The seal is how a restarted worker knows what it already did (see
+(``pcvhub.trust.seal``): one hybrid signature over their Merkle root, written once to the
+seals topic, and every output carrying, in its ``pcvhub-seal`` header, the verdict, the
+ingress position it answers (and the broker's append time of it), where that head stands
+and its inclusion path. The seal is how a restarted worker knows what it already did (see
 ``pcvhub.streams.app``) and how any reader tells an output of the gatekeeper from bytes
 someone else put on its topics.
 
@@ -39,7 +40,7 @@ from pcvhub.topics import SEAL_HEADER
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_EVENTS, KeyRegistry
-from pcvhub.trust.seal import SealedFacts, SealVerdict, seal_batch
+from pcvhub.trust.seal import SealedBatch, SealedFacts, SealVerdict, seal_batch
 
 ALERT_NAMESPACE = uuid.UUID("6f1d0c2e-8b1f-4c55-9a57-0c1f0b8a9d10")
 #: Header on an alert a timer sweep raised (no ingress record caused it): the sweep's
@@ -80,6 +81,24 @@ class Output:
         appended = -1 if source.appended_at_us is None else source.appended_at_us
         return SealedFacts(self.topic, self.partition, self.key, self.value, self.verdict,
                            source.topic, source.partition, source.offset, appended)
+
+
+@dataclass(frozen=True)
+class SealedOutputs:
+    """One send step's outputs and their signed batch head (``Gatekeeper.seal``)."""
+
+    batch: SealedBatch
+    outputs: tuple[Output, ...]
+
+    @property
+    def head(self) -> bytes:
+        """The seals-topic record to write, and have acknowledged, before any output."""
+        return self.batch.head.encode()
+
+    def at(self, head_offset: int) -> list[Output]:
+        """The outputs, sealed, once Kafka has put the head at ``head_offset``."""
+        return [replace(o, seal=s.encode())
+                for o, s in zip(self.outputs, self.batch.seals(head_offset), strict=True)]
 
 
 @dataclass
@@ -270,15 +289,16 @@ class Gatekeeper:
 
     # -- sealing ------------------------------------------------------------------
 
-    def seal(self, outputs: Sequence[Output]) -> list[Output]:
+    def seal(self, outputs: Sequence[Output]) -> SealedOutputs:
         """The outputs of one send step, sealed in one batch: one hybrid signature over
         the Merkle root of all of them (the post-quantum signature is the costly part, so
-        it is paid once per step, not per record), each output given its own seal."""
+        it is paid once per step, not per record). The head goes to the seals topic first;
+        ``SealedOutputs.at`` then gives the outputs, each naming where the head stands."""
         # sealed at the wall clock's time, whatever the timers' clock says: the seal is
         # signed now, and a simulation clock may stand anywhere (0 before it is first set)
-        seals = seal_batch(self.issuer.signer, [o.facts() for o in outputs],
+        batch = seal_batch(self.issuer.signer, [o.facts() for o in outputs],
                            self._sealing_clock.now_us())
-        return [replace(o, seal=s.encode()) for o, s in zip(outputs, seals, strict=True)]
+        return SealedOutputs(batch, tuple(outputs))
 
     # -- rebuilding the ledger from the log --------------------------------------
     # Each replay takes a record the one log reader admitted (pcvhub.log): what was

@@ -1,20 +1,45 @@
 """Records on the gatekeeper's output topics as it writes them: sealed (for tests that
-build a log in memory instead of running a gatekeeper worker)."""
+build a log in memory, or put one on a broker as the admin, instead of running a
+gatekeeper worker)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any, Protocol
 
-from pcvhub.log.verify import RawRecord
-from pcvhub.topics import SEAL_HEADER
-from pcvhub.trust.seal import SealedFacts, SealVerdict, seal_batch
+from pcvhub.log.verify import SEALS, RawRecord
+from pcvhub.topics import SEAL_HEADER, topic_name
+from pcvhub.trust.seal import SealBook, SealedFacts, SealHead, SealVerdict, seal_batch
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
 VERDICT_ON = {"events": SealVerdict.ACCEPTED, "rejected": SealVerdict.REJECTED,
               "alerts": SealVerdict.ALERT}
 INGRESS = "pcvhub.ingress.direct"
 SEALED_AT_US = 1_767_225_600_000_000  # 2026-01-01: after every test key's valid-from
+#: the seals topic of the logs tests build in memory (verifiers read it: ``seals=SEALS``)
+SEALS = SealBook()
+
+
+class SealSink(Protocol):
+    def append(self, head: SealHead) -> int: ...
+
+
+class KafkaSeals:
+    """The seals topic of a real broker, written through ``producer`` (the admin's, in
+    tests that put a log there the way the gatekeeper writes it)."""
+
+    def __init__(self, producer: Any, topic_prefix: str) -> None:
+        self.producer = producer
+        self.topic = topic_name(SEALS, topic_prefix)
+
+    def append(self, head: SealHead) -> int:
+        offsets: list[int] = []
+        self.producer.produce(self.topic, key=head.signer.encode(), value=head.encode(),
+                              partition=0, on_delivery=lambda err, msg: offsets.append(
+                                  -1 if err else msg.offset()))
+        assert self.producer.flush(30) == 0 and offsets and offsets[0] >= 0, offsets
+        return offsets[0]
 
 
 def gatekeeper_signer() -> EventSigner:
@@ -22,14 +47,18 @@ def gatekeeper_signer() -> EventSigner:
 
 
 def sealed(signer: EventSigner, records: Sequence[RawRecord], *,
-           sealed_at_us: int = SEALED_AT_US) -> list[RawRecord]:
-    """``records`` sealed in one batch, each as the answer to the ingress record at its own
-    partition and offset of ``INGRESS`` (records off the output topics pass unchanged)."""
+           sealed_at_us: int = SEALED_AT_US, book: SealSink = SEALS) -> list[RawRecord]:
+    """``records`` sealed in one batch (its head appended to ``book``), each as the answer
+    to the ingress record at its own partition and offset of ``INGRESS`` (records off the
+    output topics pass unchanged)."""
     outputs = [r for r in records if r.topic in VERDICT_ON]
+    if not outputs:
+        return list(records)
     facts = [SealedFacts(r.topic, r.partition, r.key, r.value or b"", VERDICT_ON[r.topic],
                          INGRESS, r.partition, r.offset) for r in outputs]
-    seals = dict(zip((r.position for r in outputs),
-                     seal_batch(signer, facts, sealed_at_us), strict=True))
+    batch = seal_batch(signer, facts, sealed_at_us)
+    seals = dict(zip((r.position for r in outputs), batch.seals(book.append(batch.head)),
+                     strict=True))
     return [r if r.position not in seals else
             replace(r, headers=(*r.headers, (SEAL_HEADER, seals[r.position].encode())))
             for r in records]

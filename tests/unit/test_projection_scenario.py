@@ -49,7 +49,7 @@ from pcvhub.trust.registry import (
 )
 from pcvhub.trust.signing import EventSigner, HybridKeyPair, verify_envelope
 
-from .sealing import sealed
+from .sealing import SEALS, sealed
 from .therapy_builder import CAST, DAY_US, T0_US, Hub, Party, TherapyScenario, decode_inbound
 
 PARTITIONS = 6
@@ -148,7 +148,8 @@ class ScriptedLog:
             source = SourcePosition(INGRESS, partition, next_ingress[partition])
             next_ingress[partition] += 1
             # one send step per ingress record, as an idle gatekeeper seals
-            for output in gate.seal(gate.judge(wire, key, source, ledgers[partition])):
+            batch = gate.seal(gate.judge(wire, key, source, ledgers[partition]))
+            for output in batch.at(SEALS.append(batch.head)):
                 offset = next_out.get((output.topic, partition), 0)
                 next_out[(output.topic, partition)] = offset + 1
                 records.append(RawRecord.at(output.topic, partition, offset, output.key,
@@ -308,7 +309,7 @@ def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None
                 and r.offset >= from_offset]
 
     with Projection(path, topic_prefix, anchor or KeyRegistry(), anchor is not None,
-                    registry_partition, read_registry) as projection:
+                    registry_partition, read_registry, SEALS) as projection:
         for start in range(0, len(records), batch):
             projection.apply(records[start:start + batch])
 

@@ -173,7 +173,7 @@ def test_the_sweep_alerts_a_stalled_therapy_once_and_a_rebuilt_ledger_remembers(
     assert gatekeeper.sweep(ledger, deadline - 1) == []
     [alert] = gatekeeper.sweep(ledger, deadline)
     assert alert.topic == "alerts" and alert.source is None
-    [sealed] = gatekeeper.seal([alert])
+    [sealed] = gatekeeper.seal([alert]).at(0)
     seal = Seal.decode(dict(sealed.headers)[SEAL_HEADER])
     assert dict(sealed.headers)[SWEEP_HEADER] == str(deadline).encode()
     assert seal.verdict is SealVerdict.ALERT and seal.source is None
