@@ -31,7 +31,7 @@ from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
 from pcvhub.topics import partition_for, topic_name, topic_spec
 from pcvhub.trust.issuer import EventIssuer
 
-from ..unit.sealing import sealed
+from ..unit.sealing import KafkaSeals, sealed
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
 from .test_projection_kill import gatekeeper_records, hub  # noqa: F401 - the sandbox fixture
@@ -96,7 +96,7 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     records = [RawRecord.at(suffix, partition_for(key, partitions), i, key, value)
                for i, (suffix, key, value) in enumerate(drafts)]
     for batch in (records[i:i + 500] for i in range(0, len(records), 500)):
-        for record in sealed(gatekeeper, batch):
+        for record in sealed(gatekeeper, batch, book=KafkaSeals(producer, prefix)):
             producer.produce(topic_name(record.topic, prefix), key=record.key,
                              value=record.value, partition=record.partition,
                              headers=list(record.headers))

@@ -31,7 +31,7 @@ from pcvhub.projections.store import connect
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import partition_for, topic_name, topic_spec
 
-from ..unit.sealing import sealed
+from ..unit.sealing import KafkaSeals, sealed
 from ..unit.test_projection_scenario import scripted_log
 from ..unit.therapy_builder import DAY_US, T0_US, Hub, TherapyScenario
 
@@ -186,13 +186,14 @@ def test_a_record_that_is_no_envelope_is_kept_aside_and_the_runner_carries_on(
     first, second = (TherapyScenario(builder, cast=cast) for _ in range(2))
     canonical = topic_name("events", hub.settings.topic_prefix)
     producer = Producer(hub.admin.producer())
+    seals = KafkaSeals(producer, hub.settings.topic_prefix)
 
     def write(records: list[tuple[bytes, bytes]]) -> None:
         """Straight to the canonical topic, sealed as the gatekeeper seals."""
         partitions = topic_spec("events").partitions
         drafts = [RawRecord.at("events", partition_for(key, partitions), i, key, value)
                   for i, (key, value) in enumerate(records)]
-        for record in sealed(gatekeeper, drafts):
+        for record in sealed(gatekeeper, drafts, book=seals):
             producer.produce(canonical, key=record.key, value=record.value,
                              partition=record.partition, headers=list(record.headers))
         assert producer.flush(30) == 0

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from pcvhub.log.verify import SEALS, RawRecord
-from pcvhub.topics import SEAL_HEADER, topic_name
+from pcvhub.log.verify import SEALS as SEALS_TOPIC
+from pcvhub.log.verify import RawRecord
+from pcvhub.topics import SEAL_HEADER, partition_for, topic_name, topic_spec
 from pcvhub.trust.seal import SealBook, SealedFacts, SealHead, SealVerdict, seal_batch
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
@@ -31,7 +32,7 @@ class KafkaSeals:
 
     def __init__(self, producer: Any, topic_prefix: str) -> None:
         self.producer = producer
-        self.topic = topic_name(SEALS, topic_prefix)
+        self.topic = topic_name(SEALS_TOPIC, topic_prefix)
 
     def append(self, head: SealHead) -> int:
         offsets: list[int] = []
@@ -62,3 +63,49 @@ def sealed(signer: EventSigner, records: Sequence[RawRecord], *,
     return [r if r.position not in seals else
             replace(r, headers=(*r.headers, (SEAL_HEADER, seals[r.position].encode())))
             for r in records]
+
+
+class SealedWriter:
+    """Writes records to a broker's output topics as the gatekeeper does: sealed in
+    batches (the head first, on the seals topic), each record to the partition of its key.
+    For tests and benchmarks that load a log as the admin instead of running a worker.
+
+    ``write`` buffers; ``flush`` seals what is buffered and waits for Kafka to have it all.
+    Each record answers its own made-up position of ``INGRESS`` (a counter per partition).
+    """
+
+    def __init__(self, producer: Any, topic_prefix: str, signer: EventSigner, *,
+                 batch: int = 500) -> None:
+        self.producer, self.prefix, self.signer, self.batch = producer, topic_prefix, signer, batch
+        self.seals = KafkaSeals(producer, topic_prefix)
+        self._pending: list[RawRecord] = []
+        self._ingress: dict[int, int] = {}
+
+    def write(self, suffix: str, key: bytes, value: bytes) -> None:
+        partition = partition_for(key, topic_spec(suffix).partitions)
+        offset = self._ingress.get(partition, 0)
+        self._ingress[partition] = offset + 1
+        self._pending.append(RawRecord.at(suffix, partition, offset, key, value))
+        if len(self._pending) >= self.batch:
+            self._seal()
+
+    def _seal(self) -> None:
+        drafts, self._pending = self._pending, []
+        if not drafts:
+            return
+        for record in sealed(self.signer, drafts, book=self.seals):
+            while True:
+                try:
+                    self.producer.produce(topic_name(record.topic, self.prefix),
+                                          key=record.key, value=record.value,
+                                          partition=record.partition,
+                                          headers=list(record.headers))
+                    break
+                except BufferError:  # the local queue is full: let the broker catch up
+                    self.producer.poll(0.1)
+            self.producer.poll(0)
+
+    def flush(self, timeout: float = 120) -> None:
+        self._seal()
+        if self.producer.flush(timeout):
+            raise RuntimeError(f"sealed records not acknowledged within {timeout:.0f} s")
