@@ -37,6 +37,7 @@ from pcvhub.config import load_settings
 from pcvhub.demo.therapy import DAY_US, T0_US, Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.projections.runner import RunProgress, rebuild
+from pcvhub.projections.store import connect
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import TOPICS, Principal, topic_name
 from pcvhub.trust.signing import EventSigner
@@ -79,12 +80,18 @@ def build_batched_log(sandbox: Sandbox, builder: Hub, gatekeeper: EventSigner, e
                                                      "queue.buffering.max.kbytes": 262144}))
     writer = SealedWriter(producer, sandbox.settings.topic_prefix, gatekeeper)
     _write(writer, [(e.coi.encode(), e.raw) for e in builder.registry_log])
-    written = len(builder.registry_log)
-    while written < events + len(builder.registry_log):
-        chunk = signed_cohort(builder, cast, min(CHUNK, events + len(builder.registry_log)
-                                                 - written), seed=written)
+    registered, therapy_events = len(builder.registry_log), 0
+    while therapy_events < events:
+        chunk = signed_cohort(builder, cast, min(CHUNK, events - therapy_events),
+                              seed=therapy_events)
+        # the chunk's patients were registered while it was drafted: their registrations
+        # go on the log before anything they sign
+        fresh = builder.registry_log[registered:]
+        _write(writer, [(e.coi.encode(), e.raw) for e in fresh])
+        registered += len(fresh)
         _write(writer, [(e.key, e.wire) for e in chunk])
-        written += len(chunk)
+        therapy_events += len(chunk)
+        written = registered + therapy_events
         console.print(f"  log: {written:,} records written "
                       f"({time.perf_counter() - started:,.0f}s)", highlight=False)
     return written, time.perf_counter() - started
@@ -93,10 +100,12 @@ def build_batched_log(sandbox: Sandbox, builder: Hub, gatekeeper: EventSigner, e
 def build_single_log(sandbox: Sandbox, builder: Hub, gatekeeper: EventSigner, events: int
                      ) -> int:
     cast = builder.register_cast("single")
-    records = [(e.coi.encode(), e.raw) for e in builder.registry_log]
-    while len(records) < events:
-        records += [(e.coi.encode(), e.raw) for e in TherapyScenario(
-            builder, cast=cast, patient_hash=f"{len(records):064x}").full_therapy()]
+    therapies: list[tuple[bytes, bytes]] = []
+    while len(builder.registry_log) + len(therapies) < events:
+        therapies += [(e.coi.encode(), e.raw) for e in TherapyScenario(
+            builder, cast=cast, patient_hash=f"{len(therapies):064x}").full_therapy()]
+    # every registration (the patients' too, made while drafting) before what they sign
+    records = [(e.coi.encode(), e.raw) for e in builder.registry_log] + therapies
     producer = Producer(sandbox.admin.producer(**{"linger.ms": 20}))
     _write(SealedWriter(producer, sandbox.settings.topic_prefix, gatekeeper), records)
     return len(records)
@@ -139,7 +148,18 @@ def timed_rebuild(sandbox: Sandbox, out: Path) -> float:
 
     started = time.perf_counter()
     done = rebuild(sandbox.settings, out, on_batch=progress)
-    return done.records / (time.perf_counter() - started)
+    rate = done.records / (time.perf_counter() - started)
+    # a rate of quarantining is no rebuild rate: every record must have been admitted
+    con = connect(out, read_only=True)
+    try:
+        refused = con.execute("SELECT count(*) FROM log.envelopes "
+                              "WHERE signature_check <> 'VERIFIED'").fetchone()
+    finally:
+        con.close()
+    if refused is None or refused[0]:
+        raise RuntimeError(f"the rebuild into {out} quarantined {refused} record(s); "
+                           "the bench's log is not what a gatekeeper writes")
+    return rate
 
 
 def rate_pair(sandbox: Sandbox, root: Path, repeats: int) -> tuple[float, float]:
