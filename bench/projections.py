@@ -3,7 +3,8 @@
 1. A log is built once into a sandbox's canonical topic: the registry, then whole valid
    therapies sharing one cast (about 47 events each), signed in Merkle batches of 64 per
    actor (signing each of a million events on its own would take the better part of an
-   hour), written straight to the topic. Its build time is reported.
+   hour), written straight to the topic as the gatekeeper writes it (sealed in batches of
+   500: one signed head on the seals topic per batch). Its build time is reported.
 2. Baseline: a raw confluent-kafka consumer reads the same topic from the beginning to
    its end, touching every value, in the same run.
 3. Rebuild: ``pcvhub.projections.runner.rebuild`` replays the topic into a fresh DuckDB
@@ -36,8 +37,11 @@ from pcvhub.config import load_settings
 from pcvhub.demo.therapy import DAY_US, T0_US, Hub, TherapyScenario
 from pcvhub.infra.kafka import LocalKafka
 from pcvhub.projections.runner import RunProgress, rebuild
+from pcvhub.projections.store import connect
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import TOPICS, Principal, topic_name
+from pcvhub.trust.signing import EventSigner
+from tests.unit.sealing import SealedWriter
 from tests.unit.test_projection_scenario import signed_cohort
 
 BIG_LOG = 1_000_000
@@ -48,58 +52,62 @@ AUDIT_QUERIES = 200
 console = Console()
 
 
-def _sandbox(root: Path, name: str) -> tuple[Sandbox, Hub]:
+def _sandbox(root: Path, name: str) -> tuple[Sandbox, Hub, EventSigner]:
     settings = load_settings()
     kafka = LocalKafka(settings)
     kafka.up()
     sandbox = Sandbox.create(settings, kafka.bootstrap_servers, root / name)
     builder = Hub()
-    sandbox.install_identities(builder.registrar.issuer.signer,
-                               valid_from_us=T0_US - 365 * DAY_US)
-    return sandbox, builder
+    gatekeeper = sandbox.install_identities(builder.registrar.issuer.signer,
+                                            valid_from_us=T0_US - 365 * DAY_US)
+    builder.register_gatekeeper(gatekeeper)
+    return sandbox, builder, gatekeeper
 
 
-def _write(sandbox: Sandbox, records: list[tuple[bytes, bytes]], producer: Producer) -> None:
-    topic = topic_name("events", sandbox.settings.topic_prefix)
+def _write(writer: SealedWriter, records: list[tuple[bytes, bytes]]) -> None:
     for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:  # the local queue is full: let the broker catch up
-                producer.poll(0.1)
-        producer.poll(0)
-    if producer.flush(120):
-        raise RuntimeError(f"records to {topic} not acknowledged within 120 s")
+        writer.write("events", key, value)
+    writer.flush(120)
 
 
-def build_batched_log(sandbox: Sandbox, builder: Hub, events: int) -> tuple[int, float]:
+def build_batched_log(sandbox: Sandbox, builder: Hub, gatekeeper: EventSigner, events: int
+                      ) -> tuple[int, float]:
     """Registry plus ``events`` batch-signed therapy events; (records, seconds)."""
     started = time.perf_counter()
     cast = builder.register_cast("bench")
     # the log is written as the operator would load it: the admin, not a gatekeeper
     producer = Producer(sandbox.admin.producer(**{"linger.ms": 20,
                                                      "queue.buffering.max.kbytes": 262144}))
-    _write(sandbox, [(e.coi.encode(), e.raw) for e in builder.registry_log], producer)
-    written = len(builder.registry_log)
-    while written < events + len(builder.registry_log):
-        chunk = signed_cohort(builder, cast, min(CHUNK, events + len(builder.registry_log)
-                                                 - written), seed=written)
-        _write(sandbox, [(e.key, e.wire) for e in chunk], producer)
-        written += len(chunk)
+    writer = SealedWriter(producer, sandbox.settings.topic_prefix, gatekeeper)
+    _write(writer, [(e.coi.encode(), e.raw) for e in builder.registry_log])
+    registered, therapy_events = len(builder.registry_log), 0
+    while therapy_events < events:
+        chunk = signed_cohort(builder, cast, min(CHUNK, events - therapy_events),
+                              seed=therapy_events)
+        # the chunk's patients were registered while it was drafted: their registrations
+        # go on the log before anything they sign
+        fresh = builder.registry_log[registered:]
+        _write(writer, [(e.coi.encode(), e.raw) for e in fresh])
+        registered += len(fresh)
+        _write(writer, [(e.key, e.wire) for e in chunk])
+        therapy_events += len(chunk)
+        written = registered + therapy_events
         console.print(f"  log: {written:,} records written "
                       f"({time.perf_counter() - started:,.0f}s)", highlight=False)
     return written, time.perf_counter() - started
 
 
-def build_single_log(sandbox: Sandbox, builder: Hub, events: int) -> int:
+def build_single_log(sandbox: Sandbox, builder: Hub, gatekeeper: EventSigner, events: int
+                     ) -> int:
     cast = builder.register_cast("single")
-    records = [(e.coi.encode(), e.raw) for e in builder.registry_log]
-    while len(records) < events:
-        records += [(e.coi.encode(), e.raw) for e in TherapyScenario(
-            builder, cast=cast, patient_hash=f"{len(records):064x}").full_therapy()]
+    therapies: list[tuple[bytes, bytes]] = []
+    while len(builder.registry_log) + len(therapies) < events:
+        therapies += [(e.coi.encode(), e.raw) for e in TherapyScenario(
+            builder, cast=cast, patient_hash=f"{len(therapies):064x}").full_therapy()]
+    # every registration (the patients' too, made while drafting) before what they sign
+    records = [(e.coi.encode(), e.raw) for e in builder.registry_log] + therapies
     producer = Producer(sandbox.admin.producer(**{"linger.ms": 20}))
-    _write(sandbox, records, producer)
+    _write(SealedWriter(producer, sandbox.settings.topic_prefix, gatekeeper), records)
     return len(records)
 
 
@@ -140,7 +148,18 @@ def timed_rebuild(sandbox: Sandbox, out: Path) -> float:
 
     started = time.perf_counter()
     done = rebuild(sandbox.settings, out, on_batch=progress)
-    return done.records / (time.perf_counter() - started)
+    rate = done.records / (time.perf_counter() - started)
+    # a rate of quarantining is no rebuild rate: every record must have been admitted
+    con = connect(out, read_only=True)
+    try:
+        refused = con.execute("SELECT count(*) FROM log.envelopes "
+                              "WHERE signature_check <> 'VERIFIED'").fetchone()
+    finally:
+        con.close()
+    if refused is None or refused[0]:
+        raise RuntimeError(f"the rebuild into {out} quarantined {refused} record(s); "
+                           "the bench's log is not what a gatekeeper writes")
+    return rate
 
 
 def rate_pair(sandbox: Sandbox, root: Path, repeats: int) -> tuple[float, float]:
@@ -196,11 +215,11 @@ def run(quick: bool = False) -> list[Figure]:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="pcvhub-bench-projections-") as tmp:
         root = Path(tmp)
-        big, builder = _sandbox(root, "big")
-        small, small_builder = _sandbox(root, "single")
+        big, builder, big_gatekeeper = _sandbox(root, "big")
+        small, small_builder, small_gatekeeper = _sandbox(root, "single")
         try:
             console.print(f"  building a log of {events:,} batch-signed events ...")
-            records, build_seconds = build_batched_log(big, builder, events)
+            records, build_seconds = build_batched_log(big, builder, big_gatekeeper, events)
             figures.append(Figure("projections", f"log build: {records:,} events, batch-signed "
                                   "(generate, sign, write)", build_seconds, "s"))
             raw, rebuilt = rate_pair(big, root, repeats)
@@ -216,7 +235,7 @@ def run(quick: bool = False) -> list[Figure]:
             figures.append(Figure("projections", f"audit(coi) p95 on {records:,} events "
                                   f"(<= {largest} rows each)", p95, "ms"))
             console.print(f"  building a log of {single:,} individually signed events ...")
-            single_records = build_single_log(small, small_builder, single)
+            single_records = build_single_log(small, small_builder, small_gatekeeper, single)
             raw, rebuilt = rate_pair(small, root, 3)
             figures.append(Figure("projections", f"{name} ({single_records:,} events)", raw,
                                   "events/s"))

@@ -53,6 +53,7 @@ class TopicRole(StrEnum):
     CANONICAL = "canonical"
     REJECTED = "rejected"
     ALERTS = "alerts"
+    SEALS = "seals"
     LEDGER = "ledger"
 
 
@@ -122,6 +123,13 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("alerts", TopicRole.ALERTS, 6, FOREVER, "delete",
               "alerts raised by custody rules and turnaround timers",
               writers=(Principal.GATEKEEPER,), readers=_OUTPUT_READERS),
+    TopicSpec("seals", TopicRole.SEALS, 1, FOREVER, "delete",
+              "the gatekeeper's signed batch heads (pcvhub.trust.seal): one hybrid signature "
+              "per send step over the Merkle root of everything it wrote; each output "
+              "record names its head's offset here. One partition: every record of every "
+              "output partition points into it",
+              # whoever reads an output topic reads the heads that seal it
+              writers=(Principal.GATEKEEPER,), readers=(*_OUTPUT_READERS, *_CONNECTORS)),
     TopicSpec("ledger", TopicRole.LEDGER, 1, FOREVER, "delete",
               "signed checkpoints of the transparency ledger (C2SP signed notes), its only "
               "writer being `pcvhub ledger run`; kept forever as evidence of what it showed",
@@ -151,10 +159,11 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-#: Header the gatekeeper puts on every record it writes (canonical, rejected, alerts):
-#: the ingress position (``topic/partition/offset``) the record answers. The gatekeeper
-#: rebuilds what it already answered from it; projections and audits show it.
-SOURCE_HEADER = "pcvhub-source"
+#: Header the gatekeeper puts on every record it writes (canonical, rejected, alerts): its
+#: seal (``pcvhub.trust.seal``): the verdict, the ingress position the record answers and
+#: the broker's append time of it, where its batch's signed head stands on the seals topic
+#: and its inclusion path. The log reader admits no output record without a valid one.
+SEAL_HEADER = "pcvhub-seal"
 
 
 # -- ACLs ---------------------------------------------------------------------------------

@@ -38,9 +38,13 @@ Position = tuple[str, int, int]
 
 
 def leaf_of(record: VerifiedRecord) -> LedgerLeaf:
-    """The leaf of an admitted record; the seal slot stays empty until records carry one."""
+    """The leaf of an admitted record: its chain digest, where it is, and the gatekeeper's
+    seal (verified by the log reader; every record of the outputs carries one), so a leaf
+    proves "accepted by the gatekeeper", not merely "present on the log"."""
     position = record.position
-    return LedgerLeaf(record.digest, position.topic, position.partition, position.offset)
+    seal = record.seal.encode() if record.seal is not None else b""
+    return LedgerLeaf(record.digest, position.topic, position.partition, position.offset,
+                      seal)
 
 
 class CheckpointTopic:

@@ -6,11 +6,11 @@ projection, a connector's patient index) because it *is* on a topic: it folds it
 this package verified it.
 
 Open ``verify.py`` first: ``LogVerifier.admit`` is the whole policy (decode, key
-registration, both signatures, the per-therapy hash chain, registrar-only registry
-events) and it needs no Kafka. ``reader.py`` is the only Kafka read loop: read a topic to
-its end (``read_verified``), follow it in a thread (``LogFollower``), and read the
-registry chain ahead of the other partitions (``RegistryLookahead``). ``check.py`` is
-``pcvhub log check TOPIC``.
+registration, both signatures, the gatekeeper's seal on its output topics, the
+per-therapy hash chain, registrar-only registry events) and it needs no Kafka.
+``reader.py`` is the only Kafka read loop: read a topic to its end (``read_verified``),
+follow it in a thread (``LogFollower``), and read the registry chain ahead of the other
+partitions (``RegistryLookahead``). ``check.py`` is ``pcvhub log check TOPIC``.
 """
 
 from pcvhub.log.verify import (

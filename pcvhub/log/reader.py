@@ -9,6 +9,8 @@ Three ways to read, one consumer underneath (``TopicReader``):
   what was on the log when it started, and which event ids it has read.
 - ``RegistryLookahead``: read the registry partition of the canonical topic ahead of the
   other partitions (a ``LogVerifier`` asks for it when a signer's key is not known yet).
+- ``SealLookup``: read the gatekeeper's batch head at an offset of the seals topic (a
+  ``LogVerifier`` asks for each head the first time a record names it).
 
 Readers never join consumer groups or commit offsets (``assign`` only): where a reader
 stands is its own business (a projection file stores it beside its rows).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from pcvhub.config import Settings
 from pcvhub.log.verify import (
     CANONICAL,
+    SEALS,
     LogPosition,
     LogVerifier,
     Quarantined,
@@ -56,8 +60,8 @@ def deployment_verifier(settings: Settings, reader: str, registry: KeyRegistry |
     must itself have started from the anchor), reading the registry chain ahead."""
     if registry is None:
         registry = load_anchor(Path(settings.data_dir) / ANCHOR_FILE)
-    return LogVerifier(registry, registry_partition(),
-                       lookahead=RegistryLookahead(settings), reader=reader)
+    return LogVerifier(registry, registry_partition(), lookahead=RegistryLookahead(settings),
+                       seals=SealLookup(settings), reader=reader)
 
 
 class TopicReader:
@@ -231,6 +235,69 @@ class RegistryLookahead:
                     yield _as_record(msg, LogPosition(CANONICAL, self.partition, offset))
         finally:
             consumer.unassign()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class SealLookup:
+    """The value of the seals topic's record at an offset (``pcvhub.trust.seal``), read on
+    demand and kept for a while: a batch's records, and the next batches', name heads that
+    stand together, so one fetch serves many. Idle between reads, like the lookahead."""
+
+    #: how many heads it keeps (each ~3.5 KB)
+    KEPT = 2048
+    #: how long a head the watermark does not show yet is waited for: the gatekeeper has
+    #: Kafka's acknowledgement of a head before it sends a record naming it, but a reader
+    #: may ask a broker whose high watermark has not moved yet
+    SETTLE_SECONDS = 3.0
+
+    def __init__(self, settings: Settings, timeout: float = 60.0) -> None:
+        self.settings = settings
+        self.topic = topic_name(SEALS, settings.topic_prefix)
+        self.timeout = timeout
+        self._kept: OrderedDict[int, bytes] = OrderedDict()
+        self._consumer: Consumer | None = None
+
+    def __call__(self, offset: int) -> bytes | None:
+        value = self._kept.get(offset)
+        if value is not None:
+            self._kept.move_to_end(offset)
+            return value
+        if offset < 0:
+            return None
+        if self._consumer is None:
+            self._consumer = Consumer(self.settings.librdkafka(**{
+                "group.id": READER_GROUP, "enable.auto.commit": False}))
+        consumer, tp = self._consumer, TopicPartition(self.topic, 0)
+        settle = time.monotonic() + self.SETTLE_SECONDS
+        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        while offset >= high and time.monotonic() < settle:
+            time.sleep(0.1)
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        if not low <= offset < high:
+            return None
+        consumer.assign([TopicPartition(self.topic, 0, offset)])
+        deadline = time.monotonic() + self.timeout
+        try:
+            while offset not in self._kept:
+                if time.monotonic() > deadline:
+                    raise LogReadError(f"could not read {self.topic}[0]@{offset} within "
+                                       f"{self.timeout:.0f}s (a batch head a record names)")
+                for msg in consumer.consume(500, timeout=1.0):
+                    at = msg.offset()
+                    if msg.error() or at is None:
+                        continue
+                    self._kept[at] = _bytes(msg.value()) or b""
+                    self._kept.move_to_end(at)
+                while len(self._kept) > self.KEPT:  # a consume is far below KEPT: the
+                    # head asked for, read in this consume, is never the one dropped
+                    self._kept.popitem(last=False)
+        finally:
+            consumer.unassign()
+        return self._kept.get(offset)
 
     def close(self) -> None:
         if self._consumer is not None:

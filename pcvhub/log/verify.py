@@ -15,7 +15,15 @@
 5. **Who may write there**: a registry event counts only if a REGISTRAR key known at that
    point of the registry chain signed it (``NOT_REGISTRAR``); refusals are signed by the
    gatekeeper or a connector, alerts by the gatekeeper (``WRONG_SIGNER``).
-6. **The hash chain** (canonical topic): the record names the chain digest of the last
+6. **The gatekeeper's seal** (every output topic: canonical, rejected, alerts): the
+   ``pcvhub-seal`` header is there (``UNSEALED``: the record was put on the topic by
+   something other than the gatekeeper) and readable; the batch head it names is on the
+   seals topic, readable, signed by a key of a GATEKEEPER actor registered before the
+   sealing time (checked once per head, then remembered); and the record's inclusion path
+   leads from this record (its topic, partition, key and bytes) and the sealed facts to
+   the head's root (``SEAL_INVALID``, with the reason). The ingress position the record
+   answers comes from the seal, never from an unsigned header.
+7. **The hash chain** (canonical topic): the record names the chain digest of the last
    admitted record of its therapy (``HASH_CHAIN_BROKEN``).
 
 Only then does it fold: the therapy's chain head moves, and a registry event goes into
@@ -37,11 +45,12 @@ asks again. What it read ahead it answers from memory when the main stream reach
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pcvhub.schemas.catalog import load_catalog
@@ -49,9 +58,17 @@ from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
 from pcvhub.schemas.envelope import Envelope
 from pcvhub.schemas.policy import policy_of, types_on
 from pcvhub.streams.event import InboundEvent, SourcePosition
-from pcvhub.topics import SOURCE_HEADER, TopicRole
+from pcvhub.topics import SEAL_HEADER, TopicRole
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
+from pcvhub.trust.seal import (
+    Seal,
+    SealError,
+    SealHead,
+    SealSource,
+    head_problem,
+    seal_problem,
+)
 from pcvhub.trust.signing import verify_envelope
 
 log = logging.getLogger(__name__)
@@ -59,7 +76,11 @@ log = logging.getLogger(__name__)
 CANONICAL = "events"
 REJECTED = "rejected"
 ALERTS = "alerts"
+SEALS = "seals"
 REGISTRAR = "REGISTRAR"
+GATEKEEPER = "GATEKEEPER"
+#: the topics only the gatekeeper writes: nothing stands there unsealed
+OUTPUT_TOPICS = (CANONICAL, REJECTED, ALERTS)
 
 #: The gatekeeper's side topics: which event types stand on each, and which roles sign
 #: them there, are the ``topic`` and ``roles`` columns of the policy table.
@@ -67,6 +88,9 @@ SIDE_TOPICS: dict[str, TopicRole] = {REJECTED: TopicRole.REJECTED, ALERTS: Topic
 
 #: How many quarantined records a report keeps whole (the rest are counted only).
 REPORT_SAMPLES = 20
+#: How many verified batch heads a verifier remembers: a batch's records stand close
+#: together on each partition, so a small window spares nearly every second verification
+HEADS_REMEMBERED = 4096
 
 
 @dataclass(frozen=True, order=True)
@@ -107,9 +131,9 @@ class RawRecord:
 
     @classmethod
     def at(cls, topic: str, partition: int, offset: int, key: bytes | None,
-           value: bytes | None, source: bytes | None = None) -> RawRecord:
-        """A record at a position, with the gatekeeper's source header if given."""
-        headers = () if source is None else ((SOURCE_HEADER, source),)
+           value: bytes | None, seal: bytes | None = None) -> RawRecord:
+        """A record at a position, with the gatekeeper's seal header if given."""
+        headers = () if seal is None else ((SEAL_HEADER, seal),)
         return cls(LogPosition(topic, partition, offset), key, value, headers)
 
 
@@ -117,14 +141,15 @@ class RawRecord:
 class VerifiedRecord:
     """A record that passed every check: the decoded event, where it stands, its digest.
 
-    ``event.source`` is the ingress position the gatekeeper answered with it (from the
-    ``pcvhub-source`` header; ``None`` if the record has none).
+    ``seal`` is the gatekeeper's verified seal (None only off the output topics);
+    ``event.source`` the ingress position it names (None for an alert of a timer sweep).
     """
 
     position: LogPosition
     key: bytes | None
     event: InboundEvent
     digest: bytes
+    seal: Seal | None = None
 
     @property
     def envelope(self) -> Envelope:
@@ -208,6 +233,8 @@ class LogVerifier:
     :param lookahead: reads that partition ahead (see the module doc); None: never.
     :param heads: chain heads already admitted (a resumed reader), by CoI.
     :param registry_cursor: the registry partition's next offset already folded.
+    :param seals: where the gatekeeper's batch heads are read, by offset on the seals
+        topic; None: nowhere, so no output record can be admitted.
     :param reader: who reads, for the log lines of quarantined records.
 
     Thread-safe: one verifier may serve several followers of one deployment (a
@@ -217,7 +244,7 @@ class LogVerifier:
     def __init__(self, registry: KeyRegistry, registry_partition: int | None = None, *,
                  lookahead: RegistryLookahead | None = None,
                  heads: dict[str, bytes] | None = None, registry_cursor: int = 0,
-                 reader: str = "log reader") -> None:
+                 seals: SealSource | None = None, reader: str = "log reader") -> None:
         self.registry = registry
         self.registry_partition = registry_partition
         self.heads: dict[str, bytes] = dict(heads or {})
@@ -228,6 +255,8 @@ class LogVerifier:
         self._registry_cursor = registry_cursor
         self._ahead: dict[LogPosition, VerifiedRecord | Quarantined] = {}
         self._reading_ahead = False
+        self._seals = seals
+        self._verified_heads: OrderedDict[int, SealHead] = OrderedDict()
         self._lock = threading.RLock()
 
     # -- the one entry point --------------------------------------------------------------
@@ -251,10 +280,11 @@ class LogVerifier:
         return [self.admit(r) for r in records]
 
     def close(self) -> None:
-        """Close the lookahead's consumer, if it has one."""
-        close = getattr(self._lookahead, "close", None)
-        if close is not None:
-            close()
+        """Close the lookahead's and the seal lookup's consumers, if they have them."""
+        for reader in (self._lookahead, self._seals):
+            close = getattr(reader, "close", None)
+            if close is not None:
+                close()
 
     def head(self, coi: str) -> bytes:
         """Chain digest of the last admitted canonical record of ``coi`` (b"" if none)."""
@@ -275,10 +305,16 @@ class LogVerifier:
             except DecodeError as exc:
                 raise _Refused("MALFORMED", str(exc)) from None
             short = self.catalog.short_name(full_name)
-            event = InboundEvent(envelope, short, payload, raw, self._source(record))
+            event = InboundEvent(envelope, short, payload, raw)
             on_registry = self._placed(record, event)
             self._signed(event, full_window=on_registry)
             self._signer_may_write(record, event, on_registry)
+            seal = self._sealed(record, event, on_registry)
+            if seal is not None and seal.source is not None:
+                topic, partition, offset = seal.source
+                appended = None if seal.appended_at_us < 0 else seal.appended_at_us
+                event = replace(event, source=SourcePosition(topic, partition, offset,
+                                                             appended))
             digest = chain_digest(envelope)
             if record.position.topic == CANONICAL:
                 self._linked(event)
@@ -290,18 +326,78 @@ class LogVerifier:
             self.heads[event.coi] = digest
             if on_registry:
                 self.registry.apply_event(event.event_id, short, payload)
-        return VerifiedRecord(record.position, record.key, event, digest)
+        return VerifiedRecord(record.position, record.key, event, digest, seal)
 
-    def _source(self, record: RawRecord) -> SourcePosition | None:
-        header = record.header(SOURCE_HEADER)
-        if header is None:
+    def _sealed(self, record: RawRecord, event: InboundEvent, on_registry: bool
+                ) -> Seal | None:
+        """The record's verified seal (output topics), or ``_Refused`` saying why not."""
+        topic = record.position.topic
+        if topic not in OUTPUT_TOPICS:
             return None
+        what = f"{event.event_type} {event.event_id} on {record.position}"
+        header = record.header(SEAL_HEADER)
+        if header is None:
+            raise _Refused("UNSEALED",
+                           f"{what} carries no {SEAL_HEADER} header: it was not written by the "
+                           "gatekeeper (which seals everything it writes) but put on the log "
+                           "by someone with broker access; not accepted by the gatekeeper")
         try:
-            return SourcePosition.from_header(header)
-        except ValueError:
-            raise _Refused("BAD_SOURCE_HEADER",
-                           f"header {SOURCE_HEADER} is {header[:60]!r}, not "
-                           "topic/partition/offset") from None
+            seal = Seal.decode(header)
+        except SealError as exc:
+            raise _Refused("SEAL_INVALID", f"{what}: its {SEAL_HEADER} header is unreadable: "
+                                           f"{exc}") from None
+        head = self._head(seal.head_offset, what, event, on_registry)
+        wrong = seal_problem(seal, head, topic, record.position.partition, record.key,
+                             record.value or b"")
+        if wrong is not None:
+            raise _Refused("SEAL_INVALID", f"{what}: {wrong}")
+        return replace(seal, head=head)
+
+    def _head(self, offset: int, what: str, event: InboundEvent, on_registry: bool
+              ) -> SealHead:
+        """The verified batch head at ``offset`` of the seals topic, or ``_Refused``."""
+        known = self._verified_heads.get(offset)
+        if known is not None:
+            self._verified_heads.move_to_end(offset)
+            return known
+        value = None if self._seals is None else self._seals(offset)
+        if value is None:
+            where = ("the seals topic does not hold" if self._seals is not None else
+                     "this reader was given no seals topic to read")
+            raise _Refused("SEAL_INVALID",
+                           f"{what} names the batch head at seals@{offset}, which {where}: "
+                           "nothing attests that the gatekeeper wrote it")
+        try:
+            head = SealHead.decode(value)
+        except SealError as exc:
+            raise _Refused("SEAL_INVALID", f"{what}: its batch head at seals@{offset} is "
+                                           f"unreadable: {exc}") from None
+        registry, provisional = self.registry, False
+        if (head.signer, head.key_id) not in registry.keys:
+            if on_registry:
+                # The gatekeeper's own registration is the first record it seals, with the
+                # key that record registers: judge that seal with the record folded in
+                # (and do not remember the head: the record may still fail its chain).
+                registry, provisional = copy.deepcopy(registry), True
+                registry.apply_event(event.event_id, event.event_type, event.payload)
+            elif self._read_ahead():
+                registry = self.registry
+        problem = registry.registration_problem(head.signer, head.key_id, head.sealed_at_us)
+        if problem is not None:
+            raise _Refused("SEAL_INVALID", f"{what}: its seal's key: {problem[1]}")
+        roles = registry.roles_of(head.signer)
+        if GATEKEEPER not in roles:
+            raise _Refused("SEAL_INVALID",
+                           f"{what} is sealed by {head.signer} (roles: "
+                           f"{', '.join(sorted(roles)) or 'none'}), not by a GATEKEEPER")
+        wrong = head_problem(head, registry.keys[(head.signer, head.key_id)].public)
+        if wrong is not None:
+            raise _Refused("SEAL_INVALID", f"{what}: its batch head at seals@{offset}: {wrong}")
+        if not provisional:
+            self._verified_heads[offset] = head
+            if len(self._verified_heads) > HEADS_REMEMBERED:
+                self._verified_heads.popitem(last=False)
+        return head
 
     def _placed(self, record: RawRecord, event: InboundEvent) -> bool:
         """Check the record stands where its kind may; True if it is a registry event."""

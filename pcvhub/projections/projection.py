@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pcvhub.log.verify import CANONICAL, LogVerifier, RawRecord, RegistryLookahead
+from pcvhub.trust.seal import SealSource
 from pcvhub.projections.projector import Projector, RowBatch
 from pcvhub.projections.store import ProjectionStore
 from pcvhub.trust.registry import KeyRegistry
@@ -39,8 +40,8 @@ class Projection:
     """
 
     def __init__(self, path: Path, topic_prefix: str, anchor: KeyRegistry, anchored: bool,
-                 registry_partition: int, read_registry: RegistryLookahead | None = None
-                 ) -> None:
+                 registry_partition: int, read_registry: RegistryLookahead | None = None,
+                 seals: SealSource | None = None) -> None:
         self.store = ProjectionStore(path, {"topic_prefix": topic_prefix,
                                             "trust_anchor": anchor_name(anchor, anchored)},
                                      anchor=anchor if anchored else None)
@@ -52,7 +53,7 @@ class Projection:
                 lookahead=read_registry,
                 heads={coi: bytes.fromhex(p.head) for coi, p in progress.items()},
                 registry_cursor=self.positions.get((CANONICAL, registry_partition), 0),
-                reader="projection")
+                seals=seals, reader="projection")
             self.projector = Projector(self.verifier, progress, self.positions)
         except BaseException:
             self.store.close()

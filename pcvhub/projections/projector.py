@@ -43,7 +43,6 @@ from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope
 from pcvhub.schemas.envelope import Envelope
 from pcvhub.schemas.policy import advance
-from pcvhub.topics import SOURCE_HEADER
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
 
@@ -153,14 +152,16 @@ class Projector:
             check, detail = outcome.code, outcome.reason
             if at.topic == CANONICAL:
                 chain_link = _link(bytes(env.prev_hash), head_before)
-        source = record.header(SOURCE_HEADER)
+        # the ingress position as the gatekeeper's verified seal names it; a quarantined
+        # record has none worth showing (anything unsigned could say anything)
+        source = (outcome.event.source if isinstance(outcome, VerifiedRecord) else None)
         batch.add(ENVELOPES, (
             *position, env.event_id, short, env.coi, from_us(env.occurred_at_us),
             from_us(env.signed_at_us), env.producer, env.key_id, env.meaning.value,
             bytes(env.prev_hash).hex(), digest.hex(), chain_seq, chain_link,
             bytes(env.schema_fingerprint).hex(),
             None if env.batch_proof is None else bytes(env.batch_proof.root).hex(),
-            sha256_hex(raw), None if source is None else source.decode("utf-8", "replace"),
+            sha256_hex(raw), None if source is None else str(source),
             check, detail))
         if not isinstance(outcome, VerifiedRecord):
             return

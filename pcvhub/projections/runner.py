@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcvhub.config import Settings
-from pcvhub.log.reader import LogReadError, RegistryLookahead, TopicReader, registry_partition
+from pcvhub.log.reader import (
+    LogReadError,
+    RegistryLookahead,
+    SealLookup,
+    TopicReader,
+    registry_partition,
+)
 from pcvhub.projections.projection import Projection
 from pcvhub.projections.projector import TOPIC_ROLES
 from pcvhub.projections.store import ProjectionStore
@@ -94,6 +100,7 @@ class ProjectionRunner:
         ``between_batches`` may use the open file (e.g. to publish snapshots)."""
         stop = stop or threading.Event()
         lookahead = RegistryLookahead(self.settings)
+        seals = SealLookup(self.settings)
         projection: Projection | None = None
         reader: TopicReader | None = None
         progress = RunProgress()
@@ -102,7 +109,7 @@ class ProjectionRunner:
             # projection stands (never a consumer group).
             anchor, anchored = load_trust_anchor(self.settings)
             projection = Projection(self.db_path, self.settings.topic_prefix, anchor, anchored,
-                                    registry_partition(), lookahead)
+                                    registry_partition(), lookahead, seals)
             positions = projection.positions
             try:
                 # Step 2. Seek every partition to the stored offset (the beginning if none).
@@ -135,6 +142,7 @@ class ProjectionRunner:
             if reader is not None:
                 reader.close()
             lookahead.close()
+            seals.close()
             if projection is not None:
                 projection.close()
 

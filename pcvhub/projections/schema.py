@@ -178,12 +178,15 @@ ENVELOPES = Table(
                                         "part of; NULL for an individually signed event."),
         Column("record_sha256", "VARCHAR", "SHA-256 (hex) of the record's bytes on the log."),
         Column("source", "VARCHAR", "Ingress position topic/partition/offset the gatekeeper "
-                                    "answered with this record (pcvhub-source header)."),
+                                    "answered with this record, as its verified seal names "
+                                    "it; NULL when the record is quarantined."),
         Column("signature_check", "VARCHAR",
                "The log reader's verdict (pcvhub.log.verify): VERIFIED (both signatures, "
-               "the key's registration, the hash chain, the signer's right to write there), "
-               "or the code it was quarantined for (UNREGISTERED_KEY, NOT_REGISTRAR, "
-               "HASH_CHAIN_BROKEN, SIGNATURE_INVALID, WRONG_SIGNER...). Only VERIFIED "
+               "the key's registration, the gatekeeper's seal, the hash chain, the signer's "
+               "right to write there), or the code it was quarantined for (UNSEALED and "
+               "SEAL_INVALID: not accepted by the gatekeeper; UNREGISTERED_KEY, "
+               "NOT_REGISTRAR, HASH_CHAIN_BROKEN, SIGNATURE_INVALID, WRONG_SIGNER...). "
+               "Only VERIFIED "
                "records reach the payload tables."),
         Column("signature_detail", "VARCHAR", "Sentence explaining a failed check; NULL "
                                               "when verified."),

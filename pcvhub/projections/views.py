@@ -233,6 +233,8 @@ def _audit_sql(therapy: str) -> str:
                occurred_at AS event_time, event_id, event_type, producer AS actor, key_id,
                meaning,
                CASE WHEN signature_check = 'VERIFIED' THEN 'ACCEPTED'
+                    WHEN signature_check IN ('UNSEALED', 'SEAL_INVALID')
+                    THEN 'QUARANTINED ' || signature_check || ' (not accepted by the gatekeeper)'
                     ELSE 'QUARANTINED ' || signature_check END AS outcome,
                signature_detail AS detail, NULL AS recorded_by, signature_check,
                key_standing, chain_seq, chain_link, prev_hash, chain_hash, log_topic,
@@ -283,7 +285,9 @@ AUDIT_TRAIL = View(
         "key_id": "Key the actor signed with.",
         "meaning": "Part 11 meaning of an event's signature.",
         "outcome": "ACCEPTED, QUARANTINED <code> (on the canonical log, but the log reader "
-                   "could not verify it: never folded into any other view), REJECTED <rule> "
+                   "could not verify it: never folded into any other view; for UNSEALED and "
+                   "SEAL_INVALID followed by '(not accepted by the gatekeeper)': the record "
+                   "carries no valid gatekeeper seal), REJECTED <rule> "
                    "<code>, or ALERT <severity> <code>.",
         "detail": "The refusal's reason, the alert's message, or why a record is "
                   "quarantined.",

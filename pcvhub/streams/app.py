@@ -4,7 +4,7 @@ Faust's ``exactly_once`` guarantee has open duplicate bugs upstream, so this wor
 not use it. Instead the outputs are the checkpoint:
 
 1. Every ingress record is answered by exactly one primary record (canonical or
-   rejected) in the *same partition number*, carrying the ingress position in a header.
+   rejected) in the *same partition number*, carrying the ingress position in its seal.
 2. Before it judges the first record of a partition, the worker folds that partition of
    the canonical, rejected and alerts topics into a ``PartitionLedger``: the therapies'
    case state, the ingress positions already answered and the alert ids already raised.
@@ -20,13 +20,21 @@ not use it. Instead the outputs are the checkpoint:
    owner rebuilds it from the log.
 7. A timer sweeps every owned partition on processing time (``pcvhub.clock``) and raises
    the alerts of passed deadlines, for therapies that receive no event at all.
+8. Everything one send step writes is sealed in one batch (``Gatekeeper.seal``): the agent
+   takes what the stream has ready (``take_events``, waiting at most ``SEAL_WAIT_SECONDS``
+   for a first record, never for a batch to fill), judges it, seals all its outputs with
+   one hybrid signature, writes that signed head to the seals topic and waits for Kafka's
+   acknowledgement (a reader never meets a record whose head is not on the log yet), then
+   sends the outputs, each naming the head's offset. Under load the batch grows by itself
+   with the records that arrive while the last one is signed, so the post-quantum
+   signature is paid once per step; an idle gatekeeper seals each record alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -38,6 +46,14 @@ from pcvhub.streams.gatekeeper import Gatekeeper, Output, PartitionLedger
 from pcvhub.topics import TOPICS, TopicRole, topic_name
 
 log = logging.getLogger(__name__)
+
+#: the most ingress records one send step judges and seals together
+SEAL_BATCH_MAX = 500
+#: how long a send step waits for records to be ready before it seals what it has: well
+#: under the producer's linger, so sealing adds no latency a record would notice
+SEAL_WAIT_SECONDS = 0.001
+#: aiokafka's timestamp type of a record stamped by the broker (LogAppendTime)
+_LOG_APPEND_TIME = 1
 
 
 def rebuild_ledger(settings: Settings, gatekeeper: Gatekeeper, partition: int) -> PartitionLedger:
@@ -91,7 +107,7 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
     ingress = app.topic(*ingress_names, key_serializer="raw", value_serializer="raw")
     sinks = {suffix: app.topic(topic_name(suffix, prefix), key_serializer="raw",
                                value_serializer="raw")
-             for suffix in ("events", "rejected", "alerts")}
+             for suffix in ("events", "rejected", "alerts", "seals")}
     ledgers: dict[int, PartitionLedger] = {}
     loop_lock = asyncio.Lock()
 
@@ -108,25 +124,49 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             key=output.key, value=output.value, partition=output.partition,
             headers=output.headers)
 
+    async def sealed(outputs: list[Output]) -> list[Output]:
+        # Step 8a. One hybrid signature over everything this step writes.
+        batch = gatekeeper.seal(outputs)
+        # Step 8b. The signed head is on the log, acknowledged, before anything it seals.
+        written = await (await sinks["seals"].send(
+            key=gatekeeper.issuer.signer.producer.encode(), value=batch.head, partition=0))
+        # Step 8c. Each output names where its head stands.
+        return batch.at(written.offset)
+
     @app.agent(ingress)
     async def gate(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            msg = event.message
-            source = SourcePosition(msg.topic, msg.partition, msg.offset)
-            # Step 2. The partition's ledger, folded from its outputs on first use.
-            ledger = await ledger_for(msg.partition)
-            # Step 3. A record redelivered after a crash is already answered on the log.
-            if ledger.has_answered(source):
+        # Step 8. One send step per batch of ready records; Faust acks them after it.
+        # (``take_events`` is on faust's Stream, which every agent gets, not on StreamT.)
+        batches = cast(faust.Stream, stream).take_events(SEAL_BATCH_MAX,
+                                                         within=SEAL_WAIT_SECONDS)
+        async for events in batches:
+            alerts: list[Output] = []
+            primaries: list[Output] = []
+            for event in events:
+                msg = event.message
+                appended = (round(msg.timestamp * 1_000) * 1_000
+                            if msg.timestamp_type == _LOG_APPEND_TIME else None)
+                source = SourcePosition(msg.topic, msg.partition, msg.offset, appended)
+                # Step 2. The partition's ledger, folded from its outputs on first use.
+                ledger = await ledger_for(msg.partition)
+                # Step 3. A record redelivered after a crash is already answered on the log.
+                if ledger.has_answered(source):
+                    continue
+                # Step 1. Judge: exactly one primary record (canonical or rejected) answers
+                # it, carrying its ingress position; alerts come first.
+                *raised, primary = gatekeeper.judge(event.value, event.key, source, ledger)
+                alerts += raised
+                primaries.append(primary)
+            if not primaries:
                 continue
-            # Step 1. Judge: exactly one primary record (canonical or rejected) answers it,
-            # carrying its ingress position; alerts come first.
-            outputs = gatekeeper.judge(event.value, event.key, source, ledger)
-            *alerts, primary = outputs
-            # Step 4. Each alert is acknowledged by Kafka before its primary is sent.
-            for alert in alerts:
-                await (await send(alert))
-            # Step 5. One idempotent producer per partition writes the primary, in order.
-            await send(primary)
+            # Step 8. One seal over everything this step writes.
+            outputs = await sealed([*alerts, *primaries])
+            # Step 4. Every alert is acknowledged by Kafka before any primary is sent.
+            for pending in [await send(alert) for alert in outputs[:len(alerts)]]:
+                await pending
+            # Step 5. One idempotent producer per partition writes the primaries, in order.
+            for primary in outputs[len(alerts):]:
+                await send(primary)
 
     # Step 7. Timers on processing time (the gatekeeper's clock, ``pcvhub.clock``): every
     # sweep interval, each owned partition's open therapies are checked for passed
@@ -145,8 +185,10 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             ledger = await ledger_for(partition)
             if partition not in owned:
                 continue  # revoked while its ledger was being rebuilt
-            for alert in gatekeeper.sweep(ledger, gatekeeper.clock.now_us()):
-                await (await send(alert))
+            raised = gatekeeper.sweep(ledger, gatekeeper.clock.now_us())
+            if raised:
+                for alert in await sealed(raised):  # Step 8: one seal per sweep
+                    await (await send(alert))
 
     # Step 6. On revocation Faust has already waited for the agent and flushed the
     # producer; the ledger is dropped and the next owner rebuilds it from the log.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pcvhub.schemas.envelope import Envelope
@@ -10,19 +10,16 @@ from pcvhub.schemas.envelope import Envelope
 
 @dataclass(frozen=True)
 class SourcePosition:
-    """Where a record was read: an ingress topic, partition and offset."""
+    """Where a record was read: an ingress topic, partition and offset, and when the broker
+    appended it there (``LogAppendTime`` of the ingress topics, µs; None if not known)."""
 
     topic: str
     partition: int
     offset: int
+    appended_at_us: int | None = field(default=None, compare=False)
 
-    def header(self) -> bytes:
-        return f"{self.topic}/{self.partition}/{self.offset}".encode()
-
-    @classmethod
-    def from_header(cls, value: bytes) -> SourcePosition:
-        topic, partition, offset = value.decode().rsplit("/", 2)
-        return cls(topic, int(partition), int(offset))
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
 
 
 @dataclass(frozen=True)
@@ -37,6 +34,8 @@ class InboundEvent:
     event_type: str
     payload: dict[str, Any]
     raw: bytes
+    #: the ingress record it is (at the gatekeeper) or answers (an output the log reader
+    #: admitted: from the gatekeeper's signed seal); None for a sweep's alert
     source: SourcePosition | None = None
 
     @property

@@ -3,8 +3,13 @@
 ``Gatekeeper.judge`` takes one ingress record and the ledger of its partition and returns
 the records to write: alerts first, then exactly one *primary* record, which is either
 the original bytes on the canonical topic or an ``EventRejected`` on the rejected topic.
-Every output carries the ingress position it answers in a header, which is how a
-restarted worker knows what it already did (see ``pcvhub.streams.app``).
+``Gatekeeper.seal`` then seals the outputs of one send step in one batch
+(``pcvhub.trust.seal``): one hybrid signature over their Merkle root, written once to the
+seals topic, and every output carrying, in its ``pcvhub-seal`` header, the verdict, the
+ingress position it answers (and the broker's append time of it), where that head stands
+and its inclusion path. The seal is how a restarted worker knows what it already did (see
+``pcvhub.streams.app``) and how any reader tells an output of the gatekeeper from bytes
+someone else put on its topics.
 
 The ledger of a partition is a pure fold of that partition's outputs, so it can always
 be rebuilt from the log: ``replay_*`` apply past outputs exactly as ``judge`` applied
@@ -14,7 +19,8 @@ them when they were first written.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pcvhub.clock import Clock, WallClock
@@ -30,10 +36,11 @@ from pcvhub.streams.case import AlertStatus, CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.streams.timers import TurnaroundTimers
 from pcvhub.streams.verdict import AllOf, Verdict
-from pcvhub.topics import SOURCE_HEADER
+from pcvhub.topics import SEAL_HEADER
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_EVENTS, KeyRegistry
+from pcvhub.trust.seal import SealedBatch, SealedFacts, SealVerdict, seal_batch
 
 ALERT_NAMESPACE = uuid.UUID("6f1d0c2e-8b1f-4c55-9a57-0c1f0b8a9d10")
 #: Header on an alert a timer sweep raised (no ingress record caused it): the sweep's
@@ -43,21 +50,55 @@ SWEEP_HEADER = "pcvhub-sweep"
 
 @dataclass(frozen=True)
 class Output:
-    """One record to write: ``topic`` is a suffix of the topic table."""
+    """One record to write: ``topic`` is a suffix of the topic table; ``seal`` is empty
+    until ``Gatekeeper.seal`` sealed it with the other outputs of its send step."""
 
     topic: str
     key: bytes | None
     value: bytes
     partition: int
     source: SourcePosition | None  # the ingress record answered; None for a sweep's alert
+    verdict: SealVerdict
     event_id: str = ""
     swept_at_us: int | None = None  # the sweep's "now", for an alert no record caused
+    seal: bytes = b""
 
     @property
     def headers(self) -> list[tuple[str, bytes]]:
+        if not self.seal:
+            raise ValueError(f"output {self.event_id} to {self.topic} is not sealed; the "
+                             "gatekeeper writes nothing it has not sealed (Gatekeeper.seal)")
+        headers = [(SEAL_HEADER, self.seal)]
         if self.source is None:
-            return [(SWEEP_HEADER, str(self.swept_at_us).encode())]
-        return [(SOURCE_HEADER, self.source.header())]
+            headers.append((SWEEP_HEADER, str(self.swept_at_us).encode()))
+        return headers
+
+    def facts(self) -> SealedFacts:
+        """What the seal attests about this output."""
+        source = self.source
+        if source is None:
+            return SealedFacts(self.topic, self.partition, self.key, self.value, self.verdict)
+        appended = -1 if source.appended_at_us is None else source.appended_at_us
+        return SealedFacts(self.topic, self.partition, self.key, self.value, self.verdict,
+                           source.topic, source.partition, source.offset, appended)
+
+
+@dataclass(frozen=True)
+class SealedOutputs:
+    """One send step's outputs and their signed batch head (``Gatekeeper.seal``)."""
+
+    batch: SealedBatch
+    outputs: tuple[Output, ...]
+
+    @property
+    def head(self) -> bytes:
+        """The seals-topic record to write, and have acknowledged, before any output."""
+        return self.batch.head.encode()
+
+    def at(self, head_offset: int) -> list[Output]:
+        """The outputs, sealed, once Kafka has put the head at ``head_offset``."""
+        return [replace(o, seal=s.encode())
+                for o, s in zip(self.outputs, self.batch.seals(head_offset), strict=True)]
 
 
 @dataclass
@@ -97,6 +138,7 @@ class Gatekeeper:
         self.registry = registry  # the one R1/R2 read: accepted registry events fold into it
         self.timers = timers or TurnaroundTimers()
         self.clock = clock or WallClock()
+        self._sealing_clock = WallClock()
         self.catalog = load_catalog()
 
     # -- decoding ----------------------------------------------------------------
@@ -138,7 +180,7 @@ class Gatekeeper:
             # ingress topic: its signed refusal goes on to ``rejected`` byte for byte.
             ledger.answered.add((source.topic, source.offset))
             return [Output("rejected", event.coi.encode(), raw, source.partition, source,
-                           event.event_id)]
+                           SealVerdict.RELAYED, event.event_id)]
         case = ledger.case(event.coi)
         verdict = self.rules.check(event, case)
         outputs: list[Output] = []
@@ -147,7 +189,7 @@ class Gatekeeper:
             ledger.watermark_us = max(ledger.watermark_us, event.occurred_at_us)
             outputs += self._timer_alerts(ledger, event)
             outputs.append(Output("events", event.coi.encode(), raw, source.partition, source,
-                                  event.event_id))
+                                  SealVerdict.ACCEPTED, event.event_id))
         else:
             if verdict.alert:
                 outputs += self._alert(ledger, event, verdict)
@@ -186,7 +228,7 @@ class Gatekeeper:
         }
         issued = self.issuer.issue("EventRejected", coi or "UNKNOWN", payload, prev_hash=b"")
         return Output("rejected", (coi or "UNKNOWN").encode(), issued.wire, source.partition,
-                      source, issued.envelope.event_id)
+                      source, SealVerdict.REJECTED, issued.envelope.event_id)
 
     def _alert(self, ledger: PartitionLedger, event: InboundEvent, verdict: Verdict
                ) -> list[Output]:
@@ -243,7 +285,20 @@ class Gatekeeper:
         issued = self.issuer.issue("AlertRaised", coi, payload, prev_hash=b"",
                                    occurred_at_us=raised_at)
         return [Output("alerts", coi.encode(), issued.wire, ledger.partition, source,
-                       issued.envelope.event_id, swept_at_us)]
+                       SealVerdict.ALERT, issued.envelope.event_id, swept_at_us)]
+
+    # -- sealing ------------------------------------------------------------------
+
+    def seal(self, outputs: Sequence[Output]) -> SealedOutputs:
+        """The outputs of one send step, sealed in one batch: one hybrid signature over
+        the Merkle root of all of them (the post-quantum signature is the costly part, so
+        it is paid once per step, not per record). The head goes to the seals topic first;
+        ``SealedOutputs.at`` then gives the outputs, each naming where the head stands."""
+        # sealed at the wall clock's time, whatever the timers' clock says: the seal is
+        # signed now, and a simulation clock may stand anywhere (0 before it is first set)
+        batch = seal_batch(self.issuer.signer, [o.facts() for o in outputs],
+                           self._sealing_clock.now_us())
+        return SealedOutputs(batch, tuple(outputs))
 
     # -- rebuilding the ledger from the log --------------------------------------
     # Each replay takes a record the one log reader admitted (pcvhub.log): what was
@@ -256,15 +311,11 @@ class Gatekeeper:
             ledger.answered.add((event.source.topic, event.source.offset))
 
     def replay_rejected(self, refusal: InboundEvent, ledger: PartitionLedger) -> None:
-        """A refusal answers the ingress position its signed payload names (a connector's
-        refusal of input that never reached Kafka names none: partition -1)."""
-        p = refusal.payload
-        if p["source_partition"] >= 0:
-            ledger.answered.add((p["source_topic"], p["source_offset"]))
-        elif refusal.source is not None and CONNECTOR in self.registry.roles_of(refusal.producer):
-            # A relayed connector refusal: its ingress position is only in the unsigned
-            # source header (the connector could not know it). Only the gatekeeper can
-            # write ``rejected`` (broker ACLs), so the header is the relay's own.
+        """A refusal answers the ingress position its seal names: the gatekeeper's own
+        refusal names it in its payload too, a relayed connector refusal (of input that
+        never reached Kafka, partition -1 in its payload) only in the seal, which the
+        gatekeeper signed when it relayed it (the connector could not know it)."""
+        if refusal.source is not None:
             ledger.answered.add((refusal.source.topic, refusal.source.offset))
 
     def replay_alert(self, alert: InboundEvent, ledger: PartitionLedger) -> None:

@@ -133,6 +133,13 @@ def _halves_failing(message: bytes, ed_sig: bytes, pq_sig: bytes, ed_pub: bytes,
     return tuple(failed)
 
 
+def hybrid_failures(message: bytes, signature: HybridSignature, keys: PublicKeys
+                    ) -> tuple[str, ...]:
+    """The halves ("Ed25519", "ML-DSA-65") of ``signature`` that fail over ``message``."""
+    return _halves_failing(message, signature.ed25519, signature.ml_dsa_65, keys.ed25519,
+                           keys.ml_dsa_65)
+
+
 def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
     """Check both signatures (and, for a batched event, its inclusion path) with ``keys``.
 
@@ -158,7 +165,7 @@ def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
                 "proof was altered",), "BATCH_PATH_INVALID")
         message = batch_signing_bytes(proof.root, proof.tree_size)
         covered = f"the batch root {proof.root.hex()[:16]}..."
-    failed = _halves_failing(message, sig.ed25519, sig.ml_dsa_65, keys.ed25519, keys.ml_dsa_65)
+    failed = hybrid_failures(message, sig, keys)
     return Verification(tuple(f"{who}: {half} signature does not verify over {covered}"
                               for half in failed), "SIGNATURE_INVALID" if failed else "OK")
 

@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from pcvhub.demo.therapy import Hub, TherapyScenario
 from pcvhub.log.verify import LogVerifier, Quarantined, RawRecord, VerifiedRecord
-from pcvhub.topics import SOURCE_HEADER, partition_for
+from pcvhub.topics import SEAL_HEADER, partition_for
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
 
+from ..unit.sealing import SEALS, gatekeeper_signer, sealed
 from .mutate import mutated_bytes
 from .profiles import bounded, fuzz_settings, label
 
@@ -35,6 +36,7 @@ TOPICS = ("events", "rejected", "alerts", "ingress.direct")
 
 def _honest_log() -> tuple[Hub, list[RawRecord], set[bytes]]:
     hub = Hub()
+    hub.register_gatekeeper(GATEKEEPER)
     scenario = TherapyScenario(hub)
     therapy = scenario.full_therapy()
     offsets: dict[int, int] = {}
@@ -46,7 +48,10 @@ def _honest_log() -> tuple[Hub, list[RawRecord], set[bytes]]:
         records.append(RawRecord.at("events", partition, offset, event.coi.encode(),
                                     event.raw))
     digests = {chain_digest(e.envelope) for e in [*hub.registry_log, *therapy]}
-    return hub, records, digests
+    return hub, sealed(GATEKEEPER, records), digests
+
+
+GATEKEEPER = gatekeeper_signer()
 
 
 HUB, LOG, HONEST_DIGESTS = _honest_log()
@@ -57,7 +62,7 @@ def _verifier_after(prefix: int) -> LogVerifier:
     verifier = LogVerifier(Hub(registrar=registrar).registry, REGISTRY_PARTITION,
                            lookahead=lambda offset: [
                                r for r in LOG if r.partition == REGISTRY_PARTITION
-                               and r.offset >= offset], reader="fuzz")
+                               and r.offset >= offset], seals=SEALS, reader="fuzz")
     for record in LOG[:prefix]:
         assert isinstance(verifier.admit(record), VerifiedRecord)
     return verifier
@@ -73,8 +78,10 @@ def damaged_records(draw: st.DrawFn) -> tuple[int, RawRecord]:
     topic = draw(st.sampled_from(TOPICS))
     key = draw(st.sampled_from([honest.key, REGISTRY_COI.encode(), b"", None,
                                 b"PCV-OTHER-2026-000000000000X"]))
-    headers = draw(st.sampled_from([(), ((SOURCE_HEADER, b"ingress.direct/0/7"),),
-                                    ((SOURCE_HEADER, b"\xff garbage"),)]))
+    seal = honest.header(SEAL_HEADER) or b""
+    headers = draw(st.sampled_from([(), ((SEAL_HEADER, seal),),
+                                    ((SEAL_HEADER, seal[:-1]),),
+                                    ((SEAL_HEADER, b"\xff garbage"),)]))
     position = honest.position.__class__(topic, honest.partition, honest.offset + 10_000)
     return at, RawRecord(position, key, value, headers)
 

@@ -26,10 +26,12 @@ from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog, load_keys
 from pcvhub.ledger.note import verify_checkpoint
 from pcvhub.ledger.tiles import audit_tiles
+from pcvhub.log.verify import RawRecord
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
-from pcvhub.topics import topic_name
+from pcvhub.topics import partition_for, topic_name, topic_spec
 from pcvhub.trust.issuer import EventIssuer
 
+from ..unit.sealing import KafkaSeals, sealed
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
 from .test_projection_kill import gatekeeper_records, hub  # noqa: F401 - the sandbox fixture
@@ -85,12 +87,19 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(3))
     prefix = hub.settings.topic_prefix
     producer = Producer(hub.admin.producer(**{"linger.ms": 5}))
-    for event in builder.registry_log:
-        producer.produce(topic_name("events", prefix), key=event.coi.encode(), value=event.raw)
-    for event in cohort:
-        producer.produce(topic_name("events", prefix), key=event.key, value=event.wire)
-    for topic, record in extra:
-        producer.produce(topic_name(topic, prefix), key=record.key, value=record.wire)
+    # the log as a gatekeeper writes it (sealed), put there by the admin, not a worker
+    drafts = [(suffix, key, value) for suffix, key, value in [
+        *(("events", e.coi.encode(), e.raw) for e in builder.registry_log),
+        *(("events", e.key, e.wire) for e in cohort),
+        *((topic, r.key, r.wire) for topic, r in extra)]]
+    partitions = topic_spec("events").partitions
+    records = [RawRecord.at(suffix, partition_for(key, partitions), i, key, value)
+               for i, (suffix, key, value) in enumerate(drafts)]
+    for batch in (records[i:i + 500] for i in range(0, len(records), 500)):
+        for record in sealed(gatekeeper, batch, book=KafkaSeals(producer, prefix)):
+            producer.produce(topic_name(record.topic, prefix), key=record.key,
+                             value=record.value, partition=record.partition,
+                             headers=list(record.headers))
     assert producer.flush(60) == 0
     total = len(builder.registry_log) + len(cohort) + len(extra)
 
@@ -121,6 +130,7 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     on_log = {(r.topic, r.partition, r.offset) for topic in ("events", "rejected", "alerts")
               for r in hub.read_all(topic)}
     assert len(logged) == len(leaves) == total  # none twice
+    assert all(leaf.seal for leaf in leaves)  # each leaf binds the gatekeeper's seal
     assert logged == on_log  # and none missing
     assert audit_tiles(folder / "tiles", keys.ed25519_vkey,
                        keys.ml_dsa_44_vkey).entries_checked == total

@@ -25,6 +25,7 @@ from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import topic_name
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent
 
+from ..unit.sealing import SealedWriter
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
 from .test_projection_runner import RunnerProcess, cli
@@ -90,14 +91,15 @@ def test_two_sigkills_while_consuming_100k_events_end_in_the_rebuilds_digest(
     extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, rng)
     prefix = hub.settings.topic_prefix
     producer = Producer(hub.admin.producer(**{"linger.ms": 5}))
+    # the log as a gatekeeper writes it (sealed in batches), put there by the admin
+    writer = SealedWriter(producer, prefix, gatekeeper)
 
     def produce(topic: str, event: IssuedEvent) -> None:
-        producer.produce(topic_name(topic, prefix), key=event.key, value=event.wire)
-        producer.poll(0)
+        writer.write(topic, event.key, event.wire)
 
     for event in builder.registry_log:
-        producer.produce(topic_name("events", prefix), key=event.coi.encode(), value=event.raw)
-    assert producer.flush(30) == 0
+        writer.write("events", event.coi.encode(), event.raw)
+    writer.flush(30)
     total = len(builder.registry_log) + len(cohort) + len(extra)
 
     chunks = [cohort[i:i + 5000] for i in range(0, len(cohort), 5000)]
@@ -110,15 +112,15 @@ def test_two_sigkills_while_consuming_100k_events_end_in_the_rebuilds_digest(
                 produce("events", event)
             for topic, record in [next(spread) for _ in range(len(extra) // len(chunks))]:
                 produce(topic, record)
-            assert producer.flush(60) == 0
+            writer.flush(60)
             time.sleep(0.3)
         for topic, record in spread:
             produce(topic, record)
-        assert producer.flush(60) == 0
+        writer.flush(60)
         written.set()
 
-    writer = threading.Thread(target=write_all)
-    writer.start()
+    writing = threading.Thread(target=write_all)
+    writing.start()
     live = hub.root / "live.duckdb"
     options = ("--publish-every", "0", "--report-every", "0.2", "--batch-size", "1000")
     projected_by_life = []
@@ -128,9 +130,9 @@ def test_two_sigkills_while_consuming_100k_events_end_in_the_rebuilds_digest(
         time.sleep(rng.uniform(0, 0.3))  # somewhere in the next batch
         assert runner.stop(signal.SIGKILL) == -signal.SIGKILL
         projected_by_life.append(lines[-1][0])
-    writer.join(300)
+    writing.join(300)
     assert written.is_set(), "the writer did not finish"
-    assert not writer.is_alive()
+    assert not writing.is_alive()
 
     last = RunnerProcess(hub, live, *options, "--until-end", name="runner-3")
     assert last.proc.wait(600) == 0, last.output()

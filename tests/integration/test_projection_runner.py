@@ -25,11 +25,13 @@ from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from pcvhub.cli_projections import register
+from pcvhub.log.verify import RawRecord
 from pcvhub.projections.digest import digest_file
 from pcvhub.projections.store import connect
 from pcvhub.streams.sandbox import Sandbox
-from pcvhub.topics import topic_name
+from pcvhub.topics import partition_for, topic_name, topic_spec
 
+from ..unit.sealing import KafkaSeals, sealed
 from ..unit.test_projection_scenario import scripted_log
 from ..unit.therapy_builder import DAY_US, T0_US, Hub, TherapyScenario
 
@@ -179,15 +181,21 @@ def test_a_worker_answered_scenario_projected_live_published_and_rebuilt(hub: Sa
 def test_a_record_that_is_no_envelope_is_kept_aside_and_the_runner_carries_on(
         hub: Sandbox) -> None:
     builder = Hub()
-    builder.deploy_gatekeeper(hub)  # the trust anchor the runner verifies the log from
+    gatekeeper = builder.deploy_gatekeeper(hub)  # the trust anchor the runner verifies from
     cast = builder.register_cast("k")
     first, second = (TherapyScenario(builder, cast=cast) for _ in range(2))
     canonical = topic_name("events", hub.settings.topic_prefix)
     producer = Producer(hub.admin.producer())
+    seals = KafkaSeals(producer, hub.settings.topic_prefix)
 
     def write(records: list[tuple[bytes, bytes]]) -> None:
-        for key, value in records:
-            producer.produce(canonical, key=key, value=value)
+        """Straight to the canonical topic, sealed as the gatekeeper seals."""
+        partitions = topic_spec("events").partitions
+        drafts = [RawRecord.at("events", partition_for(key, partitions), i, key, value)
+                  for i, (key, value) in enumerate(records)]
+        for record in sealed(gatekeeper, drafts, book=seals):
+            producer.produce(canonical, key=record.key, value=record.value,
+                             partition=record.partition, headers=list(record.headers))
         assert producer.flush(30) == 0
 
     write([(e.coi.encode(), e.raw) for e in [*builder.registry_log, *first.full_therapy()]])

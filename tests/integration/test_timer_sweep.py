@@ -22,6 +22,8 @@ from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.streams.gatekeeper import SWEEP_HEADER
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.streams.timers import DEFAULT_POLICY
+from pcvhub.topics import SEAL_HEADER
+from pcvhub.trust.seal import Seal, SealVerdict
 
 from ..unit.therapy_builder import DAY_US, Hub, TherapyScenario
 
@@ -85,7 +87,8 @@ def test_stalled_therapies_alert_on_the_clock_once_each_across_a_kill(hub) -> No
     assert max(Counter(p["alert_id"] for p, _ in alerts).values()) == 1
     assert {p["subject_event_id"].split("/")[0] for p, _ in alerts} == {
         t.coi for t in therapies}
-    assert all(SWEEP_HEADER in headers and "pcvhub-source" not in headers
-               for _, headers in alerts)
+    assert all(SWEEP_HEADER in headers and SEAL_HEADER in headers
+               and Seal.decode(headers[SEAL_HEADER]).verdict is SealVerdict.ALERT
+               and Seal.decode(headers[SEAL_HEADER]).source is None for _, headers in alerts)
     assert {p["severity"] for p, _ in alerts} == {"WARNING"}
     hub.kill(worker, signal.SIGKILL)

@@ -13,8 +13,8 @@ from pcvhub.streams.gatekeeper import Gatekeeper, PartitionLedger
 from pcvhub.streams.rules import default_rules
 from pcvhub.streams.timers import TimerPolicy, TurnaroundTimers
 from pcvhub.trust.issuer import EventIssuer
-from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
+from .sealing import gatekeeper_signer, sealed
 from .therapy_builder import Hub, TherapyScenario, decode_inbound
 
 TICK = 1_000
@@ -26,10 +26,11 @@ class Ward:
 
     def __init__(self) -> None:
         hub = Hub()
+        signer = gatekeeper_signer()
+        hub.register_gatekeeper(signer)  # first: it seals everything after it
         self.scenario = TherapyScenario(hub, tick_us=TICK)
-        self.gatekeeper = Gatekeeper(default_rules(hub.registry), EventIssuer(EventSigner(
-            "hub-gatekeeper", "gk-1", HybridKeyPair.generate())), hub.registry,
-            TurnaroundTimers(FAST))
+        self.gatekeeper = Gatekeeper(default_rules(hub.registry), EventIssuer(signer),
+                                     hub.registry, TurnaroundTimers(FAST))
         self.ledger = PartitionLedger(0)
         for event in self.scenario.run_until("collect"):
             self.gatekeeper.replay_accepted(event, self.ledger)
@@ -115,16 +116,12 @@ def test_the_alerts_view_shows_owner_and_resolution(tmp_path) -> None:  # noqa: 
     from pcvhub.log.verify import RawRecord
     from pcvhub.projections.store import connect
     from pcvhub.topics import partition_for
-    from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
+    from pcvhub.trust.registry import REGISTRY_COI
 
     from .test_projection_scenario import PARTITIONS, anchor_of, project
 
     ward = Ward()
     hub = ward.scenario.hub
-    gatekeeper_signer = ward.gatekeeper.issuer.signer
-    hub.admit(hub.registry_event("ActorRegistered", registration_payload(
-        Actor(gatekeeper_signer.producer, "gatekeeper", frozenset({"GATEKEEPER"}), "HUB"),
-        gatekeeper_signer.key_id, gatekeeper_signer.keys.public, hub.clock_us)))
     assert ward.send("nurse", "AlertAcknowledged",
                      {"alert_id": ward.alert_id, "note": "calling the lab"}) is None
     assert resolve(ward, "physician", ward.alert_id) is None
@@ -141,7 +138,8 @@ def test_the_alerts_view_shows_owner_and_resolution(tmp_path) -> None:  # noqa: 
                *(at("events", coi, e.raw) for e in ward.scenario.log),
                at("alerts", coi, ward.alert.value),
                *(at("events", coi, e.raw) for e in ward.accepted)]
-    project(tmp_path / "p.duckdb", records, anchor_of(hub))
+    project(tmp_path / "p.duckdb", sealed(ward.gatekeeper.issuer.signer, records),
+            anchor_of(hub))
     con = connect(tmp_path / "p.duckdb", read_only=True)
     try:
         row = con.execute("SELECT status, acknowledged_by, owner_note, resolved_by, resolution, "

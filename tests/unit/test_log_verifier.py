@@ -20,6 +20,7 @@ from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
+from .sealing import SEALS, gatekeeper_signer, sealed
 from .therapy_builder import Hub, TherapyScenario
 
 PARTITIONS = 6
@@ -27,19 +28,22 @@ REGISTRY_PARTITION = partition_for(REGISTRY_COI.encode(), PARTITIONS)
 
 
 class Log:
-    """A canonical topic in memory: records appended per partition, offsets counted."""
+    """The gatekeeper's output topics in memory: records appended per partition, offsets
+    counted, each sealed by the gatekeeper's key as the gatekeeper writes it (the attacks
+    below are caught before the seal is looked at; the seal has tests of its own)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gatekeeper: EventSigner) -> None:
         self.records: list[RawRecord] = []
         self._next: dict[tuple[str, int], int] = {}
+        self.gatekeeper = gatekeeper
 
     def append(self, coi: str, wire: bytes, topic: str = "events",
                key: bytes | None = None) -> RawRecord:
         partition = partition_for(coi.encode(), PARTITIONS)
         offset = self._next.get((topic, partition), 0)
         self._next[(topic, partition)] = offset + 1
-        record = RawRecord.at(topic, partition, offset, coi.encode() if key is None else key,
-                              wire)
+        (record,) = sealed(self.gatekeeper, [RawRecord.at(
+            topic, partition, offset, coi.encode() if key is None else key, wire)])
         self.records.append(record)
         return record
 
@@ -59,12 +63,14 @@ def world():
     """A hub with its cast registered, that registry chain on the log, and a verifier
     that starts from the trust anchor only."""
     hub = Hub()
+    gatekeeper = gatekeeper_signer()
+    hub.register_gatekeeper(gatekeeper)
     scenario = TherapyScenario(hub)
-    log = Log()
+    log = Log(gatekeeper)
     for event in hub.registry_log:
         log.append(REGISTRY_COI, event.raw)
     verifier = LogVerifier(anchor_registry(hub), REGISTRY_PARTITION,
-                           lookahead=log.registry_from, reader="test")
+                           lookahead=log.registry_from, seals=SEALS, reader="test")
     return hub, scenario, log, verifier
 
 
@@ -174,9 +180,7 @@ def test_an_altered_signature_a_wrong_key_and_garbage_are_quarantined_with_reaso
 
 def test_refusals_and_alerts_only_from_who_may_write_them(world) -> None:
     hub, scenario, log, verifier = world
-    gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
-    hub.register_gatekeeper(gatekeeper)
-    log.append(REGISTRY_COI, hub.registry_log[-1].raw)
+    gatekeeper = log.gatekeeper  # registered by the world, first of all
     verifier.admit_all(log.records)
     refusal = {"rejected_event_id": None, "rejected_event_type": None, "rule": "R1",
                "reason_code": "UNREGISTERED_KEY", "reason": "forged", "source_topic": "x",

@@ -18,13 +18,23 @@ from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
-from .test_projection_scenario import PARTITIONS, anchor_of, canonical_records, project
+from .sealing import gatekeeper_signer
+from .test_projection_scenario import PARTITIONS, anchor_of, project
+from .test_projection_scenario import canonical_records as sealed_canonical
 from .therapy_builder import Hub, TherapyScenario
+
+GATEKEEPER = gatekeeper_signer()
+
+
+def canonical_records(log: list[tuple[bytes, bytes]]) -> list[RawRecord]:
+    return sealed_canonical(log, GATEKEEPER)
 
 
 def one_therapy() -> tuple[Hub, TherapyScenario, list[tuple[bytes, bytes]]]:
-    """A registry and one whole therapy, as (key, wire) in log order."""
+    """A registry (the gatekeeper's own registration first) and one whole therapy, as
+    (key, wire) in log order."""
     hub = Hub()
+    hub.register_gatekeeper(GATEKEEPER)
     cast = hub.register_cast("x")
     scenario = TherapyScenario(hub, cast=cast)
     events = scenario.full_therapy()

@@ -23,7 +23,7 @@ The tests in this module check the builders themselves.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -49,6 +49,7 @@ from pcvhub.trust.registry import (
 )
 from pcvhub.trust.signing import EventSigner, HybridKeyPair, verify_envelope
 
+from .sealing import SEALS, sealed
 from .therapy_builder import CAST, DAY_US, T0_US, Hub, Party, TherapyScenario, decode_inbound
 
 PARTITIONS = 6
@@ -146,11 +147,13 @@ class ScriptedLog:
             partition = partition_for(key, PARTITIONS)
             source = SourcePosition(INGRESS, partition, next_ingress[partition])
             next_ingress[partition] += 1
-            for output in gate.judge(wire, key, source, ledgers[partition]):
+            # one send step per ingress record, as an idle gatekeeper seals
+            batch = gate.seal(gate.judge(wire, key, source, ledgers[partition]))
+            for output in batch.at(SEALS.append(batch.head)):
                 offset = next_out.get((output.topic, partition), 0)
                 next_out[(output.topic, partition)] = offset + 1
                 records.append(RawRecord.at(output.topic, partition, offset, output.key,
-                                            output.value, source.header()))
+                                            output.value, output.seal))
         return records
 
 
@@ -305,18 +308,22 @@ def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None
                 and r.offset >= from_offset]
 
     with Projection(path, topic_prefix, anchor or KeyRegistry(), anchor is not None,
-                    registry_partition, read_registry) as projection:
+                    registry_partition, read_registry, SEALS) as projection:
         for start in range(0, len(records), batch):
             projection.apply(records[start:start + batch])
 
 
-def canonical_records(events: list[tuple[bytes, bytes]]) -> Iterator[RawRecord]:
-    """Records as they would sit on the canonical topic (written there directly)."""
+def canonical_records(events: list[tuple[bytes, bytes]], gatekeeper: EventSigner
+                      ) -> list[RawRecord]:
+    """Records as they would sit on the canonical topic, sealed in one batch by
+    ``gatekeeper`` (whatever they hold: the tests alter them before they are sealed)."""
     offsets = dict.fromkeys(range(PARTITIONS), 0)
+    records = []
     for key, wire in events:
         partition = partition_for(key, PARTITIONS)
-        yield RawRecord.at("events", partition, offsets[partition], key, wire, None)
+        records.append(RawRecord.at("events", partition, offsets[partition], key, wire))
         offsets[partition] += 1
+    return sealed(gatekeeper, records)
 
 
 # -- the builders themselves ---------------------------------------------------------------

@@ -24,13 +24,8 @@ from pcvhub.streams.case import CaseState, DoseStatus
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
-from .test_projection_scenario import (
-    ScriptedLog,
-    anchor_of,
-    canonical_records,
-    project,
-    scripted_log,
-)
+from .test_projection_audit import GATEKEEPER, canonical_records
+from .test_projection_scenario import ScriptedLog, anchor_of, project, scripted_log
 from .therapy_builder import T0_US, Hub, TherapyScenario
 
 T0 = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=T0_US)
@@ -384,6 +379,7 @@ def test_the_consents_view_shows_whose_signature_each_grant_carries(
 def test_the_consents_view_marks_witnessed_and_hospital_recorded_grants(
         tmp_path: Path) -> None:
     hub = Hub()
+    hub.register_gatekeeper(GATEKEEPER)  # its seal is on every record it wrote
     therapy = TherapyScenario(hub)
     therapy.run_until("issue_card")
     therapy.accept(therapy.consent("TREATMENT", by="physician"))  # the EMR's paper form

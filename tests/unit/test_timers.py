@@ -155,7 +155,9 @@ def test_the_sweep_alerts_a_stalled_therapy_once_and_a_rebuilt_ledger_remembers(
     from pcvhub.schemas.codec import decode_envelope, decode_payload, to_us
     from pcvhub.streams.gatekeeper import SWEEP_HEADER, Gatekeeper, PartitionLedger
     from pcvhub.streams.rules import default_rules
+    from pcvhub.topics import SEAL_HEADER
     from pcvhub.trust.issuer import EventIssuer
+    from pcvhub.trust.seal import Seal, SealVerdict
     from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
     from .therapy_builder import decode_inbound
@@ -171,7 +173,10 @@ def test_the_sweep_alerts_a_stalled_therapy_once_and_a_rebuilt_ledger_remembers(
     assert gatekeeper.sweep(ledger, deadline - 1) == []
     [alert] = gatekeeper.sweep(ledger, deadline)
     assert alert.topic == "alerts" and alert.source is None
-    assert alert.headers == [(SWEEP_HEADER, str(deadline).encode())]
+    [sealed] = gatekeeper.seal([alert]).at(0)
+    seal = Seal.decode(dict(sealed.headers)[SEAL_HEADER])
+    assert dict(sealed.headers)[SWEEP_HEADER] == str(deadline).encode()
+    assert seal.verdict is SealVerdict.ALERT and seal.source is None
     env = decode_envelope(alert.value)
     _, payload = decode_payload(env.schema_fingerprint, env.payload)
     assert payload["code"] == "TAT_SAMPLE_TO_DESIGN" and to_us(payload["due_at"]) == deadline
