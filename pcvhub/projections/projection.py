@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pcvhub.log.verify import CANONICAL, LogVerifier, RawRecord, RegistryLookahead
-from pcvhub.trust.seal import SealSource
 from pcvhub.projections.projector import Projector, RowBatch
 from pcvhub.projections.store import ProjectionStore
 from pcvhub.trust.registry import KeyRegistry
+from pcvhub.trust.seal import SealSource
 
 
 def anchor_name(anchor: KeyRegistry, anchored: bool) -> str:

@@ -69,8 +69,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections.abc import Sequence
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pcvhub.schemas.envelope import HybridSignature

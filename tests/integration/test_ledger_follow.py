@@ -26,12 +26,10 @@ from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog, load_keys
 from pcvhub.ledger.note import verify_checkpoint
 from pcvhub.ledger.tiles import audit_tiles
-from pcvhub.log.verify import RawRecord
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
-from pcvhub.topics import partition_for, topic_name, topic_spec
 from pcvhub.trust.issuer import EventIssuer
 
-from ..unit.sealing import KafkaSeals, sealed
+from ..unit.sealing import SealedWriter
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
 from .test_projection_kill import gatekeeper_records, hub  # noqa: F401 - the sandbox fixture
@@ -86,21 +84,15 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     cohort = signed_cohort(builder, cast, EVENTS)
     extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(3))
     prefix = hub.settings.topic_prefix
-    producer = Producer(hub.admin.producer(**{"linger.ms": 5}))
-    # the log as a gatekeeper writes it (sealed), put there by the admin, not a worker
-    drafts = [(suffix, key, value) for suffix, key, value in [
-        *(("events", e.coi.encode(), e.raw) for e in builder.registry_log),
-        *(("events", e.key, e.wire) for e in cohort),
-        *((topic, r.key, r.wire) for topic, r in extra)]]
-    partitions = topic_spec("events").partitions
-    records = [RawRecord.at(suffix, partition_for(key, partitions), i, key, value)
-               for i, (suffix, key, value) in enumerate(drafts)]
-    for batch in (records[i:i + 500] for i in range(0, len(records), 500)):
-        for record in sealed(gatekeeper, batch, book=KafkaSeals(producer, prefix)):
-            producer.produce(topic_name(record.topic, prefix), key=record.key,
-                             value=record.value, partition=record.partition,
-                             headers=list(record.headers))
-    assert producer.flush(60) == 0
+    # the log as a gatekeeper writes it (sealed in batches), put there by the admin
+    writer = SealedWriter(Producer(hub.admin.producer(**{"linger.ms": 5})), prefix, gatekeeper)
+    for event in builder.registry_log:
+        writer.write("events", event.coi.encode(), event.raw)
+    for event in cohort:
+        writer.write("events", event.key, event.wire)
+    for topic, record in extra:
+        writer.write(topic, record.key, record.wire)
+    writer.flush(60)
     total = len(builder.registry_log) + len(cohort) + len(extra)
 
     init = subprocess.run([sys.executable, "-m", "pcvhub.cli", "ledger", "init", "--origin",

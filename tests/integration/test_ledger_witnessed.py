@@ -18,9 +18,9 @@ from pcvhub.ledger.cosign import WitnessKey, count_cosignatures
 from pcvhub.ledger.note import VerifierKey, verify_checkpoint
 from pcvhub.ledger.witnessing import WitnessPolicy
 from pcvhub.streams.sandbox import Sandbox
-from pcvhub.topics import topic_name
 from pcvhub.trust.issuer import EventIssuer
 
+from ..unit.sealing import SealedWriter
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
 from .test_ledger_follow import LedgerProcess
@@ -41,14 +41,15 @@ def test_published_checkpoints_carry_both_witnesses_cosignatures(hub: Sandbox,  
     cohort = signed_cohort(builder, builder.register_cast("witnessed"), EVENTS)
     extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(5))
     prefix = hub.settings.topic_prefix
-    producer = Producer(hub.admin.producer(**{"linger.ms": 5}))
+    # the log as a gatekeeper writes it (sealed in batches), put there by the admin
+    writer = SealedWriter(Producer(hub.admin.producer(**{"linger.ms": 5})), prefix, gatekeeper)
     for event in builder.registry_log:
-        producer.produce(topic_name("events", prefix), key=event.coi.encode(), value=event.raw)
+        writer.write("events", event.coi.encode(), event.raw)
     for event in cohort:
-        producer.produce(topic_name("events", prefix), key=event.key, value=event.wire)
+        writer.write("events", event.key, event.wire)
     for topic, record in extra:
-        producer.produce(topic_name(topic, prefix), key=record.key, value=record.wire)
-    assert producer.flush(60) == 0
+        writer.write(topic, record.key, record.wire)
+    writer.flush(60)
     total = len(builder.registry_log) + len(cohort) + len(extra)
 
     init = subprocess.run([sys.executable, "-m", "pcvhub.cli", "ledger", "init", "--origin",
