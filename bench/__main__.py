@@ -11,10 +11,11 @@ import argparse
 
 from rich.console import Console
 
-from bench import crypto, gatekeeper, ledger, log_reader, mllp, mpc, projections, vault
+from bench import crypto, gatekeeper, ledger, log_reader, mllp, mpc, projections, seal, vault
 from bench.report import print_figures
 
 SECTIONS = {"crypto": crypto.run, "log": log_reader.run, "gatekeeper": gatekeeper.run,
+            "seal": seal.run,
             "mllp": mllp.run, "projections": projections.run, "vault": vault.run,
             "ledger": ledger.run, "mpc": mpc.run}
 
