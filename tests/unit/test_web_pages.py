@@ -199,6 +199,20 @@ def test_the_timeline_lists_every_entry_of_the_audit_trail_in_order(
             assert entry["outcome"] in row[6]
 
 
+def test_a_record_written_past_the_gatekeeper_is_shown_as_not_accepted_by_it(
+        scenario: WebScenario, web: httpx.Client) -> None:
+    """Signed by a registered key and linked, but put on the log with broker access: the
+    timeline says it was not accepted by the gatekeeper, and the therapy is not verified."""
+    trail = rows(scenario.path, "SELECT * FROM audit(?) WHERE event_id = ?", scenario.e.coi,
+                 scenario.unsealed_id)
+    assert [t["verification"] for t in trail] == ["UNSEALED"]
+    therapy = page(web, f"/therapies/{scenario.e.coi}")
+    [row] = [r for r in therapy.by_id("timeline").rows() if "UNSEALED" in r[6]]
+    assert "not accepted by the gatekeeper" in row[6] and "accepted" != row[6].strip()
+    assert "Consent withdrawn" in row[2] or "ConsentWithdrawn" in row[2]
+    assert "alarm" in therapy.by_id("verification-summary").attrs["class"]
+
+
 def test_a_therapy_with_only_refused_events_shows_its_refusals(
         scenario: WebScenario, web: httpx.Client) -> None:
     therapy = page(web, f"/therapies/{scenario.coi_f}")

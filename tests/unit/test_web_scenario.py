@@ -50,6 +50,7 @@ class WebScenario:
     coi_f: str  # a therapy whose only event was refused
     forged_id: str  # the unregistered record on C's chain
     patient_hashes: set[str] = field(default_factory=set)
+    unsealed_id: str = ""  # E's record written past the gatekeeper (no seal)
 
     @property
     def a(self) -> TherapyScenario:
@@ -93,10 +94,21 @@ def web_scenario(path: Path) -> WebScenario:
     offset = 1 + max(r.offset for r in records
                      if r.topic == "events" and r.partition == partition)
     records.append(RawRecord.at("events", partition, offset, forged.key, forged.wire))
+    # E's next record, signed by a registered key and linked onto its chain, but written
+    # straight to the canonical topic (broker access) instead of through the gatekeeper:
+    # it carries no seal
+    unsealed = e.actors["nurse"].issuer.issue("ConsentWithdrawn", e.coi, {
+        "scope": "RESEARCH", "consent_document_ref": "DocumentReference/9", "reason": None,
+        "granted_event_id": None}, occurred_at_us=e.now_us + 1, prev_hash=e.case.head)
+    partition = partition_for(e.coi.encode(), PARTITIONS)
+    offset = 1 + max(r.offset for r in records
+                     if r.topic == "events" and r.partition == partition)
+    records.append(RawRecord.at("events", partition, offset, unsealed.key, unsealed.wire))
     project(path, records, log.anchor)
     therapies = [*log.therapies.values(), d, e]
     return WebScenario(path, log, d, e, altered.event_id, coi_f, forged.envelope.event_id,
-                       {"ff" * 32, *(t.patient_hash for t in therapies)})
+                       {"ff" * 32, *(t.patient_hash for t in therapies)},
+                       unsealed.envelope.event_id)
 
 
 # -- reading pages ----------------------------------------------------------------------------
