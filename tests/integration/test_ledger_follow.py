@@ -75,17 +75,17 @@ class LedgerProcess:
         raise AssertionError(f"ledger did not get there in {timeout:.0f}s:\n{self.output}")
 
 
-def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> None:  # noqa: F811
+def write_gatekeepers_log(sandbox: Sandbox, cast_tag: str, events: int, seed: int) -> int:
+    """A cohort's log (registry, therapies, the gatekeeper's refusals and alerts) as a
+    gatekeeper writes it, sealed in batches, put there by the admin; how many records."""
     builder = Hub()
-    gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
-                                        valid_from_us=T0_US - 365 * DAY_US)
+    gatekeeper = sandbox.install_identities(builder.registrar.issuer.signer,
+                                            valid_from_us=T0_US - 365 * DAY_US)
     builder.register_gatekeeper(gatekeeper)
-    cast = builder.register_cast("ledger")
-    cohort = signed_cohort(builder, cast, EVENTS)
-    extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(3))
-    prefix = hub.settings.topic_prefix
-    # the log as a gatekeeper writes it (sealed in batches), put there by the admin
-    writer = SealedWriter(Producer(hub.admin.producer(**{"linger.ms": 5})), prefix, gatekeeper)
+    cohort = signed_cohort(builder, builder.register_cast(cast_tag), events)
+    extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(seed))
+    writer = SealedWriter(Producer(sandbox.admin.producer(**{"linger.ms": 5})),
+                          sandbox.settings.topic_prefix, gatekeeper)
     for event in builder.registry_log:
         writer.write("events", event.coi.encode(), event.raw)
     for event in cohort:
@@ -93,7 +93,11 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     for topic, record in extra:
         writer.write(topic, record.key, record.wire)
     writer.flush(60)
-    total = len(builder.registry_log) + len(cohort) + len(extra)
+    return len(builder.registry_log) + len(cohort) + len(extra)
+
+
+def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> None:  # noqa: F811
+    total = write_gatekeepers_log(hub, "ledger", EVENTS, seed=3)
 
     init = subprocess.run([sys.executable, "-m", "pcvhub.cli", "ledger", "init", "--origin",
                            "ledger.pcvhub.example/kill"], env=hub.env, capture_output=True,

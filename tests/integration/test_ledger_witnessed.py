@@ -5,25 +5,19 @@ folder) carries both witnesses' cosignatures; `ledger checkpoints` counts them."
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
 from pcvhub.ledger.cosign import WitnessKey, count_cosignatures
 from pcvhub.ledger.note import VerifierKey, verify_checkpoint
 from pcvhub.ledger.witnessing import WitnessPolicy
 from pcvhub.streams.sandbox import Sandbox
-from pcvhub.trust.issuer import EventIssuer
 
-from ..unit.sealing import SealedWriter
-from ..unit.test_projection_scenario import signed_cohort
-from ..unit.therapy_builder import DAY_US, T0_US, Hub
-from .test_ledger_follow import LedgerProcess
+from .test_ledger_follow import LedgerProcess, write_gatekeepers_log
 from .test_projection_kill import gatekeeper_records, hub  # noqa: F401 - the sandbox fixture
 from .test_witness_processes import WitnessProcess, pcvhub
 
@@ -34,23 +28,7 @@ EVENTS = 600
 
 def test_published_checkpoints_carry_both_witnesses_cosignatures(hub: Sandbox,  # noqa: F811
                                                                   tmp_path: Path) -> None:
-    builder = Hub()
-    gatekeeper = hub.install_identities(builder.registrar.issuer.signer,
-                                        valid_from_us=T0_US - 365 * DAY_US)
-    builder.register_gatekeeper(gatekeeper)
-    cohort = signed_cohort(builder, builder.register_cast("witnessed"), EVENTS)
-    extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(5))
-    prefix = hub.settings.topic_prefix
-    # the log as a gatekeeper writes it (sealed in batches), put there by the admin
-    writer = SealedWriter(Producer(hub.admin.producer(**{"linger.ms": 5})), prefix, gatekeeper)
-    for event in builder.registry_log:
-        writer.write("events", event.coi.encode(), event.raw)
-    for event in cohort:
-        writer.write("events", event.key, event.wire)
-    for topic, record in extra:
-        writer.write(topic, record.key, record.wire)
-    writer.flush(60)
-    total = len(builder.registry_log) + len(cohort) + len(extra)
+    total = write_gatekeepers_log(hub, "witnessed", EVENTS, seed=5)
 
     init = subprocess.run([sys.executable, "-m", "pcvhub.cli", "ledger", "init", "--origin",
                            "ledger.pcvhub.example/witnessed"], env=hub.env,
