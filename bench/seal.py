@@ -14,6 +14,7 @@ from bench.report import Figure, median_rate
 from pcvhub.streams.event import SourcePosition
 from pcvhub.streams.gatekeeper import Gatekeeper, Output, PartitionLedger
 from pcvhub.streams.rules import default_rules
+from pcvhub.streams.timebounds import SIMULATION
 from pcvhub.topics import partition_for
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.seal import SealBook
@@ -38,7 +39,7 @@ def run(quick: bool = False) -> list[Figure]:
 
     def judge(step: int | None) -> int:
         registry = Hub(registrar=hub.registrar).registry
-        gate = Gatekeeper(default_rules(registry), EventIssuer(signer), registry)
+        gate = Gatekeeper(default_rules(registry, bounds=SIMULATION), EventIssuer(signer), registry)
         ledgers = {p: PartitionLedger(p) for p in range(PARTITIONS)}
         book, pending, offsets = SealBook(), list[Output](), dict.fromkeys(range(PARTITIONS), 0)
         for number, (key, wire) in enumerate(wires, 1):

@@ -71,6 +71,9 @@ class Settings:
     timer_clock: str = "wall"
     #: seconds between two sweeps of every open therapy for due deadlines
     timer_sweep_seconds: float = 10.0
+    #: what R1 holds signed times against (``pcvhub.streams.timebounds``): ``production``
+    #: or ``simulation`` (the demo and tests, which back-date on a simulated clock)
+    time_bounds: str = "production"
 
     # -- who this process is to Kafka ---------------------------------------------------
 
@@ -182,9 +185,13 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PCVHUB_TOPIC_PREFIX": ("topics", "prefix"),
     "PCVHUB_TIMER_CLOCK": ("timers", "clock"),
     "PCVHUB_TIMER_SWEEP_SECONDS": ("timers", "sweep_seconds"),
+    "PCVHUB_TIME_BOUNDS": ("gatekeeper", "time_bounds"),
 }
 
 TIMER_CLOCKS = ("wall", "simulation")
+#: the profiles of ``pcvhub.streams.timebounds.TIME_BOUNDS`` (named here: config imports
+#: nothing of the gatekeeper)
+TIME_BOUND_PROFILES = ("production", "simulation")
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 
@@ -222,6 +229,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if clock not in TIMER_CLOCKS:
         raise ConfigError(f"timers.clock (PCVHUB_TIMER_CLOCK) is {clock!r}; use one of "
                           f"{', '.join(TIMER_CLOCKS)}")
+    bounds = str(table.get("gatekeeper", {}).get("time_bounds", "production")).lower()
+    if bounds not in TIME_BOUND_PROFILES:
+        raise ConfigError(f"gatekeeper.time_bounds (PCVHUB_TIME_BOUNDS) is {bounds!r}; use "
+                          f"one of {', '.join(TIME_BOUND_PROFILES)}")
     security = None  # the local broker's, unless the operator gives security settings
     named = {f.name for f in fields(KafkaSecurity)} - {"protocol"}
     if "security_protocol" in kafka or named & set(kafka):
@@ -261,6 +272,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             ),
             topic_prefix=str(topics.get("prefix", base.topic_prefix)),
             timer_clock=clock,
+            time_bounds=bounds,
             timer_sweep_seconds=float(timers.get("sweep_seconds", base.timer_sweep_seconds)),
         )
     except ValueError as exc:

@@ -150,7 +150,9 @@ class Deployment:
                 "PCVHUB_KAFKA_CREDENTIALS_DIR": str(self.settings.kafka_credentials),
                 "PCVHUB_KEY_PASSPHRASE": self.passphrase,
                 # the cohort lives in simulated time: timers never read the wall clock
-                "PCVHUB_TIMER_CLOCK": "simulation"}
+                "PCVHUB_TIMER_CLOCK": "simulation",
+                # the demo back-dates on its simulated clock (pcvhub.streams.timebounds)
+                "PCVHUB_TIME_BOUNDS": "simulation"}
 
     def cast(self) -> dict[str, Party]:
         return {part: self.parties[actor_id] for part, actor_id in CAST.items()}

@@ -44,6 +44,7 @@ from pcvhub.schemas.specifications import panel_for
 from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.rules import default_rules
+from pcvhub.streams.timebounds import SIMULATION
 from pcvhub.streams.verdict import Verdict
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer
@@ -116,7 +117,7 @@ class Hub:
                       self.registrar.issuer.signer.keys.public, self.anchor_valid_from_us))
         self.registry_case = CaseState.new(REGISTRY_COI)
         self.registry_log: list[InboundEvent] = []  # admitted registry events, in order
-        self.rules = default_rules(self.registry)
+        self.rules = default_rules(self.registry, bounds=SIMULATION)
         self.clock_us = start_us - DAY_US  # actors are registered the day before
 
     @property

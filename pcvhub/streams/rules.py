@@ -34,6 +34,7 @@ from pcvhub.streams.case import (
     Stage,
 )
 from pcvhub.streams.event import InboundEvent
+from pcvhub.streams.timebounds import SigningTime, TimeBounds
 from pcvhub.streams.verdict import AllOf, Verdict
 from pcvhub.trust.patient_card import (
     CHALLENGE_MAX_BYTES,
@@ -1430,15 +1431,17 @@ class Consent:
         )
 
 
-def default_rules(registry: KeyRegistry) -> AllOf:
+def default_rules(registry: KeyRegistry, *, bounds: TimeBounds) -> AllOf:
     """The gatekeeper's rule set, cheapest refusals first and signatures before trust.
 
     ``registry`` is held, not copied: registry events the gatekeeper accepts are folded
-    into it and count for the very next event.
+    into it and count for the very next event. ``bounds``: the deployment's time bounds
+    (``pcvhub.streams.timebounds``; ``SIMULATION`` for builders on a simulated clock).
     """
     return AllOf([
         Idempotence(),
         Signatures(registry),
+        SigningTime(registry, bounds),
         HashChain(),
         RoleAllowed(registry),
         Lifecycle(),

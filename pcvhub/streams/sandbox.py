@@ -42,8 +42,9 @@ class Sandbox:
     def create(cls, settings: Settings, bootstrap: str, root: Path) -> Sandbox:
         root.mkdir(parents=True, exist_ok=True)
         prefix = f"t{uuid.uuid4().hex[:10]}"
+        # the tests' builders back-date on a simulated clock (pcvhub.streams.timebounds)
         mine = replace(settings, bootstrap_servers=bootstrap, topic_prefix=prefix,
-                       data_dir=root / "data")
+                       data_dir=root / "data", time_bounds="simulation")
         deploy(mine, brokers=1)
         sandbox = cls(mine, root)
         sandbox.wait_for_leaders()
@@ -80,7 +81,8 @@ class Sandbox:
                     PCVHUB_KEY_PASSPHRASE=PASSPHRASE,
                     # tests replay back-dated therapies: the timer sweep reads the
                     # sandbox's simulation clock (event time only until a test moves it)
-                    PCVHUB_TIMER_CLOCK="simulation", PCVHUB_TIMER_SWEEP_SECONDS="1")
+                    PCVHUB_TIMER_CLOCK="simulation", PCVHUB_TIMER_SWEEP_SECONDS="1",
+                    PCVHUB_TIME_BOUNDS="simulation")
 
     # -- identities -----------------------------------------------------------------
     def install_identities(self, registrar: EventSigner, valid_from_us: int) -> EventSigner:

@@ -24,6 +24,7 @@ from pcvhub.log.verify import CANONICAL
 from pcvhub.streams.app import build_app
 from pcvhub.streams.gatekeeper import Gatekeeper
 from pcvhub.streams.rules import default_rules
+from pcvhub.streams.timebounds import TIME_BOUNDS
 from pcvhub.topics import Principal
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
@@ -45,7 +46,8 @@ def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> Gatekeeper
     settings = settings.as_principal(Principal.GATEKEEPER)
     registry = load_anchor(settings.data_dir / ANCHOR_FILE)
     signer = KeyStore(settings.data_dir / "keys", passphrase_from_env()).latest(GATEKEEPER_ACTOR)
-    gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(signer), registry,
+    rules = default_rules(registry, bounds=TIME_BOUNDS[settings.time_bounds])
+    gatekeeper = Gatekeeper(rules, EventIssuer(signer), registry,
                             clock=clock_for(settings.timer_clock, settings.data_dir))
     # Registry events all live in the partition of REGISTRY_COI: follow only that one.
     # The verifier folds into the gatekeeper's own registry, and only what a registrar

@@ -43,6 +43,8 @@ class KeyRecord:
     valid_until_us: int | None = None
     revoked_at_us: int | None = None
     revocation_reason: str | None = None
+    #: the earliest time a revoked key may have been misused (KeyRevoked.compromised_since)
+    compromised_since_us: int | None = None
 
     def problem_at(self, at_us: int) -> tuple[str, str] | None:
         """(code, reason) why this key cannot sign an event that occurred at ``at_us``."""
@@ -183,7 +185,9 @@ class KeyRegistry:
             if key is not None:
                 self.keys[(p["actor_id"], p["key_id"])] = replace(
                     key, revoked_at_us=to_us(p["revoked_at"]),
-                    revocation_reason=str(p["reason"]))
+                    revocation_reason=str(p["reason"]),
+                    compromised_since_us=(None if p.get("compromised_since") is None
+                                          else to_us(p["compromised_since"])))
         elif event_type == "ModelRegistered":
             self.models[p["model_id"]] = ModelRecord(
                 p["model_id"], p["version"], p["model_hash"].lower(), p["design_service"],

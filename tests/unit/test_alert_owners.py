@@ -11,6 +11,7 @@ from pcvhub.streams.case import AlertStatus
 from pcvhub.streams.event import SourcePosition
 from pcvhub.streams.gatekeeper import Gatekeeper, PartitionLedger
 from pcvhub.streams.rules import default_rules
+from pcvhub.streams.timebounds import SIMULATION
 from pcvhub.streams.timers import TimerPolicy, TurnaroundTimers
 from pcvhub.trust.issuer import EventIssuer
 
@@ -29,7 +30,8 @@ class Ward:
         signer = gatekeeper_signer()
         hub.register_gatekeeper(signer)  # first: it seals everything after it
         self.scenario = TherapyScenario(hub, tick_us=TICK)
-        self.gatekeeper = Gatekeeper(default_rules(hub.registry), EventIssuer(signer),
+        rules = default_rules(hub.registry, bounds=SIMULATION)
+        self.gatekeeper = Gatekeeper(rules, EventIssuer(signer),
                                      hub.registry, TurnaroundTimers(FAST))
         self.ledger = PartitionLedger(0)
         for event in self.scenario.run_until("collect"):

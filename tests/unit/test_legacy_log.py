@@ -162,13 +162,14 @@ def test_the_gatekeeper_refuses_new_input_in_the_legacy_form_and_names_why():
     from pcvhub.streams.event import SourcePosition
     from pcvhub.streams.gatekeeper import Gatekeeper, PartitionLedger
     from pcvhub.streams.rules import default_rules
+    from pcvhub.streams.timebounds import SIMULATION
     from pcvhub.trust.issuer import EventIssuer
     from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
     from .therapy_builder import Hub
 
     hub = Hub()
-    gatekeeper = Gatekeeper(default_rules(hub.registry), EventIssuer(EventSigner(
+    gatekeeper = Gatekeeper(default_rules(hub.registry, bounds=SIMULATION), EventIssuer(EventSigner(
         "hub-gatekeeper", "gk-1", HybridKeyPair.generate())), hub.registry)
     record = next(r for r in RECORDS if r["event_type"].endswith("SampleCollected"))
     wire = bytes.fromhex(record["wire"])

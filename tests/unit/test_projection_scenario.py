@@ -38,6 +38,7 @@ from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.streams.gatekeeper import Gatekeeper, PartitionLedger
 from pcvhub.streams.rules import default_rules
+from pcvhub.streams.timebounds import SIMULATION
 from pcvhub.topics import partition_for
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent
@@ -138,7 +139,8 @@ class ScriptedLog:
         """The records a gatekeeper worker writes for the registrations then ``ingress``,
         in the order it writes them."""
         registry = self.anchor  # the gatekeeper folds registrations into it as it accepts
-        gate = Gatekeeper(default_rules(registry), EventIssuer(self.gatekeeper), registry)
+        gate = Gatekeeper(default_rules(registry, bounds=SIMULATION), EventIssuer(self.gatekeeper),
+                          registry)
         ledgers = {p: PartitionLedger(p) for p in range(PARTITIONS)}
         next_ingress = dict.fromkeys(range(PARTITIONS), 0)
         next_out: dict[tuple[str, int], int] = {}

@@ -25,6 +25,7 @@ from pcvhub.streams.rules import (
     Lifecycle,
     default_rules,
 )
+from pcvhub.streams.timebounds import SIMULATION
 from pcvhub.streams.verdict import AllOf
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
@@ -43,7 +44,7 @@ from .therapy_builder import (
 # -- the rule set as a whole -------------------------------------------------------------
 
 def test_default_rules_run_in_the_documented_order(hub: Hub) -> None:
-    names = [rule.name for rule in default_rules(hub.registry).rules]
+    names = [rule.name for rule in default_rules(hub.registry, bounds=SIMULATION).rules]
     assert names == ["R8", "R1", "R3", "R2", "R4", "R5", "R6", "R9", "R7"]
 
 
@@ -110,7 +111,7 @@ def test_a_key_used_after_its_revocation_is_refused(
 
 
 def test_the_rules_read_the_registry_live(hub: Hub, scenario: TherapyScenario) -> None:
-    rules = default_rules(hub.registry)  # built before the actor exists
+    rules = default_rules(hub.registry, bounds=SIMULATION)  # built before the actor exists
     scenario.run_until("enrol")
     newcomer = Party.new("late-physician", frozenset({"PHYSICIAN"}), scenario.site)
     event = scenario.issue(newcomer, "DiagnosisRecorded", scenario.diagnose().payload)
@@ -540,7 +541,8 @@ def test_withdrawing_treatment_consent_stops_administration(
 def gatekeep(scenario: TherapyScenario, event: InboundEvent) -> dict[str, Any] | None:
     """Send ``event`` through a gatekeeper that has the scenario's therapy so far: None if
     it was accepted onto the canonical log, else the refusal it wrote."""
-    gatekeeper = Gatekeeper(default_rules(scenario.hub.registry), EventIssuer(EventSigner(
+    rules = default_rules(scenario.hub.registry, bounds=SIMULATION)
+    gatekeeper = Gatekeeper(rules, EventIssuer(EventSigner(
         "hub-gatekeeper", "gk-1", HybridKeyPair.generate())), scenario.hub.registry)
     ledger = PartitionLedger(0)
     for accepted in scenario.log:

@@ -21,6 +21,7 @@ from pcvhub.log.verify import LogVerifier, Quarantined, RawRecord, VerifiedRecor
 from pcvhub.streams.event import SourcePosition
 from pcvhub.streams.gatekeeper import Gatekeeper, Output, PartitionLedger
 from pcvhub.streams.rules import default_rules
+from pcvhub.streams.timebounds import SIMULATION
 from pcvhub.topics import SEAL_HEADER, partition_for
 from pcvhub.trust import merkle
 from pcvhub.trust.issuer import EventIssuer
@@ -54,7 +55,8 @@ class Gated:
         self.hub.register_gatekeeper(self.signer)
         self.scenario = TherapyScenario(self.hub)
         registry = Hub(registrar=self.hub.registrar).registry
-        self.gatekeeper = Gatekeeper(default_rules(registry), EventIssuer(self.signer),
+        rules = default_rules(registry, bounds=SIMULATION)
+        self.gatekeeper = Gatekeeper(rules, EventIssuer(self.signer),
                                      registry)
         self.ledgers = {p: PartitionLedger(p) for p in range(PARTITIONS)}
         self.ingress: dict[int, int] = {}

@@ -155,6 +155,7 @@ def test_the_sweep_alerts_a_stalled_therapy_once_and_a_rebuilt_ledger_remembers(
     from pcvhub.schemas.codec import decode_envelope, decode_payload, to_us
     from pcvhub.streams.gatekeeper import SWEEP_HEADER, Gatekeeper, PartitionLedger
     from pcvhub.streams.rules import default_rules
+    from pcvhub.streams.timebounds import SIMULATION
     from pcvhub.topics import SEAL_HEADER
     from pcvhub.trust.issuer import EventIssuer
     from pcvhub.trust.seal import Seal, SealVerdict
@@ -163,7 +164,7 @@ def test_the_sweep_alerts_a_stalled_therapy_once_and_a_rebuilt_ledger_remembers(
     from .therapy_builder import decode_inbound
 
     hub = scenario.hub
-    gatekeeper = Gatekeeper(default_rules(hub.registry), EventIssuer(EventSigner(
+    gatekeeper = Gatekeeper(default_rules(hub.registry, bounds=SIMULATION), EventIssuer(EventSigner(
         "hub-gatekeeper", "gk-1", HybridKeyPair.generate())), hub.registry,
         TurnaroundTimers(FAST))
     ledger = PartitionLedger(0)

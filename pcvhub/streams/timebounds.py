@@ -1,0 +1,120 @@
+"""R1's clock: what the gatekeeper holds an event's signed times against.
+
+An event carries two times its producer chose (``occurred_at`` and ``signed_at``, both
+under its signature) and one it did not: the broker's append time of the ingress record
+(``LogAppendTime``, in the record's seal after judging). Without bounds, a holder of a
+key can back-date ``occurred_at`` under a revocation or a compromise. So:
+
+- ``occurred_at`` may not lie after ``signed_at`` by more than the skew (an event is not
+  signed before it happens);
+- ``signed_at`` must lie within a window of the broker's append time (a producer cannot
+  claim to have signed long before or after it wrote);
+- a key revoked with ``compromised_since`` refuses everything *signed* at or after that
+  instant, whatever its ``occurred_at``; a revoked key refuses everything signed at or after
+  its revocation.
+
+The bounds are a deployment setting (``gatekeeper.time_bounds``, ``PCVHUB_TIME_BOUNDS``).
+``production`` is the default. ``simulation`` serves the demo and the test builders, which
+back-date by weeks on a simulated clock while signing on the wall clock: there signed and
+append times say nothing about the simulated story, so the skew and window are off and
+revocation and compromise are judged at ``occurred_at`` (the simulated time).
+
+Not here yet (issue 12): the signed late-entry flag (Envelope v2) and consent withdrawals
+held against signed time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pcvhub.streams.case import CaseState
+from pcvhub.streams.event import InboundEvent
+from pcvhub.streams.verdict import Verdict
+from pcvhub.times import utc_iso
+from pcvhub.trust.registry import KeyRegistry
+
+MINUTE_US = 60_000_000
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """One profile of the bounds (see the module doc)."""
+
+    name: str
+    #: how far ``occurred_at`` may lie after ``signed_at``; None: not checked
+    future_skew_us: int | None
+    #: how far ``signed_at`` may lie from the broker's append time; None: not checked
+    append_window_us: int | None
+    #: which of the event's times revocation and compromise are judged at
+    revocation_clock: str  # "signed" or "occurred"
+
+
+PRODUCTION = TimeBounds("production", future_skew_us=5 * MINUTE_US,
+                        append_window_us=60 * MINUTE_US, revocation_clock="signed")
+SIMULATION = TimeBounds("simulation", future_skew_us=None, append_window_us=None,
+                        revocation_clock="occurred")
+TIME_BOUNDS: dict[str, TimeBounds] = {b.name: b for b in (PRODUCTION, SIMULATION)}
+
+_REMEDY = {
+    "OCCURRED_AFTER_SIGNING": "an event is signed when it has happened: check the "
+                              "producer's clock and re-sign with its true occurred-at",
+    "SIGNED_OUTSIDE_WINDOW": "the producer's clock or queue is off: events are signed when "
+                             "they are sent; re-sign and send it now, or record it as a late "
+                             "entry",
+    "KEY_COMPROMISED": "nothing signed with a compromised key after the compromise counts: "
+                       "re-sign with the actor's new key after review",
+    "KEY_REVOKED": "the key must not sign after its revocation: re-sign with the actor's "
+                   "current key",
+}
+
+
+class SigningTime:
+    """R1 (times): the event's signed times against the bounds and the key's revocation.
+    Runs after ``Signatures``, so the key is registered and both signatures verify."""
+
+    name = "R1"
+
+    def __init__(self, registry: KeyRegistry, bounds: TimeBounds) -> None:
+        self.registry, self.bounds = registry, bounds
+
+    def _refuse(self, event: InboundEvent, code: str, what: str) -> Verdict:
+        return Verdict.refuse(self.name, code, f"event {event.event_id} ({event.event_type}) "
+                              f"signed by {event.producer} with key {event.envelope.key_id}: "
+                              f"{what}; {_REMEDY[code]} (time bounds: {self.bounds.name})")
+
+    def check(self, event: InboundEvent, case: CaseState) -> Verdict:
+        env, bounds = event.envelope, self.bounds
+        occurred, signed = env.occurred_at_us, env.signed_at_us
+        if bounds.future_skew_us is not None and occurred > signed + bounds.future_skew_us:
+            return self._refuse(event, "OCCURRED_AFTER_SIGNING",
+                                f"it occurred at {utc_iso(occurred)}, after it was signed at "
+                                f"{utc_iso(signed)} (more than the allowed "
+                                f"{bounds.future_skew_us // MINUTE_US} min)")
+        appended = None if event.source is None else event.source.appended_at_us
+        if (bounds.append_window_us is not None and appended is not None
+                and abs(signed - appended) > bounds.append_window_us):
+            return self._refuse(event, "SIGNED_OUTSIDE_WINDOW",
+                                f"it was signed at {utc_iso(signed)} but the broker appended "
+                                f"it at {utc_iso(appended)}, more than "
+                                f"{bounds.append_window_us // MINUTE_US} min apart")
+        key = self.registry.keys.get((env.producer, env.key_id))
+        if key is None:  # Signatures refused it already
+            return Verdict.accept()
+        at, clock = ((signed, "signed") if bounds.revocation_clock == "signed"
+                     else (occurred, "occurred"))
+        if key.compromised_since_us is not None and at >= key.compromised_since_us:
+            return self._refuse(event, "KEY_COMPROMISED",
+                                f"the key was compromised since "
+                                f"{utc_iso(key.compromised_since_us)} (revoked at "
+                                f"{utc_iso(key.revoked_at_us or key.compromised_since_us)}) "
+                                f"and the event was {clock} at {utc_iso(at)}"
+                                + (f" (it claims to have occurred at {utc_iso(occurred)})"
+                                   if clock == "signed" else ""))
+        if (bounds.revocation_clock == "signed" and key.revoked_at_us is not None
+                and signed >= key.revoked_at_us):
+            return self._refuse(event, "KEY_REVOKED",
+                                f"the key was revoked at {utc_iso(key.revoked_at_us)} "
+                                f"({key.revocation_reason}) and the event was signed at "
+                                f"{utc_iso(signed)} (it claims to have occurred at "
+                                f"{utc_iso(occurred)})")
+        return Verdict.accept()
