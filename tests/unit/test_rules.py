@@ -45,7 +45,8 @@ from .therapy_builder import (
 
 def test_default_rules_run_in_the_documented_order(hub: Hub) -> None:
     names = [rule.name for rule in default_rules(hub.registry, bounds=SIMULATION).rules]
-    assert names == ["R8", "R1", "R3", "R2", "R4", "R5", "R6", "R9", "R7"]
+    # R1 twice: signatures, then the signed times (pcvhub.streams.timebounds)
+    assert names == ["R8", "R1", "R1", "R3", "R2", "R4", "R5", "R6", "R9", "R7"]
 
 
 def test_an_empty_rule_set_refuses_everything(scenario: TherapyScenario) -> None:
