@@ -81,13 +81,18 @@ class Deployment:
         hub = Sandbox.create(settings, bootstrap, root)
         store = KeyStore(hub.settings.data_dir / "keys", PASSPHRASE.encode())
         registrar = store.create("hub-registrar", str(now_us()))
-        hub.install_identities(registrar, valid_from_us=now_us() - HOUR_US)
+        gatekeeper = hub.install_identities(registrar, valid_from_us=now_us() - HOUR_US)
         ca = LocalCA(hub.settings.data_dir / "tls", PASSPHRASE.encode())
-        return cls(hub, store, EventIssuer(registrar), ca)
+        deployment = cls(hub, store, EventIssuer(registrar), ca)
+        # first: the gatekeeper's seal is on everything it writes, its own registration too
+        deployment.register(gatekeeper.producer, ["GATEKEEPER"], "HUB", signer=gatekeeper)
+        return deployment
 
-    def register(self, actor_id: str, roles: Iterable[str], site: str) -> EventSigner:
-        """A new key in the store and its ActorRegistered, sent to the gatekeeper."""
-        signer = self.store.create(actor_id, str(now_us()))
+    def register(self, actor_id: str, roles: Iterable[str], site: str, *,
+                 signer: EventSigner | None = None) -> EventSigner:
+        """Its ActorRegistered (of a new key in the store, unless ``signer`` is given),
+        sent to the gatekeeper."""
+        signer = signer or self.store.create(actor_id, str(now_us()))
         issued = self.registrar.issue("ActorRegistered", REGISTRY_COI, registration_payload(
             Actor(actor_id, actor_id, frozenset(roles), site), signer.key_id,
             signer.keys.public, now_us() - 60_000_000))
