@@ -16,7 +16,7 @@ from pcvhub.topics import partition_for
 from pcvhub.trust import signing
 from pcvhub.trust.registry import REGISTRY_COI
 from pcvhub.trust.signing import verify_envelope
-from tests.unit.sealing import SEALS, gatekeeper_signer, sealed
+from tests.unit.sealing import SEAL_BOOK, gatekeeper_signer, sealed
 
 PARTITIONS = 6
 
@@ -60,7 +60,7 @@ def run(quick: bool = False) -> list[Figure]:
     def admit_all() -> int:
         signing._halves_failing.cache_clear()
         verifier = LogVerifier(Hub(registrar=hub.registrar).registry, registry_partition,
-                               seals=SEALS, reader="bench")
+                               seals=SEAL_BOOK, reader="bench")
         for record in records:
             assert isinstance(verifier.admit(record), VerifiedRecord)
         return len(records)

@@ -109,6 +109,16 @@ class VerifierKey:
         return key
 
 
+def base64_hash(text: str) -> bytes | None:
+    """The 32-byte hash ``text`` is the strict base64 of (a checkpoint's root, a proof
+    line), or None."""
+    try:
+        digest = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
+    return digest if len(digest) == 32 else None
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A tree head: the log's origin, its size and its RFC 6962 root."""
@@ -137,11 +147,8 @@ class Checkpoint:
         if not _DECIMAL.fullmatch(size):
             raise LedgerError(f"checkpoint line 2 (tree size) is {size!r}, not a decimal "
                               "without leading zeroes")
-        try:
-            digest = base64.b64decode(root, validate=True)
-        except binascii.Error:
-            digest = b""
-        if len(digest) != 32:
+        digest = base64_hash(root)
+        if digest is None:
             raise LedgerError(f"checkpoint line 3 (root) is {root!r}, not the base64 of a "
                               "32-byte hash")
         return cls(origin, int(size), digest)

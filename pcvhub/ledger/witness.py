@@ -35,7 +35,6 @@ Folder::
 from __future__ import annotations
 
 import base64
-import binascii
 import fcntl
 import hashlib
 import json
@@ -57,6 +56,7 @@ from pcvhub.ledger.note import (
     SignedNote,
     VerifiedCheckpoint,
     VerifierKey,
+    base64_hash,
     verify_checkpoint,
 )
 from pcvhub.ledger.proofs import ConsistencyProof, verify_consistency
@@ -149,11 +149,8 @@ class Submission:
                               f"{MAX_PROOF_LINES}")
         proof = []
         for number, line in enumerate(lines[1:], start=2):
-            try:
-                digest = base64.b64decode(line, validate=True)
-            except binascii.Error:
-                digest = b""
-            if len(digest) != 32:
+            digest = base64_hash(line)
+            if digest is None:
                 raise LedgerError(f"add-checkpoint line {number} is not the base64 of a "
                                   "32-byte hash")
             proof.append(digest)

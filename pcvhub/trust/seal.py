@@ -346,10 +346,6 @@ class SealBook:
         self.values.append(head if isinstance(head, bytes) else head.encode())
         return len(self.values) - 1
 
-    def seal(self, batch: SealedBatch) -> list[Seal]:
-        """Write the batch's head, then give its records' seals (as the gatekeeper does)."""
-        return batch.seals(self.append(batch.head))
-
     def __call__(self, offset: int) -> bytes | None:
         return self.values[offset] if 0 <= offset < len(self.values) else None
 

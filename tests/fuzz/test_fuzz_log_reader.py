@@ -23,7 +23,7 @@ from pcvhub.topics import SEAL_HEADER, partition_for
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
 
-from ..unit.sealing import SEALS, gatekeeper_signer, sealed
+from ..unit.sealing import SEAL_BOOK, gatekeeper_signer, sealed
 from .mutate import mutated_bytes
 from .profiles import bounded, fuzz_settings, label
 
@@ -62,7 +62,7 @@ def _verifier_after(prefix: int) -> LogVerifier:
     verifier = LogVerifier(Hub(registrar=registrar).registry, REGISTRY_PARTITION,
                            lookahead=lambda offset: [
                                r for r in LOG if r.partition == REGISTRY_PARTITION
-                               and r.offset >= offset], seals=SEALS, reader="fuzz")
+                               and r.offset >= offset], seals=SEAL_BOOK, reader="fuzz")
     for record in LOG[:prefix]:
         assert isinstance(verifier.admit(record), VerifiedRecord)
     return verifier

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from pcvhub.log.verify import SEALS as SEALS_TOPIC
-from pcvhub.log.verify import RawRecord
+from pcvhub.log.verify import SEALS, RawRecord
 from pcvhub.topics import SEAL_HEADER, partition_for, topic_name, topic_spec
 from pcvhub.trust.seal import SealBook, SealedFacts, SealHead, SealVerdict, seal_batch
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
@@ -18,8 +17,8 @@ VERDICT_ON = {"events": SealVerdict.ACCEPTED, "rejected": SealVerdict.REJECTED,
               "alerts": SealVerdict.ALERT}
 INGRESS = "pcvhub.ingress.direct"
 SEALED_AT_US = 1_767_225_600_000_000  # 2026-01-01: after every test key's valid-from
-#: the seals topic of the logs tests build in memory (verifiers read it: ``seals=SEALS``)
-SEALS = SealBook()
+#: the seals topic of the logs tests build in memory (verifiers read it: ``seals=SEAL_BOOK``)
+SEAL_BOOK = SealBook()
 
 
 class SealSink(Protocol):
@@ -32,7 +31,7 @@ class KafkaSeals:
 
     def __init__(self, producer: Any, topic_prefix: str) -> None:
         self.producer = producer
-        self.topic = topic_name(SEALS_TOPIC, topic_prefix)
+        self.topic = topic_name(SEALS, topic_prefix)
 
     def append(self, head: SealHead) -> int:
         offsets: list[int] = []
@@ -48,7 +47,7 @@ def gatekeeper_signer() -> EventSigner:
 
 
 def sealed(signer: EventSigner, records: Sequence[RawRecord], *,
-           sealed_at_us: int = SEALED_AT_US, book: SealSink = SEALS) -> list[RawRecord]:
+           sealed_at_us: int = SEALED_AT_US, book: SealSink = SEAL_BOOK) -> list[RawRecord]:
     """``records`` sealed in one batch (its head appended to ``book``), each as the answer
     to the ingress record at its own partition and offset of ``INGRESS`` (records off the
     output topics pass unchanged)."""

@@ -20,7 +20,7 @@ from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.registry import REGISTRY_COI, Actor, registration_payload
 from pcvhub.trust.signing import EventSigner, HybridKeyPair
 
-from .sealing import SEALS, gatekeeper_signer, sealed
+from .sealing import SEAL_BOOK, gatekeeper_signer, sealed
 from .therapy_builder import Hub, TherapyScenario
 
 PARTITIONS = 6
@@ -70,7 +70,7 @@ def world():
     for event in hub.registry_log:
         log.append(REGISTRY_COI, event.raw)
     verifier = LogVerifier(anchor_registry(hub), REGISTRY_PARTITION,
-                           lookahead=log.registry_from, seals=SEALS, reader="test")
+                           lookahead=log.registry_from, seals=SEAL_BOOK, reader="test")
     return hub, scenario, log, verifier
 
 

@@ -27,7 +27,7 @@ from pcvhub.schemas.policy import LifecycleState, advance
 from pcvhub.topics import partition_for
 from pcvhub.trust.registry import REGISTRY_COI
 
-from .sealing import SEALS
+from .sealing import SEAL_BOOK
 from .test_projection_scenario import PARTITIONS, ScriptedLog, project, scripted_log
 from .therapy_builder import QC_STEPS, Hub, TherapyScenario
 
@@ -95,7 +95,7 @@ def test_a_record_already_projected_is_refused_and_nothing_is_written(
     before = digest_file(path).sha256
     registry_partition = partition_for(REGISTRY_COI.encode(), PARTITIONS)
     with Projection(path, "test", scripted.anchor, True, registry_partition,
-                    seals=SEALS) as projection:
+                    seals=SEAL_BOOK) as projection:
         with pytest.raises(OffsetRegression, match=r"already projected"):
             projection.apply([records[30], records[5]])
     assert digest_file(path).sha256 == before

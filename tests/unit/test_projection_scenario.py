@@ -50,7 +50,7 @@ from pcvhub.trust.registry import (
 )
 from pcvhub.trust.signing import EventSigner, HybridKeyPair, verify_envelope
 
-from .sealing import SEALS, sealed
+from .sealing import SEAL_BOOK, sealed
 from .therapy_builder import CAST, DAY_US, T0_US, Hub, Party, TherapyScenario, decode_inbound
 
 PARTITIONS = 6
@@ -151,7 +151,7 @@ class ScriptedLog:
             next_ingress[partition] += 1
             # one send step per ingress record, as an idle gatekeeper seals
             batch = gate.seal(gate.judge(wire, key, source, ledgers[partition]))
-            for output in batch.at(SEALS.append(batch.head)):
+            for output in batch.at(SEAL_BOOK.append(batch.head)):
                 offset = next_out.get((output.topic, partition), 0)
                 next_out[(output.topic, partition)] = offset + 1
                 records.append(RawRecord.at(output.topic, partition, offset, output.key,
@@ -310,7 +310,7 @@ def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None
                 and r.offset >= from_offset]
 
     with Projection(path, topic_prefix, anchor or KeyRegistry(), anchor is not None,
-                    registry_partition, read_registry, SEALS) as projection:
+                    registry_partition, read_registry, SEAL_BOOK) as projection:
         for start in range(0, len(records), batch):
             projection.apply(records[start:start + batch])
 
