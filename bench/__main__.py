@@ -8,10 +8,22 @@ numbers from different runs are not comparable, ratios mostly are).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from rich.console import Console
 
-from bench import crypto, gatekeeper, ledger, log_reader, mllp, mpc, projections, seal, vault
+from bench import (
+    crypto,
+    gatekeeper,
+    ledger,
+    log_reader,
+    mllp,
+    mpc,
+    profile,
+    projections,
+    seal,
+    vault,
+)
 from bench.report import print_figures
 
 SECTIONS = {"crypto": crypto.run, "log": log_reader.run, "gatekeeper": gatekeeper.run,
@@ -28,7 +40,11 @@ def main() -> None:
                         help="input size of the vault peak-memory run (16 for the full CRAM)")
     parser.add_argument("--vault-sites-only", action="store_true",
                         help="vault: only the end-to-end put/get through site processes")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="sample the processes under test with py-spy; collapsed stacks "
+                             "to DIR, top functions printed")
     args = parser.parse_args()
+    profile.PROFILE_DIR = args.profile
     console = Console()
     figures = []
     unknown = set(args.sections) - set(SECTIONS)

@@ -21,6 +21,7 @@ the end (a million events are about 3.6 GB on the broker).
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import tempfile
@@ -32,6 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
+from bench.profile import sampled
 from bench.report import Figure
 from pcvhub.config import load_settings
 from pcvhub.demo.therapy import DAY_US, T0_US, Hub, TherapyScenario
@@ -146,9 +148,10 @@ def timed_rebuild(sandbox: Sandbox, out: Path) -> float:
             console.print(f"  rebuild: {p.records:,} records ({p.rate:,.0f}/s), "
                           f"{p.behind:,} behind", highlight=False)
 
-    started = time.perf_counter()
-    done = rebuild(sandbox.settings, out, on_batch=progress)
-    rate = done.records / (time.perf_counter() - started)
+    with sampled(os.getpid(), f"rebuild-{out.stem}"):
+        started = time.perf_counter()
+        done = rebuild(sandbox.settings, out, on_batch=progress)
+        rate = done.records / (time.perf_counter() - started)
     # a rate of quarantining is no rebuild rate: every record must have been admitted
     con = connect(out, read_only=True)
     try:

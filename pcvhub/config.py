@@ -74,6 +74,9 @@ class Settings:
     #: what R1 holds signed times against (``pcvhub.streams.timebounds``): ``production``
     #: or ``simulation`` (the demo and tests, which back-date on a simulated clock)
     time_bounds: str = "production"
+    #: processes the gatekeeper checks a batch's signatures in, ahead of judging it in
+    #: order (``pcvhub.trust.checks``); None: one per core; 0: every check inline
+    verify_workers: int | None = None
 
     # -- who this process is to Kafka ---------------------------------------------------
 
@@ -186,6 +189,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PCVHUB_TIMER_CLOCK": ("timers", "clock"),
     "PCVHUB_TIMER_SWEEP_SECONDS": ("timers", "sweep_seconds"),
     "PCVHUB_TIME_BOUNDS": ("gatekeeper", "time_bounds"),
+    "PCVHUB_VERIFY_WORKERS": ("gatekeeper", "verify_workers"),
 }
 
 TIMER_CLOCKS = ("wall", "simulation")
@@ -233,6 +237,15 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if bounds not in TIME_BOUND_PROFILES:
         raise ConfigError(f"gatekeeper.time_bounds (PCVHUB_TIME_BOUNDS) is {bounds!r}; use "
                           f"one of {', '.join(TIME_BOUND_PROFILES)}")
+    workers = table.get("gatekeeper", {}).get("verify_workers")
+    try:
+        verify_workers = None if workers is None else int(workers)
+    except ValueError:
+        raise ConfigError(f"gatekeeper.verify_workers (PCVHUB_VERIFY_WORKERS) is {workers!r}; "
+                          "give a number of processes (0: check signatures inline)") from None
+    if verify_workers is not None and verify_workers < 0:
+        raise ConfigError(f"gatekeeper.verify_workers (PCVHUB_VERIFY_WORKERS) is "
+                          f"{verify_workers}; give 0 or more processes")
     security = None  # the local broker's, unless the operator gives security settings
     named = {f.name for f in fields(KafkaSecurity)} - {"protocol"}
     if "security_protocol" in kafka or named & set(kafka):
@@ -273,6 +286,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             topic_prefix=str(topics.get("prefix", base.topic_prefix)),
             timer_clock=clock,
             time_bounds=bounds,
+            verify_workers=verify_workers,
             timer_sweep_seconds=float(timers.get("sweep_seconds", base.timer_sweep_seconds)),
         )
     except ValueError as exc:

@@ -315,6 +315,11 @@ class LogFollower:
         each admitted record; quarantined records go to ``on_quarantine`` if given (they
         are always counted in ``verifier.report`` and logged).
     :param partitions: follow only these partition numbers (default: all).
+    :param keys: verify and deliver only records with these keys (default: all). The
+        gatekeeper's registry follower reads only the registry chain: the therapies that
+        share its partition are not its business, and verifying them cost it a sixth of
+        the canonical log a second time. A record with another key is passed over
+        unread, never folded (its chain is not one this follower checks).
 
     A callback that raises is logged with the record's position and the follower goes
     on: one bad record (or one bug in a fold) never stops a connector reading the log.
@@ -323,7 +328,8 @@ class LogFollower:
     def __init__(self, settings: Settings, suffixes: Sequence[str], verifier: LogVerifier,
                  on_record: Callable[[VerifiedRecord], None] | None = None, *,
                  on_quarantine: Callable[[Quarantined], None] | None = None,
-                 partitions: Iterable[int] | None = None, name: str = "log-follower") -> None:
+                 partitions: Iterable[int] | None = None, keys: Iterable[bytes] | None = None,
+                 name: str = "log-follower") -> None:
         self.settings = settings
         self.suffixes = list(suffixes)
         self.verifier = verifier
@@ -331,6 +337,7 @@ class LogFollower:
         self._on_record = on_record
         self._on_quarantine = on_quarantine
         self._partitions = None if partitions is None else list(partitions)
+        self._keys = None if keys is None else frozenset(keys)
         self._seen: set[str] = set()
         self._caught_up = threading.Event()
         self._changed = threading.Condition()
@@ -363,7 +370,8 @@ class LogFollower:
                 while not self._stop.is_set():
                     records = reader.poll(500, timeout=0.2)
                     for record in records:
-                        self._deliver(self.verifier.admit(record))
+                        if self._keys is None or record.key in self._keys:
+                            self._deliver(self.verifier.admit(record))
                         tp = (record.position.topic, record.position.partition)
                         if tp in behind and record.position.offset >= behind[tp] - 1:
                             del behind[tp]

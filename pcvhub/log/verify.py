@@ -49,7 +49,7 @@ import copy
 import logging
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,6 +60,7 @@ from pcvhub.schemas.policy import policy_of, types_on
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.topics import SEAL_HEADER, TopicRole
 from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.checks import SignatureChecks
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
 from pcvhub.trust.seal import (
     Seal,
@@ -235,6 +236,8 @@ class LogVerifier:
     :param registry_cursor: the registry partition's next offset already folded.
     :param seals: where the gatekeeper's batch heads are read, by offset on the seals
         topic; None: nowhere, so no output record can be admitted.
+    :param checks: processes to check a batch's signatures in ahead of admitting it in
+        order (``check_ahead``, ``pcvhub.trust.checks``); None: every check inline.
     :param reader: who reads, for the log lines of quarantined records.
 
     Thread-safe: one verifier may serve several followers of one deployment (a
@@ -244,7 +247,8 @@ class LogVerifier:
     def __init__(self, registry: KeyRegistry, registry_partition: int | None = None, *,
                  lookahead: RegistryLookahead | None = None,
                  heads: dict[str, bytes] | None = None, registry_cursor: int = 0,
-                 seals: SealSource | None = None, reader: str = "log reader") -> None:
+                 seals: SealSource | None = None, checks: SignatureChecks | None = None,
+                 reader: str = "log reader") -> None:
         self.registry = registry
         self.registry_partition = registry_partition
         self.heads: dict[str, bytes] = dict(heads or {})
@@ -257,6 +261,9 @@ class LogVerifier:
         self._reading_ahead = False
         self._seals = seals
         self._verified_heads: OrderedDict[int, SealHead] = OrderedDict()
+        self._checks = checks
+        # envelopes check_ahead decoded, by position, with the bytes they were decoded from
+        self._decoded: dict[LogPosition, tuple[bytes, Envelope]] = {}
         self._lock = threading.RLock()
 
     # -- the one entry point --------------------------------------------------------------
@@ -277,7 +284,32 @@ class LogVerifier:
         return outcome
 
     def admit_all(self, records: Iterable[RawRecord]) -> list[VerifiedRecord | Quarantined]:
+        records = list(records)
+        self.check_ahead(records)
         return [self.admit(r) for r in records]
+
+    def check_ahead(self, records: Sequence[RawRecord]) -> int:
+        """Check the signatures of records about to be admitted across the pool's cores
+        (none without one). ``admit`` then asks the same questions in order and finds them
+        answered; whatever the pool could not check it checks itself. Returns how many
+        checks were done ahead."""
+        if self._checks is None:
+            return 0
+        envelopes: list[Envelope | None] = []
+        decoded: dict[LogPosition, tuple[bytes, Envelope]] = {}
+        for record in records:
+            try:
+                env = decode_envelope(record.value or b"")
+            except DecodeError:
+                envelopes.append(None)
+                continue
+            envelopes.append(env)
+            decoded[record.position] = (record.value or b"", env)
+        with self._lock:
+            # the last batch's leftovers (records read ahead on the registry chain are
+            # never judged twice) go: what is not here is simply decoded again
+            self._decoded = decoded
+        return self._checks.check_now(envelopes, self.registry)
 
     def close(self) -> None:
         """Close the lookahead's and the seal lookup's consumers, if they have them."""
@@ -297,9 +329,12 @@ class LogVerifier:
         raw = record.value or b""
         envelope: Envelope | None = None
         short: str | None = None
+        ahead = self._decoded.pop(record.position, None)
         try:
             try:
-                envelope = decode_envelope(raw)
+                # decoded by check_ahead from these very bytes, or decoded now
+                envelope = ahead[1] if ahead is not None and ahead[0] is raw else (
+                    decode_envelope(raw))
                 full_name, payload = decode_payload(envelope.schema_fingerprint,
                                                     envelope.payload, envelope.event_type)
             except DecodeError as exc:

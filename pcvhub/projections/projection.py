@@ -13,6 +13,7 @@ from pathlib import Path
 from pcvhub.log.verify import CANONICAL, LogVerifier, RawRecord, RegistryLookahead
 from pcvhub.projections.projector import Projector, RowBatch
 from pcvhub.projections.store import ProjectionStore
+from pcvhub.trust.checks import SignatureChecks
 from pcvhub.trust.registry import KeyRegistry
 from pcvhub.trust.seal import SealSource
 
@@ -33,6 +34,8 @@ class Projection:
     :param registry_partition: the canonical partition holding the registry chain.
     :param read_registry: reads that partition ahead, from an offset (see
         ``pcvhub.log.verify``); None to never read ahead.
+    :param seals: where the gatekeeper's batch heads are read (``pcvhub.log.reader``).
+    :param checks: processes that check each batch's signatures ahead, across cores.
 
     Records are verified by the one log reader's ``LogVerifier``, resumed where the file
     stands: the registry events it admitted before, the chain heads, the registry
@@ -41,7 +44,8 @@ class Projection:
 
     def __init__(self, path: Path, topic_prefix: str, anchor: KeyRegistry, anchored: bool,
                  registry_partition: int, read_registry: RegistryLookahead | None = None,
-                 seals: SealSource | None = None) -> None:
+                 seals: SealSource | None = None, checks: SignatureChecks | None = None
+                 ) -> None:
         self.store = ProjectionStore(path, {"topic_prefix": topic_prefix,
                                             "trust_anchor": anchor_name(anchor, anchored)},
                                      anchor=anchor if anchored else None)
@@ -53,7 +57,7 @@ class Projection:
                 lookahead=read_registry,
                 heads={coi: bytes.fromhex(p.head) for coi, p in progress.items()},
                 registry_cursor=self.positions.get((CANONICAL, registry_partition), 0),
-                seals=seals, reader="projection")
+                seals=seals, checks=checks, reader="projection")
             self.projector = Projector(self.verifier, progress, self.positions)
         except BaseException:
             self.store.close()

@@ -105,6 +105,9 @@ class Projector:
 
     def project(self, records: Iterable[RawRecord]) -> RowBatch:
         batch = RowBatch()
+        records = list(records)
+        # the batch's signatures across cores first (if the verifier has a pool)
+        self.verifier.check_ahead(records)
         for record in records:
             at = record.position
             expected = batch.offsets.get((at.topic, at.partition),

@@ -40,6 +40,7 @@ from pcvhub.projections.projection import Projection
 from pcvhub.projections.projector import TOPIC_ROLES
 from pcvhub.projections.store import ProjectionStore
 from pcvhub.topics import Principal
+from pcvhub.trust.checks import SignatureChecks
 from pcvhub.trust.registry import ANCHOR_FILE, KeyRegistry, load_anchor
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class ProjectionRunner:
         stop = stop or threading.Event()
         lookahead = RegistryLookahead(self.settings)
         seals = SealLookup(self.settings)
+        checks = SignatureChecks(self.settings.verify_workers)
         projection: Projection | None = None
         reader: TopicReader | None = None
         progress = RunProgress()
@@ -109,7 +111,7 @@ class ProjectionRunner:
             # projection stands (never a consumer group).
             anchor, anchored = load_trust_anchor(self.settings)
             projection = Projection(self.db_path, self.settings.topic_prefix, anchor, anchored,
-                                    registry_partition(), lookahead, seals)
+                                    registry_partition(), lookahead, seals, checks)
             positions = projection.positions
             try:
                 # Step 2. Seek every partition to the stored offset (the beginning if none).
@@ -143,6 +145,7 @@ class ProjectionRunner:
                 reader.close()
             lookahead.close()
             seals.close()
+            checks.close()
             if projection is not None:
                 projection.close()
 

@@ -41,9 +41,11 @@ import faust
 from pcvhub.config import Settings
 from pcvhub.log.reader import deployment_verifier, read_verified
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, VerifiedRecord
+from pcvhub.schemas.codec import DecodeError
 from pcvhub.streams.event import SourcePosition
 from pcvhub.streams.gatekeeper import Gatekeeper, Output, PartitionLedger
 from pcvhub.topics import TOPICS, TopicRole, topic_name
+from pcvhub.trust.checks import SignatureChecks
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
              for suffix in ("events", "rejected", "alerts", "seals")}
     ledgers: dict[int, PartitionLedger] = {}
     loop_lock = asyncio.Lock()
+    checks = SignatureChecks(settings.verify_workers)
 
     async def ledger_for(partition: int) -> PartitionLedger:
         async with loop_lock:
@@ -140,9 +143,15 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
         batches = cast(faust.Stream, stream).take_events(SEAL_BATCH_MAX,
                                                          within=SEAL_WAIT_SECONDS)
         async for events in batches:
+            # Step 0. Decode the batch once; its signatures are checked across cores
+            # first, and judging in order below asks the same questions and finds them
+            # answered.
+            decoded = [gatekeeper.decoded(event.value) for event in events]
+            await checks.ahead([None if isinstance(d, DecodeError) else d.envelope
+                                for d in decoded], gatekeeper.registry)
             alerts: list[Output] = []
             primaries: list[Output] = []
-            for event in events:
+            for event, inbound in zip(events, decoded, strict=True):
                 msg = event.message
                 appended = (round(msg.timestamp * 1_000) * 1_000
                             if msg.timestamp_type == _LOG_APPEND_TIME else None)
@@ -154,7 +163,8 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
                     continue
                 # Step 1. Judge: exactly one primary record (canonical or rejected) answers
                 # it, carrying its ingress position; alerts come first.
-                *raised, primary = gatekeeper.judge(event.value, event.key, source, ledger)
+                *raised, primary = gatekeeper.judge(event.value, event.key, source, ledger,
+                                                    inbound)
                 alerts += raised
                 primaries.append(primary)
             if not primaries:
@@ -189,6 +199,14 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             if raised:
                 for alert in await sealed(raised):  # Step 8: one seal per sweep
                     await (await send(alert))
+
+    @app.task
+    async def start_checks() -> None:
+        await checks.start()
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        checks.close()
 
     # Step 6. On revocation Faust has already waited for the agent and flushed the
     # producer; the ledger is dropped and the next owner rebuilds it from the log.

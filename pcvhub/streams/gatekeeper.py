@@ -152,14 +152,27 @@ class Gatekeeper:
 
     # -- judging -----------------------------------------------------------------
 
-    def judge(self, raw: bytes, key: bytes | None, source: SourcePosition,
-              ledger: PartitionLedger) -> list[Output]:
-        """The records that answer one ingress record (alerts first, primary last)."""
+    def decoded(self, raw: bytes, source: SourcePosition | None = None
+                ) -> InboundEvent | DecodeError:
+        """``decode``, with its error as a value: a send step decodes its batch once, for
+        the signature checks ahead and for the judgement."""
         try:
-            event = self.decode(raw, source)
+            return self.decode(raw, source)
         except DecodeError as exc:
+            return exc
+
+    def judge(self, raw: bytes, key: bytes | None, source: SourcePosition,
+              ledger: PartitionLedger, decoded: InboundEvent | DecodeError | None = None
+              ) -> list[Output]:
+        """The records that answer one ingress record (alerts first, primary last).
+
+        :param decoded: ``decoded(raw)`` if the caller already has it.
+        """
+        event = self.decoded(raw, source) if decoded is None else decoded
+        if isinstance(event, DecodeError):
             coi = key.decode("utf-8", "replace") if key else ""
-            return [self._rejection(raw, source, coi, "", "R0", "MALFORMED", str(exc))]
+            return [self._rejection(raw, source, coi, "", "R0", "MALFORMED", str(event))]
+        event = replace(event, source=source)
         if written_in_legacy_form(raw, event.envelope):
             return [self._rejection(
                 raw, source, event.coi, event.event_id, "R0", "LEGACY_FINGERPRINT",

@@ -37,6 +37,7 @@ class Sandbox:
     settings: Settings
     root: Path
     workers: list[subprocess.Popen] = field(default_factory=list)
+    _counter: Consumer | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, bootstrap: str, root: Path) -> Sandbox:
@@ -116,6 +117,9 @@ class Sandbox:
         for proc in self.workers:
             if proc.poll() is None:
                 self.kill(proc, signal.SIGTERM)
+        if self._counter is not None:
+            self._counter.close()
+            self._counter = None
 
     def worker_log(self, name: str = "w1") -> str:
         path = self.root / f"worker-{name}.log"
@@ -144,13 +148,14 @@ class Sandbox:
 
     def count(self, suffix: str) -> int:
         topic = topic_name(suffix, self.settings.topic_prefix)
-        consumer = Consumer(self.admin.librdkafka(**{"group.id": "counter"}))
-        try:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            return sum(h - lo for lo, h in (consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=10) for p in parts))
-        finally:
-            consumer.close()
+        # One consumer for every count: a new one per call pays a SASL sign-in each time,
+        # which made a waiting loop's polls slow (and noisy in the broker's log).
+        if self._counter is None:
+            self._counter = Consumer(self.admin.librdkafka(**{"group.id": "counter"}))
+        consumer = self._counter
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(h - lo for lo, h in (consumer.get_watermark_offsets(
+            TopicPartition(topic, p), timeout=10) for p in parts))
 
     def wait_answered(self, n: int, timeout: float, watch: subprocess.Popen | None = None
                       ) -> int:
@@ -163,5 +168,5 @@ class Sandbox:
                 return answered
             if watch is not None and watch.poll() is not None:
                 raise AssertionError(f"worker exited with {watch.returncode}:\n{self.worker_log()}")
-            time.sleep(0.5)
+            time.sleep(0.1)
         return answered

@@ -28,7 +28,7 @@ from pcvhub.streams.timebounds import TIME_BOUNDS
 from pcvhub.topics import Principal
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
-from pcvhub.trust.registry import ANCHOR_FILE, load_anchor
+from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, load_anchor
 
 GATEKEEPER_ACTOR = "hub-gatekeeper"
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> Gatekeeper
     # signed on the registry chain (pcvhub.log.verify).
     verifier = deployment_verifier(settings, "gatekeeper registry follower", registry)
     follower = LogFollower(settings, [CANONICAL], verifier, partitions=[registry_partition()],
-                           name="registry-follower")
+                           keys=[REGISTRY_COI.encode()], name="registry-follower")
     return GatekeeperWorker(build_app(settings, gatekeeper, app_id), gatekeeper, follower)
 
 

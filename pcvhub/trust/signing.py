@@ -10,9 +10,12 @@ event stays provable on its own. ``verify_envelope`` accepts either form.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
@@ -117,27 +120,91 @@ class Verification:
         return "verified" if self.ok else "; ".join(self.failures)
 
 
-@lru_cache(maxsize=4096)
-def _halves_failing(message: bytes, ed_sig: bytes, pq_sig: bytes, ed_pub: bytes,
-                    pq_pub: bytes) -> tuple[str, ...]:
-    """Which halves fail; cached because every event of a batch repeats the same check."""
+#: one check: (message, Ed25519 signature, ML-DSA-65 signature, Ed25519 key, ML-DSA-65 key)
+Check = tuple[bytes, bytes, bytes, bytes, bytes]
+#: how many check results are remembered: every event of a batch repeats its batch's check,
+#: and a batch checked ahead across cores (``pcvhub.trust.checks``) is asked for again soon
+CHECKS_REMEMBERED = 4096
+_remembered: OrderedDict[Check, tuple[str, ...]] = OrderedDict()
+_remembered_lock = threading.Lock()
+
+
+@lru_cache(maxsize=256)
+def _ed25519_key(public: bytes) -> ed25519.Ed25519PublicKey:
+    return ed25519.Ed25519PublicKey.from_public_bytes(public)
+
+
+@lru_cache(maxsize=256)
+def _ml_dsa_key(public: bytes) -> mldsa.MLDSA65PublicKey:
+    return mldsa.MLDSA65PublicKey.from_public_bytes(public)
+
+
+def halves_failing(check: Check) -> tuple[str, ...]:
+    """Which halves of one check fail, computed here (no memo): what a pool worker runs."""
+    message, ed_sig, pq_sig, ed_pub, pq_pub = check
     failed = []
     try:
-        ed25519.Ed25519PublicKey.from_public_bytes(ed_pub).verify(ed_sig, message)
+        _ed25519_key(ed_pub).verify(ed_sig, message)
     except (InvalidSignature, ValueError):
         failed.append("Ed25519")
     try:
-        mldsa.MLDSA65PublicKey.from_public_bytes(pq_pub).verify(pq_sig, message, ML_DSA_CONTEXT)
+        _ml_dsa_key(pq_pub).verify(pq_sig, message, ML_DSA_CONTEXT)
     except (InvalidSignature, ValueError):
         failed.append("ML-DSA-65")
     return tuple(failed)
 
 
+def remember_checks(results: Iterable[tuple[Check, tuple[str, ...]]]) -> None:
+    """Keep results of ``halves_failing`` computed elsewhere (another core) for
+    ``hybrid_failures`` to answer from: the same pure function of the same bytes."""
+    with _remembered_lock:
+        for check, failed in results:
+            _remembered[check] = failed
+            _remembered.move_to_end(check)
+        while len(_remembered) > CHECKS_REMEMBERED:
+            _remembered.popitem(last=False)
+
+
+def is_remembered(check: Check) -> bool:
+    with _remembered_lock:
+        return check in _remembered
+
+
+def forget_checks() -> None:
+    """Drop every remembered result (benchmarks, so each round pays for every check)."""
+    with _remembered_lock:
+        _remembered.clear()
+
+
+def check_of(message: bytes, signature: HybridSignature, keys: PublicKeys) -> Check:
+    return (message, signature.ed25519, signature.ml_dsa_65, keys.ed25519, keys.ml_dsa_65)
+
+
 def hybrid_failures(message: bytes, signature: HybridSignature, keys: PublicKeys
                     ) -> tuple[str, ...]:
     """The halves ("Ed25519", "ML-DSA-65") of ``signature`` that fail over ``message``."""
-    return _halves_failing(message, signature.ed25519, signature.ml_dsa_65, keys.ed25519,
-                           keys.ml_dsa_65)
+    check = check_of(message, signature, keys)
+    with _remembered_lock:
+        known = _remembered.get(check)
+        if known is not None:
+            _remembered.move_to_end(check)
+            return known
+    failed = halves_failing(check)
+    remember_checks([(check, failed)])
+    return failed
+
+
+def signed_message(env: Envelope) -> bytes | None:
+    """The bytes ``env``'s signature covers: its signed fields, or, for a batched event,
+    its batch's root once the inclusion path leads there (None when it does not)."""
+    if env.batch_proof is None:
+        return signing_bytes(env)
+    proof = env.batch_proof
+    root = merkle.root_from_path(signing_bytes(env), proof.leaf_index, proof.tree_size,
+                                 proof.path)
+    if root is None or root != proof.root:
+        return None
+    return batch_signing_bytes(proof.root, proof.tree_size)
 
 
 def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
@@ -151,20 +218,15 @@ def verify_envelope(env: Envelope, keys: PublicKeys) -> Verification:
     if env.signature is None:
         return Verification((f"{who} carries no signature",), "UNSIGNED")
     sig = env.signature
-    if env.batch_proof is None:
-        message = signing_bytes(env)
-        covered = f"the signed fields ({', '.join(SIGNED_FIELDS)})"
-    else:
-        proof = env.batch_proof
-        root = merkle.root_from_path(signing_bytes(env), proof.leaf_index, proof.tree_size,
-                                     proof.path)
-        if root is None or root != proof.root:
-            return Verification((
-                f"{who}: batch inclusion path (leaf {proof.leaf_index} of {proof.tree_size}) "
-                "does not lead to the batch root the signature covers: the event or its "
-                "proof was altered",), "BATCH_PATH_INVALID")
-        message = batch_signing_bytes(proof.root, proof.tree_size)
-        covered = f"the batch root {proof.root.hex()[:16]}..."
+    message, proof = signed_message(env), env.batch_proof
+    if message is None:
+        proof = cast(MerkleProof, proof)  # only a batch's path can miss its root
+        return Verification((
+            f"{who}: batch inclusion path (leaf {proof.leaf_index} of {proof.tree_size}) "
+            "does not lead to the batch root the signature covers: the event or its "
+            "proof was altered",), "BATCH_PATH_INVALID")
+    covered = (f"the signed fields ({', '.join(SIGNED_FIELDS)})" if proof is None else
+               f"the batch root {proof.root.hex()[:16]}...")
     failed = hybrid_failures(message, sig, keys)
     return Verification(tuple(f"{who}: {half} signature does not verify over {covered}"
                               for half in failed), "SIGNATURE_INVALID" if failed else "OK")
@@ -175,7 +237,6 @@ def verify_detached(message: bytes, signature: HybridSignature, keys: PublicKeys
     """Check both halves of a hybrid signature over ``message`` that is not an envelope (a
     patient card's answer to a bedside challenge, a consent token); ``what`` names it in
     the failures. The bytes must carry their own domain context (``canonical``)."""
-    failed = _halves_failing(message, signature.ed25519, signature.ml_dsa_65, keys.ed25519,
-                             keys.ml_dsa_65)
+    failed = hybrid_failures(message, signature, keys)
     return Verification(tuple(f"{what}: {half} signature does not verify" for half in failed),
                         "SIGNATURE_INVALID" if failed else "OK")
