@@ -10,6 +10,7 @@ to its arrival on the canonical topic, read by a consumer in this process.
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -41,28 +42,37 @@ def _prepared(root: Path, therapies: int):
     sandbox = Sandbox.create(settings, kafka.bootstrap_servers, root / "gatekeeper")
     builder = Hub()
     builder.deploy_gatekeeper(sandbox)
+    # a second deployment for the two-worker run: same keys and anchor, fresh topics
+    pair = Sandbox.create(settings, kafka.bootstrap_servers, root / "gatekeeper-pair")
+    shutil.copytree(sandbox.settings.data_dir, pair.settings.data_dir, dirs_exist_ok=True)
     cast = builder.register_cast("bench")
     scenarios = [TherapyScenario(builder, cast=cast, patient_hash=f"{i:064x}")
                  for i in range(therapies)]
     events = [e for s in scenarios for e in s.full_therapy()]
-    return baseline, sandbox, builder, events
+    return baseline, sandbox, pair, builder, events
 
 
-def _throughput(sandbox: Sandbox, module: str, warmup, records) -> float:
-    worker = sandbox.start_worker(module.rsplit(".", 1)[-1], module=module)
+def _throughput(sandbox: Sandbox, module: str, warmup, records, workers: int = 1) -> float:
+    """Events/s of ``workers`` processes of ``module`` sharing the ingress partitions, over
+    ``records`` sent after ``warmup`` was answered and the group settled."""
+    name = module.rsplit(".", 1)[-1].replace("cli", "gatekeeper")
+    procs = [sandbox.start_worker(f"{name}-{workers}-{i}", module=module)
+             for i in range(workers)]
     try:
         sandbox.send(warmup)
-        base = sandbox.wait_answered(len(warmup), 180, worker)
-        with sampled(worker.pid, module.rsplit(".", 1)[-1].replace("cli", "gatekeeper")):
+        base = sandbox.wait_answered(len(warmup), 180, procs[0])
+        sandbox.wait_group(workers)
+        with sampled(procs[0].pid, f"{name}-{workers}-workers"):
             started = time.perf_counter()
             sandbox.send(records)
-            done = sandbox.wait_answered(base + len(records), 600, worker)
+            done = sandbox.wait_answered(base + len(records), 600, procs[0])
             elapsed = time.perf_counter() - started
         if done < base + len(records):
             raise RuntimeError(f"{module}: only {done - base}/{len(records)} answered")
         return len(records) / elapsed
     finally:
-        sandbox.kill(worker)
+        for proc in procs:
+            sandbox.kill(proc)
 
 
 def _latency(sandbox: Sandbox, records) -> tuple[float, float]:
@@ -130,7 +140,7 @@ def run(quick: bool = False) -> list[Figure]:
         therapies = THERAPIES // 4 if quick else THERAPIES
         latency_n = LATENCY_RATE * (LATENCY_SECONDS // (4 if quick else 1))
         extra = latency_n // 42 + 2  # therapies whose events feed the latency run
-        baseline_box, sandbox, builder, events = _prepared(Path(tmp), therapies + extra)
+        baseline_box, sandbox, pair, builder, events = _prepared(Path(tmp), therapies + extra)
         limit = _verify_limit(events, builder.registry)
         regs = [(e.coi.encode(), e.raw) for e in builder.registry_log]
         records = [(e.coi.encode(), e.raw) for e in events]
@@ -138,6 +148,9 @@ def run(quick: bool = False) -> list[Figure]:
         latency_part = records[len(records) - latency_n:]
         baseline = _throughput(baseline_box, "bench.passthrough", regs, throughput_part)
         hub_rate = _throughput(sandbox, "pcvhub.cli", regs, throughput_part)
+        baseline_2 = _throughput(baseline_box, "bench.passthrough", regs, throughput_part, 2)
+        hub_rate_2 = _throughput(pair, "pcvhub.cli", regs, throughput_part, 2)
+        pair.stop_all()
         worker = sandbox.start_worker("latency")
         try:
             # Warm up with the first event of every therapy of the run: once answered, the
@@ -157,6 +170,12 @@ def run(quick: bool = False) -> list[Figure]:
         Figure("gatekeeper", f"{name} (unsigned copy)", baseline, "events/s"),
         Figure("gatekeeper", "verified + rule-checked, end to end", hub_rate, "events/s",
                name, baseline),
+        Figure("gatekeeper", f"{name}, 2 workers", baseline_2, "events/s",
+               f"{name}, 1 worker", baseline),
+        Figure("gatekeeper", "verified + rule-checked, 2 workers", hub_rate_2, "events/s",
+               f"{name}, 2 workers", baseline_2),
+        Figure("gatekeeper", "verified + rule-checked, 2 workers", hub_rate_2, "events/s",
+               "verified + rule-checked, 1 worker", hub_rate),
         Figure("gatekeeper", "verified + rule-checked, end to end", hub_rate, "events/s",
                f"hybrid-verify limit ({os.cpu_count()} cores x 1 core's rate)", limit),
         Figure("gatekeeper", f"latency p50 at {LATENCY_RATE}/s", p50, "ms"),

@@ -5,8 +5,9 @@ not use it. Instead the outputs are the checkpoint:
 
 1. Every ingress record is answered by exactly one primary record (canonical or
    rejected) in the *same partition number*, carrying the ingress position in its seal.
-2. Before it judges the first record of a partition, the worker folds that partition of
-   the canonical, rejected and alerts topics into a ``PartitionLedger``: the therapies'
+2. Before it judges the first record of a partition, the worker folds that partition (and
+   every other partition it owns that has none yet, in the same pass) of the canonical,
+   rejected and alerts topics into a ``PartitionLedger``: the therapies'
    case state, the ingress positions already answered and the alert ids already raised.
    The log is the truth; the ledger is rebuilt from it, never trusted from memory.
 3. Records redelivered after a crash (Faust commits offsets after the fact) are found
@@ -58,31 +59,35 @@ SEAL_WAIT_SECONDS = 0.001
 _LOG_APPEND_TIME = 1
 
 
-def rebuild_ledger(settings: Settings, gatekeeper: Gatekeeper, partition: int) -> PartitionLedger:
-    """Fold partition ``partition`` of the outputs into a fresh ledger.
+def rebuild_ledgers(settings: Settings, gatekeeper: Gatekeeper, partitions: list[int]
+                    ) -> dict[int, PartitionLedger]:
+    """Fold those partitions of the outputs into fresh ledgers, in one pass.
 
     Every record is admitted by the one log reader first, with a registry of its own folded
     from the trust anchor: a record some other writer put on an output topic (a forged
     registration, a refusal that would mark an ingress position answered) is quarantined
-    and reported, and the ingress record it would have hidden is judged again.
+    and reported, and the ingress record it would have hidden is judged again. All the
+    partitions a worker was given are read together: one reader per output topic, where
+    one per partition paid its consumers' sign-in six times over.
     """
-    verifier = deployment_verifier(settings, f"gatekeeper ledger rebuild of partition {partition}")
-    ledger = PartitionLedger(partition)
+    verifier = deployment_verifier(settings, "gatekeeper ledger rebuild of partition(s) "
+                                             f"{', '.join(map(str, partitions))}")
+    ledgers = {partition: PartitionLedger(partition) for partition in partitions}
     # Alerts first: an alert was on its topic before any acknowledgement naming it was
     # accepted, and the case fold of that acknowledgement needs to know the alert.
     replay = {ALERTS: gatekeeper.replay_alert, CANONICAL: gatekeeper.replay_accepted,
               REJECTED: gatekeeper.replay_rejected}
     try:
         for suffix, fold in replay.items():
-            for outcome in read_verified(settings, suffix, verifier, [partition]):
+            for outcome in read_verified(settings, suffix, verifier, partitions):
                 if isinstance(outcome, VerifiedRecord):
-                    fold(outcome.event, ledger)
+                    fold(outcome.event, ledgers[outcome.position.partition])
     finally:
         verifier.close()
     if verifier.report.quarantined:
-        log.warning("partition %d: %d record(s) of the outputs quarantined, not folded: %s",
-                    partition, verifier.report.quarantined, dict(verifier.report.by_code))
-    return ledger
+        log.warning("partition(s) %s: %d record(s) of the outputs quarantined, not folded: %s",
+                    partitions, verifier.report.quarantined, dict(verifier.report.by_code))
+    return ledgers
 
 
 def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-gatekeeper"
@@ -111,15 +116,20 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
                                value_serializer="raw")
              for suffix in ("events", "rejected", "alerts", "seals")}
     ledgers: dict[int, PartitionLedger] = {}
+    owned: set[int] = set()  # ingress partitions assigned to this worker
     loop_lock = asyncio.Lock()
     checks = SignatureChecks(settings.verify_workers)
 
     async def ledger_for(partition: int) -> PartitionLedger:
         async with loop_lock:
             if partition not in ledgers:
+                # every owned partition still without a ledger comes along: one pass
+                missing = sorted({partition} | (owned - ledgers.keys()))
                 loop = asyncio.get_running_loop()
-                ledgers[partition] = await loop.run_in_executor(
-                    None, rebuild_ledger, settings, gatekeeper, partition)
+                rebuilt = await loop.run_in_executor(
+                    None, rebuild_ledgers, settings, gatekeeper, missing)
+                ledgers.update({p: ledger for p, ledger in rebuilt.items()
+                                if p == partition or p in owned})
             return ledgers[partition]
 
     async def send(output: Output) -> Any:
@@ -183,7 +193,6 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
     # deadlines and their alerts raised, with no event needed. Alert ids are deterministic
     # and the ledger holds those already on the log, so a sweep after a crash (or after
     # another worker's) raises nothing twice.
-    owned: set[int] = set()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:

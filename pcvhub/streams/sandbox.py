@@ -109,6 +109,31 @@ class Sandbox:
         self.workers.append(proc)
         return proc
 
+    def wait_group(self, members: int, timeout: float = 120.0) -> None:
+        """Wait until the workers' consumer group is stable with ``members`` members, each
+        owning partitions: a rebalance that is still coming would stall a measurement."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.admin.librdkafka())
+        group = f"{self.settings.topic_prefix}-gatekeeper"
+        deadline = time.monotonic() + timeout
+        seen = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                found = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - the group may not exist yet
+                seen = str(exc)
+            else:
+                owning = [m for m in found.members
+                          if m.assignment and m.assignment.topic_partitions]
+                seen = f"{found.state}, {len(owning)} of {len(found.members)} owning partitions"
+                if found.state == ConsumerGroupState.STABLE and len(owning) == members:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"consumer group {group} not stable with {members} members after "
+                           f"{timeout:.0f}s: {seen}")
+
     def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         os.killpg(proc.pid, sig)
         proc.wait(30)
