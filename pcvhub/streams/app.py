@@ -209,10 +209,6 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
                 for alert in await sealed(raised):  # Step 8: one seal per sweep
                     await (await send(alert))
 
-    @app.task
-    async def start_checks() -> None:
-        await checks.start()
-
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
         checks.close()

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: fewer checks than this are done inline (the process round trip would cost more)
 PARALLEL_FROM = 16
+#: the pool starts once this many checks were asked for: a short run (a test, a small
+#: rebuild, a quiet gatekeeper) never pays its processes' start-up, a second or more each
+START_AFTER = 4096
 
 
 def check_all(checks: Sequence[Check]) -> list[tuple[str, ...]]:
@@ -69,13 +72,16 @@ def batch_checks(envelopes: Sequence[Envelope | None], registry: KeyRegistry) ->
 class SignatureChecks:
     """A pool of ``workers`` processes that check signatures ahead (0: all inline).
 
-    The processes are started on first use (a gatekeeper that only ever sees small
-    batches never starts them) with ``spawn``: forking a process that runs an event loop
+    :param start_after: checks asked for (inline until then) before the pool starts.
+
+    The processes are started with ``spawn``: forking a process that runs an event loop
     and Kafka clients' threads is unsafe.
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, start_after: int = START_AFTER) -> None:
         self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.start_after = start_after
+        self._asked = 0
         self._pool: Executor | None = None
 
     def _executor(self) -> Executor:
@@ -84,30 +90,23 @@ class SignatureChecks:
                                               mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
-    async def start(self) -> None:
-        """Start the processes and load the crypto in each, before the first batch needs
-        them (a spawned process takes about a second to import it)."""
-        if self.workers < 1:
-            return
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._executor(), check_all, [])
-                               for _ in range(self.workers)))
-
     def _needed(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry
                 ) -> list[list[Check]]:
         """The batch's checks, one share per process; none when inline is cheaper."""
         if self.workers < 1 or len(envelopes) < PARALLEL_FROM:
             return []
         checks = batch_checks(envelopes, registry)
-        if len(checks) < PARALLEL_FROM:
+        self._asked += len(checks)
+        if len(checks) < PARALLEL_FROM or (self._pool is None and
+                                           self._asked < self.start_after):
             return []
         share = -(-len(checks) // self.workers)
         return [checks[i:i + share] for i in range(0, len(checks), share)]
 
-    def _broken(self) -> int:
+    def _broken(self, exc: BrokenProcessPool) -> int:
         # a process died (killed, out of memory): the judgement checks inline this time,
         # and the next batch starts a new pool
-        log.warning("signature check pool broke; checking this batch inline")
+        log.warning("signature check pool broke (%s); checking this batch inline", exc)
         self.close()
         return 0
 
@@ -127,8 +126,8 @@ class SignatureChecks:
         try:
             results = await asyncio.gather(*(loop.run_in_executor(self._executor(), check_all,
                                                                   part) for part in parts))
-        except BrokenProcessPool:
-            return self._broken()
+        except BrokenProcessPool as exc:
+            return self._broken(exc)
         return self._remember(parts, results)
 
     def check_now(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry) -> int:
@@ -138,8 +137,8 @@ class SignatureChecks:
             return 0
         try:
             results = list(self._executor().map(check_all, parts))
-        except BrokenProcessPool:
-            return self._broken()
+        except BrokenProcessPool as exc:
+            return self._broken(exc)
         return self._remember(parts, results)
 
     def close(self) -> None:

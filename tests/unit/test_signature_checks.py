@@ -44,7 +44,7 @@ def registry(signer) -> KeyRegistry:
 
 @pytest.fixture(scope="module")
 def pool():
-    checks = SignatureChecks(2)
+    checks = SignatureChecks(2, start_after=0)
     yield checks
     checks.close()
 
@@ -106,9 +106,21 @@ def test_small_batches_and_a_pool_of_none_are_checked_inline(signer, registry):
     envelopes = _events(signer, PARALLEL_FROM)
     forget_checks()
     assert asyncio.run(SignatureChecks(0).ahead(envelopes, registry)) == 0
-    assert asyncio.run(SignatureChecks(2).ahead(envelopes[:PARALLEL_FROM - 1], registry)) == 0
+    assert asyncio.run(SignatureChecks(2, start_after=0).ahead(
+        envelopes[:PARALLEL_FROM - 1], registry)) == 0
     assert not any(is_remembered(c) for c in batch_checks(envelopes, registry))
     assert len(batch_checks(envelopes, registry)) == PARALLEL_FROM
+
+
+def test_the_pool_starts_only_once_enough_checks_were_asked_for(signer, registry):
+    envelopes = _events(signer, PARALLEL_FROM)
+    forget_checks()
+    checks = SignatureChecks(2, start_after=2 * PARALLEL_FROM)
+    try:
+        assert checks.check_now(envelopes, registry) == 0  # inline: a short run so far
+        assert checks.check_now(envelopes, registry) == PARALLEL_FROM  # now the pool
+    finally:
+        checks.close()
 
 
 def test_undecodable_and_unsigned_records_are_left_to_the_judgement(signer, registry):
