@@ -16,7 +16,8 @@ folded from the log, the patient index, the bedside checks, and its ingress writ
 
 ``emit`` returns only once Kafka acknowledged the caller's events, so a positive answer
 to the caller (ACK AA, HTTP 201, an "accepted" line in a result file) always means
-"durably in the hub". It is blocking: from asyncio call it through ``asyncio.to_thread``.
+"durably in the hub". It is blocking: from asyncio call it in a thread (``asyncio.to_thread``,
+or threads of one's own when many calls wait at once, as the MLLP listener does).
 Concurrent calls are written by group commit: one hybrid signature over the Merkle root
 of everything queued and one Kafka flush, instead of one of each per call. What became
 of an input is one :class:`~.outcome.Outcome`: ``wait_verdict`` returns the gatekeeper's
@@ -451,7 +452,9 @@ class Connector:
             # 2. One hybrid signature for the whole group, over the Merkle root of its
             #    events (each carries its inclusion path); a lone event keeps its own.
             issued = self.issuer.issue_group(chained)
-            # 3. Produce all and flush once: Kafka acknowledges the group or fails it.
+            # 3. Produce all and flush once. Kafka acknowledges the group or fails it: then
+            #    every caller of the group answers negatively and its sender resends; event
+            #    ids derive from the outside message, so what did land is applied once (R8).
             self._writer.write(issued)
             # 4. What is written is ours: the "already written" set, the in-flight chains
             #    the next group chains onto, the patient index (as the log will show it).
