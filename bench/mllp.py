@@ -20,6 +20,7 @@ import asyncio
 import tempfile
 import threading
 import uuid
+from functools import partial
 from pathlib import Path
 
 from bench.report import Figure, median_rate
@@ -123,10 +124,10 @@ def run(quick: bool = False) -> list[Figure]:
             _load(echo.port, deployment, 5)
             rates = {}
             for connections in (CONNECTIONS, MANY_CONNECTIONS):
-                baseline = median_rate(lambda c=connections: _load(
-                    echo.port, deployment, per_connection, c), repeats)
-                measured = median_rate(lambda c=connections: _load(
-                    listener.port, deployment, per_connection, c), repeats)
+                baseline = median_rate(partial(_load, echo.port, deployment, per_connection,
+                                               connections), repeats)
+                measured = median_rate(partial(_load, listener.port, deployment,
+                                               per_connection, connections), repeats)
                 rates[connections] = (measured, baseline)
             loop.run(listener.close())
             loop.run(echo.close())
