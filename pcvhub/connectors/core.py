@@ -14,12 +14,15 @@ folded from the log, the patient index, the bedside checks, and its ingress writ
         "HL7", "HL7_REQUIRED_FIELD_MISSING", "PID-3 is empty: ..."))
     connector.close()
 
-``emit`` issues and writes under one lock and returns only once Kafka acknowledged, so
-a positive answer to the caller (ACK AA, HTTP 201, an "accepted" line in a result file)
-always means "durably in the hub". It is blocking: from asyncio call it through
-``asyncio.to_thread``. What became of an input is one :class:`~.outcome.Outcome`:
-``wait_verdict`` returns the gatekeeper's (after ``expect``), ``record_refusal`` writes the
-connector's own refusal to the rejected topic.
+``emit`` returns only once Kafka acknowledged the caller's events, so a positive answer
+to the caller (ACK AA, HTTP 201, an "accepted" line in a result file) always means
+"durably in the hub". It is blocking: from asyncio call it in a thread (``asyncio.to_thread``,
+or threads of one's own when many calls wait at once, as the MLLP listener does).
+Concurrent calls are written by group commit: one hybrid signature over the Merkle root
+of everything queued and one Kafka flush, instead of one of each per call. What became
+of an input is one :class:`~.outcome.Outcome`: ``wait_verdict`` returns the gatekeeper's
+(after ``expect``), ``record_refusal`` writes the connector's own refusal to the rejected
+topic.
 
 Why the patient index and the "already written" set are rebuilt from Kafka, not kept in
 a local store: the log is the truth, a second connector instance (or the same one after
@@ -35,8 +38,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pcvhub.config import Settings
@@ -44,14 +48,15 @@ from pcvhub.connectors.bedside import BedsideChecks
 from pcvhub.connectors.identity import Pseudonymiser
 from pcvhub.connectors.outcome import Outcome
 from pcvhub.connectors.patients import PatientIndex
-from pcvhub.connectors.writer import IngressWriter
+from pcvhub.connectors.writer import IngressWriteError, IngressWriter
 from pcvhub.log.reader import LogFollower, deployment_verifier, read_verified
 from pcvhub.log.verify import CANONICAL, REJECTED, VerifiedRecord
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import decode_payload
 from pcvhub.schemas.envelope import Envelope, SignatureMeaning
 from pcvhub.topics import connector_principal, partition_for, topic_name, topic_spec
-from pcvhub.trust.issuer import EventIssuer, IssuedEvent
+from pcvhub.trust.canonical import chain_digest
+from pcvhub.trust.issuer import EventIssuer, IssuedEvent, now_us
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
 from pcvhub.trust.registry import ANCHOR_FILE, KeyRegistry, load_anchor
 from pcvhub.trust.signing import EventSigner
@@ -62,6 +67,11 @@ log = logging.getLogger(__name__)
 
 #: CoI under which refusals whose therapy is unknown are keyed (as the gatekeeper does).
 UNKNOWN_COI = "UNKNOWN"
+
+#: Most events one group commit signs and writes together. Bounds what one ML-DSA
+#: signature covers (inclusion paths of 8 hashes at most) and what one Kafka flush waits
+#: for; beyond it the signature's cost is already spread thin.
+MAX_GROUP_EVENTS = 256
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,17 @@ class _InFlight:
     event_id: str
     prev_hash: bytes
     digest: bytes
+
+
+@dataclass
+class _Pending:
+    """One call's drafts waiting in the group-commit queue, then what became of them."""
+
+    drafts: list[Envelope]
+    chained: bool  # on its therapy's chain (events); a refusal is not
+    issued: list[IssuedEvent] = field(default_factory=list)
+    error: BaseException | None = None
+    done: bool = False
 
 
 class Connector:
@@ -125,6 +146,10 @@ class Connector:
         self._written: set[str] = set()  # event ids on our ingress topic
         self._in_flight: dict[str, list[_InFlight]] = {}  # per CoI, in chain order
         self._lock = threading.Lock()
+        # The group-commit queue (``_commit_in_group``) and whether a commit is under way.
+        self._queue: deque[_Pending] = deque()
+        self._queue_turn = threading.Condition()
+        self._committing = False
         # Verdicts someone waits for (``expect`` / ``wait_verdict``): refusals of those ids.
         self._awaited: set[str] = set()
         self._refused: dict[str, Outcome] = {}
@@ -302,39 +327,30 @@ class Connector:
     def emit(self, requests: Sequence[EventRequest]) -> list[IssuedEvent]:
         """Issue, sign and durably write events; return them once Kafka acknowledged.
 
+        Concurrent calls are written together (see :meth:`_commit_in_group`); each call
+        still returns only once Kafka acknowledged its own events, in the order given.
+
         Raises ``IngressWriteError`` (nothing is acknowledged then: answer negatively) or
-        ``SchemaValidationError`` from the codec (a payload that does not fit its schema).
+        ``SchemaValidationError`` from the codec (a payload that does not fit its schema;
+        raised before anything is written, and only to the caller whose payload it is).
         """
         if not self._started:
             raise RuntimeError("Connector.start() must run before emit()")
+        if not requests:
+            return []
         with self._lock:
             waiting = [self._in_flight[r.coi][-1].event_id for r in requests
                        if self._in_flight.get(r.coi)]
         if waiting and self.settle_s > 0:
             # Give the gatekeeper a moment: chaining onto a confirmed head is safer.
             self._heads.wait_read(waiting, self.settle_s)
-        with self._lock:
-            issued: list[IssuedEvent] = []
-            heads: dict[str, bytes] = {}
-            for r in requests:
-                prev = heads[r.coi] if r.coi in heads else self._prev_hash(r.coi)
-                event = self.issuer.issue(r.event_type, r.coi, r.payload,
-                                          occurred_at_us=r.occurred_at_us, prev_hash=prev,
-                                          meaning=r.meaning, event_id=r.event_id)
-                heads[r.coi] = event.digest
-                issued.append(event)
-            self._writer.write(issued)
-            for event in issued:
-                env = event.envelope
-                self._written.add(env.event_id)
-                chain = self._in_flight.setdefault(env.coi, [])
-                if chain and chain[-1].digest != env.prev_hash:
-                    chain.clear()
-                chain.append(_InFlight(env.event_id, env.prev_hash, event.digest))
-                if load_catalog().short_name(env.event_type) == "PatientEnrolled":
-                    _, payload = decode_payload(env.schema_fingerprint, env.payload)
-                    self.patients.observe(env, payload, accepted=False)
-        return issued
+        # Validated and encoded here, in the caller's thread: a payload that does not fit
+        # its schema fails this caller alone, never the group it would have joined.
+        drafts = [self.issuer.draft(r.event_type, r.coi, r.payload,
+                                    occurred_at_us=r.occurred_at_us, meaning=r.meaning,
+                                    event_id=r.event_id, prev_hash=b"")
+                  for r in requests]
+        return self._commit_in_group(_Pending(drafts, chained=True))
 
     def record_refusal(self, original: bytes, endpoint: str, refusal: Outcome, *,
                        coi: str | None = None, event_type: str | None = None,
@@ -350,7 +366,8 @@ class Connector:
             segment/field/element and what to do) go on the log.
 
         The refusal did not come from a Kafka record, so ``source_partition`` and
-        ``source_offset`` are -1. Like the gatekeeper's refusals it is not chained.
+        ``source_offset`` are -1. Like the gatekeeper's refusals it is not chained. It is
+        written in the same group commit as concurrent ``emit`` calls.
         """
         payload = {
             "rejected_event_id": event_id, "rejected_event_type": event_type,
@@ -358,12 +375,117 @@ class Connector:
             "rule": refusal.rule, "reason_code": refusal.code, "reason": refusal.reason,
             "original": bytes(original),
         }
-        with self._lock:
-            issued = self.issuer.issue("EventRejected", coi or UNKNOWN_COI, payload,
-                                       prev_hash=b"")
-            self._writer.write([issued])
+        draft = self.issuer.draft("EventRejected", coi or UNKNOWN_COI, payload, prev_hash=b"")
+        [issued] = self._commit_in_group(_Pending([draft], chained=False))
         log.warning("refused input on %s: %s %s", endpoint, refusal.code, refusal.reason)
         return issued
+
+    # -- group commit -------------------------------------------------------------------
+
+    def _commit_in_group(self, pending: _Pending) -> list[IssuedEvent]:
+        """Queue ``pending`` and return its issued events once a group commit wrote them.
+
+        Group commit: every caller queues its drafts and waits. Whenever no commit is
+        under way, the caller at the head of the queue becomes the committer: it takes
+        everything queued (up to ``MAX_GROUP_EVENTS``), pays one hybrid signature and one
+        Kafka flush for all of it, and wakes each caller with its own events or error.
+        While that group flushes the next one accumulates, so the group size follows the
+        load with no waiting timer: an uncontended call commits alone, at once.
+
+        The committer is a waiting caller rather than a thread of the connector's own: a
+        hand-over to another thread would cost every lone call two thread switches, and a
+        connector that is never started or closed (one per fuzzing example) leaks none.
+        """
+        with self._queue_turn:
+            self._queue.append(pending)
+            while not pending.done and (self._committing or self._queue[0] is not pending):
+                self._queue_turn.wait()
+            if not pending.done:
+                self._committing = True
+                group = self._take_group()
+        if not pending.done:
+            try:
+                self._commit(group)
+            finally:
+                with self._queue_turn:
+                    self._committing = False
+                    self._queue_turn.notify_all()
+        if pending.error is not None:
+            if isinstance(pending.error, IngressWriteError):
+                # a fresh one per caller: one exception raised in several threads at once
+                # would collect all their tracebacks
+                raise IngressWriteError(str(pending.error)) from pending.error
+            raise pending.error
+        return pending.issued
+
+    def _take_group(self) -> list[_Pending]:
+        """Pop the head of the queue and whatever follows it, up to the group bound (a call
+        is never split: its events are written, and fail, together). Under ``_queue_turn``."""
+        group = [self._queue.popleft()]
+        size = len(group[0].drafts)
+        while self._queue and size + len(self._queue[0].drafts) <= MAX_GROUP_EVENTS:
+            size += len(self._queue[0].drafts)
+            group.append(self._queue.popleft())
+        return group
+
+    def _commit(self, group: list[_Pending]) -> None:
+        """Chain, sign, write and record one group; every member ends done."""
+        try:
+            # 1. Under the lock, point each draft at its therapy's chain head: the log's,
+            #    our in-flight tail, or the previous draft of the same therapy in this group
+            #    (queue order, so per-therapy order is the callers' order). The signing time
+            #    is now, not when the caller drafted (R1 holds it against the append time).
+            signed_at = now_us()
+            with self._lock:
+                heads: dict[str, bytes] = {}
+                chained: list[Envelope] = []
+                for pending in group:
+                    for draft in pending.drafts:
+                        prev = b""
+                        if pending.chained:
+                            prev = heads[draft.coi] if draft.coi in heads \
+                                else self._prev_hash(draft.coi)
+                        linked = replace(draft, prev_hash=prev, signed_at_us=signed_at)
+                        if pending.chained:
+                            heads[draft.coi] = chain_digest(linked)
+                        chained.append(linked)
+            # 2. One hybrid signature for the whole group, over the Merkle root of its
+            #    events (each carries its inclusion path); a lone event keeps its own.
+            issued = self.issuer.issue_group(chained)
+            # 3. Produce all and flush once. Kafka acknowledges the group or fails it: then
+            #    every caller of the group answers negatively and its sender resends; event
+            #    ids derive from the outside message, so what did land is applied once (R8).
+            self._writer.write(issued)
+            # 4. What is written is ours: the "already written" set, the in-flight chains
+            #    the next group chains onto, the patient index (as the log will show it).
+            with self._lock:
+                at = 0
+                for pending in group:
+                    pending.issued = issued[at:at + len(pending.drafts)]
+                    at += len(pending.drafts)
+                    if pending.chained:
+                        self._record_written(pending.issued)
+        except BaseException as exc:  # each caller raises it; none is left waiting
+            for pending in group:
+                pending.error = exc
+        # 5. Wake every caller of the group with its own events (or the group's error).
+        with self._queue_turn:
+            for pending in group:
+                pending.done = True
+            self._queue_turn.notify_all()
+
+    def _record_written(self, issued: Sequence[IssuedEvent]) -> None:
+        """Note events now on our ingress topic (under ``_lock``)."""
+        for event in issued:
+            env = event.envelope
+            self._written.add(env.event_id)
+            chain = self._in_flight.setdefault(env.coi, [])
+            if chain and chain[-1].digest != env.prev_hash:
+                chain.clear()
+            chain.append(_InFlight(env.event_id, env.prev_hash, event.digest))
+            if load_catalog().short_name(env.event_type) == "PatientEnrolled":
+                _, payload = decode_payload(env.schema_fingerprint, env.payload)
+                self.patients.observe(env, payload, accepted=False)
 
 
 def therapy_log(settings: Settings, coi: str) -> list[Envelope]:

@@ -192,6 +192,24 @@ def test_proof_of_a_one_event_batch_is_empty_and_still_verifies(signer, registry
     assert encode_envelope(only)  # encodes with an empty path
 
 
+def test_a_group_of_one_keeps_its_own_signature_and_a_larger_group_shares_one(signer,
+                                                                             registry):
+    """What a connector's group commit signs: a lone event as ``issue`` would, more with one
+    signature over their Merkle root."""
+    issuer = EventIssuer(signer)
+    payload = {"scope": "TREATMENT", "consent_document_ref": "DocumentReference/1",
+               "expires_at": None}
+    lone = issuer.draft("ConsentGranted", new_coi("S1"), payload, occurred_at_us=T0 + DAY)
+    [alone] = [decode_envelope(e.wire) for e in issuer.issue_group([lone])]
+    assert alone.batch_proof is None and registry.verify(alone).ok
+    drafts = [issuer.draft("ConsentGranted", new_coi("S1"), payload, occurred_at_us=T0 + DAY)
+              for _ in range(3)]
+    group = [decode_envelope(e.wire) for e in issuer.issue_group(drafts)]
+    assert [e.batch_proof.tree_size for e in group] == [3, 3, 3]
+    assert len({e.signature for e in group}) == 1
+    assert all(registry.verify(e).ok for e in group)
+
+
 def test_one_pass_tree_gives_the_rfc9162_paths():
     """`tree` builds every path in one pass; each must equal the definition's PATH(m, D[n])."""
     rng = random.Random(5)

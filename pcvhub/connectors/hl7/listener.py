@@ -34,10 +34,14 @@ retrying a dead socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pcvhub.connectors.callers import CallerCheck, CallerRefused
 from pcvhub.connectors.core import Connector
@@ -61,6 +65,7 @@ from pcvhub.connectors.writer import IngressWriteError
 from pcvhub.schemas.codec import SchemaValidationError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 START_BLOCK = 0x0B
 END_BLOCK = 0x1C
@@ -183,8 +188,12 @@ class MllpListener:
 
     def __init__(self, connector: Connector, mapper: MessageMapper,
                  ssl_context: ssl.SSLContext, host: str = "127.0.0.1", port: int = 0, *,
-                 frame_timeout_s: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024
-                 ) -> None:
+                 frame_timeout_s: float = 30.0, max_frame_bytes: int = 4 * 1024 * 1024,
+                 write_threads: int = 64) -> None:
+        """
+        :param write_threads: how many connections' writes may wait at once for the
+            connector's group commit (each connection has at most one message in flight).
+        """
         self.connector = connector
         self.mapper = mapper
         self.callers = CallerCheck(connector.registry, connector.site_id)
@@ -195,6 +204,11 @@ class MllpListener:
         self.max_frame_bytes = max_frame_bytes
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        # Writes wait for Kafka, mostly idle: their own threads, not the loop's default
+        # executor (cpu_count + 4 threads), which would cap how many connections' messages
+        # one group commit can take and leave the rest queued behind it. Not shut down in
+        # close: a connection still open may write; idle threads end with the listener.
+        self._writes = ThreadPoolExecutor(write_threads, thread_name_prefix="mllp-write")
 
     @property
     def endpoint(self) -> str:
@@ -313,7 +327,7 @@ class MllpListener:
         if not mapped.requests:
             return self._ack("AA", message.control_id, message, accepted)
         try:
-            await asyncio.to_thread(self.connector.emit, mapped.requests)
+            await self._write(self.connector.emit, mapped.requests)
         except SchemaValidationError as exc:
             invalid = error(DATA_TYPE_ERROR, None,
                             f"the message maps to an invalid {mapped.requests[0].event_type}: "
@@ -339,12 +353,17 @@ class MllpListener:
                       coi: str | None = None) -> None:
         """Durably record a refusal before the negative ACK goes out."""
         try:
-            await asyncio.to_thread(
+            await self._write(
                 self.connector.record_refusal, raw, self.endpoint, refusal, coi=coi,
                 event_type=message.kind if message is not None else None)
         except IngressWriteError as exc:
             log.error("could not record the refusal of a message on %s: %s (%s)",
                       self.endpoint, exc, refusal.reason)
+
+    async def _write(self, write: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking connector write (``emit``, ``record_refusal``) off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writes, functools.partial(write, *args, **kwargs))
 
     @staticmethod
     def _ack(code: str, control_id: str, message: Message | None, outcome: Outcome) -> bytes:
