@@ -60,7 +60,7 @@ from pcvhub.schemas.policy import policy_of, types_on
 from pcvhub.streams.event import InboundEvent, SourcePosition
 from pcvhub.topics import SEAL_HEADER, TopicRole
 from pcvhub.trust.canonical import chain_digest
-from pcvhub.trust.checks import SignatureChecks
+from pcvhub.trust.checks import PendingChecks, SignatureChecks
 from pcvhub.trust.registry import REGISTRY_COI, REGISTRY_EVENTS, KeyRegistry
 from pcvhub.trust.seal import (
     Seal,
@@ -272,7 +272,9 @@ class LogVerifier:
         """Verify one record (records of one partition in offset order) and fold it."""
         with self._lock:
             outcome = self._ahead.pop(record.position, None)
-            if outcome is None:
+            if outcome is not None:  # judged while reading the registry chain ahead
+                self._decoded.pop(record.position, None)
+            else:
                 outcome = self._judge(record)
                 if self._in_registry_partition(record.position):
                     # judged here: reading ahead must not judge it a second time
@@ -285,16 +287,18 @@ class LogVerifier:
 
     def admit_all(self, records: Iterable[RawRecord]) -> list[VerifiedRecord | Quarantined]:
         records = list(records)
-        self.check_ahead(records)
+        pending = self.check_ahead(records)
+        if pending is not None:
+            pending.collect()
         return [self.admit(r) for r in records]
 
-    def check_ahead(self, records: Sequence[RawRecord]) -> int:
-        """Check the signatures of records about to be admitted across the pool's cores
-        (none without one). ``admit`` then asks the same questions in order and finds them
-        answered; whatever the pool could not check it checks itself. Returns how many
-        checks were done ahead."""
+    def check_ahead(self, records: Sequence[RawRecord]) -> PendingChecks | None:
+        """Start checking the signatures of records about to be admitted across the pool's
+        cores (None without a pool); ``collect()`` the result before admitting them.
+        ``admit`` then asks the same questions in order and finds them answered; whatever
+        the pool could not check, it checks itself."""
         if self._checks is None:
-            return 0
+            return None
         envelopes: list[Envelope | None] = []
         decoded: dict[LogPosition, tuple[bytes, Envelope]] = {}
         for record in records:
@@ -306,10 +310,8 @@ class LogVerifier:
             envelopes.append(env)
             decoded[record.position] = (record.value or b"", env)
         with self._lock:
-            # the last batch's leftovers (records read ahead on the registry chain are
-            # never judged twice) go: what is not here is simply decoded again
-            self._decoded = decoded
-        return self._checks.check_now(envelopes, self.registry)
+            self._decoded.update(decoded)
+        return self._checks.submit(envelopes, self.registry)
 
     def close(self) -> None:
         """Close the lookahead's and the seal lookup's consumers, if they have them."""

@@ -46,6 +46,8 @@ from pcvhub.schemas.policy import advance
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.registry import REGISTRY_COI
 
+#: records whose signatures are checked ahead together, while the chunk before is projected
+CHECK_CHUNK = 250
 #: signature_check of a record the log reader admitted
 VERIFIED = "VERIFIED"
 #: the topics a projection reads, by role (suffixes of the topic table)
@@ -106,17 +108,24 @@ class Projector:
     def project(self, records: Iterable[RawRecord]) -> RowBatch:
         batch = RowBatch()
         records = list(records)
-        # the batch's signatures across cores first (if the verifier has a pool)
-        self.verifier.check_ahead(records)
-        for record in records:
-            at = record.position
-            expected = batch.offsets.get((at.topic, at.partition),
-                                         self.positions.get((at.topic, at.partition), 0))
-            if at.offset < expected:
-                raise OffsetRegression(at.topic, at.partition, at.offset, expected)
-            self._project_one(record, batch)
-            batch.offsets[(at.topic, at.partition)] = at.offset + 1
-            batch.records += 1
+        # With a pool (pcvhub.trust.checks), one chunk's signatures are checked on the
+        # other cores while the chunk before it is projected here.
+        chunks = [records[i:i + CHECK_CHUNK] for i in range(0, len(records), CHECK_CHUNK)]
+        pending = self.verifier.check_ahead(chunks[0]) if chunks else None
+        for index, chunk in enumerate(chunks):
+            if pending is not None:
+                pending.collect()
+            if index + 1 < len(chunks):
+                pending = self.verifier.check_ahead(chunks[index + 1])
+            for record in chunk:
+                at = record.position
+                expected = batch.offsets.get((at.topic, at.partition),
+                                             self.positions.get((at.topic, at.partition), 0))
+                if at.offset < expected:
+                    raise OffsetRegression(at.topic, at.partition, at.offset, expected)
+                self._project_one(record, batch)
+                batch.offsets[(at.topic, at.partition)] = at.offset + 1
+                batch.records += 1
         return batch
 
     def committed(self, batch: RowBatch) -> None:

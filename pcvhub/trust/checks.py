@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from pcvhub.schemas.envelope import Envelope
@@ -130,18 +130,45 @@ class SignatureChecks:
             return self._broken(exc)
         return self._remember(parts, results)
 
-    def check_now(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry) -> int:
-        """``ahead`` for a caller with no event loop (a rebuild): blocks until done."""
+    def submit(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry
+               ) -> PendingChecks:
+        """Start checking a batch's signatures across the pool and return at once; the
+        caller does other work (projects the previous batch) and then ``collect``s."""
         parts = self._needed(envelopes, registry)
         if not parts:
-            return 0
+            return PendingChecks(self, [], [])
         try:
-            results = list(self._executor().map(check_all, parts))
+            futures = [self._executor().submit(check_all, part) for part in parts]
         except BrokenProcessPool as exc:
-            return self._broken(exc)
-        return self._remember(parts, results)
+            self._broken(exc)
+            return PendingChecks(self, [], [])
+        return PendingChecks(self, parts, futures)
+
+    def check_now(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry) -> int:
+        """``ahead`` for a caller with no event loop: blocks until done."""
+        return self.submit(envelopes, registry).collect()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+class PendingChecks:
+    """Checks of one batch under way in the pool (``SignatureChecks.submit``)."""
+
+    def __init__(self, pool: SignatureChecks, parts: list[list[Check]],
+                 futures: list[Future[list[tuple[str, ...]]]]) -> None:
+        self._pool, self._parts, self._futures = pool, parts, futures
+
+    def collect(self) -> int:
+        """Wait for the results and remember them; returns how many checks were done."""
+        if not self._futures:
+            return 0
+        try:
+            results = [future.result() for future in self._futures]
+        except BrokenProcessPool as exc:
+            return self._pool._broken(exc)
+        finally:
+            self._futures = []
+        return self._pool._remember(self._parts, results)
