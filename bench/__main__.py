@@ -32,6 +32,16 @@ SECTIONS = {"crypto": crypto.run, "log": log_reader.run, "gatekeeper": gatekeepe
             "ledger": ledger.run, "mpc": mpc.run}
 
 
+def _events(text: str) -> int:
+    """``1M``, ``10M``, ``250k`` or a plain number of events."""
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    try:
+        return int(float(text[:-1] if factor > 1 else text) * factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of events "
+                                         "(e.g. 1M, 10M, 250k)") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
@@ -40,6 +50,9 @@ def main() -> None:
                         help="input size of the vault peak-memory run (16 for the full CRAM)")
     parser.add_argument("--vault-sites-only", action="store_true",
                         help="vault: only the end-to-end put/get through site processes")
+    parser.add_argument("--scale", type=_events, metavar="N",
+                        help="events in the projections' big log, e.g. 1M or 10M (checks "
+                             "free disk first; tens of GB at 10M; never in CI)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="sample the processes under test with py-spy; collapsed stacks "
                              "to DIR, top functions printed")
@@ -53,7 +66,9 @@ def main() -> None:
                      f"known: {', '.join(SECTIONS)}")
     for name in args.sections or list(SECTIONS):
         console.print(f"[bold]bench {name}[/] ...")
-        if name == "vault":
+        if name == "projections":
+            figures.extend(projections.run(quick=args.quick, scale=args.scale))
+        elif name == "vault":
             figures.extend(vault.run(quick=args.quick, peak_gib=args.vault_gib,
                                      sites_only=args.vault_sites_only))
         else:

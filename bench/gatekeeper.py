@@ -52,6 +52,17 @@ def _prepared(root: Path, therapies: int):
     return baseline, sandbox, pair, builder, events
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+PEAK_RSS: dict[str, float] = {}  # module -> peak RSS of its first worker, last run
+
+
 def _throughput(sandbox: Sandbox, module: str, warmup, records, workers: int = 1) -> float:
     """Events/s of ``workers`` processes of ``module`` sharing the ingress partitions, over
     ``records`` sent after ``warmup`` was answered and the group settled."""
@@ -69,6 +80,7 @@ def _throughput(sandbox: Sandbox, module: str, warmup, records, workers: int = 1
             elapsed = time.perf_counter() - started
         if done < base + len(records):
             raise RuntimeError(f"{module}: only {done - base}/{len(records)} answered")
+        PEAK_RSS[module] = peak_rss_mb(procs[0].pid)
         return len(records) / elapsed
     finally:
         for proc in procs:
@@ -178,6 +190,8 @@ def run(quick: bool = False) -> list[Figure]:
                "verified + rule-checked, 1 worker", hub_rate),
         Figure("gatekeeper", "verified + rule-checked, end to end", hub_rate, "events/s",
                f"hybrid-verify limit ({os.cpu_count()} cores x 1 core's rate)", limit),
+        Figure("gatekeeper", "gatekeeper worker's peak RSS (2-worker run, worker 1)",
+               PEAK_RSS["pcvhub.cli"], "MB", f"{name}'s", PEAK_RSS["bench.passthrough"]),
         Figure("gatekeeper", f"latency p50 at {LATENCY_RATE}/s", p50, "ms"),
         Figure("gatekeeper", f"latency p99 at {LATENCY_RATE}/s", p99, "ms"),
     ]
