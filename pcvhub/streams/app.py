@@ -55,6 +55,8 @@ SEAL_BATCH_MAX = 500
 #: how long a send step waits for records to be ready before it seals what it has: well
 #: under the producer's linger, so sealing adds no latency a record would notice
 SEAL_WAIT_SECONDS = 0.001
+#: records whose signatures are checked ahead together (Step 0)
+CHECK_CHUNK = 64
 #: aiokafka's timestamp type of a record stamped by the broker (LogAppendTime)
 _LOG_APPEND_TIME = 1
 
@@ -153,15 +155,24 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
         batches = cast(faust.Stream, stream).take_events(SEAL_BATCH_MAX,
                                                          within=SEAL_WAIT_SECONDS)
         async for events in batches:
-            # Step 0. Decode the batch once; its signatures are checked across cores
-            # first, and judging in order below asks the same questions and finds them
-            # answered.
+            # Step 0. Decode the batch once. Its signatures are checked on the other
+            # cores a chunk ahead: while chunk i is judged here, chunk i+1 is being
+            # checked, and judging in order asks the same questions and finds them
+            # answered (pcvhub.trust.checks).
             decoded = [gatekeeper.decoded(event.value) for event in events]
-            await checks.ahead([None if isinstance(d, DecodeError) else d.envelope
-                                for d in decoded], gatekeeper.registry)
+            envelopes = [None if isinstance(d, DecodeError) else d.envelope for d in decoded]
+            starts = range(0, len(events), CHECK_CHUNK)
+            ahead = asyncio.ensure_future(checks.ahead(envelopes[:CHECK_CHUNK],
+                                                       gatekeeper.registry))
             alerts: list[Output] = []
             primaries: list[Output] = []
-            for event, inbound in zip(events, decoded, strict=True):
+            for index, (event, inbound) in enumerate(zip(events, decoded, strict=True)):
+                if index in starts:
+                    await ahead
+                    following = envelopes[index + CHECK_CHUNK:index + 2 * CHECK_CHUNK]
+                    if following:
+                        ahead = asyncio.ensure_future(checks.ahead(following,
+                                                                   gatekeeper.registry))
                 msg = event.message
                 appended = (round(msg.timestamp * 1_000) * 1_000
                             if msg.timestamp_type == _LOG_APPEND_TIME else None)

@@ -71,6 +71,16 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
         load_settings({"PCVHUB_CONFIG": str(broken)})
     with pytest.raises(ConfigError, match="not an integer"):
         load_settings({"PCVHUB_KAFKA_BASE_PORT": "nineteen"})
+    with pytest.raises(ConfigError, match="PCVHUB_VERIFY_WORKERS.*'two'"):
+        load_settings({"PCVHUB_VERIFY_WORKERS": "two"})
+    with pytest.raises(ConfigError, match="PCVHUB_VERIFY_WORKERS.*-1"):
+        load_settings({"PCVHUB_VERIFY_WORKERS": "-1"})
+
+
+def test_signature_checks_run_one_process_per_core_unless_set() -> None:
+    assert load_settings({}).verify_workers is None  # pcvhub.trust.checks: os.cpu_count()
+    assert load_settings({"PCVHUB_VERIFY_WORKERS": "0"}).verify_workers == 0
+    assert load_settings({"PCVHUB_VERIFY_WORKERS": "3"}).verify_workers == 3
 
 
 def test_topic_table_keeps_the_log_forever_and_stamps_ingress_with_append_time() -> None:
