@@ -42,14 +42,17 @@ def _prepared(root: Path, therapies: int):
     sandbox = Sandbox.create(settings, kafka.bootstrap_servers, root / "gatekeeper")
     builder = Hub()
     builder.deploy_gatekeeper(sandbox)
-    # a second deployment for the two-worker run: same keys and anchor, fresh topics
-    pair = Sandbox.create(settings, kafka.bootstrap_servers, root / "gatekeeper-pair")
-    shutil.copytree(sandbox.settings.data_dir, pair.settings.data_dir, dirs_exist_ok=True)
+    # more deployments, same keys and anchor, fresh topics: the two-worker run, the run
+    # with a signature check pool
+    pair, pooled = (Sandbox.create(settings, kafka.bootstrap_servers, root / f"gatekeeper-{n}")
+                    for n in ("pair", "pooled"))
+    for other in (pair, pooled):
+        shutil.copytree(sandbox.settings.data_dir, other.settings.data_dir, dirs_exist_ok=True)
     cast = builder.register_cast("bench")
     scenarios = [TherapyScenario(builder, cast=cast, patient_hash=f"{i:064x}")
                  for i in range(therapies)]
     events = [e for s in scenarios for e in s.full_therapy()]
-    return baseline, sandbox, pair, builder, events
+    return baseline, sandbox, pair, pooled, builder, events
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -63,17 +66,19 @@ def peak_rss_mb(pid: int) -> float:
 PEAK_RSS: dict[str, float] = {}  # module -> peak RSS of its first worker, last run
 
 
-def _throughput(sandbox: Sandbox, module: str, warmup, records, workers: int = 1) -> float:
+def _throughput(sandbox: Sandbox, module: str, warmup, records, workers: int = 1,
+                env: dict[str, str] | None = None) -> float:
     """Events/s of ``workers`` processes of ``module`` sharing the ingress partitions, over
     ``records`` sent after ``warmup`` was answered and the group settled."""
     name = module.rsplit(".", 1)[-1].replace("cli", "gatekeeper")
-    procs = [sandbox.start_worker(f"{name}-{workers}-{i}", module=module)
+    tag = f"{name}-{workers}" + ("-pool" if env else "")
+    procs = [sandbox.start_worker(f"{tag}-{i}", module=module, env=env)
              for i in range(workers)]
     try:
         sandbox.send(warmup)
         base = sandbox.wait_answered(len(warmup), 180, procs[0])
         sandbox.wait_group(workers)
-        with sampled(procs[0].pid, f"{name}-{workers}-workers"):
+        with sampled(procs[0].pid, f"{tag}-workers"):
             started = time.perf_counter()
             sandbox.send(records)
             done = sandbox.wait_answered(base + len(records), 600, procs[0])
@@ -152,7 +157,8 @@ def run(quick: bool = False) -> list[Figure]:
         therapies = THERAPIES // 4 if quick else THERAPIES
         latency_n = LATENCY_RATE * (LATENCY_SECONDS // (4 if quick else 1))
         extra = latency_n // 42 + 2  # therapies whose events feed the latency run
-        baseline_box, sandbox, pair, builder, events = _prepared(Path(tmp), therapies + extra)
+        baseline_box, sandbox, pair, pooled, builder, events = _prepared(
+            Path(tmp), therapies + extra)
         limit = _verify_limit(events, builder.registry)
         regs = [(e.coi.encode(), e.raw) for e in builder.registry_log]
         records = [(e.coi.encode(), e.raw) for e in events]
@@ -163,6 +169,10 @@ def run(quick: bool = False) -> list[Figure]:
         baseline_2 = _throughput(baseline_box, "bench.passthrough", regs, throughput_part, 2)
         hub_rate_2 = _throughput(pair, "pcvhub.cli", regs, throughput_part, 2)
         pair.stop_all()
+        pool_size = os.cpu_count() or 1
+        hub_rate_pooled = _throughput(pooled, "pcvhub.cli", regs, throughput_part,
+                                      env={"PCVHUB_VERIFY_WORKERS": str(pool_size)})
+        pooled.stop_all()
         worker = sandbox.start_worker("latency")
         try:
             # Warm up with the first event of every therapy of the run: once answered, the
@@ -188,6 +198,9 @@ def run(quick: bool = False) -> list[Figure]:
                f"{name}, 2 workers", baseline_2),
         Figure("gatekeeper", "verified + rule-checked, 2 workers", hub_rate_2, "events/s",
                "verified + rule-checked, 1 worker", hub_rate),
+        Figure("gatekeeper", f"verified + rule-checked, signatures checked ahead by "
+                             f"{pool_size} processes", hub_rate_pooled, "events/s",
+               "verified + rule-checked, inline (the default)", hub_rate),
         Figure("gatekeeper", "verified + rule-checked, end to end", hub_rate, "events/s",
                f"hybrid-verify limit ({os.cpu_count()} cores x 1 core's rate)", limit),
         Figure("gatekeeper", "gatekeeper worker's peak RSS (2-worker run, worker 1)",

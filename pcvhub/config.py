@@ -74,9 +74,10 @@ class Settings:
     #: what R1 holds signed times against (``pcvhub.streams.timebounds``): ``production``
     #: or ``simulation`` (the demo and tests, which back-date on a simulated clock)
     time_bounds: str = "production"
-    #: processes the gatekeeper checks a batch's signatures in, ahead of judging it in
-    #: order (``pcvhub.trust.checks``); None: one per core; 0: every check inline
-    verify_workers: int | None = None
+    #: processes the gatekeeper and the projection runner check a batch's signatures in,
+    #: ahead of judging it in order (``pcvhub.trust.checks``); 0: every check inline (the
+    #: default: on two cores, shared with the broker, the pool cost more than it moved)
+    verify_workers: int = 0
 
     # -- who this process is to Kafka ---------------------------------------------------
 
@@ -239,11 +240,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                           f"one of {', '.join(TIME_BOUND_PROFILES)}")
     workers = table.get("gatekeeper", {}).get("verify_workers")
     try:
-        verify_workers = None if workers is None else int(workers)
+        verify_workers = Settings.verify_workers if workers is None else int(workers)
     except ValueError:
         raise ConfigError(f"gatekeeper.verify_workers (PCVHUB_VERIFY_WORKERS) is {workers!r}; "
                           "give a number of processes (0: check signatures inline)") from None
-    if verify_workers is not None and verify_workers < 0:
+    if verify_workers < 0:
         raise ConfigError(f"gatekeeper.verify_workers (PCVHUB_VERIFY_WORKERS) is "
                           f"{verify_workers}; give 0 or more processes")
     security = None  # the local broker's, unless the operator gives security settings

@@ -96,15 +96,17 @@ class Sandbox:
         return store.create(GATEKEEPER_ACTOR, str(now_us()))
 
     # -- workers --------------------------------------------------------------------
-    def start_worker(self, name: str = "w1", module: str = "pcvhub.cli") -> subprocess.Popen:
-        """``python -m <module> worker`` with this sandbox's settings in its environment."""
+    def start_worker(self, name: str = "w1", module: str = "pcvhub.cli",
+                     env: dict[str, str] | None = None) -> subprocess.Popen:
+        """``python -m <module> worker`` with this sandbox's settings in its environment
+        (and ``env`` over them)."""
         log = (self.root / f"worker-{name}.log").open("a")
         workdir = self.root / f"worker-{name}"
         workdir.mkdir(exist_ok=True)
         proc = subprocess.Popen(
             [sys.executable, "-m", module, "worker", "--app-id",
              f"{self.settings.topic_prefix}-gatekeeper"],
-            cwd=workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=workdir, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.workers.append(proc)
         return proc

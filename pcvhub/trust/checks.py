@@ -15,6 +15,12 @@ is a function of (message, both signatures, both public keys), and a check the p
 not do (a key registered earlier in the same batch, a pool that broke) is done inline.
 Small batches are checked inline: a round trip to another process costs more than it
 saves there, and an idle gatekeeper answers one record at a time.
+
+Off by default (``verify_workers = 0``): measured on a 2-core machine that also runs the
+broker, the gatekeeper judged 898 events/s inline and 663 with a pool of two (its
+processes, the broker and the event loop compete for the same cores; each check ships about
+5.5 KB to a process). ``python -m bench gatekeeper`` prints both, in one run, for the
+machine it runs on.
 """
 
 from __future__ import annotations

@@ -77,8 +77,8 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
         load_settings({"PCVHUB_VERIFY_WORKERS": "-1"})
 
 
-def test_signature_checks_run_one_process_per_core_unless_set() -> None:
-    assert load_settings({}).verify_workers is None  # pcvhub.trust.checks: os.cpu_count()
+def test_signature_checks_run_inline_unless_a_pool_is_set() -> None:
+    assert load_settings({}).verify_workers == 0
     assert load_settings({"PCVHUB_VERIFY_WORKERS": "0"}).verify_workers == 0
     assert load_settings({"PCVHUB_VERIFY_WORKERS": "3"}).verify_workers == 3
 
