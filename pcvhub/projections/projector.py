@@ -108,8 +108,8 @@ class Projector:
     def project(self, records: Iterable[RawRecord]) -> RowBatch:
         batch = RowBatch()
         records = list(records)
-        # With a pool (pcvhub.trust.checks), one chunk's signatures are checked on the
-        # other cores while the chunk before it is projected here.
+        # With a check pool (verify_workers > 0, pcvhub.trust.checks), one chunk's
+        # signatures are checked on other cores while the chunk before it is projected.
         chunks = [records[i:i + CHECK_CHUNK] for i in range(0, len(records), CHECK_CHUNK)]
         pending = self.verifier.check_ahead(chunks[0]) if chunks else None
         for index, chunk in enumerate(chunks):

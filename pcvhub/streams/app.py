@@ -155,10 +155,10 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
         batches = cast(faust.Stream, stream).take_events(SEAL_BATCH_MAX,
                                                          within=SEAL_WAIT_SECONDS)
         async for events in batches:
-            # Step 0. Decode the batch once. Its signatures are checked on the other
-            # cores a chunk ahead: while chunk i is judged here, chunk i+1 is being
-            # checked, and judging in order asks the same questions and finds them
-            # answered (pcvhub.trust.checks).
+            # Step 0. Decode the batch once. With a check pool (verify_workers > 0; off
+            # by default, see pcvhub.trust.checks) its signatures are checked on other
+            # cores a chunk ahead: while chunk i is judged here, chunk i+1 is checked, and
+            # judging in order asks the same questions and finds them answered.
             decoded = [gatekeeper.decoded(event.value) for event in events]
             envelopes = [None if isinstance(d, DecodeError) else d.envelope for d in decoded]
             starts = range(0, len(events), CHECK_CHUNK)
