@@ -161,33 +161,33 @@ def build_app(settings: Settings, gatekeeper: Gatekeeper, app_id: str = "pcvhub-
             # judging in order asks the same questions and finds them answered.
             decoded = [gatekeeper.decoded(event.value) for event in events]
             envelopes = [None if isinstance(d, DecodeError) else d.envelope for d in decoded]
-            starts = range(0, len(events), CHECK_CHUNK)
             ahead = asyncio.ensure_future(checks.ahead(envelopes[:CHECK_CHUNK],
                                                        gatekeeper.registry))
             alerts: list[Output] = []
             primaries: list[Output] = []
-            for index, (event, inbound) in enumerate(zip(events, decoded, strict=True)):
-                if index in starts:
-                    await ahead
-                    following = envelopes[index + CHECK_CHUNK:index + 2 * CHECK_CHUNK]
-                    if following:
-                        ahead = asyncio.ensure_future(checks.ahead(following,
-                                                                   gatekeeper.registry))
-                msg = event.message
-                appended = (round(msg.timestamp * 1_000) * 1_000
-                            if msg.timestamp_type == _LOG_APPEND_TIME else None)
-                source = SourcePosition(msg.topic, msg.partition, msg.offset, appended)
-                # Step 2. The partition's ledger, folded from its outputs on first use.
-                ledger = await ledger_for(msg.partition)
-                # Step 3. A record redelivered after a crash is already answered on the log.
-                if ledger.has_answered(source):
-                    continue
-                # Step 1. Judge: exactly one primary record (canonical or rejected) answers
-                # it, carrying its ingress position; alerts come first.
-                *raised, primary = gatekeeper.judge(event.value, event.key, source, ledger,
-                                                    inbound)
-                alerts += raised
-                primaries.append(primary)
+            for start in range(0, len(events), CHECK_CHUNK):
+                await ahead
+                following = envelopes[start + CHECK_CHUNK:start + 2 * CHECK_CHUNK]
+                if following:
+                    ahead = asyncio.ensure_future(checks.ahead(following, gatekeeper.registry))
+                for event, inbound in zip(events[start:start + CHECK_CHUNK],
+                                          decoded[start:start + CHECK_CHUNK], strict=True):
+                    msg = event.message
+                    appended = (round(msg.timestamp * 1_000) * 1_000
+                                if msg.timestamp_type == _LOG_APPEND_TIME else None)
+                    source = SourcePosition(msg.topic, msg.partition, msg.offset, appended)
+                    # Step 2. The partition's ledger, folded from its outputs on first use.
+                    ledger = await ledger_for(msg.partition)
+                    # Step 3. A record redelivered after a crash is already answered on
+                    # the log.
+                    if ledger.has_answered(source):
+                        continue
+                    # Step 1. Judge: exactly one primary record (canonical or rejected)
+                    # answers it, carrying its ingress position; alerts come first.
+                    *raised, primary = gatekeeper.judge(event.value, event.key, source,
+                                                        ledger, inbound)
+                    alerts += raised
+                    primaries.append(primary)
             if not primaries:
                 continue
             # Step 8. One seal over everything this step writes.

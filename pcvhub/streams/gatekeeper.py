@@ -168,11 +168,11 @@ class Gatekeeper:
 
         :param decoded: ``decoded(raw)`` if the caller already has it.
         """
-        event = self.decoded(raw, source) if decoded is None else decoded
+        event = self.decoded(raw) if decoded is None else decoded
         if isinstance(event, DecodeError):
             coi = key.decode("utf-8", "replace") if key else ""
             return [self._rejection(raw, source, coi, "", "R0", "MALFORMED", str(event))]
-        event = replace(event, source=source)
+        event = replace(event, source=source)  # the one place a judged event gets its source
         if written_in_legacy_form(raw, event.envelope):
             return [self._rejection(
                 raw, source, event.coi, event.event_id, "R0", "LEGACY_FINGERPRINT",

@@ -126,21 +126,15 @@ class SignatureChecks:
     async def ahead(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry) -> int:
         """Check a batch's signatures across the pool while the event loop serves Kafka;
         returns how many checks were done ahead (0: small batch, or the pool is off)."""
-        parts = self._needed(envelopes, registry)
-        if not parts:
-            return 0
-        loop = asyncio.get_running_loop()
-        try:
-            results = await asyncio.gather(*(loop.run_in_executor(self._executor(), check_all,
-                                                                  part) for part in parts))
-        except BrokenProcessPool as exc:
-            return self._broken(exc)
-        return self._remember(parts, results)
+        pending = self.submit(envelopes, registry)
+        await pending.ready()
+        return pending.collect()
 
     def submit(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry
                ) -> PendingChecks:
         """Start checking a batch's signatures across the pool and return at once; the
-        caller does other work (projects the previous batch) and then ``collect``s."""
+        caller does other work (judges or projects the chunk before) and then
+        ``collect``s."""
         parts = self._needed(envelopes, registry)
         if not parts:
             return PendingChecks(self, [], [])
@@ -150,10 +144,6 @@ class SignatureChecks:
             self._broken(exc)
             return PendingChecks(self, [], [])
         return PendingChecks(self, parts, futures)
-
-    def check_now(self, envelopes: Sequence[Envelope | None], registry: KeyRegistry) -> int:
-        """``ahead`` for a caller with no event loop: blocks until done."""
-        return self.submit(envelopes, registry).collect()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -167,6 +157,11 @@ class PendingChecks:
     def __init__(self, pool: SignatureChecks, parts: list[list[Check]],
                  futures: list[Future[list[tuple[str, ...]]]]) -> None:
         self._pool, self._parts, self._futures = pool, parts, futures
+
+    async def ready(self) -> None:
+        """Wait, without blocking the event loop, until ``collect`` would not block."""
+        if self._futures:
+            await asyncio.wait([asyncio.wrap_future(f) for f in self._futures])
 
     def collect(self) -> int:
         """Wait for the results and remember them; returns how many checks were done."""

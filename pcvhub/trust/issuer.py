@@ -88,9 +88,13 @@ class EventIssuer:
     def issue(self, event_type: str, coi: str, payload: Mapping[str, Any], **options: Any
               ) -> IssuedEvent:
         """Draft, sign and encode one event; the chain head of ``coi`` moves to it."""
-        envelope = self.signer.seal(self.draft(event_type, coi, payload, **options))
+        return self._sealed(self.draft(event_type, coi, payload, **options))
+
+    def _sealed(self, draft: Envelope) -> IssuedEvent:
+        """Sign and encode one draft on its own; its therapy's chain head moves to it."""
+        envelope = self.signer.seal(draft)
         issued = IssuedEvent(envelope, encode_envelope(envelope))
-        self.heads[coi] = issued.digest
+        self.heads[envelope.coi] = issued.digest
         return issued
 
     def issue_batch(self, drafts: Sequence[Envelope]) -> list[IssuedEvent]:
@@ -120,7 +124,4 @@ class EventIssuer:
         """
         if len(drafts) != 1:
             return self.issue_batch(drafts)
-        envelope = self.signer.seal(drafts[0])
-        issued = IssuedEvent(envelope, encode_envelope(envelope))
-        self.heads[envelope.coi] = issued.digest
-        return [issued]
+        return [self._sealed(drafts[0])]

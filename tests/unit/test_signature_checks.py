@@ -117,8 +117,8 @@ def test_the_pool_starts_only_once_enough_checks_were_asked_for(signer, registry
     forget_checks()
     checks = SignatureChecks(2, start_after=2 * PARALLEL_FROM)
     try:
-        assert checks.check_now(envelopes, registry) == 0  # inline: a short run so far
-        assert checks.check_now(envelopes, registry) == PARALLEL_FROM  # now the pool
+        assert checks.submit(envelopes, registry).collect() == 0  # inline: a short run
+        assert checks.submit(envelopes, registry).collect() == PARALLEL_FROM  # now the pool
     finally:
         checks.close()
 
