@@ -173,6 +173,7 @@ class Projector:
             bytes(env.prev_hash).hex(), digest.hex(), chain_seq, chain_link,
             bytes(env.schema_fingerprint).hex(),
             None if env.batch_proof is None else bytes(env.batch_proof.root).hex(),
+            env.version, None if env.late_entry is None else env.late_entry.reason,
             sha256_hex(raw), None if source is None else str(source),
             check, detail))
         if not isinstance(outcome, VerifiedRecord):

@@ -240,14 +240,15 @@ class DraftingScenario(TherapyScenario):
     def issue(self, actor: str | Party, event_type: str, payload: dict[str, Any], *,
               occurred_at_us: int | None = None, prev_hash: bytes | None = None,
               meaning: SignatureMeaning = SignatureMeaning.AUTHORED,
-              coi: str | None = None) -> InboundEvent:
+              coi: str | None = None, late_entry: str | None = None) -> InboundEvent:
         who = self.actors[actor] if isinstance(actor, str) else actor
         if occurred_at_us is None:
             self.now_us += self.tick_us
             occurred_at_us = self.now_us
         draft = who.issuer.draft(event_type, coi or self.coi, payload,
                                  occurred_at_us=occurred_at_us, meaning=meaning,
-                                 prev_hash=self.case.head if prev_hash is None else prev_hash)
+                                 prev_hash=self.case.head if prev_hash is None else prev_hash,
+                                 late_entry=late_entry)
         return decode_inbound(encode_envelope(draft))
 
     def commit(self, event: InboundEvent) -> InboundEvent:
