@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pcvhub.ids import new_coi
-from pcvhub.log.verify import RawRecord
+from pcvhub.log.verify import CheckpointCover, QuarantineReport, RawRecord
 from pcvhub.projections.projection import Projection
 from pcvhub.schemas.codec import decode_envelope, decode_payload, encode_envelope
 from pcvhub.schemas.envelope import Envelope, SignatureMeaning
@@ -298,10 +298,11 @@ def signed_cohort(hub: Hub, cast: dict[str, Party], events: int, *, batch: int =
 
 def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None, *,
             batch: int = 50, topic_prefix: str = "test",
-            log: Sequence[RawRecord] | None = None) -> None:
+            log: Sequence[RawRecord] | None = None,
+            checkpoint: CheckpointCover | None = None) -> QuarantineReport:
     """Project ``records`` into ``path`` in batches, as the runner does (no Kafka): the
     registry partition is read ahead from ``log`` (the whole log the records are part
-    of; by default the records themselves)."""
+    of; by default the records themselves). Returns the log reader's report."""
     registry_partition = partition_for(REGISTRY_COI.encode(), PARTITIONS)
     key = REGISTRY_COI.encode()
 
@@ -311,9 +312,11 @@ def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None
                 and r.offset >= from_offset]
 
     with Projection(path, topic_prefix, anchor or KeyRegistry(), anchor is not None,
-                    registry_partition, read_registry, SEAL_BOOK) as projection:
+                    registry_partition, read_registry, SEAL_BOOK,
+                    checkpoint=checkpoint) as projection:
         for start in range(0, len(records), batch):
             projection.apply(records[start:start + batch])
+        return projection.verifier.report
 
 
 def canonical_records(events: list[tuple[bytes, bytes]], gatekeeper: EventSigner
