@@ -101,6 +101,31 @@ def test_an_event_from_an_unregistered_key_written_to_the_log_is_not_verified(
     assert row["actor_roles"] is None
 
 
+def test_a_record_claiming_an_unknown_event_type_is_shown_and_the_projection_goes_on(
+        tmp_path: Path) -> None:
+    """The claimed type is attacker-chosen text: shown as claimed, never looked up (the
+    projector once stopped on it), and the records after it are still projected."""
+    hub, scenario, log = one_therapy()
+    nurse = scenario.actors["nurse"].issuer
+    draft = nurse.draft("OutcomeRecorded", scenario.coi, {
+        "time_point": "week-99", "recist_response": "CR", "ctdna_status": "NOT_DETECTED",
+        "survival_status": "ALIVE"}, occurred_at_us=scenario.now_us + 1,
+        prev_hash=scenario.case.head)
+    claimed = nurse.signer.seal(replace(draft, event_type="pcvhub.events.NoSuchEvent"))
+    stranger = EventIssuer(EventSigner("stranger", "stranger-k1", HybridKeyPair.generate()))
+    after = stranger.issue("OutcomeRecorded", scenario.coi, {
+        "time_point": "week-100", "recist_response": "CR", "ctdna_status": "NOT_DETECTED",
+        "survival_status": "ALIVE"}, occurred_at_us=scenario.now_us + 2,
+        prev_hash=scenario.case.head)
+    log += [(claimed.coi.encode(), encode_envelope(claimed)), (after.key, after.wire)]
+    project(tmp_path / "p.duckdb", list(canonical_records(log)), anchor_of(hub))
+    rows = {r["event_id"]: r for r in audit(tmp_path / "p.duckdb", scenario.coi)}
+    odd = rows[claimed.event_id]
+    assert (odd["event_type"], odd["signature_check"]) == ("NoSuchEvent", "MALFORMED")
+    assert "pcvhub.events.NoSuchEvent" in odd["detail"]
+    assert rows[after.envelope.event_id]["signature_check"] == "UNREGISTERED_KEY"
+
+
 def test_events_signed_after_a_later_reported_compromise_are_flagged(tmp_path: Path) -> None:
     hub, scenario, log = one_therapy()
     nurse = scenario.actors["nurse"]
