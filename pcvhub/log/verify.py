@@ -22,7 +22,10 @@
    sealing time (checked once per head, then remembered); and the record's inclusion path
    leads from this record (its topic, partition, key and bytes) and the sealed facts to
    the head's root (``SEAL_INVALID``, with the reason). The ingress position the record
-   answers comes from the seal, never from an unsigned header.
+   answers comes from the seal, never from an unsigned header. A refusal or alert whose
+   seal (batch head and leaf) this reader has already admitted once is a copy someone
+   appended again (``SEAL_REPLAYED``): the gatekeeper writes each sealed record once, and
+   a canonical copy is caught by its hash chain anyway.
 7. **The hash chain** (canonical topic): the record names the chain digest of the last
    admitted record of its therapy (``HASH_CHAIN_BROKEN``).
 
@@ -283,6 +286,10 @@ class LogVerifier:
         self._reading_ahead = False
         self._seals = seals
         self._verified_heads: OrderedDict[int, SealHead] = OrderedDict()
+        # (head offset, leaf index) of every refusal and alert admitted: their replays.
+        # Held for the reader's life (a resumed reader starts afresh: see the note in
+        # _replayed); refusals and alerts are few beside the canonical records.
+        self._side_seals: dict[tuple[int, int], LogPosition] = {}
         self._checks = checks
         self._checkpoint = checkpoint
         # envelopes check_ahead decoded, by position, with the bytes they were decoded from
@@ -380,15 +387,33 @@ class LogVerifier:
                                                              appended))
             if record.position.topic == CANONICAL:
                 self._linked(event)
+            if seal is not None and record.position.topic in SIDE_TOPICS:
+                self._replayed(record, event, seal)
         except _Refused as refused:
             return Quarantined(record.position, record.key, raw, refused.code, refused.reason,
                                envelope, short)
         # -- fold: only what passed every check --
+        if seal is not None and record.position.topic in SIDE_TOPICS:
+            self._side_seals[(seal.head_offset, seal.leaf_index)] = record.position
         if record.position.topic == CANONICAL:
             self.heads[event.coi] = digest
             if on_registry:
                 self.registry.apply_event(event.event_id, short, payload)
         return VerifiedRecord(record.position, record.key, event, digest, seal, by_checkpoint)
+
+    def _replayed(self, record: RawRecord, event: InboundEvent, seal: Seal) -> None:
+        """Refuse a refusal or alert whose very seal was admitted before. A reader resumed
+        from stored offsets (a projection runner's restart) does not know the seals it
+        admitted before it stopped: such a replay shows as a second refusal there."""
+        first = self._side_seals.get((seal.head_offset, seal.leaf_index))
+        # the same record read again (at the same position) is no replay
+        if first is not None and first != record.position:
+            raise _Refused("SEAL_REPLAYED",
+                           f"{event.event_type} {event.event_id} on {record.position} carries "
+                           f"the seal (batch head seals@{seal.head_offset}, leaf "
+                           f"{seal.leaf_index}) of the record at {first}: a copy appended "
+                           "again by someone with broker access, not a second answer of "
+                           "the gatekeeper")
 
     def _covered(self, record: RawRecord, digest: bytes) -> bool:
         """True if the witnessed checkpoint holds this record's leaf, computed as the

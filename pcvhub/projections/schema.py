@@ -189,7 +189,8 @@ ENVELOPES = Table(
                "The log reader's verdict (pcvhub.log.verify): VERIFIED (both signatures, "
                "the key's registration, the gatekeeper's seal, the hash chain, the signer's "
                "right to write there), or the code it was quarantined for (UNSEALED and "
-               "SEAL_INVALID: not accepted by the gatekeeper; UNREGISTERED_KEY, "
+               "SEAL_INVALID: not accepted by the gatekeeper; SEAL_REPLAYED: a copy of "
+               "a sealed refusal or alert appended again; UNREGISTERED_KEY, "
                "NOT_REGISTRAR, HASH_CHAIN_BROKEN, SIGNATURE_INVALID, WRONG_SIGNER...). "
                "Only VERIFIED "
                "records reach the payload tables."),

@@ -161,6 +161,24 @@ def test_a_refusal_is_sealed_as_refused_and_names_the_ingress_record(gated: Gate
     assert outcome.event.source.offset == outcome.payload["source_offset"]
 
 
+def test_a_refusal_appended_again_is_named_a_replay(gated: Gated) -> None:
+    """An attacker copies a sealed refusal, headers and all, to a later offset: its seal
+    verifies (it covers the record's bytes, not its offset) but was admitted already."""
+    gated.verifier.admit_all(gated.records)
+    forged = gated.scenario.actors["nurse"].issuer.issue(
+        "ConsentWithdrawn", gated.scenario.coi, {
+            "scope": "RESEARCH", "consent_document_ref": "DocumentReference/9",
+            "reason": None, "granted_event_id": None}, prev_hash=b"\x07" * 32)
+    [refusal] = gated.step([(forged.key, forged.wire)])
+    assert isinstance(gated.verifier.admit(refusal), VerifiedRecord)
+    # the same record read again (a follower's re-read) is the same record, no replay
+    assert isinstance(gated.verifier.admit(refusal), VerifiedRecord)
+    copy = replace(refusal, position=replace(refusal.position, offset=refusal.offset + 5))
+    outcome = quarantined(gated.verifier, copy)
+    assert outcome.code == "SEAL_REPLAYED"
+    assert str(refusal.position) in outcome.reason and "appended again" in outcome.reason
+
+
 def test_a_record_without_a_seal_is_not_accepted_by_the_gatekeeper(gated: Gated) -> None:
     *honest, last = gated.records
     gated.verifier.admit_all(honest)
