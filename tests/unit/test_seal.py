@@ -147,13 +147,20 @@ def test_every_output_is_sealed_and_admitted_with_the_ingress_position_from_its_
         assert source.appended_at_us == APPENDED_US + source.offset
 
 
-def test_a_refusal_is_sealed_as_refused_and_names_the_ingress_record(gated: Gated) -> None:
+def sealed_refusal(gated: Gated) -> RawRecord:
+    """Every record so far admitted, then the gatekeeper's sealed refusal of a record
+    that names a previous hash its chain never had."""
     gated.verifier.admit_all(gated.records)
     forged = gated.scenario.actors["nurse"].issuer.issue(
         "ConsentWithdrawn", gated.scenario.coi, {
             "scope": "RESEARCH", "consent_document_ref": "DocumentReference/9",
             "reason": None, "granted_event_id": None}, prev_hash=b"\x07" * 32)
     [refusal] = gated.step([(forged.key, forged.wire)])
+    return refusal
+
+
+def test_a_refusal_is_sealed_as_refused_and_names_the_ingress_record(gated: Gated) -> None:
+    refusal = sealed_refusal(gated)
     outcome = gated.verifier.admit(refusal)
     assert isinstance(outcome, VerifiedRecord) and outcome.seal is not None
     assert outcome.seal.verdict is SealVerdict.REJECTED
@@ -164,12 +171,7 @@ def test_a_refusal_is_sealed_as_refused_and_names_the_ingress_record(gated: Gate
 def test_a_refusal_appended_again_is_named_a_replay(gated: Gated) -> None:
     """An attacker copies a sealed refusal, headers and all, to a later offset: its seal
     verifies (it covers the record's bytes, not its offset) but was admitted already."""
-    gated.verifier.admit_all(gated.records)
-    forged = gated.scenario.actors["nurse"].issuer.issue(
-        "ConsentWithdrawn", gated.scenario.coi, {
-            "scope": "RESEARCH", "consent_document_ref": "DocumentReference/9",
-            "reason": None, "granted_event_id": None}, prev_hash=b"\x07" * 32)
-    [refusal] = gated.step([(forged.key, forged.wire)])
+    refusal = sealed_refusal(gated)
     assert isinstance(gated.verifier.admit(refusal), VerifiedRecord)
     # the same record read again (a follower's re-read) is the same record, no replay
     assert isinstance(gated.verifier.admit(refusal), VerifiedRecord)
