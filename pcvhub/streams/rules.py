@@ -1201,12 +1201,12 @@ class Custody:
         if any(at <= s.scheduled_for_us <= until and s.site == event.payload["site_id"]
                and a not in given for a, s in case.scheduled.items()):
             return ACCEPT
-        hours = self.just_in_time_window_us // 3_600_000_000
+        hours = self.just_in_time_window_us / 3_600_000_000
         return Verdict.refuse(
             self.name, "NO_ADMINISTRATION_SCHEDULED",
             f"event {event.event_id} places dose {dose_id} just in time, but therapy "
             f"{event.coi} has no administration scheduled at site {event.payload['site_id']} "
-            f"within {hours} h of the placement; schedule the administration first "
+            f"within {hours:g} h of the placement; schedule the administration first "
             "(AdministrationScheduled), or place the dose as consignment or site stock",
         )
 
@@ -1431,12 +1431,15 @@ class Consent:
         )
 
 
-def default_rules(registry: KeyRegistry, *, bounds: TimeBounds) -> AllOf:
+def default_rules(registry: KeyRegistry, *, bounds: TimeBounds,
+                  just_in_time_window_us: int = JUST_IN_TIME_WINDOW_US) -> AllOf:
     """The gatekeeper's rule set, cheapest refusals first and signatures before trust.
 
     ``registry`` is held, not copied: registry events the gatekeeper accepts are folded
     into it and count for the very next event. ``bounds``: the deployment's time bounds
     (``pcvhub.streams.timebounds``; ``SIMULATION`` for builders on a simulated clock).
+    ``just_in_time_window_us``: R6's window for just-in-time placements (the setting
+    ``gatekeeper.just_in_time_window_hours``, which ``pcvhub.streams.worker.rules_for`` passes).
     """
     return AllOf([
         Idempotence(),
@@ -1446,7 +1449,7 @@ def default_rules(registry: KeyRegistry, *, bounds: TimeBounds) -> AllOf:
         RoleAllowed(registry),
         Lifecycle(),
         ChainOfIdentity(registry),
-        Custody(),
+        Custody(just_in_time_window_us),
         QcSpecification(),
         Consent(),
     ])
