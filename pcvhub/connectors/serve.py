@@ -2,9 +2,11 @@
 
 Each listener prints one line when it is ready: ``mllp 127.0.0.1:PORT`` (HL7 v2 over
 MLLP, mutual TLS), ``http https://127.0.0.1:PORT`` (FHIR R4, bearer tokens over TLS)
-and ``drop PATH`` (the MES/LIMS file drop). Each protocol has its own ``Connector``
-(its own ingress topic and log follower); the HL7 and FHIR listeners sign as the
-hospital site's connector actor, the file drop as the manufacturer's.
+``drop PATH`` (the MES/LIMS file drop) and ``logger-drop PATH`` (couriers' and sites'
+data logger files). Each protocol has its own ``Connector`` (its own ingress topic,
+Kafka principal and log follower); the HL7 and FHIR listeners sign as the hospital site's
+connector actor, the file drop as the manufacturer's, the logger drop as the cold chain's
+upload actor.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pcvhub.config import Settings
 from pcvhub.connectors.core import Connector
 from pcvhub.connectors.fhir import FhirServer
 from pcvhub.connectors.hl7 import MessageMapper, MllpListener
+from pcvhub.connectors.loggers import LoggerDrop
 from pcvhub.connectors.mes import FileDrop
 from pcvhub.connectors.tls import LocalCA
 
@@ -38,6 +41,9 @@ class ServeOptions:
     drop_actor_id: str | None = None
     drop_site_id: str | None = None
     settle_s: float = 2.0
+    logger_drop: Path | None = None  # the logger-upload folder; None: no logger drop
+    logger_drop_actor_id: str | None = None
+    logger_drop_site_id: str | None = None
 
 
 async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
@@ -70,6 +76,12 @@ async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
                 settings, options.drop, stop, actor_id=options.drop_actor_id,
                 site_id=options.drop_site_id)))
             announce(f"drop {options.drop.resolve()}")
+        if options.logger_drop is not None:
+            options.logger_drop.mkdir(parents=True, exist_ok=True)
+            tasks.append(asyncio.create_task(LoggerDrop.serve(
+                settings, options.logger_drop, stop, actor_id=options.logger_drop_actor_id,
+                site_id=options.logger_drop_site_id)))
+            announce(f"logger-drop {options.logger_drop.resolve()}")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
