@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pcvhub.connectors.drop_folder import DropConnector
 from pcvhub.connectors.mes import FileDrop
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.schemas.specifications import RECIPES
@@ -40,11 +41,14 @@ HEADER = ("event,coi,occurred_at,batch_id,design_hash,facility_id,planned_dose_c
 
 
 class RunningDrop:
-    """``FileDrop.serve`` (what `pcvhub serve` runs) on its own event loop in a thread."""
+    """A drop connector's ``serve`` (what `pcvhub serve` runs: ``FileDrop`` unless told
+    otherwise) on its own event loop in a thread."""
 
-    def __init__(self, hub: Sandbox, folder: Path) -> None:
+    def __init__(self, hub: Sandbox, folder: Path, connector: type[DropConnector] = FileDrop,
+                 actor_id: str = MES, site_id: str = MES_SITE) -> None:
         self.hub, self.folder = hub, folder
-        folder.mkdir(parents=True)  # the MES share exists before the connector starts
+        self.connector, self.actor_id, self.site_id = connector, actor_id, site_id
+        folder.mkdir(parents=True)  # the share exists before the connector starts
         self.loop = asyncio.new_event_loop()
         self.stop = asyncio.Event()
         self.error: BaseException | None = None
@@ -52,8 +56,9 @@ class RunningDrop:
 
     def _run(self) -> None:
         try:
-            self.loop.run_until_complete(FileDrop.serve(
-                self.hub.settings, self.folder, self.stop, actor_id=MES, site_id=MES_SITE))
+            self.loop.run_until_complete(self.connector.serve(
+                self.hub.settings, self.folder, self.stop, actor_id=self.actor_id,
+                site_id=self.site_id))
         except BaseException as exc:  # surfaced by result(): a crashed connector fails tests
             self.error = exc
 
