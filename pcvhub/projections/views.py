@@ -26,6 +26,7 @@ inventory              every released dose: site, location, placement method, st
 inventory_by_site      doses and lots per site, location, placement method and status
 inventory_lots         batches (lots) with their disposition and doses per status
 billing_claims         claims per administration: status, amounts, payer, ageing bucket
+dose_ownership         who owns each dose (manufacturer or site) and so who invoices whom
 payer_claims(p)        billing_claims of one payer only (what a payer may see)
 receivables_ageing     outstanding amounts per payer, currency and bucket (0-30 ... 90+ days)
 outcome_milestones     outcome-based payment milestones per therapy and payer
@@ -843,6 +844,109 @@ BILLING_CLAIMS = View(
     },
 )
 
+DOSE_OWNERSHIP = View(
+    "dose_ownership",
+    "Who owns each released dose, and so who bills whom for it (as the gatekeeper's case "
+    "fold holds it): a dose is the manufacturer's (the batch's holder at release) until "
+    "the site takes it over: site stock on its placement (SITE_STOCK), consigned and "
+    "just-in-time stock only once administered to the site's patient. From then on the "
+    "manufacturer invoices the site for the dose (invoice_from, invoice_to); the site bills "
+    "the payer for the administration (billing_claims).",
+    """
+    WITH doses AS (
+        SELECT * FROM (
+            SELECT coi, batch_id, unnest(dose_ids) AS dose_id, occurred_at AS released_at,
+                   log_offset
+            FROM log.batch_dispositioned
+            WHERE log_topic = 'events' AND disposition = 'RELEASED')
+        QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset) = 1
+    ),
+    batch_custody AS (  -- who held each batch, from its start on
+        SELECT coi, batch_id, producer AS holder, log_offset
+        FROM log.manufacturing_started WHERE log_topic = 'events'
+        UNION ALL
+        SELECT coi, item_id, to_actor, log_offset
+        FROM log.custody_transferred WHERE log_topic = 'events'
+    ),
+    manufacturer AS (  -- the batch's holder when the dose was released: its first owner
+        SELECT d.coi, d.dose_id, h.holder
+        FROM doses d JOIN batch_custody h
+          ON h.coi = d.coi AND h.batch_id = d.batch_id AND h.log_offset < d.log_offset
+        QUALIFY row_number() OVER (PARTITION BY d.coi, d.dose_id ORDER BY h.log_offset DESC) = 1
+    ),
+    placements AS (
+        SELECT coi, dose_id, site_id, placement_method, occurred_at, event_id, log_offset
+        FROM log.inventory_placed WHERE log_topic = 'events'
+    ),
+    site_stock AS (  -- the latest placement as the site's own stock
+        SELECT * FROM placements WHERE placement_method = 'SITE_STOCK'
+        QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset DESC) = 1
+    ),
+    latest AS (
+        SELECT coi, dose_id, placement_method FROM placements
+        QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset DESC) = 1
+    ),
+    administered AS (
+        SELECT a.coi, a.dose_id, a.occurred_at, a.event_id, p.placement_method
+        FROM log.dose_administered a
+        LEFT JOIN placements p
+          ON p.coi = a.coi AND p.dose_id = a.dose_id AND p.log_offset < a.log_offset
+        WHERE a.log_topic = 'events'
+        QUALIFY row_number() OVER (PARTITION BY a.coi, a.dose_id
+                                   ORDER BY a.log_offset, p.log_offset DESC) = 1
+    ),
+    sites AS (
+        SELECT coi, site_id FROM log.patient_enrolled WHERE log_topic = 'events'
+        QUALIFY row_number() OVER (PARTITION BY coi ORDER BY log_offset) = 1
+    ),
+    owned AS (
+        SELECT d.coi, d.dose_id, d.batch_id, l.placement_method, m.holder AS manufacturer,
+               s.site_id,
+               CASE WHEN a.dose_id IS NOT NULL AND a.placement_method IS DISTINCT FROM
+                         'SITE_STOCK' AND s.site_id IS NOT NULL THEN 'ADMINISTERED'
+                    WHEN k.dose_id IS NOT NULL THEN 'SITE_STOCK' END AS taken_over,
+               a.occurred_at AS administered_at, a.event_id AS administration_event_id,
+               k.site_id AS stock_site_id, k.occurred_at AS placed_at,
+               k.event_id AS placement_event_id, d.released_at
+        FROM doses d
+        LEFT JOIN manufacturer m USING (coi, dose_id)
+        LEFT JOIN latest l USING (coi, dose_id)
+        LEFT JOIN administered a USING (coi, dose_id)
+        LEFT JOIN site_stock k USING (coi, dose_id)
+        LEFT JOIN sites s USING (coi)
+    )
+    SELECT coi, dose_id, batch_id, placement_method, manufacturer,
+           CASE taken_over WHEN 'ADMINISTERED' THEN site_id WHEN 'SITE_STOCK' THEN stock_site_id
+                ELSE manufacturer END AS owner,
+           CASE WHEN taken_over IS NULL THEN 'MANUFACTURER' ELSE 'SITE' END AS owner_kind,
+           CASE taken_over WHEN 'ADMINISTERED' THEN administered_at
+                WHEN 'SITE_STOCK' THEN placed_at ELSE released_at END AS owner_since,
+           CASE taken_over WHEN 'ADMINISTERED' THEN administration_event_id
+                WHEN 'SITE_STOCK' THEN placement_event_id END AS taken_over_by,
+           CASE WHEN taken_over IS NOT NULL THEN manufacturer END AS invoice_from,
+           CASE taken_over WHEN 'ADMINISTERED' THEN site_id
+                WHEN 'SITE_STOCK' THEN stock_site_id END AS invoice_to
+    FROM owned
+    """,
+    {
+        "coi": "Therapy the dose belongs to.",
+        "dose_id": "Dose id from the batch release.",
+        "batch_id": "Batch (lot) the dose comes from.",
+        "placement_method": "CONSIGNMENT, SITE_STOCK or JUST_IN_TIME of its latest "
+                            "placement (NULL before placement).",
+        "manufacturer": "Actor that held the batch when the dose was released: the dose's "
+                        "first owner.",
+        "owner": "Who owns the dose now: the manufacturer, or the site (its site id).",
+        "owner_kind": "MANUFACTURER or SITE.",
+        "owner_since": "Since when: release, the site-stock placement, or the "
+                       "administration of consigned or just-in-time stock.",
+        "taken_over_by": "Event id of the placement or administration that made the dose "
+                         "the site's; NULL while the manufacturer owns it.",
+        "invoice_from": "Who invoices the dose: the manufacturer, once the site owns it.",
+        "invoice_to": "Who is invoiced: the site that took the dose over.",
+    },
+)
+
 PAYER_CLAIMS_MACRO = Macro("payer_claims", "payer",
                            "SELECT * FROM billing_claims WHERE payer_id = payer")
 
@@ -1233,7 +1337,8 @@ CONSENTS = View(
 MACROS_AND_VIEWS: tuple[View | Macro, ...] = (
     SIGNING_KEYS, ACTORS, AUDIT_TRAIL, AUDIT_MACRO, ALERTS, REJECTIONS,
     QUARANTINES, INVENTORY_MACRO, INVENTORY, INVENTORY_BY_SITE, INVENTORY_LOTS,
-    BILLING_MACRO, BILLING_CLAIMS, PAYER_CLAIMS_MACRO, RECEIVABLES_MACRO, RECEIVABLES_AGEING,
+    BILLING_MACRO, BILLING_CLAIMS, DOSE_OWNERSHIP, PAYER_CLAIMS_MACRO, RECEIVABLES_MACRO,
+    RECEIVABLES_AGEING,
     OUTCOME_MILESTONES, QC_RESULTS, TURNAROUND_STAGES, TURNAROUND, TURNAROUND_BY_SITE,
     CASE_STATUS_MACRO, CASE_STATUS, OUTCOMES, CONSENTS,
 )

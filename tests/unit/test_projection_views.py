@@ -478,3 +478,45 @@ def test_quarantines_follow_logger_readings_and_a_rejected_sample_as_the_gatekee
     assert doses == {"DOSE-1": "RELEASED", "DOSE-2": "DESTROYED", "DOSE-3": "QUARANTINED"}
     assert {d: STATUS_OF.get(r.status, r.status.value)
             for d, r in therapy.case.doses.items()} == doses
+
+
+def test_dose_ownership_shows_who_invoices_whom_as_the_gatekeepers_fold_holds_it(
+        scripted: ScriptedLog, db: duckdb.DuckDBPyConnection) -> None:
+    found = {(r["coi"], r["dose_id"]): r["owner"] for r in rows(
+        db, "SELECT * FROM dose_ownership")}
+    assert found == {(t.coi, dose_id): dose.owner for t in scripted.therapies.values()
+                     for dose_id, dose in t.case.doses.items()}
+
+
+def test_site_stock_is_the_sites_on_placement_and_consignment_once_administered(
+        tmp_path: Path) -> None:
+    """Given three doses, one placed as the site's own stock, two consigned of which one is
+    given, when projected, then the manufacturer invoices the site for the site stock from
+    its placement and for the consigned dose from its administration, and still owns the
+    third; each owner is the one the gatekeeper's fold holds."""
+    hub = Hub()
+    gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
+    hub.register_gatekeeper(gatekeeper)
+    log = ScriptedLog(hub, gatekeeper)
+    therapy = TherapyScenario(hub, doses=3)
+    log.run(therapy, "receive_at_site")
+    log.accept(therapy, therapy.place(1))
+    stock = log.accept(therapy, therapy.place(2, method="SITE_STOCK"))
+    log.accept(therapy, therapy.place(3))
+    for step in ("schedule", "reserve", "dispense", "verify_identity", "administer"):
+        given = log.accept(therapy, getattr(therapy, step)(1))
+    project(tmp_path / "hub.duckdb", log.gatekeep(), log.anchor)
+    con = connect(tmp_path / "hub.duckdb", read_only=True)
+    try:
+        found = {r["dose_id"]: r for r in rows(con, "SELECT * FROM dose_ownership")}
+    finally:
+        con.close()
+    manufacturer = therapy.id_of("manufacturer")
+    assert {d: (r["owner_kind"], r["invoice_from"], r["invoice_to"], r["taken_over_by"])
+            for d, r in found.items()} == {
+        "DOSE-1": ("SITE", manufacturer, therapy.site, given.event_id),
+        "DOSE-2": ("SITE", manufacturer, therapy.site, stock.event_id),
+        "DOSE-3": ("MANUFACTURER", None, None, None)}
+    assert found["DOSE-3"]["owner"] == manufacturer
+    assert {d: r["owner"] for d, r in found.items()} == {
+        d: dose.owner for d, dose in therapy.case.doses.items()}
