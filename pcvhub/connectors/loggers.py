@@ -51,8 +51,10 @@ Guarantees:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,6 @@ from pcvhub.connectors.mes import (
 )
 from pcvhub.connectors.outcome import Outcome, Problem
 from pcvhub.ids import is_valid_coi
-from pcvhub.times import utc_iso
 
 __all__ = ["LOGGER_COLUMNS", "LoggerDrop", "Upload", "read_uploads"]
 
@@ -119,10 +120,12 @@ def read_uploads(drop: DropFile) -> tuple[list[Upload], list[tuple[SourceRow, li
             continue
         upload = uploads.setdefault(key, Upload(*key))
         if at is not None and upload.last_read is not None and at < upload.readings[-1][0]:
-            problems.append(Problem("at", f"{utc_iso(at)} is before the reading of "
-                                          f"{upload.last_read.where} "
-                                          f"({utc_iso(upload.readings[-1][0])}); export the "
-                                          "readings in the order the logger took them"))
+            # the times as written: a time near year 1 has no UTC text of its own
+            problems.append(Problem("at", f"{cell_text(row.values.get('at'))} is before the "
+                                          f"reading of {upload.last_read.where} ("
+                                          f"{cell_text(upload.last_read.values.get('at'))}); "
+                                          "export the readings in the order the logger took "
+                                          "them"))
         upload.rows.append(row)
         upload.problems += [(row, p) for p in problems]
         if at is not None and celsius is not None and not problems:
@@ -163,8 +166,11 @@ def _reading(row: SourceRow) -> tuple[UploadKey | None, int | None, float | None
                      if k not in LOGGER_COLUMNS and v is not None
                      and (not isinstance(v, str) or v.strip()))
     if unknown:
-        problems.append(Problem(unknown[0], f"is not a column of a logger export (its "
-                                            f"columns: {', '.join(LOGGER_COLUMNS)})"))
+        columns = f"(its columns: {', '.join(LOGGER_COLUMNS)})"
+        problems.append(
+            Problem(unknown[0], f"is not a column of a logger export {columns}")
+            if unknown[0].strip() else
+            Problem("(row)", f"holds a value under a column without a name {columns}"))
     return key, at, celsius, problems
 
 
@@ -195,9 +201,11 @@ def _celsius(raw: Any, problems: list[Problem]) -> float | None:
         problems.append(Problem("celsius", f"is a JSON {json_kind(raw)}, not a number"))
         return None
     try:
-        value = float(Decimal(raw.strip()) if isinstance(raw, str) else raw)
-    except (InvalidOperation, OverflowError):
-        value = math.nan
+        number = Decimal(raw.strip()) if isinstance(raw, str) else Decimal(raw)
+    except InvalidOperation:
+        number = Decimal("NaN")
+    # NaN, sNaN (which float() refuses), infinities, and numbers past a double's range
+    value = float(number) if number.is_finite() else math.nan
     if not math.isfinite(value):
         problems.append(Problem("celsius", f"{raw!r} is not a number of degrees Celsius"))
         return None
@@ -229,9 +237,13 @@ class LoggerDrop(DropConnector):
                                    "again", str(exc))
         uploads, loose = read_uploads(drop)
         endpoint = f"file://{path}"
-        entries = [self._loose(path.name, row, problems, endpoint) for row, problems in loose]
-        entries += [self._upload(drop, upload, endpoint) for upload in uploads]
-        entries.sort(key=lambda e: e["rows"][0])
+        # in file order (an upload where its first row is), on the log as in the result
+        work: list[tuple[int, Callable[[], dict[str, Any]]]] = [
+            *((row.row, partial(self._loose, path.name, row, problems, endpoint))
+              for row, problems in loose),
+            *((upload.rows[0].row, partial(self._upload, drop, upload, endpoint))
+              for upload in uploads)]
+        entries = [entry() for _, entry in sorted(work, key=lambda w: w[0])]
         return FileResult(self.result(path.name, drop.sha256, entries))
 
     def _upload(self, drop: DropFile, upload: Upload, endpoint: str) -> dict[str, Any]:

@@ -238,8 +238,8 @@ def _lone_surrogate(record: dict[str, Any]) -> Problem | None:
             return Problem("(row)", f"a column name holds {half}, half of a UTF-16 surrogate "
                                     "pair, which is no character (a broken \\u escape)")
         half = broken(json.dumps(value, default=str, ensure_ascii=False))
-        if half is not None:
-            return Problem(key, f"holds {half}, half of a UTF-16 surrogate pair, which is no "
+        if half is not None:  # a column without a name is named by its row
+            return Problem(key if key.strip() else "(row)", f"holds {half}, half of a UTF-16 surrogate pair, which is no "
                                 "character (a broken \\u escape)")
     return None
 
