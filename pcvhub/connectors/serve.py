@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pcvhub.config import Settings
 from pcvhub.connectors.core import Connector
+from pcvhub.connectors.drop_folder import DropConnector
 from pcvhub.connectors.fhir import FhirServer
 from pcvhub.connectors.hl7 import MessageMapper, MllpListener
 from pcvhub.connectors.loggers import LoggerDrop
@@ -70,18 +71,17 @@ async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
         fhir_connector = await asyncio.to_thread(open_connector, "fhir")
         fhir = await FhirServer(fhir_connector, ca, options.host, options.http_port).start()
         announce(f"http {fhir.base_url}")
-        if options.drop is not None:
-            options.drop.mkdir(parents=True, exist_ok=True)
-            tasks.append(asyncio.create_task(FileDrop.serve(
-                settings, options.drop, stop, actor_id=options.drop_actor_id,
-                site_id=options.drop_site_id)))
-            announce(f"drop {options.drop.resolve()}")
-        if options.logger_drop is not None:
-            options.logger_drop.mkdir(parents=True, exist_ok=True)
-            tasks.append(asyncio.create_task(LoggerDrop.serve(
-                settings, options.logger_drop, stop, actor_id=options.logger_drop_actor_id,
-                site_id=options.logger_drop_site_id)))
-            announce(f"logger-drop {options.logger_drop.resolve()}")
+        drops: list[tuple[str, type[DropConnector], Path | None, str | None, str | None]] = [
+            ("drop", FileDrop, options.drop, options.drop_actor_id, options.drop_site_id),
+            ("logger-drop", LoggerDrop, options.logger_drop, options.logger_drop_actor_id,
+             options.logger_drop_site_id)]
+        for label, kind, folder, actor_id, site_id in drops:
+            if folder is None:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            tasks.append(asyncio.create_task(kind.serve(
+                settings, folder, stop, actor_id=actor_id, site_id=site_id)))
+            announce(f"{label} {folder.resolve()}")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
