@@ -23,7 +23,7 @@ from rich.table import Table
 from pcvhub.config import ConfigError, load_settings
 from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.follow import CheckpointTopic, LedgerFollower
-from pcvhub.ledger.log import TransparencyLog, load_keys, save_keys
+from pcvhub.ledger.log import KEY_FILE, TransparencyLog, load_keys, save_keys
 from pcvhub.ledger.note import LogKeys, VerifiedCheckpoint, VerifierKey
 from pcvhub.ledger.serve import TileServer
 from pcvhub.ledger.tiles import audit_tiles
@@ -31,8 +31,6 @@ from pcvhub.ledger.witnessing import Cosigning, WitnessPolicy, read_history
 from pcvhub.log.reader import LogReadError
 from pcvhub.topics import Principal
 from pcvhub.trust.keys import KeyStoreError, passphrase_from_env
-
-KEY_FILE = "keys.json"
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import typer
 from confluent_kafka import KafkaException
@@ -28,6 +30,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pcvhub.config import ConfigError, Settings, load_settings
+from pcvhub.ledger.errors import LedgerError
+from pcvhub.ledger.log import KEY_FILE as LEDGER_KEY_FILE
+from pcvhub.ledger.note import VerifierKey
+from pcvhub.ledger.trusted import CheckpointTrust
+from pcvhub.ledger.witnessing import WitnessPolicy
 from pcvhub.projections.digest import digest_file
 from pcvhub.projections.publish import FORMATS, Publisher, PublishError, snapshot_file
 from pcvhub.projections.runner import (
@@ -54,7 +61,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(projections_app, name="projections")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=1)
 
@@ -122,13 +129,38 @@ def project(
             signal.signal(sig, handler)
 
 
+def _checkpoint_trust(ledger: Path, witnesses: Path) -> CheckpointTrust:
+    """The ledger folder's latest checkpoint, verified against its tiles and its witnesses
+    (the log's public vkeys are read from the folder's ``keys.json``)."""
+    try:
+        record = json.loads((ledger / LEDGER_KEY_FILE).read_text())
+        return CheckpointTrust.load(ledger / "tiles", VerifierKey.parse(record["ed25519_vkey"]),
+                                    VerifierKey.parse(record["ml_dsa_44_vkey"]),
+                                    WitnessPolicy.read(witnesses))
+    except (LedgerError, OSError, KeyError, ValueError) as exc:
+        _fail(f"cannot rebuild by checkpoint: {exc}")
+
+
 @projections_app.command("rebuild")
 def projections_rebuild(
     out: Path = typer.Option(..., "--out", help="Fresh file to build (must not exist)."),
     batch_size: int = typer.Option(2000, min=1, help="Records per transaction at most."),
+    by_checkpoint: Path | None = typer.Option(
+        None, "--by-checkpoint", help="A ledger folder: records its latest checkpoint covers "
+        "are admitted on that checkpoint's word instead of their own signatures (the "
+        "registry chain is always verified in full); needs --witnesses."),
+    witnesses: Path | None = typer.Option(
+        None, help="Witness configuration (JSON) the checkpoint's quorum is judged by."),
 ) -> None:
     """Replay the log from the start into a fresh file; print its digest."""
     settings = _settings()
+    trust = None
+    if by_checkpoint is not None:
+        if witnesses is None:
+            _fail("--by-checkpoint needs --witnesses: a checkpoint is trusted only when a "
+                  "quorum of witnesses cosigned it")
+        trust = _checkpoint_trust(by_checkpoint, witnesses)
+        console.print(f"rebuilding by {trust.describe()}", highlight=False)
     columns = (TextColumn("rebuilding"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
     try:
@@ -140,12 +172,18 @@ def projections_rebuild(
                            total=progress.records + (progress.behind or 0),
                            rate=f"{progress.rate:,.0f} records/s")
 
-            done = rebuild(settings, out, batch_size=batch_size, on_batch=advance)
+            done = rebuild(settings, out, batch_size=batch_size, on_batch=advance,
+                           checkpoint=trust)
         digest = digest_file(out)
     except EXPECTED as exc:
         _fail(str(exc))
     console.print(f"rebuilt {out}: {done.records} records in "
                   f"{time.monotonic() - done.started:.1f}s", highlight=False)
+    if trust is not None:
+        console.print(f"{done.by_checkpoint} records admitted on the checkpoint's word; the "
+                      f"other {done.records - done.by_checkpoint} (the registry chain, records "
+                      "past the checkpoint, any whose bytes no longer match their leaf) by "
+                      "their own signatures", highlight=False)
     console.print(f"digest {digest.sha256}", highlight=False)
 
 

@@ -239,8 +239,9 @@ def _lone_surrogate(record: dict[str, Any]) -> Problem | None:
                                     "pair, which is no character (a broken \\u escape)")
         half = broken(json.dumps(value, default=str, ensure_ascii=False))
         if half is not None:  # a column without a name is named by its row
-            return Problem(key if key.strip() else "(row)", f"holds {half}, half of a UTF-16 surrogate pair, which is no "
-                                "character (a broken \\u escape)")
+            return Problem(key if key.strip() else "(row)",
+                           f"holds {half}, half of a UTF-16 surrogate pair, which is no "
+                           "character (a broken \\u escape)")
     return None
 
 

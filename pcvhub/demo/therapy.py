@@ -128,14 +128,16 @@ class Hub:
         return self.rules.check(event, case)
 
     def registry_event(self, event_type: str, payload: dict[str, Any], *,
-                       by: Party | None = None, at_us: int | None = None) -> InboundEvent:
-        """A registry event on the registry chain, signed by the registrar unless ``by``."""
+                       by: Party | None = None, at_us: int | None = None,
+                       late_entry: str | None = None) -> InboundEvent:
+        """A registry event on the registry chain, signed by the registrar unless ``by``
+        (``late_entry``: recorded after the fact, for this reason)."""
         if at_us is None:
             self.clock_us += 1
             at_us = self.clock_us
         issued = (by or self.registrar).issuer.issue(
             event_type, REGISTRY_COI, payload, occurred_at_us=at_us,
-            prev_hash=self.registry_case.head)
+            prev_hash=self.registry_case.head, late_entry=late_entry)
         return decode_inbound(issued.wire)
 
     def admit(self, event: InboundEvent) -> InboundEvent:
@@ -342,15 +344,17 @@ class TherapyScenario:
     def issue(self, actor: str | Party, event_type: str, payload: dict[str, Any], *,
               occurred_at_us: int | None = None, prev_hash: bytes | None = None,
               meaning: SignatureMeaning = SignatureMeaning.AUTHORED,
-              coi: str | None = None) -> InboundEvent:
-        """Sign ``payload`` as ``actor``, chained to the case head, and decode it back."""
+              coi: str | None = None, late_entry: str | None = None) -> InboundEvent:
+        """Sign ``payload`` as ``actor``, chained to the case head, and decode it back
+        (``late_entry``: flag it as recorded late, with this reason)."""
         who = self.actors[actor] if isinstance(actor, str) else actor
         if occurred_at_us is None:
             self.now_us += self.tick_us
             occurred_at_us = self.now_us
         issued = who.issuer.issue(
             event_type, coi or self.coi, payload, occurred_at_us=occurred_at_us,
-            prev_hash=self.case.head if prev_hash is None else prev_hash, meaning=meaning)
+            prev_hash=self.case.head if prev_hash is None else prev_hash, meaning=meaning,
+            late_entry=late_entry)
         return decode_inbound(issued.wire)
 
     def judge(self, event: InboundEvent) -> Verdict:
@@ -411,15 +415,18 @@ class TherapyScenario:
             self.patient_hash, reason, replaces_key_id), meaning=SignatureMeaning.VERIFIED)
 
     def consent(self, scope: str, *, expires_at_us: int | None = None,
-                by: str | Party | None = None) -> InboundEvent:
-        """The patient signs the consent with their card (``by``: someone else signs it)."""
+                by: str | Party | None = None, late_entry: str | None = None
+                ) -> InboundEvent:
+        """The patient signs the consent with their card (``by``: someone else signs it;
+        ``late_entry``: it is recorded after the fact, for this reason)."""
         signer = self.patient if by is None else by
         meaning = APPROVED if signer is self.patient or (
             isinstance(signer, Party) and "PATIENT" in signer.roles) \
             else SignatureMeaning.AUTHORED
         return self.issue(signer, "ConsentGranted", {
             "scope": scope, "consent_document_ref": f"DocumentReference/consent-{scope}",
-            "expires_at": expires_at_us, "consent_form_version": "v3.2"}, meaning=meaning)
+            "expires_at": expires_at_us, "consent_form_version": "v3.2"}, meaning=meaning,
+            late_entry=late_entry)
 
     def witnessed_consent(self, scope: str, why: str = "PHYSICALLY_UNABLE",
                           by: str = "physician") -> InboundEvent:

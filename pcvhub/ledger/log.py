@@ -38,6 +38,10 @@ _OFFSET = struct.Struct(">Q")
 _CHUNK = 4096
 
 
+#: the log's keys (its seeds, sealed) and public vkeys, in the log's folder
+KEY_FILE = "keys.json"
+
+
 def save_keys(path: Path, keys: LogKeys, passphrase: bytes) -> None:
     """The log's seeds, AES-256-GCM under a scrypt key (as actor keys are stored)."""
     salt, nonce = os.urandom(16), os.urandom(12)

@@ -152,8 +152,10 @@ def _read(prefix: Path, rel: str, expect: int | None = None) -> bytes:
 
 
 def audit_tiles(prefix: Path, ed25519_key: VerifierKey, ml_dsa_44_key: VerifierKey,
-                entries: bool = True) -> TileAudit:
+                entries: bool = True,
+                on_entry: Callable[[int, bytes], None] | None = None) -> TileAudit:
     """Verify a tile folder offline; raise ``LedgerError`` naming the file that fails.
+    ``on_entry(index, entry)`` sees each entry once it is checked (with ``entries``).
 
     1. the checkpoint's Ed25519 and ML-DSA-44 lines (``verify_checkpoint``);
     2. each full tile at level L+1 holds the subtree roots of the level-L tiles below it,
@@ -203,6 +205,8 @@ def audit_tiles(prefix: Path, ed25519_key: VerifierKey, ml_dsa_44_key: VerifierK
                     raise LedgerError(f"{rel} entry {i} (leaf {n * WIDTH + i}) does not hash "
                                       f"to its leaf hash in {tile_path(0, n, width)}: the "
                                       "entry or the tile was altered")
+                if on_entry is not None:
+                    on_entry(n * WIDTH + i, entry)
                 checked += 1
     return TileAudit(verified, len(tiles) * (2 if entries else 1), checked)
 

@@ -26,6 +26,11 @@
 7. **The hash chain** (canonical topic): the record names the chain digest of the last
    admitted record of its therapy (``HASH_CHAIN_BROKEN``).
 
+Given a witnessed ledger checkpoint (``checkpoint``, ``pcvhub.ledger.trusted``), step 4
+is skipped for a record off the registry chain whose leaf, recomputed from its bytes,
+position and seal, is the checkpoint's leaf at that position (``VerifiedRecord.
+by_checkpoint``; counted in ``report.by_checkpoint``); every other step still runs.
+
 Only then does it fold: the therapy's chain head moves, and a registry event goes into
 the key registry. A record that fails is **quarantined**: returned as ``Quarantined``
 with its position and reason, counted in ``report``, logged, and never folded.
@@ -51,8 +56,9 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
+from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
 from pcvhub.schemas.envelope import Envelope
@@ -143,7 +149,9 @@ class VerifiedRecord:
     """A record that passed every check: the decoded event, where it stands, its digest.
 
     ``seal`` is the gatekeeper's verified seal (None only off the output topics);
-    ``event.source`` the ingress position it names (None for an alert of a timer sweep).
+    ``event.source`` the ingress position it names (None for an alert of a timer sweep);
+    ``by_checkpoint``: its own signature was not checked again because a witnessed ledger
+    checkpoint covers its leaf (see the module doc).
     """
 
     position: LogPosition
@@ -151,6 +159,7 @@ class VerifiedRecord:
     event: InboundEvent
     digest: bytes
     seal: Seal | None = None
+    by_checkpoint: bool = False
 
     @property
     def envelope(self) -> Envelope:
@@ -197,6 +206,9 @@ class QuarantineReport:
     """Counts of what a verifier admitted and quarantined, and the first quarantined."""
 
     admitted: int = 0
+    #: of those admitted, how many on a witnessed checkpoint's word instead of their own
+    #: signatures
+    by_checkpoint: int = 0
     by_code: Counter[str] = field(default_factory=Counter)
     first: list[Quarantined] = field(default_factory=list)
 
@@ -207,6 +219,7 @@ class QuarantineReport:
     def add(self, outcome: VerifiedRecord | Quarantined) -> None:
         if isinstance(outcome, VerifiedRecord):
             self.admitted += 1
+            self.by_checkpoint += outcome.by_checkpoint
             return
         self.by_code[outcome.code] += 1
         if len(self.first) < REPORT_SAMPLES:
@@ -215,6 +228,12 @@ class QuarantineReport:
 
 #: Reads the registry partition of the canonical topic from an offset to its current end.
 RegistryLookahead = Callable[[int], Iterable[RawRecord]]
+
+
+class CheckpointCover(Protocol):
+    """What the verifier asks a witnessed checkpoint (``pcvhub.ledger.trusted``)."""
+
+    def covers(self, topic: str, partition: int, offset: int, leaf: bytes) -> bool: ...
 
 
 class _Refused(Exception):
@@ -238,6 +257,8 @@ class LogVerifier:
         topic; None: nowhere, so no output record can be admitted.
     :param checks: processes to check a batch's signatures in ahead of admitting it in
         order (``check_ahead``, ``pcvhub.trust.checks``); None: every check inline.
+    :param checkpoint: a witnessed ledger checkpoint whose leaves stand for the signatures
+        of the records they cover (see the module doc); None: every signature checked.
     :param reader: who reads, for the log lines of quarantined records.
 
     Thread-safe: one verifier may serve several followers of one deployment (a
@@ -248,6 +269,7 @@ class LogVerifier:
                  lookahead: RegistryLookahead | None = None,
                  heads: dict[str, bytes] | None = None, registry_cursor: int = 0,
                  seals: SealSource | None = None, checks: SignatureChecks | None = None,
+                 checkpoint: CheckpointCover | None = None,
                  reader: str = "log reader") -> None:
         self.registry = registry
         self.registry_partition = registry_partition
@@ -262,6 +284,7 @@ class LogVerifier:
         self._seals = seals
         self._verified_heads: OrderedDict[int, SealHead] = OrderedDict()
         self._checks = checks
+        self._checkpoint = checkpoint
         # envelopes check_ahead decoded, by position, with the bytes they were decoded from
         self._decoded: dict[LogPosition, tuple[bytes, Envelope]] = {}
         self._lock = threading.RLock()
@@ -344,7 +367,10 @@ class LogVerifier:
             short = self.catalog.short_name(full_name)
             event = InboundEvent(envelope, short, payload, raw)
             on_registry = self._placed(record, event)
-            self._signed(event, full_window=on_registry)
+            digest = chain_digest(envelope)
+            # the registry chain is always verified in full: it is what every key comes from
+            by_checkpoint = not on_registry and self._covered(record, digest)
+            self._signed(event, full_window=on_registry, signature=not by_checkpoint)
             self._signer_may_write(record, event, on_registry)
             seal = self._sealed(record, event, on_registry)
             if seal is not None and seal.source is not None:
@@ -352,7 +378,6 @@ class LogVerifier:
                 appended = None if seal.appended_at_us < 0 else seal.appended_at_us
                 event = replace(event, source=SourcePosition(topic, partition, offset,
                                                              appended))
-            digest = chain_digest(envelope)
             if record.position.topic == CANONICAL:
                 self._linked(event)
         except _Refused as refused:
@@ -363,7 +388,24 @@ class LogVerifier:
             self.heads[event.coi] = digest
             if on_registry:
                 self.registry.apply_event(event.event_id, short, payload)
-        return VerifiedRecord(record.position, record.key, event, digest, seal)
+        return VerifiedRecord(record.position, record.key, event, digest, seal, by_checkpoint)
+
+    def _covered(self, record: RawRecord, digest: bytes) -> bool:
+        """True if the witnessed checkpoint holds this record's leaf, computed as the
+        ledger computes it (chain digest, position, seal as re-encoded)."""
+        if self._checkpoint is None or record.position.topic not in OUTPUT_TOPICS:
+            return False
+        header = record.header(SEAL_HEADER)
+        if header is None:
+            return False
+        try:
+            seal = Seal.decode(header).encode()
+        except SealError:
+            return False  # _sealed names it
+        position = record.position
+        leaf = LedgerLeaf(digest, position.topic, position.partition, position.offset, seal)
+        return self._checkpoint.covers(position.topic, position.partition, position.offset,
+                                       leaf.encode())
 
     def _sealed(self, record: RawRecord, event: InboundEvent, on_registry: bool
                 ) -> Seal | None:
@@ -457,11 +499,16 @@ class LogVerifier:
                                           f"only {', '.join(sorted(types_on(side)))}")
         return False
 
-    def _signed(self, event: InboundEvent, *, full_window: bool) -> None:
+    def _signed(self, event: InboundEvent, *, full_window: bool, signature: bool = True
+                ) -> None:
+        """The key's registration, then (unless a checkpoint stands for it) both halves of
+        the signature."""
         env = event.envelope
         problem = self._key_problem(env, full_window)
         if problem is not None:
             raise _Refused(*problem)
+        if not signature:
+            return
         result = verify_envelope(env, self.registry.keys[(env.producer, env.key_id)].public)
         if not result.ok:
             raise _Refused(result.code, str(result))

@@ -10,7 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pcvhub.log.verify import CANONICAL, LogVerifier, RawRecord, RegistryLookahead
+from pcvhub.log.verify import (
+    CANONICAL,
+    CheckpointCover,
+    LogVerifier,
+    RawRecord,
+    RegistryLookahead,
+)
 from pcvhub.projections.projector import Projector, RowBatch
 from pcvhub.projections.store import ProjectionStore
 from pcvhub.trust.checks import SignatureChecks
@@ -44,8 +50,8 @@ class Projection:
 
     def __init__(self, path: Path, topic_prefix: str, anchor: KeyRegistry, anchored: bool,
                  registry_partition: int, read_registry: RegistryLookahead | None = None,
-                 seals: SealSource | None = None, checks: SignatureChecks | None = None
-                 ) -> None:
+                 seals: SealSource | None = None, checks: SignatureChecks | None = None,
+                 checkpoint: CheckpointCover | None = None) -> None:
         self.store = ProjectionStore(path, {"topic_prefix": topic_prefix,
                                             "trust_anchor": anchor_name(anchor, anchored)},
                                      anchor=anchor if anchored else None)
@@ -57,7 +63,7 @@ class Projection:
                 lookahead=read_registry,
                 heads={coi: bytes.fromhex(p.head) for coi, p in progress.items()},
                 registry_cursor=self.positions.get((CANONICAL, registry_partition), 0),
-                seals=seals, checks=checks, reader="projection")
+                seals=seals, checks=checks, checkpoint=checkpoint, reader="projection")
             self.projector = Projector(self.verifier, progress, self.positions)
         except BaseException:
             self.store.close()

@@ -39,7 +39,6 @@ from pcvhub.projections.schema import (
     Table,
     payload_tables,
 )
-from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope
 from pcvhub.schemas.envelope import Envelope
 from pcvhub.schemas.policy import advance
@@ -99,7 +98,6 @@ class Projector:
         self.verifier = verifier
         self.progress = progress
         self.positions = positions
-        self.catalog = load_catalog()
         self.tables = payload_tables()
         self._payload_fields = {
             short: [c.name for c in table.columns[len(RECORD_COLUMNS):]]
@@ -151,7 +149,9 @@ class Projector:
             return
         env = outcome.envelope
         assert env is not None  # for the type checker: decoded, by the branch above
-        short = self.catalog.short_name(env.event_type)
+        # what the envelope claims, even a type the catalog does not know: a quarantined
+        # record's claims are shown, never looked up (an unknown name must not stop the run)
+        short = env.event_type.rsplit(".", 1)[-1]
         digest = chain_digest(env)
         chain_seq: int | None = None
         chain_link: str | None = None
@@ -173,6 +173,7 @@ class Projector:
             bytes(env.prev_hash).hex(), digest.hex(), chain_seq, chain_link,
             bytes(env.schema_fingerprint).hex(),
             None if env.batch_proof is None else bytes(env.batch_proof.root).hex(),
+            env.version, None if env.late_entry is None else env.late_entry.reason,
             sha256_hex(raw), None if source is None else str(source),
             check, detail))
         if not isinstance(outcome, VerifiedRecord):

@@ -36,6 +36,7 @@ from pcvhub.log.reader import (
     TopicReader,
     registry_partition,
 )
+from pcvhub.log.verify import CheckpointCover
 from pcvhub.projections.projection import Projection
 from pcvhub.projections.projector import TOPIC_ROLES
 from pcvhub.projections.store import ProjectionStore
@@ -59,6 +60,8 @@ class RunProgress:
 
     records: int = 0
     batches: int = 0
+    #: records admitted on a witnessed checkpoint's word (their signatures not re-checked)
+    by_checkpoint: int = 0
     started: float = field(default_factory=time.monotonic)
     behind: int | None = None
 
@@ -83,15 +86,19 @@ class ProjectionRunner:
     :param db_path: the projection file (created if missing).
     :param batch_size: records per transaction at most.
     :param poll_timeout: seconds to wait for records before a batch is cut short.
+    :param checkpoint: a witnessed ledger checkpoint (``pcvhub.ledger.trusted``) standing
+        for the signatures of the records it covers; None: every signature re-checked.
     """
 
     def __init__(self, settings: Settings, db_path: Path, *, batch_size: int = 2000,
-                 poll_timeout: float = 0.5) -> None:
+                 poll_timeout: float = 0.5, checkpoint: CheckpointCover | None = None
+                 ) -> None:
         # the projection runner's principal: it may read the gatekeeper's outputs, nothing else
         self.settings = settings.as_principal(Principal.PROJECTIONS)
         self.db_path = Path(db_path)
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
+        self.checkpoint = checkpoint
 
     def run(self, stop: threading.Event | None = None, *, until_end: bool = False,
             on_batch: Callable[[RunProgress], None] | None = None,
@@ -111,7 +118,8 @@ class ProjectionRunner:
             # projection stands (never a consumer group).
             anchor, anchored = load_trust_anchor(self.settings)
             projection = Projection(self.db_path, self.settings.topic_prefix, anchor, anchored,
-                                    registry_partition(), lookahead, seals, checks)
+                                    registry_partition(), lookahead, seals, checks,
+                                    self.checkpoint)
             positions = projection.positions
             try:
                 # Step 2. Seek every partition to the stored offset (the beginning if none).
@@ -130,6 +138,7 @@ class ProjectionRunner:
                     batch = projection.apply(records)
                     progress.records += batch.records
                     progress.batches += 1
+                    progress.by_checkpoint = projection.verifier.report.by_checkpoint
                 if not until_end and time.monotonic() - looked_at >= 1.0:
                     ends, looked_at = reader.ends(), time.monotonic()
                 progress.behind = self._behind(reader, ends, positions)
@@ -160,12 +169,14 @@ class ProjectionRunner:
 
 
 def rebuild(settings: Settings, out: Path, *, batch_size: int = 2000,
-            on_batch: Callable[[RunProgress], None] | None = None) -> RunProgress:
+            on_batch: Callable[[RunProgress], None] | None = None,
+            checkpoint: CheckpointCover | None = None) -> RunProgress:
     """Replay the log from the start into a fresh file ``out`` (which must not exist),
-    up to the end every partition had when the rebuild started."""
+    up to the end every partition had when the rebuild started (``checkpoint``: by a
+    witnessed ledger checkpoint, see ``ProjectionRunner``)."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; a rebuild writes a fresh file: choose a new "
                               "path or remove it first")
-    runner = ProjectionRunner(settings, out, batch_size=batch_size)
+    runner = ProjectionRunner(settings, out, batch_size=batch_size, checkpoint=checkpoint)
     return runner.run(until_end=True, on_batch=on_batch)

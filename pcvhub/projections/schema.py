@@ -176,6 +176,11 @@ ENVELOPES = Table(
                                                 "fix)."),
         Column("batch_root", "VARCHAR", "Merkle root (hex) of the signed batch the event was "
                                         "part of; NULL for an individually signed event."),
+        Column("envelope_version", "INTEGER", "Envelope version the record was written in "
+                                              "(2 since the late-entry cut-over; 1 before)."),
+        Column("late_entry", "VARCHAR", "The signed late-entry reason (21 CFR Part 11) when "
+                                        "the producer recorded the event after the fact; "
+                                        "NULL for a contemporaneous record."),
         Column("record_sha256", "VARCHAR", "SHA-256 (hex) of the record's bytes on the log."),
         Column("source", "VARCHAR", "Ingress position topic/partition/offset the gatekeeper "
                                     "answered with this record, as its verified seal names "

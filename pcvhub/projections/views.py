@@ -235,11 +235,19 @@ def _audit_sql(therapy: str) -> str:
         SELECT coi, chain_seq AS timeline_seq, 'EVENT' AS entry, 0 AS entry_rank,
                occurred_at AS event_time, event_id, event_type, producer AS actor, key_id,
                meaning,
-               CASE WHEN signature_check = 'VERIFIED' THEN 'ACCEPTED'
+               CASE WHEN signature_check = 'VERIFIED' AND late_entry IS NOT NULL
+                    THEN 'ACCEPTED LATE ENTRY'
+                    WHEN signature_check = 'VERIFIED' THEN 'ACCEPTED'
                     WHEN signature_check IN ('UNSEALED', 'SEAL_INVALID')
                     THEN 'QUARANTINED ' || signature_check || ' (not accepted by the gatekeeper)'
                     ELSE 'QUARANTINED ' || signature_check END AS outcome,
-               signature_detail AS detail, NULL AS recorded_by, signature_check,
+               -- a late entry says when it was recorded and why (its signed reason)
+               CASE WHEN late_entry IS NOT NULL
+                    THEN concat_ws('; ', signature_detail,
+                                   'late entry signed at ' || strftime(signed_at AT TIME ZONE
+                                   'UTC', '%Y-%m-%dT%H:%M:%SZ') || ': ' || late_entry)
+                    ELSE signature_detail END AS detail,
+               NULL AS recorded_by, signature_check,
                key_standing, chain_seq, chain_link, prev_hash, chain_hash, log_topic,
                log_partition, log_offset
         FROM events
@@ -287,13 +295,15 @@ AUDIT_TRAIL = View(
         "actor_site": "Registered site or organisation of the actor.",
         "key_id": "Key the actor signed with.",
         "meaning": "Part 11 meaning of an event's signature.",
-        "outcome": "ACCEPTED, QUARANTINED <code> (on the canonical log, but the log reader "
+        "outcome": "ACCEPTED, ACCEPTED LATE ENTRY (accepted; the producer signed it as "
+                   "recorded after the fact, the detail gives when and why), QUARANTINED "
+                   "<code> (on the canonical log, but the log reader "
                    "could not verify it: never folded into any other view; for UNSEALED and "
                    "SEAL_INVALID followed by '(not accepted by the gatekeeper)': the record "
                    "carries no valid gatekeeper seal), REJECTED <rule> "
                    "<code>, or ALERT <severity> <code>.",
-        "detail": "The refusal's reason, the alert's message, or why a record is "
-                  "quarantined.",
+        "detail": "The refusal's reason, the alert's message, why a record is "
+                  "quarantined, or a late entry's signing time and signed reason.",
         "recorded_by": "The gatekeeper actor that signed a refusal or alert record.",
         "signature_check": "Re-verification of the record's signatures (see "
                            "log.envelopes.signature_check).",

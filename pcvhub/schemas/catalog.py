@@ -111,6 +111,8 @@ class Catalog:
         self.by_fingerprint: dict[bytes, SchemaVersion] = {}
         for version in [*released, *current]:
             self.by_fingerprint.setdefault(version.fingerprint, version)
+        self._envelope_releases = {int(v.path.stem[1:]): v for v in released
+                                   if v.full_name == ENVELOPE_NAME}
         self._by_legacy_fingerprint = {legacy_reversed_fingerprint(fp): version
                                        for fp, version in self.by_fingerprint.items()}
         for legacy, version in self._by_legacy_fingerprint.items():
@@ -140,6 +142,22 @@ class Catalog:
     @property
     def envelope(self) -> SchemaVersion:
         return self.current[ENVELOPE_NAME]
+
+    def envelope_schema(self, version: int) -> SchemaVersion:
+        """The released ``pcvhub.Envelope`` schema of envelope ``version`` (1, 2, ...)."""
+        try:
+            return self._envelope_releases[version]
+        except KeyError:
+            raise ValueError(f"no released pcvhub.Envelope v{version} in {RELEASED_DIR}") from None
+
+    def envelope_version(self, schema: SchemaVersion) -> int:
+        """Which envelope version a ``pcvhub.Envelope`` schema read from the log is: it picks
+        the signing context, so it comes from the released file's name, never from a guess
+        about the fields."""
+        for number, released in self._envelope_releases.items():
+            if released.fingerprint == schema.fingerprint:
+                return number
+        raise ValueError(f"pcvhub.Envelope schema {schema.path} is not a released version")
 
     def event_types(self) -> list[str]:
         """Full names of every event type (the envelope is not an event)."""

@@ -30,7 +30,13 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import ValidationError, validate
 
 from pcvhub.schemas.catalog import SchemaVersion, load_catalog
-from pcvhub.schemas.envelope import Envelope, HybridSignature, MerkleProof, SignatureMeaning
+from pcvhub.schemas.envelope import (
+    Envelope,
+    HybridSignature,
+    LateEntry,
+    MerkleProof,
+    SignatureMeaning,
+)
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -155,6 +161,7 @@ def _envelope_record(env: Envelope) -> dict[str, Any]:
             "tree_size": env.batch_proof.tree_size,
             "path": list(env.batch_proof.path),
             "root": env.batch_proof.root},
+        "late_entry": None if env.late_entry is None else {"reason": env.late_entry.reason},
     }
 
 
@@ -164,7 +171,9 @@ def encode_envelope(env: Envelope) -> bytes:
     ``env.schema_fingerprint`` is written as given: :func:`encode_payload` gives the
     spec's form, and an envelope read from the log keeps the bytes it was signed with.
     """
-    schema = load_catalog().envelope
+    # The schema of the envelope's own version: a v1 record read from the log re-encodes
+    # to the bytes it was signed in (a v1 schema simply has no late_entry field to write).
+    schema = load_catalog().envelope_schema(env.version)
     out = io.BytesIO()
     out.write(SINGLE_OBJECT_MAGIC + schema.fingerprint)
     schemaless_writer(out, schema.parsed, _envelope_record(env))
@@ -187,7 +196,7 @@ def decode_envelope(data: bytes) -> Envelope:
                                              "known version of pcvhub.Envelope")
     writer = match.version
     rec = _read_exactly(bytes(data[10:]), writer.parsed, catalog.envelope.parsed, "envelope")
-    sig, proof = rec["signature"], rec["batch_proof"]
+    sig, proof, late = rec["signature"], rec["batch_proof"], rec["late_entry"]
     try:
         meaning = SignatureMeaning(rec["meaning"])
     except ValueError:
@@ -207,6 +216,8 @@ def decode_envelope(data: bytes) -> Envelope:
         signature=None if sig is None else HybridSignature(sig["ed25519"], sig["ml_dsa_65"]),
         batch_proof=None if proof is None else MerkleProof(
             proof["leaf_index"], proof["tree_size"], tuple(proof["path"]), proof["root"]),
+        late_entry=None if late is None else LateEntry(late["reason"]),
+        version=catalog.envelope_version(writer),
     )
 
 

@@ -44,6 +44,24 @@ class MerkleProof:
 
 
 @dataclass(frozen=True)
+class LateEntry:
+    """A signed statement that a record is entered late (21 CFR Part 11; ALCOA+
+    "contemporaneous"): what happened at ``occurred_at`` is recorded only now, and why.
+
+    Producers mark an event late when its occurred-at lies further back than the
+    deployment's late-entry bound (``pcvhub.streams.timebounds``); the flag and its reason
+    are inside the signed bytes (envelope v2), so nobody can add or strip it afterwards.
+    """
+
+    reason: str
+
+
+#: The envelope version producers write (Avro ``pcvhub.Envelope`` v2, signing context v2).
+#: v1 (no late-entry field) is read and verified for ever: it is on logs already.
+ENVELOPE_VERSION = 2
+
+
+@dataclass(frozen=True)
 class Envelope:
     """One signed event.
 
@@ -54,6 +72,10 @@ class Envelope:
     ``prev_hash`` is the chain digest of the previous accepted event of the same
     CoI, or ``b""`` for the first event of a therapy.
     Times are microseconds since the Unix epoch, UTC.
+    ``late_entry`` (v2 only) marks a record entered after the fact, with its reason.
+    ``version`` is the envelope version the record was written in: it picks the Avro schema
+    and the signing context (``pcvhub.trust.canonical``), so a v2 record re-encoded as v1
+    to drop its late-entry flag no longer verifies, nor a v1 record dressed up as v2.
     """
 
     event_id: str
@@ -69,3 +91,12 @@ class Envelope:
     payload: bytes
     signature: HybridSignature | None = None
     batch_proof: MerkleProof | None = None
+    late_entry: LateEntry | None = None
+    version: int = ENVELOPE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version not in (1, 2):
+            raise ValueError(f"event {self.event_id}: unknown envelope version {self.version}")
+        if self.version == 1 and self.late_entry is not None:
+            raise ValueError(f"event {self.event_id}: a v1 envelope cannot carry a late-entry "
+                             "flag (it has no such signed field); write it as v2")

@@ -43,6 +43,7 @@ from pcvhub.streams.case import (
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.timebounds import SigningTime, TimeBounds
 from pcvhub.streams.verdict import AllOf, Verdict
+from pcvhub.times import utc_iso
 from pcvhub.trust.patient_card import (
     CHALLENGE_MAX_BYTES,
     CHALLENGE_MIN_BYTES,
@@ -1440,12 +1441,17 @@ class QcSpecification:
 class Consent:
     """R7: the consent scope an event needs (the ``consent`` column of the policy table)
     holds at its occurred-at; for the scopes of ``PATIENT_SIGNED_SCOPES`` only a grant the
-    patient signed with their card, or a witnessed one, counts (``CaseState.grants``)."""
+    patient signed with their card, or a witnessed one, counts (``CaseState.grants``).
+
+    Under time bounds that judge revocations at signed time (production), a withdrawal
+    also applies to everything *signed* after it: an event back-dated to before the
+    withdrawal is refused, naming the withdrawal, the signing and the claimed times."""
 
     name = "R7"
 
-    def __init__(self, policy: Mapping[str, EventPolicy] = POLICY) -> None:
-        self.policy = policy
+    def __init__(self, policy: Mapping[str, EventPolicy] = POLICY, *,
+                 bounds: TimeBounds) -> None:
+        self.policy, self.bounds = policy, bounds
 
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
         row = self.policy.get(event.event_type)
@@ -1454,7 +1460,7 @@ class Consent:
             return ACCEPT
         at = event.occurred_at_us
         if case.consent_covers(scope, at):
-            return ACCEPT
+            return self._not_withdrawn_since(event, case, scope)
         ended = case.consent_ended(scope, at)
         if ended is not None and ended.withdrawn_at_us is not None \
                 and at >= ended.withdrawn_at_us:
@@ -1486,6 +1492,28 @@ class Consent:
         )
 
 
+    def _not_withdrawn_since(self, event: InboundEvent, case: CaseState, scope: str
+                             ) -> Verdict:
+        """Consent held when the event occurred: refuse it still if it was signed after a
+        withdrawal of that consent (the signed clock only; an expiry since is no refusal:
+        the fact happened while consent held and is only recorded later)."""
+        signed, clock = self.bounds.judged_at(event.envelope)
+        if clock != "signed" or case.consent_covers(scope, signed):
+            return ACCEPT
+        ended = case.consent_ended(scope, signed)
+        if ended is None or ended.withdrawn_at_us is None or ended.withdrawn_at_us > signed:
+            return ACCEPT
+        return Verdict.refuse(
+            self.name, "CONSENT_WITHDRAWN",
+            f"event {event.event_id} ({event.event_type}) needs {scope} consent, which the "
+            f"patient of therapy {event.coi} withdrew at {utc_iso(ended.withdrawn_at_us)}; "
+            f"the event was signed at {utc_iso(signed)}, after the withdrawal (it claims to "
+            f"have occurred at {utc_iso(event.occurred_at_us)}); a withdrawal applies to "
+            f"everything signed after it (time bounds: {self.bounds.name}): stop this use "
+            "of the patient's data",
+        )
+
+
 def default_rules(registry: KeyRegistry, *, bounds: TimeBounds,
                   just_in_time_window_us: int = JUST_IN_TIME_WINDOW_US) -> AllOf:
     """The gatekeeper's rule set, cheapest refusals first and signatures before trust.
@@ -1506,5 +1534,5 @@ def default_rules(registry: KeyRegistry, *, bounds: TimeBounds,
         ChainOfIdentity(registry),
         Custody(just_in_time_window_us),
         QcSpecification(),
-        Consent(),
+        Consent(bounds=bounds),
     ])

@@ -15,7 +15,10 @@ import struct
 
 from pcvhub.schemas.envelope import Envelope
 
-EVENT_CONTEXT = b"pcvhub/event-signature/v1\x00"
+EVENT_CONTEXT = b"pcvhub/event-signature/v1\x00"  # envelope v1
+# Envelope v2 signs one more field, the late-entry flag; its own context means a v2
+# signature can never be read as a v1 one (or back) by dropping or adding that field.
+EVENT_CONTEXT_V2 = b"pcvhub/event-signature/v2\x00"
 BATCH_CONTEXT = b"pcvhub/batch-root-signature/v1\x00"
 CHAIN_CONTEXT = b"pcvhub/chain-link/v1\x00"
 BEDSIDE_CONTEXT = b"pcvhub/bedside-challenge/v1\x00"
@@ -27,7 +30,8 @@ ML_DSA_CONTEXT = b"pcvhub"
 #: The envelope fields the signature covers, in signing order. Verification failures name
 #: them, so this tuple is also the vocabulary of "what was signed".
 SIGNED_FIELDS = ("event_id", "event_type", "schema_fingerprint", "coi", "occurred_at_us",
-                 "signed_at_us", "producer", "key_id", "meaning", "prev_hash", "payload")
+                 "signed_at_us", "producer", "key_id", "meaning", "prev_hash", "payload",
+                 "late_entry")  # late_entry: envelope v2 only
 
 
 def _item(value: bytes) -> bytes:
@@ -42,7 +46,12 @@ def signing_bytes(env: Envelope) -> bytes:
         struct.pack(">q", env.signed_at_us), env.producer.encode(), env.key_id.encode(),
         env.meaning.value.encode(), bytes(env.prev_hash), hashlib.sha256(env.payload).digest(),
     ]
-    return EVENT_CONTEXT + b"".join(_item(p) for p in parts)
+    if env.version == 1:
+        return EVENT_CONTEXT + b"".join(_item(p) for p in parts)
+    # v2: the late-entry flag, one byte (0 on time, 1 late) then the reason's UTF-8
+    late = env.late_entry
+    parts.append(b"\x00" if late is None else b"\x01" + late.reason.encode())
+    return EVENT_CONTEXT_V2 + b"".join(_item(p) for p in parts)
 
 
 def batch_signing_bytes(root: bytes, tree_size: int) -> bytes:

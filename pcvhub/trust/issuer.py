@@ -19,7 +19,7 @@ from typing import Any
 from pcvhub.ids import uuid7
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import encode_envelope, encode_payload
-from pcvhub.schemas.envelope import Envelope, SignatureMeaning
+from pcvhub.schemas.envelope import Envelope, LateEntry, SignatureMeaning
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.signing import EventSigner
 
@@ -66,8 +66,13 @@ class EventIssuer:
         meaning: SignatureMeaning = SignatureMeaning.AUTHORED,
         prev_hash: bytes | None = None,
         event_id: str | None = None,
+        late_entry: str | None = None,
     ) -> Envelope:
-        """An unsigned envelope; the payload is validated and encoded here."""
+        """An unsigned envelope; the payload is validated and encoded here.
+
+        ``late_entry``: why the event is recorded only now (it occurred further back than
+        the deployment's late-entry bound); signed with the event and shown as late.
+        """
         full_name = self.catalog.full_name(event_type)
         fingerprint, body = encode_payload(full_name, dict(payload))
         occurred = now_us() if occurred_at_us is None else occurred_at_us
@@ -83,6 +88,7 @@ class EventIssuer:
             meaning=meaning,
             prev_hash=self.heads.get(coi, b"") if prev_hash is None else prev_hash,
             payload=body,
+            late_entry=None if late_entry is None else LateEntry(late_entry),
         )
 
     def issue(self, event_type: str, coi: str, payload: Mapping[str, Any], **options: Any

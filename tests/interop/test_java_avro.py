@@ -21,6 +21,7 @@ import json
 import random
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,14 @@ def issue_one_of_every_type() -> list[tuple[IssuedEvent, dict[str, Any]]]:
                                                 occurred_at_us=occurred)))
         occurred += 1_000_000
     issued += list(zip(issuer.issue_batch(drafts), data, strict=True))
+    # envelope v2's late-entry flag, and a v1 envelope (no such field) as older logs hold
+    datum = _fullest_sample("DoseAdministered")
+    issued.append((issuer.issue("DoseAdministered", COI, datum, occurred_at_us=occurred,
+                                late_entry="charted on paper during the outage"), datum))
+    v1 = replace(issuer.draft("DoseAdministered", COI, datum, occurred_at_us=occurred + 1),
+                 version=1)
+    sealed = issuer.signer.seal(v1)
+    issued.append((IssuedEvent(sealed, encode_envelope(sealed)), datum))
     return issued
 
 
@@ -127,6 +136,8 @@ def envelope_as_put_in(env: Envelope) -> dict[str, Any]:
         "batch_proof": None if proof is None else {
             "leaf_index": proof.leaf_index, "tree_size": proof.tree_size,
             "path": [step.hex() for step in proof.path], "root": proof.root.hex()},
+        # a v1 envelope has no late_entry: Java resolves it to the v2 reader's default
+        "late_entry": None if env.late_entry is None else {"reason": env.late_entry.reason},
     }
 
 

@@ -28,6 +28,7 @@ from pcvhub.schemas.stages import Stage
 from pcvhub.streams.case import PRECONDITIONS, CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.rules import Consent, Lifecycle, RoleAllowed
+from pcvhub.streams.timebounds import PRODUCTION
 from pcvhub.trust.consent import ConsentSigner, ConsentWindow, PatientCredential
 from pcvhub.trust.registry import REGISTRY_COI
 
@@ -259,7 +260,7 @@ def test_r4_keeps_registry_events_and_gatekeeper_outputs_off_therapy_chains(
 @pytest.mark.parametrize("row", THERAPY_ROWS, ids=ids(THERAPY_ROWS))
 def test_r7_refuses_the_event_without_the_consent_its_row_names(
         row: EventPolicy, signers: Signers) -> None:
-    rule = Consent()
+    rule = Consent(bounds=PRODUCTION)
     event = signers.event(row, signers.allowed[row.event_type])
     verdict = rule.check(event, case_for(event))
     if row.consent is None:

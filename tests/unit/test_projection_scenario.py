@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pcvhub.ids import new_coi
-from pcvhub.log.verify import RawRecord
+from pcvhub.log.verify import CheckpointCover, QuarantineReport, RawRecord
 from pcvhub.projections.projection import Projection
 from pcvhub.schemas.codec import decode_envelope, decode_payload, encode_envelope
 from pcvhub.schemas.envelope import Envelope, SignatureMeaning
@@ -240,14 +240,15 @@ class DraftingScenario(TherapyScenario):
     def issue(self, actor: str | Party, event_type: str, payload: dict[str, Any], *,
               occurred_at_us: int | None = None, prev_hash: bytes | None = None,
               meaning: SignatureMeaning = SignatureMeaning.AUTHORED,
-              coi: str | None = None) -> InboundEvent:
+              coi: str | None = None, late_entry: str | None = None) -> InboundEvent:
         who = self.actors[actor] if isinstance(actor, str) else actor
         if occurred_at_us is None:
             self.now_us += self.tick_us
             occurred_at_us = self.now_us
         draft = who.issuer.draft(event_type, coi or self.coi, payload,
                                  occurred_at_us=occurred_at_us, meaning=meaning,
-                                 prev_hash=self.case.head if prev_hash is None else prev_hash)
+                                 prev_hash=self.case.head if prev_hash is None else prev_hash,
+                                 late_entry=late_entry)
         return decode_inbound(encode_envelope(draft))
 
     def commit(self, event: InboundEvent) -> InboundEvent:
@@ -297,10 +298,11 @@ def signed_cohort(hub: Hub, cast: dict[str, Party], events: int, *, batch: int =
 
 def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None, *,
             batch: int = 50, topic_prefix: str = "test",
-            log: Sequence[RawRecord] | None = None) -> None:
+            log: Sequence[RawRecord] | None = None,
+            checkpoint: CheckpointCover | None = None) -> QuarantineReport:
     """Project ``records`` into ``path`` in batches, as the runner does (no Kafka): the
     registry partition is read ahead from ``log`` (the whole log the records are part
-    of; by default the records themselves)."""
+    of; by default the records themselves). Returns the log reader's report."""
     registry_partition = partition_for(REGISTRY_COI.encode(), PARTITIONS)
     key = REGISTRY_COI.encode()
 
@@ -310,9 +312,11 @@ def project(path: Path, records: Sequence[RawRecord], anchor: KeyRegistry | None
                 and r.offset >= from_offset]
 
     with Projection(path, topic_prefix, anchor or KeyRegistry(), anchor is not None,
-                    registry_partition, read_registry, SEAL_BOOK) as projection:
+                    registry_partition, read_registry, SEAL_BOOK,
+                    checkpoint=checkpoint) as projection:
         for start in range(0, len(records), batch):
             projection.apply(records[start:start + batch])
+        return projection.verifier.report
 
 
 def canonical_records(events: list[tuple[bytes, bytes]], gatekeeper: EventSigner

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 
 from pcvhub.streams.event import InboundEvent, SourcePosition
-from pcvhub.streams.rules import default_rules
+from pcvhub.streams.rules import Consent, default_rules
 from pcvhub.streams.timebounds import MINUTE_US, PRODUCTION, SIMULATION, SigningTime
 from pcvhub.times import utc_iso
 from pcvhub.trust.issuer import now_us
@@ -23,10 +23,25 @@ from pcvhub.trust.registry import revocation_payload
 
 from .therapy_builder import Hub, TherapyScenario
 
+TREATMENT_CONSENT = {"scope": "TREATMENT",
+                     "consent_document_ref": "DocumentReference/consent-TREATMENT",
+                     "expires_at": None, "consent_form_version": "v3.2"}
+
 
 @pytest.fixture
 def therapy() -> TherapyScenario:
+    """A therapy on the builders' simulated clock: its events occurred weeks before they
+    are signed (now), as a back-dating producer's would."""
     scenario = TherapyScenario(Hub())
+    scenario.run_until("issue_card")
+    return scenario
+
+
+@pytest.fixture
+def today() -> TherapyScenario:
+    """A therapy whose story runs over the last half hour: honest, contemporaneous events."""
+    start = now_us() - 30 * MINUTE_US
+    scenario = TherapyScenario(Hub(start_us=start), start_us=start)
     scenario.run_until("issue_card")
     return scenario
 
@@ -44,11 +59,11 @@ def revoke(therapy: TherapyScenario, who: str, at_us: int, compromised_since_us:
         "compromised_since": compromised_since_us})
 
 
-def test_an_honest_event_passes_every_rule_under_the_production_bounds(therapy) -> None:
-    event = therapy.consent("TREATMENT", by="physician")
-    rules = default_rules(therapy.hub.registry, bounds=PRODUCTION)
+def test_an_honest_event_passes_every_rule_under_the_production_bounds(today) -> None:
+    event = today.consent("TREATMENT", by="physician")
+    rules = default_rules(today.hub.registry, bounds=PRODUCTION)
     verdict = rules.check(appended(event, event.envelope.signed_at_us + 2_000_000),
-                          therapy.case)
+                          today.case)
     assert verdict.accepted, verdict
 
 
@@ -81,21 +96,96 @@ def test_a_back_dated_event_signed_after_a_revocation_is_refused(therapy) -> Non
 
 
 def test_an_event_dated_after_its_signing_is_refused(therapy) -> None:
-    event = therapy.issue(therapy.actors["physician"], "ConsentGranted", {
-        "scope": "TREATMENT", "consent_document_ref": "DocumentReference/consent-TREATMENT",
-        "expires_at": None, "consent_form_version": "v3.2"},
-        occurred_at_us=now_us() + 24 * 60 * MINUTE_US)
+    event = therapy.issue("physician", "ConsentGranted", TREATMENT_CONSENT,
+                          occurred_at_us=now_us() + 24 * 60 * MINUTE_US)
     verdict = SigningTime(therapy.hub.registry, PRODUCTION).check(event, therapy.case)
     assert not verdict.accepted and verdict.code == "OCCURRED_AFTER_SIGNING", verdict
     assert SigningTime(therapy.hub.registry, SIMULATION).check(event, therapy.case).accepted
 
 
 @pytest.mark.parametrize("offset_min", [-90, 90])
-def test_an_event_signed_far_from_its_append_time_is_refused(therapy, offset_min) -> None:
-    event = therapy.consent("TREATMENT", by="physician")
+def test_an_event_signed_far_from_its_append_time_is_refused(today, offset_min) -> None:
+    event = today.consent("TREATMENT", by="physician")
     late = appended(event, event.envelope.signed_at_us + offset_min * MINUTE_US)
-    verdict = SigningTime(therapy.hub.registry, PRODUCTION).check(late, therapy.case)
+    verdict = SigningTime(today.hub.registry, PRODUCTION).check(late, today.case)
     assert not verdict.accepted and verdict.code == "SIGNED_OUTSIDE_WINDOW", verdict
     assert "60 min apart" in verdict.reason
     near = appended(event, event.envelope.signed_at_us + 59 * MINUTE_US)
-    assert SigningTime(therapy.hub.registry, PRODUCTION).check(near, therapy.case).accepted
+    assert SigningTime(today.hub.registry, PRODUCTION).check(near, today.case).accepted
+
+
+# -- late entries (envelope v2) ---------------------------------------------------------
+
+def treatment_consent(scenario: TherapyScenario, *, late_entry: str | None = None
+                      ) -> InboundEvent:
+    """The physician's record of the treatment consent, at the scenario's clock."""
+    return scenario.issue("physician", "ConsentGranted", TREATMENT_CONSENT,
+                          late_entry=late_entry)
+
+
+def test_an_event_older_than_the_late_entry_bound_needs_the_flag(therapy) -> None:
+    event = treatment_consent(therapy)  # occurred weeks before it is signed, no flag
+    verdict = default_rules(therapy.hub.registry, bounds=PRODUCTION).check(
+        appended(event, event.envelope.signed_at_us), therapy.case)
+    assert (verdict.rule, verdict.code) == ("R1", "LATE_ENTRY_UNFLAGGED"), verdict
+    assert utc_iso(event.envelope.occurred_at_us) in verdict.reason
+    assert utc_iso(event.envelope.signed_at_us) in verdict.reason
+    assert "late-entry bound is 24 h" in verdict.reason
+    # on the simulated clock weeks-old stories are the point: no flag needed
+    assert SigningTime(therapy.hub.registry, SIMULATION).check(event, therapy.case).accepted
+
+
+def test_a_late_entry_with_its_reason_is_accepted_under_the_production_bounds(therapy
+                                                                              ) -> None:
+    event = treatment_consent(therapy, late_entry="paper form found in the clinic's file")
+    assert event.envelope.version == 2 and event.envelope.late_entry is not None
+    verdict = default_rules(therapy.hub.registry, bounds=PRODUCTION).check(
+        appended(event, event.envelope.signed_at_us + 1_000_000), therapy.case)
+    assert verdict.accepted, verdict
+
+
+@pytest.mark.parametrize("bounds", [PRODUCTION, SIMULATION], ids=lambda b: b.name)
+def test_a_late_entry_with_a_blank_reason_is_refused(today, bounds) -> None:
+    event = treatment_consent(today, late_entry="   ")
+    verdict = SigningTime(today.hub.registry, bounds).check(event, today.case)
+    assert not verdict.accepted and verdict.code == "LATE_ENTRY_UNJUSTIFIED", verdict
+
+
+def test_a_late_entry_signed_after_the_compromise_is_refused_as_compromised(therapy
+                                                                            ) -> None:
+    """The flag is no way round a revocation: it only says the record is late."""
+    event = treatment_consent(therapy, late_entry="entered from the paper chart")
+    revoke(therapy, "physician", now_us() - MINUTE_US, now_us() - 60 * MINUTE_US)
+    verdict = SigningTime(therapy.hub.registry, PRODUCTION).check(event, therapy.case)
+    assert not verdict.accepted and verdict.code == "KEY_COMPROMISED", verdict
+
+
+# -- consent withdrawals against signed time (R7) ---------------------------------------
+
+def test_a_back_dated_event_signed_after_a_withdrawal_is_refused_naming_the_times(today
+                                                                                  ) -> None:
+    today.accept(today.consent("RESEARCH"))
+    withdrawal = today.accept(today.withdraw("RESEARCH"))
+    # signed now, after the withdrawal, claiming to have occurred a second before it
+    event = today.issue("researcher", "ResearchDataRequested",
+                        today.research_use("RQ-9").payload,
+                        occurred_at_us=withdrawal.occurred_at_us - 1_000_000)
+    assert event.envelope.signed_at_us > withdrawal.occurred_at_us
+    verdict = default_rules(today.hub.registry, bounds=PRODUCTION).check(
+        appended(event, event.envelope.signed_at_us), today.case)
+    assert (verdict.rule, verdict.code) == ("R7", "CONSENT_WITHDRAWN"), verdict
+    for instant in (withdrawal.occurred_at_us, event.envelope.signed_at_us,
+                    event.envelope.occurred_at_us):
+        assert utc_iso(instant) in verdict.reason
+    # the simulated clock judges the story's own time: it occurred while consent held
+    assert Consent(bounds=SIMULATION).check(event, today.case).accepted
+
+
+def test_an_event_signed_before_the_withdrawal_still_counts(today) -> None:
+    today.accept(today.consent("RESEARCH"))
+    request = today.research_use("RQ-1")  # signed now, before the withdrawal below
+    today.now_us = now_us() + 60_000_000  # the withdrawal happens (and is signed) later
+    withdrawal = today.withdraw("RESEARCH")
+    today.accept(withdrawal)
+    assert request.envelope.signed_at_us < withdrawal.occurred_at_us
+    assert Consent(bounds=PRODUCTION).check(request, today.case).accepted

@@ -30,7 +30,13 @@ from pcvhub.trust.registry import KeyRegistry
 from pcvhub.web import DashboardServer
 from pcvhub.web.app import age, duration, money, when
 
-from .test_web_scenario import MARKUP_SAMPLE, WebScenario, parse, web_scenario
+from .test_web_scenario import (
+    LATE_REASON,
+    MARKUP_SAMPLE,
+    WebScenario,
+    parse,
+    web_scenario,
+)
 
 PAGES = ("/", "/therapies", "/inventory", "/billing", "/alerts", "/turnaround")
 
@@ -211,6 +217,20 @@ def test_a_record_written_past_the_gatekeeper_is_shown_as_not_accepted_by_it(
     assert "not accepted by the gatekeeper" in row[6] and "accepted" != row[6].strip()
     assert "Consent withdrawn" in row[2] or "ConsentWithdrawn" in row[2]
     assert "alarm" in therapy.by_id("verification-summary").attrs["class"]
+
+
+def test_a_late_entry_is_shown_as_late_with_its_reason(scenario: WebScenario,
+                                                      web: httpx.Client) -> None:
+    """Accepted, and the timeline says it was entered late, when, and the signed reason."""
+    [entry] = rows(scenario.path, "SELECT * FROM audit(?) WHERE event_id = ?", scenario.e.coi,
+                   scenario.late_id)
+    assert (entry["outcome"], entry["verification"]) == ("ACCEPTED LATE ENTRY", "VERIFIED")
+    assert LATE_REASON in entry["detail"] and "late entry signed at" in entry["detail"]
+    therapy = page(web, f"/therapies/{scenario.e.coi}")
+    # exactly one row of E's timeline is late: this one, with its reason
+    [row] = [r for r in therapy.by_id("timeline").rows() if "LATE ENTRY" in r[6]]
+    assert LATE_REASON in row[6]
+    assert "Consent granted" in row[2] or "ConsentGranted" in row[2]
 
 
 def test_a_therapy_with_only_refused_events_shows_its_refusals(

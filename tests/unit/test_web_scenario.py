@@ -10,6 +10,8 @@ unregistered-signer records), plus:
 - therapy E: its sample id carries HTML markup, which every page must escape;
 - therapy F: its only event, an enrolment signed by an unregistered key, refused (R1), so
   the log holds a refusal of F and no accepted event;
+- therapy E's treatment consent, recorded by the physician from a paper form as a late
+  entry (envelope v2's signed flag), which every page must show as late;
 - a record written straight to C's chain on the canonical topic (as a bug or someone with
   broker access could), signed by an unregistered key: the projection re-verifies it and
   the dashboard must show C's sample link as broken.
@@ -36,6 +38,7 @@ from .therapy_builder import DAY_US, TherapyScenario
 
 MARKUP_SAMPLE = '<script>alert("sample")</script>'
 UNAPPROVED_DESIGN = "0f" * 32
+LATE_REASON = "paper consent form found in the clinic's file"
 
 
 @dataclass
@@ -51,6 +54,7 @@ class WebScenario:
     forged_id: str  # the unregistered record on C's chain
     patient_hashes: set[str] = field(default_factory=set)
     unsealed_id: str = ""  # E's record written past the gatekeeper (no seal)
+    late_id: str = ""  # E's paper consent, recorded as a late entry
 
     @property
     def a(self) -> TherapyScenario:
@@ -78,6 +82,8 @@ def web_scenario(path: Path) -> WebScenario:
     e.now_us = d.now_us + DAY_US
     e.sample_id = MARKUP_SAMPLE
     log.run(e, "receive_sample")
+    # a paper consent form found in the clinic's file, entered now as a late entry
+    late = log.accept(e, e.consent("TREATMENT", by="physician", late_entry=LATE_REASON))
 
     stranger = EventIssuer(EventSigner("stranger", "stranger-k1", HybridKeyPair.generate()))
     coi_f = new_coi("KYOTO01", 2026)
@@ -108,7 +114,7 @@ def web_scenario(path: Path) -> WebScenario:
     therapies = [*log.therapies.values(), d, e]
     return WebScenario(path, log, d, e, altered.event_id, coi_f, forged.envelope.event_id,
                        {"ff" * 32, *(t.patient_hash for t in therapies)},
-                       unsealed.envelope.event_id)
+                       unsealed.envelope.event_id, late.event_id)
 
 
 # -- reading pages ----------------------------------------------------------------------------
