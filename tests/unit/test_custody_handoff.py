@@ -241,8 +241,10 @@ def test_the_just_in_time_window_is_the_deployments_setting(
     from those settings refuses it naming 6 h; the default (72 h) accepts it."""
     toml = tmp_path / "pcvhub.toml"
     toml.write_text("[gatekeeper]\njust_in_time_window_hours = 6\n")
-    narrow = rules_for(load_settings({"PCVHUB_CONFIG": str(toml)}), scenario.hub.registry)
-    default = rules_for(load_settings({}), scenario.hub.registry)
+    simulated = {"PCVHUB_TIME_BOUNDS": "simulation"}  # the builder's story is back-dated
+    narrow = rules_for(load_settings({**simulated, "PCVHUB_CONFIG": str(toml)}),
+                       scenario.hub.registry)
+    default = rules_for(load_settings(simulated), scenario.hub.registry)
     scenario.run_until("receive_at_site")
     scenario.accept(scenario.issue("physician", "AdministrationScheduled", {
         "administration_id": "ADM-1", "dose_number": 1,
@@ -252,7 +254,8 @@ def test_the_just_in_time_window_is_the_deployments_setting(
                       event)
     assert "within 6 h" in verdict.reason
     assert default.check(event, scenario.case).accepted
-    env = load_settings({"PCVHUB_CONFIG": str(toml), "PCVHUB_JUST_IN_TIME_WINDOW_HOURS": "12"})
+    env = load_settings({**simulated, "PCVHUB_CONFIG": str(toml),
+                         "PCVHUB_JUST_IN_TIME_WINDOW_HOURS": "12"})
     assert rules_for(env, scenario.hub.registry).check(event, scenario.case).accepted
 
 
