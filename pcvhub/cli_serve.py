@@ -31,10 +31,17 @@ def register(app: typer.Typer) -> None:
         drop_site: str | None = typer.Option(None, help="Site of the file drop."),
         settle: float = typer.Option(2.0, help="Seconds to wait for a therapy's previous "
                                                "event to be accepted before chaining on it."),
+        logger_drop: Path | None = typer.Option(None, help="Data logger upload folder "
+                                                           "(none: no logger drop)."),
+        logger_drop_actor: str | None = typer.Option(
+            None, help="Actor of the logger drop (role CONNECTOR; default coldchain-loggers)."),
+        logger_drop_site: str | None = typer.Option(None, help="Site of the logger drop."),
     ) -> None:
-        """Start the HL7 v2 (MLLP), FHIR R4 and file-drop connectors; print their addresses."""
+        """Start the HL7 v2 (MLLP), FHIR R4, file-drop and logger-drop connectors; print
+        their addresses."""
         options = ServeOptions(site, actor, host, mllp_port, http_port, drop, drop_actor,
-                               drop_site, settle)
+                               drop_site, settle, logger_drop, logger_drop_actor,
+                               logger_drop_site)
 
         async def main() -> None:
             stop = asyncio.Event()

@@ -78,6 +78,9 @@ class Settings:
     #: ahead of judging it in order (``pcvhub.trust.checks``); 0: every check inline (the
     #: default: on two cores, shared with the broker, the pool cost more than it moved)
     verify_workers: int = 0
+    #: how soon after a JUST_IN_TIME placement the administration it is delivered for
+    #: must be scheduled at the site (R6), in hours
+    just_in_time_window_hours: float = 72.0
 
     # -- who this process is to Kafka ---------------------------------------------------
 
@@ -191,6 +194,7 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "PCVHUB_TIMER_SWEEP_SECONDS": ("timers", "sweep_seconds"),
     "PCVHUB_TIME_BOUNDS": ("gatekeeper", "time_bounds"),
     "PCVHUB_VERIFY_WORKERS": ("gatekeeper", "verify_workers"),
+    "PCVHUB_JUST_IN_TIME_WINDOW_HOURS": ("gatekeeper", "just_in_time_window_hours"),
 }
 
 TIMER_CLOCKS = ("wall", "simulation")
@@ -247,6 +251,16 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     if verify_workers < 0:
         raise ConfigError(f"gatekeeper.verify_workers (PCVHUB_VERIFY_WORKERS) is "
                           f"{verify_workers}; give 0 or more processes")
+    window = table.get("gatekeeper", {}).get("just_in_time_window_hours")
+    try:
+        jit_hours = Settings.just_in_time_window_hours if window is None else float(window)
+    except ValueError:
+        jit_hours = float("nan")
+    if not jit_hours > 0 or jit_hours == float("inf"):
+        raise ConfigError(f"gatekeeper.just_in_time_window_hours "
+                          f"(PCVHUB_JUST_IN_TIME_WINDOW_HOURS) is {window!r}; give the hours "
+                          "within which a just-in-time placement's administration must be "
+                          "scheduled, a number above 0 (default 72)")
     security = None  # the local broker's, unless the operator gives security settings
     named = {f.name for f in fields(KafkaSecurity)} - {"protocol"}
     if "security_protocol" in kafka or named & set(kafka):
@@ -288,6 +302,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             timer_clock=clock,
             time_bounds=bounds,
             verify_workers=verify_workers,
+            just_in_time_window_hours=jit_hours,
             timer_sweep_seconds=float(timers.get("sweep_seconds", base.timer_sweep_seconds)),
         )
     except ValueError as exc:

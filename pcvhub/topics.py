@@ -98,6 +98,8 @@ INGRESS_SOURCES = {
     "fhir": "events signed by the FHIR R4 connector",
     "files": "events signed by the MES/LIMS file-drop connector",
     "payer": "events signed by the payer connector (remittances)",
+    "loggers": "events signed by the logger-upload connector (couriers' and sites' data "
+               "logger files)",
     "direct": "events signed by partners that produce directly (lab, design, courier, "
               "the registrar)",
 }

@@ -31,9 +31,11 @@ The protocols, each a package or module over a ``Connector``:
 
 - :mod:`.hl7`: HL7 v2.5.1 over MLLP with mutual TLS, one ACK per message;
 - :mod:`.fhir`: FHIR R4 REST with bearer tokens, one OperationOutcome per refusal;
-- :mod:`.drop_folder`: the folder the next two are fed by (watch, settle, result file,
-  ``done/`` and ``failed/``) and what both do with each entry of a file;
+- :mod:`.drop_folder`: the folder the next three are fed by (watch, settle, result file,
+  ``done/`` and ``failed/``) and what each does with each entry of a file;
 - :mod:`.mes`: the MES / LIMS connector (CSV and JSON rows in a drop folder);
+- :mod:`.loggers`: couriers' and sites' data logger files (readings -> the hub judges the
+  cold chain), read as the MES files are;
 - :mod:`.payer`: claims out (X12 837P, FHIR Claim) and remittances in (X12 835).
 
 And around them: :mod:`.serve` (``pcvhub serve``: every connector of a deployment in one

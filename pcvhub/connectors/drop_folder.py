@@ -1,12 +1,13 @@
 """The drop folder: files put into a folder, each processed once, its result beside it.
 
-The MES / LIMS connector (:mod:`.mes`) and the payer's remittance inbox (:mod:`.payer`)
-are both fed this way. :class:`DropFolder` is the folder: watch, wait until a file has
-settled, hand it to a handler (file path and bytes -> :class:`FileResult`), write the
-result file, move the file to ``done/`` or ``failed/``. :class:`DropConnector` is what
-both connectors do with the entries of a file (a row, a claim payment): send each one's
-event and wait for the gatekeeper's verdict, or refuse it on the connector's own
-authority, and say which in the result file, one :class:`~.outcome.Outcome` an entry.
+The MES / LIMS connector (:mod:`.mes`), the data logger uploads (:mod:`.loggers`) and the
+payer's remittance inbox (:mod:`.payer`) are all fed this way. :class:`DropFolder` is the
+folder: watch, wait until a file has settled, hand it to a handler (file path and bytes ->
+:class:`FileResult`), write the result file, move the file to ``done/`` or ``failed/``.
+:class:`DropConnector` is what each connector does with the entries of a file (a row, an
+upload, a claim payment): send each one's event and wait for the gatekeeper's verdict, or
+refuse it on the connector's own authority, and say which in the result file, one
+:class:`~.outcome.Outcome` an entry.
 
 Folder layout (``folder`` is created if missing)::
 
@@ -252,6 +253,16 @@ class DropConnector:
             outcome = replace(outcome, reason=f"{outcome.reason}; drop the file again later "
                                               "to see it here")
         return outcome.as_result(refused_by="gatekeeper")
+
+    def post(self, request: EventRequest) -> dict[str, Any]:
+        """Send one entry's event (unless already on the log) and wait for the gatekeeper's
+        verdict: its result-file entry (event type, id, status and, if refused, why)."""
+        assert request.event_id is not None
+        event = {"event_type": request.event_type, "event_id": request.event_id}
+        if self.connector.is_accepted(request.event_id):
+            return {**event, "status": Status.ALREADY_ACCEPTED.value}
+        self.send(request)
+        return {**event, **self.verdict(request.event_id)}
 
     def refuse(self, original: bytes, endpoint: str, refusal: Outcome, *,
                coi: str | None = None, event_type: str | None = None) -> str:

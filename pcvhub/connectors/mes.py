@@ -217,7 +217,7 @@ def _json_rows(text: str) -> list[SourceRow]:
             rows.append(SourceRow(number, item, raw, problems=(broken,) if broken else ()))
         else:
             rows.append(SourceRow(number, {}, raw, problems=(Problem(
-                "(row)", f"is a JSON {_json_kind(item)}, not an object"),)))
+                "(row)", f"is a JSON {json_kind(item)}, not an object"),)))
     return rows
 
 
@@ -238,9 +238,10 @@ def _lone_surrogate(record: dict[str, Any]) -> Problem | None:
             return Problem("(row)", f"a column name holds {half}, half of a UTF-16 surrogate "
                                     "pair, which is no character (a broken \\u escape)")
         half = broken(json.dumps(value, default=str, ensure_ascii=False))
-        if half is not None:
-            return Problem(key, f"holds {half}, half of a UTF-16 surrogate pair, which is no "
-                                "character (a broken \\u escape)")
+        if half is not None:  # a column without a name is named by its row
+            return Problem(key if key.strip() else "(row)",
+                           f"holds {half}, half of a UTF-16 surrogate pair, which is no "
+                           "character (a broken \\u escape)")
     return None
 
 
@@ -253,19 +254,19 @@ def check_row(row: SourceRow) -> FileRecord | Outcome:
     if problems:
         return _refusal(row, problems)
     values = row.values
-    event_type = _text(values.get("event"))
+    event_type = cell_text(values.get("event"))
     if event_type not in FILE_EVENTS:
         got = "is missing" if not event_type else f"is {event_type!r}"
         return _refusal(row, [Problem("event", f"{got}; a MES / LIMS file carries "
                                                f"{', '.join(FILE_EVENTS)}")])
-    coi = _text(values.get("coi"))
+    coi = cell_text(values.get("coi"))
     if not coi:
         problems.append(Problem("coi", "is missing; every row names its therapy's "
                                        "chain-of-identity id"))
     elif not is_valid_coi(coi):
         problems.append(Problem("coi", f"{coi!r} is not a chain-of-identity id (or its check "
                                        "character is wrong: a mistyped id)"))
-    occurred_us = _timestamp(values.get("occurred_at"), problems)
+    occurred_us = cell_time(values.get("occurred_at"), problems)
     known = set(META_COLUMNS)
     schema = load_catalog().schema(event_type).raw
     payload: dict[str, Any] = {}
@@ -297,25 +298,29 @@ def _refusal(row: SourceRow, problems: list[Problem]) -> Outcome:
                           + "; the row was not applied: correct it and drop it again", problems)
 
 
-def _text(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A cell's text without surrounding blanks; "" for an empty cell or a non-string."""
     return value.strip() if isinstance(value, str) else ""
 
 
-def _timestamp(value: Any, problems: list[Problem]) -> int | None:
-    text = _text(value)
+def cell_time(value: Any, problems: list[Problem], column: str = "occurred_at",
+              what: str = "the step") -> int | None:
+    """A cell's ISO 8601 time with its UTC offset (epoch µs), or None with a problem noted
+    at ``column`` (``what``: what the time is of, for the person fixing the file)."""
+    text = cell_text(value)
     if not text:
-        problems.append(Problem("occurred_at", "is missing; give the time of the step as ISO "
-                                               "8601 with its UTC offset"))
+        problems.append(Problem(column, f"is missing; give the time of {what} as ISO "
+                                        "8601 with its UTC offset"))
         return None
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        problems.append(Problem("occurred_at", f"{text!r} is not an ISO 8601 date and time, "
-                                               "e.g. 2026-01-20T09:30:00+09:00"))
+        problems.append(Problem(column, f"{text!r} is not an ISO 8601 date and time, "
+                                        "e.g. 2026-01-20T09:30:00+09:00"))
         return None
     if moment.tzinfo is None:
-        problems.append(Problem("occurred_at", f"{text!r} has no UTC offset; add one, "
-                                               "e.g. +09:00 or Z"))
+        problems.append(Problem(column, f"{text!r} has no UTC offset; add one, "
+                                        "e.g. +09:00 or Z"))
         return None
     return to_us(moment)
 
@@ -336,7 +341,7 @@ def _field(name: str, avro_type: Any, values: Mapping[str, Any], problems: list[
     if isinstance(kind, dict) and kind.get("type") == "enum":
         # UNKNOWN exists for old readers of newer values; a writer never sends it
         symbols = [s for s in kind["symbols"] if s != "UNKNOWN"]
-        text = _text(raw).upper()
+        text = cell_text(raw).upper()
         if text not in symbols:
             problems.append(Problem(name, f"{raw!r} is not one of {', '.join(symbols)}"))
         return text
@@ -344,7 +349,7 @@ def _field(name: str, avro_type: Any, values: Mapping[str, Any], problems: list[
         problems.append(Problem(name, f"has Avro type {kind}, which a file cannot carry"))
         return None
     if not isinstance(raw, str):
-        problems.append(Problem(name, f"is a JSON {_json_kind(raw)} ({raw}); "
+        problems.append(Problem(name, f"is a JSON {json_kind(raw)} ({raw}); "
                                       "write it as a string"))
         return None
     return raw.strip()
@@ -352,7 +357,7 @@ def _field(name: str, avro_type: Any, values: Mapping[str, Any], problems: list[
 
 def _whole_number(name: str, raw: Any, problems: list[Problem]) -> int | None:
     if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-        problems.append(Problem(name, f"is a JSON {_json_kind(raw)} ({raw}), not a "
+        problems.append(Problem(name, f"is a JSON {json_kind(raw)} ({raw}), not a "
                                       "whole number"))
         return None
     if isinstance(raw, int):
@@ -368,7 +373,7 @@ def _whole_number(name: str, raw: Any, problems: list[Problem]) -> int | None:
     return int(text)
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """JSON's name for the type of a value ``json.loads`` returned."""
     if value is None:
         return "null"
@@ -488,8 +493,8 @@ class FileDrop(DropConnector):
 
     def _refused_row(self, row: SourceRow, refusal: Outcome, endpoint: str) -> dict[str, Any]:
         """Record a row refused by ``check_row``; its result entry, problem by problem."""
-        event_type = _text(row.values.get("event")) or None
-        coi = _text(row.values.get("coi"))
+        event_type = cell_text(row.values.get("event")) or None
+        coi = cell_text(row.values.get("coi"))
         refusal_id = self.refuse(row.raw, f"{endpoint}#row={row.row}", refusal,
                                  coi=coi if is_valid_coi(coi) else None,
                                  event_type=event_type if event_type in FILE_EVENTS else None)

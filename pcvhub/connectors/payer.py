@@ -776,7 +776,7 @@ class RemittanceDrop(DropConnector):
                 continue
             assert claim is not None  # payment_refusal refuses unknown claims
             entry["coi"] = claim.coi
-            entry["events"] = [self._post(request)
+            entry["events"] = [self.post(request)
                                for request in self._requests(payment, claim, issued_at)]
             statuses = {e["status"] for e in entry["events"]}
             entry["status"] = next((s.value for s in (Status.REFUSED, Status.PENDING,
@@ -804,15 +804,6 @@ class RemittanceDrop(DropConnector):
                 "remittance_ref": payment.trace_number, "paid_on": paid_on},
                 occurred_at_us=issued_at, event_id=ids["PaymentPosted"]))
         return requests
-
-    def _post(self, request: EventRequest) -> dict[str, Any]:
-        """Issue one event (unless already on the log) and wait for the gatekeeper."""
-        assert request.event_id is not None
-        event = {"event_type": request.event_type, "event_id": request.event_id}
-        if self.connector.is_accepted(request.event_id):
-            return {**event, "status": Status.ALREADY_ACCEPTED.value}
-        self.send(request)
-        return {**event, **self.verdict(request.event_id)}
 
     def _unreadable(self, path: Path, data: bytes, reason: str,
                     checked: X12Validation | None = None) -> FileResult:

@@ -2,9 +2,11 @@
 
 Each listener prints one line when it is ready: ``mllp 127.0.0.1:PORT`` (HL7 v2 over
 MLLP, mutual TLS), ``http https://127.0.0.1:PORT`` (FHIR R4, bearer tokens over TLS)
-and ``drop PATH`` (the MES/LIMS file drop). Each protocol has its own ``Connector``
-(its own ingress topic and log follower); the HL7 and FHIR listeners sign as the
-hospital site's connector actor, the file drop as the manufacturer's.
+``drop PATH`` (the MES/LIMS file drop) and ``logger-drop PATH`` (couriers' and sites'
+data logger files). Each protocol has its own ``Connector`` (its own ingress topic,
+Kafka principal and log follower); the HL7 and FHIR listeners sign as the hospital site's
+connector actor, the file drop as the manufacturer's, the logger drop as the cold chain's
+upload actor.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pathlib import Path
 
 from pcvhub.config import Settings
 from pcvhub.connectors.core import Connector
+from pcvhub.connectors.drop_folder import DropConnector
 from pcvhub.connectors.fhir import FhirServer
 from pcvhub.connectors.hl7 import MessageMapper, MllpListener
+from pcvhub.connectors.loggers import LoggerDrop
 from pcvhub.connectors.mes import FileDrop
 from pcvhub.connectors.tls import LocalCA
 
@@ -38,6 +42,9 @@ class ServeOptions:
     drop_actor_id: str | None = None
     drop_site_id: str | None = None
     settle_s: float = 2.0
+    logger_drop: Path | None = None  # the logger-upload folder; None: no logger drop
+    logger_drop_actor_id: str | None = None
+    logger_drop_site_id: str | None = None
 
 
 async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
@@ -64,12 +71,17 @@ async def serve(settings: Settings, options: ServeOptions, stop: asyncio.Event,
         fhir_connector = await asyncio.to_thread(open_connector, "fhir")
         fhir = await FhirServer(fhir_connector, ca, options.host, options.http_port).start()
         announce(f"http {fhir.base_url}")
-        if options.drop is not None:
-            options.drop.mkdir(parents=True, exist_ok=True)
-            tasks.append(asyncio.create_task(FileDrop.serve(
-                settings, options.drop, stop, actor_id=options.drop_actor_id,
-                site_id=options.drop_site_id)))
-            announce(f"drop {options.drop.resolve()}")
+        drops: list[tuple[str, type[DropConnector], Path | None, str | None, str | None]] = [
+            ("drop", FileDrop, options.drop, options.drop_actor_id, options.drop_site_id),
+            ("logger-drop", LoggerDrop, options.logger_drop, options.logger_drop_actor_id,
+             options.logger_drop_site_id)]
+        for label, kind, folder, actor_id, site_id in drops:
+            if folder is None:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            tasks.append(asyncio.create_task(kind.serve(
+                settings, folder, stop, actor_id=actor_id, site_id=site_id)))
+            announce(f"{label} {folder.resolve()}")
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:

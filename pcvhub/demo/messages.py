@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from pcvhub.demo.cohort import AUTHORITY, Patient
+from pcvhub.schemas.specifications import RECIPES
 from pcvhub.times import utc_iso
 
 SENDING_APPLICATION = "EPIC"
@@ -160,8 +161,11 @@ MES_COLUMNS = ("event", "coi", "occurred_at", "batch_id", "design_hash", "facili
                "planned_dose_count", "batch_record_version", "step", "operator",
                "equipment_id", "parameter_hash", "test", "specification", "value", "unit",
                "result", "method_ref")
-MANUFACTURING_STEPS = (("IVT mRNA synthesis", "BIOREACTOR-3"), ("purification", "TFF-2"),
-                       ("LNP formulation", "MIXER-1"), ("fill-finish", "FILL-02"))
+_EQUIPMENT = {"IVT mRNA synthesis": "BIOREACTOR-3", "purification": "TFF-2",
+              "LNP formulation": "MIXER-1", "fill-finish": "FILL-02"}
+#: (step, equipment) of the recipe of the demo's therapy type, in the recipe's order (R9)
+MANUFACTURING_STEPS = tuple((step, _EQUIPMENT[step])
+                            for step in RECIPES["individualized-neoantigen-mRNA"].steps)
 #: (test, specification, value, unit, method): every result meets its specification
 QC_TESTS = (("sterility", "no growth", "no growth", "", "Ph. Eur. 2.6.1"),
             ("endotoxin", "< 5", "0.8", "EU/mL", "Ph. Eur. 2.6.14"),

@@ -40,7 +40,7 @@ from pcvhub.ids import new_coi
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import decode_envelope, decode_payload
 from pcvhub.schemas.envelope import SignatureMeaning
-from pcvhub.schemas.specifications import panel_for
+from pcvhub.schemas.specifications import RECIPES, panel_for, recipe_for
 from pcvhub.streams.case import CaseState
 from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.rules import default_rules
@@ -246,6 +246,11 @@ CAST: dict[str, tuple[str, str]] = {
     "researcher": ("RESEARCHER", "UNIV-RES"),
 }
 
+#: the therapy type a scenario treats unless told otherwise
+THERAPY_TYPE = "individualized-neoantigen-mRNA"
+#: the manufacturing recipe of the default therapy type, one step per recipe step, in order
+RECIPE_STEPS = tuple(f"complete_step#{n}"
+                     for n, _ in enumerate(RECIPES[THERAPY_TYPE].steps, start=1))
 #: the QC panel of the default therapy type, one step per test; sterility comes last
 QC_STEPS = ("qc_test#1", "qc_test#2", "qc_test#3", "record_qc")
 _BEFORE_DOSES = (
@@ -253,7 +258,7 @@ _BEFORE_DOSES = (
     "consent_payer", "diagnose", "order", "collect", "hand_over_sample", "accept_sample",
     "receive_sample",
     "sequence", "call_variants", "design", "approve_first", "approve_second", "start_manufacturing",
-    "complete_step", *QC_STEPS, "release", "ship", "receive_at_site",
+    *RECIPE_STEPS, *QC_STEPS, "release", "ship", "receive_at_site",
 )
 _PER_DOSE = ("schedule", "reserve", "dispense", "verify_identity", "administer", "outcome",
              "claim", "adjudicate", "pay")
@@ -275,7 +280,7 @@ class TherapyScenario:
 
     def __init__(self, hub: Hub, *, doses: int = 2, cast: dict[str, Party] | None = None,
                  patient_hash: str = "a1" * 32, tick_us: int = 1_000_000,
-                 therapy_type: str = "individualized-neoantigen-mRNA",
+                 therapy_type: str = THERAPY_TYPE,
                  shelf_life_us: int | None = 90 * DAY_US, site: str = SITE,
                  coi: str | None = None, start_us: int = T0_US,
                  card: PatientCard | None = None) -> None:
@@ -549,10 +554,13 @@ class TherapyScenario:
             "facility_id": "MFG-KOBE-1", "planned_dose_count": len(self.dose_ids),
             "batch_record_version": "MBR-7"})
 
-    def complete_step(self) -> InboundEvent:
+    def complete_step(self, n: int, step: str | None = None) -> InboundEvent:
+        """The ``n``-th step of the therapy type's recipe (``step``: another name)."""
+        recipe = recipe_for(self.therapy_type)
+        name = step or (recipe.steps[n - 1] if recipe is not None else f"step {n}")
         return self.issue("manufacturer", "ManufacturingStepCompleted", {
-            "batch_id": self.batch_id, "step": "fill-finish",
-            "operator": self.id_of("manufacturer"), "equipment_id": "FILL-02",
+            "batch_id": self.batch_id, "step": name,
+            "operator": self.id_of("manufacturer"), "equipment_id": f"EQ-{n:02d}",
             "parameter_hash": "9a" * 32})
 
     def qc_result(self, test: str, value: str, result: str = "PASS",

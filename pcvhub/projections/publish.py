@@ -164,6 +164,14 @@ OPERATIONS: dict[str, str] = {
                last_paid_on, expected_amount, outstanding_amount, status, days_outstanding,
                ageing_bucket
         FROM billing_claims_as_of({{as_of}})""",
+    # who owns each dose and which site the manufacturer invoices (no actor ids)
+    "dose_ownership": f"""
+        SELECT {THERAPY}, dose_id, batch_id, placement_method, owner_kind, owner_since,
+               invoice_to
+        FROM dose_ownership""",
+    "quarantines": f"""
+        SELECT {THERAPY}, item_id, item_kind, cause, quarantined_at, decision, decided_at
+        FROM quarantines""",
     "receivables_ageing": "SELECT * FROM receivables_ageing_as_of({as_of})",
     "outcome_milestones": f"""
         SELECT {THERAPY}, agreement_id, milestone, payer_id, amount, currency,

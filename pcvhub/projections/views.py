@@ -21,10 +21,12 @@ signing_keys, actors   who may sign: registered actors, roles, sites, key window
 case_status            where each therapy stands, its next step, open alerts
 alerts                 every alert with OPEN/RESOLVED and the event that resolved it
 rejections             every refusal of the gatekeeper with its rule, code and reason
+quarantines            every quarantine of a sample, batch or dose: cause, and how it ended
 inventory              every released dose: site, location, placement method, status, expiry
 inventory_by_site      doses and lots per site, location, placement method and status
 inventory_lots         batches (lots) with their disposition and doses per status
 billing_claims         claims per administration: status, amounts, payer, ageing bucket
+dose_ownership         who owns each dose (manufacturer or site) and so who invoices whom
 payer_claims(p)        billing_claims of one payer only (what a payer may see)
 receivables_ageing     outstanding amounts per payer, currency and bucket (0-30 ... 90+ days)
 outcome_milestones     outcome-based payment milestones per therapy and payer
@@ -46,6 +48,7 @@ import duckdb
 from pcvhub.ids import STUDY_CHAIN_PREFIX
 from pcvhub.projections.schema import sql_string
 from pcvhub.schemas.policy import next_step
+from pcvhub.schemas.specifications import PANELS
 from pcvhub.schemas.stages import Stage
 from pcvhub.trust.registry import REGISTRY_COI
 
@@ -471,6 +474,111 @@ REJECTIONS = View(
 
 # -- inventory ----------------------------------------------------------------------------------
 
+_STORAGE_RANGES = ", ".join(
+    f"({sql_string(panel.therapy_type)}, {panel.storage_min_celsius!r}::DOUBLE, "
+    f"{panel.storage_max_celsius!r}::DOUBLE)" for panel in PANELS.values())
+
+QUARANTINES = View(
+    "quarantines",
+    "Every time a sample, batch or dose was put in quarantine, as the hub derives it from "
+    "the log (the gatekeeper's case fold does the same): a sample received REJECTED, a "
+    "temperature excursion, logger readings outside the therapy type's storage range "
+    "(pcvhub.schemas.specifications), a receipt with a broken or other seal or missing "
+    "items; a batch's doses share its quarantine (doses released from a quarantined batch "
+    "from their release on). decision says how it ended: RELEASED or DESTROYED by the "
+    "qualified person, NULL while the item is still in quarantine.",
+    f"""
+    WITH released AS (
+        SELECT * FROM (
+            SELECT coi, batch_id, unnest(dose_ids) AS dose_id, log_offset
+            FROM log.batch_dispositioned
+            WHERE log_topic = 'events' AND disposition = 'RELEASED')
+        QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset) = 1
+    ),
+    kinds AS (
+        SELECT DISTINCT coi, sample_id AS item_id, 'SAMPLE' AS item_kind
+        FROM log.sample_collected WHERE log_topic = 'events'
+        UNION SELECT DISTINCT coi, batch_id, 'BATCH'
+        FROM log.manufacturing_started WHERE log_topic = 'events'
+        UNION SELECT coi, dose_id, 'DOSE' FROM released
+    ),
+    storage(therapy_type, min_celsius, max_celsius) AS (VALUES {_STORAGE_RANGES}),
+    therapy_types AS (
+        SELECT coi, therapy_type FROM log.patient_enrolled WHERE log_topic = 'events'
+        QUALIFY row_number() OVER (PARTITION BY coi ORDER BY log_offset) = 1
+    ),
+    named AS (  -- the items each event quarantines, as it names them
+        SELECT coi, sample_id AS item_id, log_offset, occurred_at, event_id,
+               'REJECTED_ON_RECEIPT' AS cause
+        FROM log.sample_received WHERE log_topic = 'events' AND condition = 'REJECTED'
+        UNION ALL
+        SELECT coi, unnest(item_ids), log_offset, occurred_at, event_id,
+               'TEMPERATURE_EXCURSION'
+        FROM log.temperature_excursion WHERE log_topic = 'events'
+        UNION ALL
+        -- the hub judges the logger's readings itself: one reading outside the range
+        SELECT t.coi, unnest(t.item_ids), t.log_offset, t.occurred_at, t.event_id,
+               'LOGGER_READINGS'
+        FROM log.temperature_log_recorded t
+        JOIN therapy_types USING (coi) JOIN storage s USING (therapy_type)
+        WHERE t.log_topic = 'events' AND len(list_filter(
+            t.readings, lambda r: NOT r.celsius BETWEEN s.min_celsius AND s.max_celsius)) > 0
+        UNION ALL
+        -- a receipt with a broken seal, under another seal than the dispatched one, or
+        -- without some of the items, quarantines every item of the shipment
+        SELECT r.coi, unnest(d.item_ids), r.log_offset, r.occurred_at, r.event_id,
+               'TAMPERED_RECEIPT'
+        FROM log.shipment_received r JOIN log.shipment_dispatched d
+          ON d.coi = r.coi AND d.shipment_id = r.shipment_id AND d.log_topic = 'events'
+        WHERE r.log_topic = 'events' AND (r.seal_intact = false OR (
+              r.seal_id IS NOT NULL AND d.seal_id IS NOT NULL AND r.seal_id <> d.seal_id)
+              OR (r.item_ids IS NOT NULL
+                  AND list_sort(list_distinct(r.item_ids))
+                      <> list_sort(list_distinct(d.item_ids))))
+    ),
+    decisions AS (
+        SELECT coi, item_id, decision, log_offset, occurred_at
+        FROM log.quarantine_dispositioned WHERE log_topic = 'events'
+    ),
+    exposed AS (
+        SELECT * FROM named
+        UNION ALL
+        -- the doses of a batch were in its box; a dose released later inherits the
+        -- batch's quarantine unless the qualified person had ended it by then
+        SELECT n.coi, d.dose_id, greatest(n.log_offset, d.log_offset), n.occurred_at,
+               n.event_id, n.cause
+        FROM named n JOIN released d ON d.coi = n.coi AND d.batch_id = n.item_id
+        WHERE n.log_offset > d.log_offset OR NOT EXISTS (
+            SELECT 1 FROM decisions q WHERE q.coi = n.coi AND q.item_id = n.item_id
+              AND q.log_offset > n.log_offset AND q.log_offset < d.log_offset)
+    )
+    SELECT e.coi, e.item_id, coalesce(k.item_kind, 'UNKNOWN') AS item_kind, e.cause,
+           e.event_id AS quarantined_by, e.occurred_at AS quarantined_at, e.log_offset,
+           q.decision, q.occurred_at AS decided_at
+    FROM exposed e
+    LEFT JOIN kinds k USING (coi, item_id)
+    -- the qualified person's first decision on the item after it was quarantined
+    LEFT JOIN decisions q
+      ON q.coi = e.coi AND q.item_id = e.item_id AND q.log_offset > e.log_offset
+    QUALIFY row_number() OVER (PARTITION BY e.coi, e.item_id, e.log_offset, e.event_id
+                               ORDER BY q.log_offset) = 1
+    """,
+    {
+        "coi": "Therapy the item belongs to.",
+        "item_id": "Sample, batch or dose id.",
+        "item_kind": "SAMPLE, BATCH or DOSE.",
+        "cause": "REJECTED_ON_RECEIPT, TEMPERATURE_EXCURSION, LOGGER_READINGS (readings "
+                 "outside the storage range) or TAMPERED_RECEIPT.",
+        "quarantined_by": "Event id of the event that quarantined it (for a batch's dose: "
+                          "the batch's).",
+        "quarantined_at": "Event time of that event.",
+        "log_offset": "Position on the canonical log from which the quarantine holds.",
+        "decision": "RELEASED or DESTROYED by the qualified person; NULL: still in "
+                    "quarantine.",
+        "decided_at": "When the qualified person decided.",
+    },
+)
+
 INVENTORY_MACRO = Macro("inventory_as_of", "as_of", f"""
     WITH doses AS (
         SELECT * FROM (
@@ -479,21 +587,6 @@ INVENTORY_MACRO = Macro("inventory_as_of", "as_of", f"""
             FROM log.batch_dispositioned
             WHERE log_topic = 'events' AND disposition = 'RELEASED')
         QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset) = 1
-    ),
-    excursions AS (
-        SELECT coi, unnest(item_ids) AS item_id, log_offset, occurred_at
-        FROM log.temperature_excursion WHERE log_topic = 'events'
-        UNION ALL
-        -- a receipt with a broken seal, or under a seal other than the dispatched one,
-        -- quarantines every item of the shipment (as the gatekeeper does)
-        SELECT r.coi, unnest(d.item_ids), r.log_offset, r.occurred_at
-        FROM log.shipment_received r JOIN log.shipment_dispatched d
-          ON d.coi = r.coi AND d.shipment_id = r.shipment_id AND d.log_topic = 'events'
-        WHERE r.log_topic = 'events' AND (r.seal_intact = false OR (
-              r.seal_id IS NOT NULL AND d.seal_id IS NOT NULL AND r.seal_id <> d.seal_id)
-              OR (r.item_ids IS NOT NULL
-                  AND list_sort(list_distinct(r.item_ids))
-                      <> list_sort(list_distinct(d.item_ids))))
     ),
     dispositions AS (
         SELECT coi, item_id AS dose_id, decision, log_offset, occurred_at
@@ -515,12 +608,9 @@ INVENTORY_MACRO = Macro("inventory_as_of", "as_of", f"""
         UNION ALL SELECT coi, dose_id, log_offset, occurred_at, 'DESTROYED'
         FROM dispositions WHERE decision = 'DESTROYED'
         UNION ALL
-        -- an excursion of the dose or of its whole batch; before release it takes
-        -- effect at release, as the gatekeeper quarantines the doses it releases then
-        SELECT d.coi, d.dose_id, greatest(x.log_offset, d.log_offset), x.occurred_at,
-               'QUARANTINED'
-        FROM excursions x JOIN doses d
-          ON d.coi = x.coi AND (x.item_id = d.dose_id OR x.item_id = d.batch_id)
+        -- every quarantine of the dose, its batch's included (see the quarantines view)
+        SELECT coi, item_id, log_offset, quarantined_at, 'QUARANTINED'
+        FROM quarantines WHERE item_kind = 'DOSE'
     ),
     lifted AS (  -- the qualified person's latest release from quarantine, per dose
         SELECT coi, dose_id, max(log_offset) AS lifted_at FROM dispositions
@@ -571,7 +661,8 @@ INVENTORY = View(
     "Every released dose (one vial for one administration): where it is (site, location, "
     "placement method), its status and expiry. Status: RELEASED (not yet placed at the "
     "site), AVAILABLE (placed, free), RESERVED, DISPENSED, ADMINISTERED, QUARANTINED "
-    "(temperature excursion or tampered receipt, until the qualified person decides), "
+    "(temperature excursion, logger readings outside the storage range or tampered "
+    "receipt, until the qualified person decides; see quarantines), "
     "EXPIRED (recorded expired, or past expiry and unused), DESTROYED. "
     "inventory_as_of(TIMESTAMPTZ) gives the same at another date.",
     "SELECT * FROM inventory_as_of(current_timestamp)",
@@ -760,6 +851,109 @@ BILLING_CLAIMS = View(
                   "or PAID.",
         "days_outstanding": "Days from submission to the reference date.",
         "ageing_bucket": "0-30, 31-60, 61-90 or 90+ days; NULL when nothing is outstanding.",
+    },
+)
+
+DOSE_OWNERSHIP = View(
+    "dose_ownership",
+    "Who owns each released dose, and so who bills whom for it (as the gatekeeper's case "
+    "fold holds it): a dose is the manufacturer's (the batch's holder at release) until "
+    "the site takes it over: site stock on its placement (SITE_STOCK), consigned and "
+    "just-in-time stock only once administered to the site's patient. From then on the "
+    "manufacturer invoices the site for the dose (invoice_from, invoice_to); the site bills "
+    "the payer for the administration (billing_claims).",
+    """
+    WITH doses AS (
+        SELECT * FROM (
+            SELECT coi, batch_id, unnest(dose_ids) AS dose_id, occurred_at AS released_at,
+                   log_offset
+            FROM log.batch_dispositioned
+            WHERE log_topic = 'events' AND disposition = 'RELEASED')
+        QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset) = 1
+    ),
+    batch_custody AS (  -- who held each batch, from its start on
+        SELECT coi, batch_id, producer AS holder, log_offset
+        FROM log.manufacturing_started WHERE log_topic = 'events'
+        UNION ALL
+        SELECT coi, item_id, to_actor, log_offset
+        FROM log.custody_transferred WHERE log_topic = 'events'
+    ),
+    manufacturer AS (  -- the batch's holder when the dose was released: its first owner
+        SELECT d.coi, d.dose_id, h.holder
+        FROM doses d JOIN batch_custody h
+          ON h.coi = d.coi AND h.batch_id = d.batch_id AND h.log_offset < d.log_offset
+        QUALIFY row_number() OVER (PARTITION BY d.coi, d.dose_id ORDER BY h.log_offset DESC) = 1
+    ),
+    placements AS (
+        SELECT coi, dose_id, site_id, placement_method, occurred_at, event_id, log_offset
+        FROM log.inventory_placed WHERE log_topic = 'events'
+    ),
+    site_stock AS (  -- the latest placement as the site's own stock
+        SELECT * FROM placements WHERE placement_method = 'SITE_STOCK'
+        QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset DESC) = 1
+    ),
+    latest AS (
+        SELECT coi, dose_id, placement_method FROM placements
+        QUALIFY row_number() OVER (PARTITION BY coi, dose_id ORDER BY log_offset DESC) = 1
+    ),
+    administered AS (
+        SELECT a.coi, a.dose_id, a.occurred_at, a.event_id, p.placement_method
+        FROM log.dose_administered a
+        LEFT JOIN placements p
+          ON p.coi = a.coi AND p.dose_id = a.dose_id AND p.log_offset < a.log_offset
+        WHERE a.log_topic = 'events'
+        QUALIFY row_number() OVER (PARTITION BY a.coi, a.dose_id
+                                   ORDER BY a.log_offset, p.log_offset DESC) = 1
+    ),
+    sites AS (
+        SELECT coi, site_id FROM log.patient_enrolled WHERE log_topic = 'events'
+        QUALIFY row_number() OVER (PARTITION BY coi ORDER BY log_offset) = 1
+    ),
+    owned AS (
+        SELECT d.coi, d.dose_id, d.batch_id, l.placement_method, m.holder AS manufacturer,
+               s.site_id,
+               CASE WHEN a.dose_id IS NOT NULL AND a.placement_method IS DISTINCT FROM
+                         'SITE_STOCK' AND s.site_id IS NOT NULL THEN 'ADMINISTERED'
+                    WHEN k.dose_id IS NOT NULL THEN 'SITE_STOCK' END AS taken_over,
+               a.occurred_at AS administered_at, a.event_id AS administration_event_id,
+               k.site_id AS stock_site_id, k.occurred_at AS placed_at,
+               k.event_id AS placement_event_id, d.released_at
+        FROM doses d
+        LEFT JOIN manufacturer m USING (coi, dose_id)
+        LEFT JOIN latest l USING (coi, dose_id)
+        LEFT JOIN administered a USING (coi, dose_id)
+        LEFT JOIN site_stock k USING (coi, dose_id)
+        LEFT JOIN sites s USING (coi)
+    )
+    SELECT coi, dose_id, batch_id, placement_method, manufacturer,
+           CASE taken_over WHEN 'ADMINISTERED' THEN site_id WHEN 'SITE_STOCK' THEN stock_site_id
+                ELSE manufacturer END AS owner,
+           CASE WHEN taken_over IS NULL THEN 'MANUFACTURER' ELSE 'SITE' END AS owner_kind,
+           CASE taken_over WHEN 'ADMINISTERED' THEN administered_at
+                WHEN 'SITE_STOCK' THEN placed_at ELSE released_at END AS owner_since,
+           CASE taken_over WHEN 'ADMINISTERED' THEN administration_event_id
+                WHEN 'SITE_STOCK' THEN placement_event_id END AS taken_over_by,
+           CASE WHEN taken_over IS NOT NULL THEN manufacturer END AS invoice_from,
+           CASE taken_over WHEN 'ADMINISTERED' THEN site_id
+                WHEN 'SITE_STOCK' THEN stock_site_id END AS invoice_to
+    FROM owned
+    """,
+    {
+        "coi": "Therapy the dose belongs to.",
+        "dose_id": "Dose id from the batch release.",
+        "batch_id": "Batch (lot) the dose comes from.",
+        "placement_method": "CONSIGNMENT, SITE_STOCK or JUST_IN_TIME of its latest "
+                            "placement (NULL before placement).",
+        "manufacturer": "Actor that held the batch when the dose was released: the dose's "
+                        "first owner.",
+        "owner": "Who owns the dose now: the manufacturer, or the site (its site id).",
+        "owner_kind": "MANUFACTURER or SITE.",
+        "owner_since": "Since when: release, the site-stock placement, or the "
+                       "administration of consigned or just-in-time stock.",
+        "taken_over_by": "Event id of the placement or administration that made the dose "
+                         "the site's; NULL while the manufacturer owns it.",
+        "invoice_from": "Who invoices the dose: the manufacturer, once the site owns it.",
+        "invoice_to": "Who is invoiced: the site that took the dose over.",
     },
 )
 
@@ -1152,8 +1346,9 @@ CONSENTS = View(
 #: in dependency order: a view may use the ones before it
 MACROS_AND_VIEWS: tuple[View | Macro, ...] = (
     SIGNING_KEYS, ACTORS, AUDIT_TRAIL, AUDIT_MACRO, ALERTS, REJECTIONS,
-    INVENTORY_MACRO, INVENTORY, INVENTORY_BY_SITE, INVENTORY_LOTS,
-    BILLING_MACRO, BILLING_CLAIMS, PAYER_CLAIMS_MACRO, RECEIVABLES_MACRO, RECEIVABLES_AGEING,
+    QUARANTINES, INVENTORY_MACRO, INVENTORY, INVENTORY_BY_SITE, INVENTORY_LOTS,
+    BILLING_MACRO, BILLING_CLAIMS, DOSE_OWNERSHIP, PAYER_CLAIMS_MACRO, RECEIVABLES_MACRO,
+    RECEIVABLES_AGEING,
     OUTCOME_MILESTONES, QC_RESULTS, TURNAROUND_STAGES, TURNAROUND, TURNAROUND_BY_SITE,
     CASE_STATUS_MACRO, CASE_STATUS, OUTCOMES, CONSENTS,
 )

@@ -1,6 +1,7 @@
 """The QC specification panel of each therapy type: which tests a batch must pass before
 the qualified person may release it, the limit each result is judged against, and the
-storage range its samples, batches and doses must be kept in.
+storage range its samples, batches and doses must be kept in; and its manufacturing
+recipe: the steps of the master batch record a batch goes through, in order, before QC.
 
 The gatekeeper judges every ``QcResultRecorded`` by this table, not by the analyst's word:
 the recorded specification and unit must be the panel's, the value must meet the limit
@@ -13,8 +14,12 @@ Logger readings (``TemperatureLogRecorded``) are judged against the storage rang
 hub itself (``storage_excursion``): the holder uploads what the logger read, never its own
 verdict on it.
 
-A therapy type without a panel has no release path (fail closed): add its panel here,
-after review, before its first batch is made.
+Manufacturing steps (``ManufacturingStepCompleted``) are judged against the recipe: each
+batch records the recipe's steps in its order, and QC results are recorded (and a batch
+released) only once every step was recorded (``Recipe.next_step``, ``Recipe.missing``).
+
+A therapy type without a panel has no release path, and one without a recipe no
+manufacturing (fail closed): add both here, after review, before its first batch is made.
 """
 
 from __future__ import annotations
@@ -116,6 +121,44 @@ PANELS: Mapping[str, SpecificationPanel] = {panel.therapy_type: panel for panel 
               inclusive=True),
     ), storage_min_celsius=-80.0, storage_max_celsius=-60.0),
 )}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The manufacturing steps of one therapy type's master batch record, in the order
+    every batch goes through them (``ManufacturingStepCompleted.step`` names one)."""
+
+    therapy_type: str
+    steps: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.steps or len(set(self.steps)) != len(self.steps):
+            raise ValueError(f"the recipe of {self.therapy_type} must name each step once "
+                             f"and at least one step; it names {list(self.steps)}")
+
+    def missing(self, done: Sequence[str]) -> tuple[str, ...]:
+        """The steps of the recipe not among ``done``, in recipe order (a batch's record
+        from before the recipe was enforced may hold a later step without the earlier)."""
+        return tuple(step for step in self.steps if step not in done)
+
+    def next_step(self, done: Sequence[str]) -> str | None:
+        """The step a batch that recorded ``done`` records next, or None once every step
+        is recorded."""
+        missing = self.missing(done)
+        return missing[0] if missing else None
+
+
+#: the recipe of each therapy type (``PatientEnrolled.therapy_type``)
+RECIPES: Mapping[str, Recipe] = {recipe.therapy_type: recipe for recipe in (
+    # in vitro transcription, purification, lipid nanoparticle formulation, fill and finish
+    Recipe("individualized-neoantigen-mRNA",
+           ("IVT mRNA synthesis", "purification", "LNP formulation", "fill-finish")),
+)}
+
+
+def recipe_for(therapy_type: str | None) -> Recipe | None:
+    """The recipe of ``therapy_type``, or None: a therapy type nobody specified."""
+    return RECIPES.get(therapy_type or "")
 
 
 def panel_for(therapy_type: str | None) -> SpecificationPanel | None:

@@ -34,7 +34,13 @@ from typing import Any
 
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import LifecycleState, advance
-from pcvhub.schemas.specifications import SpecificationPanel, panel_for, storage_excursion
+from pcvhub.schemas.specifications import (
+    Recipe,
+    SpecificationPanel,
+    panel_for,
+    recipe_for,
+    storage_excursion,
+)
 from pcvhub.schemas.stages import Stage
 from pcvhub.streams.event import InboundEvent
 from pcvhub.trust.consent import (
@@ -102,6 +108,8 @@ class BatchRecord:
     design_hash: str
     planned_dose_count: int
     qc_history: list[QcResult] = field(default_factory=list)  # in log order
+    #: the recipe steps recorded, in log order (R9 accepts only the recipe's next one)
+    steps: list[str] = field(default_factory=list)
     disposition: str | None = None
 
     def latest_results(self) -> dict[str, str]:
@@ -111,14 +119,20 @@ class BatchRecord:
     def failed_before(self, test: str) -> bool:
         return any(r.test == test and r.result != "PASS" for r in self.qc_history)
 
-    def unreleasable(self, panel: SpecificationPanel | None) -> list[str]:
-        """Why the panel is not passed (one phrase per test), or [] when every test of the
-        panel's latest result is a PASS."""
+    def unreleasable(self, panel: SpecificationPanel | None, recipe: Recipe | None
+                     ) -> list[str]:
+        """Why the batch may not be released (one phrase per recipe step not recorded and
+        per panel test not passed), or [] when every step of the recipe was recorded and
+        every test of the panel's latest result is a PASS."""
+        if recipe is None:
+            return ["no manufacturing recipe exists for this therapy type"]
         if panel is None:
             return ["no QC specification panel exists for this therapy type"]
+        steps = [f"recipe step {step} not recorded" for step in recipe.missing(self.steps)]
         latest = self.latest_results()
-        return [f"{test} {'not recorded' if test not in latest else 'last ' + latest[test]}"
-                for test in panel.tests if latest.get(test) != "PASS"]
+        return steps + [
+            f"{test} {'not recorded' if test not in latest else 'last ' + latest[test]}"
+            for test in panel.tests if latest.get(test) != "PASS"]
 
 
 @dataclass
@@ -326,7 +340,7 @@ def _qc_unpassed(case: CaseState, payload: Mapping[str, Any]) -> str | None:
     batch = case.batches.get(payload["batch_id"])
     if batch is None:
         return f"batch {payload['batch_id']} was never started"
-    missing = batch.unreleasable(panel_for(case.therapy_type))
+    missing = batch.unreleasable(panel_for(case.therapy_type), recipe_for(case.therapy_type))
     if not missing:
         return None
     return (f"batch {payload['batch_id']} of therapy type {case.therapy_type}: "
@@ -345,8 +359,9 @@ PRECONDITIONS: dict[str, Precondition] = {
         "reassess eligibility (EligibilityConfirmed) before ordering"),
     "qc_passed": Precondition(
         lambda case, p: _qc_unpassed(case, p) is None, "QC_NOT_PASSED",
-        "the latest result of every test of the therapy type's QC panel to be a PASS",
-        "record the missing tests; a failed test is retested only under an out-of-"
+        "every step of the therapy type's recipe recorded and the latest result of every "
+        "test of its QC panel to be a PASS",
+        "record the missing steps and tests; a failed test is retested only under an out-of-"
         "specification investigation (investigation_ref); or reject the batch",
         explain=_qc_unpassed),
     "administered_before": Precondition(
@@ -434,6 +449,12 @@ def _design_approved(case: CaseState, p: dict[str, Any], e: InboundEvent) -> Non
 def _manufacturing_started(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
     case.batches[p["batch_id"]] = BatchRecord(p["design_hash"], p["planned_dose_count"])
     case.items[p["batch_id"]] = CustodyItem("BATCH", e.producer, p["facility_id"])
+
+
+def _step_completed(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
+    batch = case.batches.get(p["batch_id"])
+    if batch is not None:
+        batch.steps.append(p["step"])
 
 
 def _qc(case: CaseState, p: dict[str, Any], e: InboundEvent) -> None:
@@ -714,6 +735,7 @@ _HANDLERS: dict[str, Handler] = {
     "NeoantigenDesignProduced": _design_produced,
     "DesignApproved": _design_approved,
     "ManufacturingStarted": _manufacturing_started,
+    "ManufacturingStepCompleted": _step_completed,
     "QcResultRecorded": _qc,
     "BatchDispositioned": _dispositioned,
     "ShipmentDispatched": _dispatched,

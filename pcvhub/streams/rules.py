@@ -23,10 +23,17 @@ from typing import Any
 from pcvhub.ids import is_study_chain
 from pcvhub.schemas import codec
 from pcvhub.schemas.policy import PATIENT, POLICY, ConsentScope, EventPolicy
-from pcvhub.schemas.specifications import LimitKind, UnreadableValue, panel_for
+from pcvhub.schemas.specifications import (
+    LimitKind,
+    Recipe,
+    UnreadableValue,
+    panel_for,
+    recipe_for,
+)
 from pcvhub.streams.case import (
     FINAL_DOSE,
     PRECONDITIONS,
+    BatchRecord,
     CaseState,
     CustodyItem,
     DoseRecord,
@@ -1202,12 +1209,12 @@ class Custody:
         if any(at <= s.scheduled_for_us <= until and s.site == event.payload["site_id"]
                and a not in given for a, s in case.scheduled.items()):
             return ACCEPT
-        hours = self.just_in_time_window_us // 3_600_000_000
+        hours = self.just_in_time_window_us / 3_600_000_000
         return Verdict.refuse(
             self.name, "NO_ADMINISTRATION_SCHEDULED",
             f"event {event.event_id} places dose {dose_id} just in time, but therapy "
             f"{event.coi} has no administration scheduled at site {event.payload['site_id']} "
-            f"within {hours} h of the placement; schedule the administration first "
+            f"within {hours:g} h of the placement; schedule the administration first "
             "(AdministrationScheduled), or place the dose as consignment or site stock",
         )
 
@@ -1305,30 +1312,32 @@ class Custody:
     }
 
 
-# -- R9 QC specification -----------------------------------------------------------------
+# -- R9 manufacturing and QC by specification --------------------------------------------
 
 class QcSpecification:
-    """R9: a QC result is judged against the therapy type's specification panel
-    (``pcvhub.schemas.specifications``), not taken on the analyst's word: the test is one of
-    the panel, its specification and unit are the panel's, PASS or FAIL agrees with the
-    value, and a test that already failed is retested only under an out-of-specification
-    investigation (both results stay in the batch's history)."""
+    """R9: a batch is made and judged by the therapy type's specification
+    (``pcvhub.schemas.specifications``), not on the plant's word: its manufacturing steps
+    follow the recipe in order, QC is recorded only once every step of the recipe was; a QC
+    result is judged against the specification panel: the test is one of the panel, its
+    specification and unit are the panel's, PASS or FAIL agrees with the value, and a test
+    that already failed is retested only under an out-of-specification investigation (both
+    results stay in the batch's history)."""
 
     name = "R9"
 
     def check(self, event: InboundEvent, case: CaseState) -> Verdict:
-        if event.event_type != "QcResultRecorded":
+        if event.event_type not in ("ManufacturingStepCompleted", "QcResultRecorded"):
             return ACCEPT
         p = event.payload
         batch = case.batches.get(p["batch_id"])
         if batch is None:
             return Verdict.refuse(
                 self.name, "UNKNOWN_BATCH",
-                f"event {event.event_id} records QC of batch {p['batch_id']}, which was "
-                f"never started for therapy {event.coi}; check the lot number",
+                f"event {event.event_id} ({event.event_type}) names batch {p['batch_id']}, "
+                f"which was never started for therapy {event.coi}; check the lot number",
             )
         panel = panel_for(case.therapy_type)
-        if panel is None:
+        if panel is None and event.event_type == "QcResultRecorded":
             return Verdict.refuse(
                 self.name, "NO_QC_PANEL",
                 f"event {event.event_id} records QC for therapy {event.coi} of therapy type "
@@ -1336,6 +1345,27 @@ class QcSpecification:
                 "cannot be judged without one: add the panel (pcvhub.schemas."
                 "specifications) after review",
             )
+        recipe = recipe_for(case.therapy_type)
+        if recipe is None:
+            return Verdict.refuse(
+                self.name, "NO_RECIPE",
+                f"event {event.event_id} ({event.event_type}) is for therapy {event.coi} of "
+                f"therapy type {case.therapy_type}, for which no manufacturing recipe exists; "
+                "a batch cannot be made or judged without one: add the recipe (pcvhub."
+                "schemas.specifications) after review",
+            )
+        if event.event_type == "ManufacturingStepCompleted":
+            return self._step(event, batch, recipe)
+        missing = recipe.missing(batch.steps)
+        if missing:
+            return Verdict.refuse(
+                self.name, "RECIPE_INCOMPLETE",
+                f"event {event.event_id} records QC of batch {p['batch_id']}, but recipe "
+                f"step(s) {', '.join(missing)} of {recipe.therapy_type} were not recorded "
+                f"(recorded: {', '.join(batch.steps) or 'none'}); QC follows manufacturing: "
+                f"record {missing[0]} and the steps after it first",
+            )
+        assert panel is not None  # refused above
         limit = panel.limit(p["test"])
         if limit is None:
             return Verdict.refuse(
@@ -1379,6 +1409,31 @@ class QcSpecification:
                 "result stays on record",
             )
         return ACCEPT
+
+    def _step(self, event: InboundEvent, batch: BatchRecord, recipe: Recipe) -> Verdict:
+        """A manufacturing step is the recipe's next one for this batch."""
+        step, batch_id = event.payload["step"], event.payload["batch_id"]
+        if step not in recipe.steps:
+            return Verdict.refuse(
+                self.name, "UNKNOWN_RECIPE_STEP",
+                f"event {event.event_id} records step {step!r} of batch {batch_id}, which is "
+                f"not a step of the recipe of {recipe.therapy_type} "
+                f"({', '.join(recipe.steps)}); record the step under its recipe name",
+            )
+        expected = recipe.next_step(batch.steps)
+        if step == expected:
+            return ACCEPT
+        # every step before ``expected`` is recorded: a step not recorded is a later one
+        why = "which was already recorded" if step in batch.steps \
+            else f"but {expected} comes first"
+        todo = (f"record {expected} next" if expected is not None else
+                "a batch goes through its recipe once: start a new batch to make it again")
+        return Verdict.refuse(
+            self.name, "RECIPE_STEP_OUT_OF_ORDER",
+            f"event {event.event_id} records step {step} of batch {batch_id}, {why} "
+            f"(recorded so far: {', '.join(batch.steps) or 'none'}; the recipe of "
+            f"{recipe.therapy_type}: {', '.join(recipe.steps)}); {todo}",
+        )
 
 
 # -- R7 consent --------------------------------------------------------------------------
@@ -1459,12 +1514,15 @@ class Consent:
         )
 
 
-def default_rules(registry: KeyRegistry, *, bounds: TimeBounds) -> AllOf:
+def default_rules(registry: KeyRegistry, *, bounds: TimeBounds,
+                  just_in_time_window_us: int = JUST_IN_TIME_WINDOW_US) -> AllOf:
     """The gatekeeper's rule set, cheapest refusals first and signatures before trust.
 
     ``registry`` is held, not copied: registry events the gatekeeper accepts are folded
     into it and count for the very next event. ``bounds``: the deployment's time bounds
     (``pcvhub.streams.timebounds``; ``SIMULATION`` for builders on a simulated clock).
+    ``just_in_time_window_us``: R6's window for just-in-time placements (the setting
+    ``gatekeeper.just_in_time_window_hours``, which ``pcvhub.streams.worker.rules_for`` passes).
     """
     return AllOf([
         Idempotence(),
@@ -1474,7 +1532,7 @@ def default_rules(registry: KeyRegistry, *, bounds: TimeBounds) -> AllOf:
         RoleAllowed(registry),
         Lifecycle(),
         ChainOfIdentity(registry),
-        Custody(),
+        Custody(just_in_time_window_us),
         QcSpecification(),
         Consent(bounds=bounds),
     ])

@@ -25,10 +25,11 @@ from pcvhub.streams.app import build_app
 from pcvhub.streams.gatekeeper import Gatekeeper
 from pcvhub.streams.rules import default_rules
 from pcvhub.streams.timebounds import TIME_BOUNDS
+from pcvhub.streams.verdict import AllOf
 from pcvhub.topics import Principal
 from pcvhub.trust.issuer import EventIssuer
 from pcvhub.trust.keys import KeyStore, passphrase_from_env
-from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, load_anchor
+from pcvhub.trust.registry import ANCHOR_FILE, REGISTRY_COI, KeyRegistry, load_anchor
 
 GATEKEEPER_ACTOR = "hub-gatekeeper"
 log = logging.getLogger(__name__)
@@ -41,12 +42,20 @@ class GatekeeperWorker:
     follower: LogFollower  # verifies registry events on the canonical log, folds them
 
 
+def rules_for(settings: Settings, registry: KeyRegistry) -> AllOf:
+    """The gatekeeper's rules as this deployment's settings configure them (time bounds,
+    the just-in-time window)."""
+    return default_rules(registry, bounds=TIME_BOUNDS[settings.time_bounds],
+                         just_in_time_window_us=round(
+                             settings.just_in_time_window_hours * 3_600_000_000))
+
+
 def compose(settings: Settings, app_id: str = "pcvhub-gatekeeper") -> GatekeeperWorker:
     """The Faust app, its gatekeeper and the registry follower (not started)."""
     settings = settings.as_principal(Principal.GATEKEEPER)
     registry = load_anchor(settings.data_dir / ANCHOR_FILE)
     signer = KeyStore(settings.data_dir / "keys", passphrase_from_env()).latest(GATEKEEPER_ACTOR)
-    rules = default_rules(registry, bounds=TIME_BOUNDS[settings.time_bounds])
+    rules = rules_for(settings, registry)
     gatekeeper = Gatekeeper(rules, EventIssuer(signer), registry,
                             clock=clock_for(settings.timer_clock, settings.data_dir))
     # Registry events all live in the partition of REGISTRY_COI: follow only that one.

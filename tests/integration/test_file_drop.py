@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from pcvhub.connectors.drop_folder import DropConnector
 from pcvhub.connectors.mes import FileDrop
 from pcvhub.schemas.codec import decode_envelope, decode_payload
+from pcvhub.schemas.specifications import RECIPES
 from pcvhub.streams.sandbox import PASSPHRASE, Sandbox
 from pcvhub.trust.issuer import now_us
 from pcvhub.trust.keys import KeyStore
@@ -33,16 +35,20 @@ pytestmark = pytest.mark.kafka
 MES = "mes-kobe"
 MES_SITE = "MFG-KOBE"
 MES_ROLES = frozenset({"MANUFACTURER", "QC_ANALYST", "CONNECTOR"})
+RECIPE = RECIPES["individualized-neoantigen-mRNA"]
 HEADER = ("event,coi,occurred_at,batch_id,design_hash,facility_id,planned_dose_count,step,"
           "operator,equipment_id,parameter_hash,test,specification,value,unit,result")
 
 
 class RunningDrop:
-    """``FileDrop.serve`` (what `pcvhub serve` runs) on its own event loop in a thread."""
+    """A drop connector's ``serve`` (what `pcvhub serve` runs: ``FileDrop`` unless told
+    otherwise) on its own event loop in a thread."""
 
-    def __init__(self, hub: Sandbox, folder: Path) -> None:
+    def __init__(self, hub: Sandbox, folder: Path, connector: type[DropConnector] = FileDrop,
+                 actor_id: str = MES, site_id: str = MES_SITE) -> None:
         self.hub, self.folder = hub, folder
-        folder.mkdir(parents=True)  # the MES share exists before the connector starts
+        self.connector, self.actor_id, self.site_id = connector, actor_id, site_id
+        folder.mkdir(parents=True)  # the share exists before the connector starts
         self.loop = asyncio.new_event_loop()
         self.stop = asyncio.Event()
         self.error: BaseException | None = None
@@ -50,8 +56,9 @@ class RunningDrop:
 
     def _run(self) -> None:
         try:
-            self.loop.run_until_complete(FileDrop.serve(
-                self.hub.settings, self.folder, self.stop, actor_id=MES, site_id=MES_SITE))
+            self.loop.run_until_complete(self.connector.serve(
+                self.hub.settings, self.folder, self.stop, actor_id=self.actor_id,
+                site_id=self.site_id))
         except BaseException as exc:  # surfaced by result(): a crashed connector fails tests
             self.error = exc
 
@@ -148,19 +155,27 @@ def _serving(plant, name: str, minutes: int) -> None:
 def test_a_batch_record_file_is_signed_judged_and_reported(plant):
     hub, scenario, drop = plant
     design = scenario.design_hash
+    synthesis, purification, formulation, fill = RECIPE.steps
+
+    def step(minutes: int, name: str, equipment: str) -> str:
+        return (f"ManufacturingStepCompleted,{scenario.coi},{_at(scenario, minutes)},"
+                f"{scenario.batch_id},,,,{name},op-7,{equipment},{'9a' * 32},,,,,")
+
     rows = [
         f"ManufacturingStarted,{scenario.coi},{_at(scenario, 10)},{scenario.batch_id},{design},"
         f"MFG-KOBE-1,2,,,,,,,,,",
-        f"ManufacturingStepCompleted,{scenario.coi},{_at(scenario, 20)},{scenario.batch_id},,,,"
-        f"IVT,op-7,IVT-02,{'9a' * 32},,,,,",
-        f"ManufacturingStepCompleted,{scenario.coi},{_at(scenario, 30)},{scenario.batch_id},,,,"
-        f"LNP formulation,op-7,,{'9b' * 32},,,,,",  # equipment_id missing: refused
-        _qc_row(scenario, 40),
+        step(20, synthesis, "IVT-02"),
+        step(30, purification, ""),  # equipment_id missing: refused
+        step(31, purification, "TFF-2"),  # the corrected row: the recipe's order holds
+        step(32, formulation, "MIXER-1"),
+        step(33, fill, "FILL-02"),
+        _qc_row(scenario, 40),  # QC once every step of the recipe is recorded (R9)
     ]
     drop.drop("batch-1.csv", _csv(*rows))
     result = drop.result("batch-1.csv")
     statuses = [(r["row"], r["status"]) for r in result["results"]]
-    assert statuses == [(1, "accepted"), (2, "accepted"), (3, "refused"), (4, "accepted")], result
+    assert statuses == [(1, "accepted"), (2, "accepted"), (3, "refused"), (4, "accepted"),
+                        (5, "accepted"), (6, "accepted"), (7, "accepted")], result
     refused = result["results"][2]
     assert refused["line"] == 4 and refused["refused_by"] == "connector"
     assert refused["problems"] == [{"column": "equipment_id",
@@ -175,7 +190,7 @@ def test_a_batch_record_file_is_signed_judged_and_reported(plant):
         assert env.producer == MES and env.coi == scenario.coi
     started = canonical[ids[0]][1]
     assert started["design_hash"] == design and started["planned_dose_count"] == 2
-    qc_env, qc = canonical[ids[2]]
+    qc_env, qc = canonical[ids[-1]]
     assert qc_env.meaning.value == "REVIEWED" and qc["result"] == "PASS"
 
     rejected = _by_id(hub, "rejected")
@@ -189,7 +204,7 @@ def test_a_batch_record_file_is_signed_judged_and_reported(plant):
     drop.drop("batch-1-again.csv", _csv(*rows))
     again = drop.result("batch-1-again.csv")
     assert [r["status"] for r in again["results"]] == \
-        ["already-accepted", "already-accepted", "refused", "already-accepted"]
+        ["already-accepted", "already-accepted", "refused", *["already-accepted"] * 4]
     assert [r["event_id"] for r in again["results"] if "event_id" in r] == ids
     # nothing applied twice: the only new records are the connector's refusals, which
     # reach the rejected topic through its ingress topic (the gatekeeper relays them)

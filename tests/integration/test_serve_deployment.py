@@ -193,6 +193,7 @@ def deployment(kafka, settings, tmp_path_factory):
     built.emr = built.register("emr-kyoto01", {"HOSPITAL_IT"}, SITE)  # type: ignore[attr-defined]
     built.stranger = built.register("emr-osaka02", {"HOSPITAL_IT"}, "OSAKA02")  # type: ignore
     built.register("mes-kobe", {"CONNECTOR", "MANUFACTURER"}, "MFG-KOBE")  # the file drop
+    built.register("coldchain-loggers", {"CONNECTOR"}, "COLDCHAIN")  # the logger drop
     built.wait_registered()
     yield built
     built.close()
@@ -202,29 +203,39 @@ def test_serve_prints_each_listener_and_each_takes_a_message(deployment, tmp_pat
     script = ("import typer\nfrom pcvhub.cli_serve import register\napp = typer.Typer()\n"
               "register(app)\n@app.command()\ndef version() -> None:\n    print('test')\n"
               "app()\n")
-    drop = tmp_path / "drop"
+    drop, loggers = tmp_path / "drop", tmp_path / "loggers"
     proc = subprocess.Popen(
         [sys.executable, "-c", script, "serve", "--site", SITE, "--actor", CONNECTOR_ACTOR,
          "--mllp-port", "0", "--http-port", "0", "--drop", str(drop),
-         "--drop-actor", "mes-kobe", "--drop-site", "MFG-KOBE", "--settle", "0"],
+         "--drop-actor", "mes-kobe", "--drop-site", "MFG-KOBE", "--settle", "0",
+         "--logger-drop", str(loggers)],
         env=deployment.hub.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=deployment.hub.root)
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120
-        while len(lines) < 3 and time.monotonic() < deadline:
+        while len(lines) < 4 and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             lines.append(line.strip())
-        assert len(lines) == 3, f"serve printed {lines}; stderr:\n{proc.stderr.read()}"
+        assert len(lines) == 4, f"serve printed {lines}; stderr:\n{proc.stderr.read()}"
         kinds = [line.split(" ", 1)[0] for line in lines]
-        assert kinds == ["mllp", "http", "drop"]
+        assert kinds == ["mllp", "http", "drop", "logger-drop"]
         host, port = lines[0].split(" ")[1].split(":")
         assert host == "127.0.0.1"
         base_url = lines[1].split(" ")[1]
         assert base_url.startswith("https://127.0.0.1:")
         assert Path(lines[2].split(" ", 1)[1]) == drop.resolve()
+        assert Path(lines[3].split(" ", 1)[1]) == loggers.resolve()
+        # the logger drop serves as coldchain-loggers: an empty export is refused whole
+        (loggers / "LOG-1.csv").write_bytes(b"")
+        result = loggers / "failed" / "LOG-1.csv.result.json"
+        while not result.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        refused = json.loads(result.read_text())
+        assert refused["connector"] == "coldchain-loggers", refused
+        assert "the CSV file is empty" in refused["error"]
 
         assert proc.poll() is None, f"serve exited:\n{proc.stderr.read()}"
         client = MllpClient(int(port), deployment.tls_client(deployment.emr))

@@ -31,7 +31,7 @@ def test_only_the_gatekeeper_writes_its_outputs() -> None:
 
 def test_each_connector_writes_only_its_own_ingress_topic() -> None:
     sources = [s.suffix.removeprefix("ingress.") for s in TOPICS if s.role is TopicRole.INGRESS]
-    assert sources == ["hl7", "fhir", "files", "payer", "direct"]
+    assert sources == ["hl7", "fhir", "files", "payer", "loggers", "direct"]
     for source in sources:
         written = {g.name for g in acl_table("hub")
                    if g.principal == connector_principal(source) and g.operation == "WRITE"}

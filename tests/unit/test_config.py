@@ -75,6 +75,9 @@ def test_bad_values_name_the_setting(tmp_path: Path) -> None:
         load_settings({"PCVHUB_VERIFY_WORKERS": "two"})
     with pytest.raises(ConfigError, match="PCVHUB_VERIFY_WORKERS.*-1"):
         load_settings({"PCVHUB_VERIFY_WORKERS": "-1"})
+    for bad in ("0", "-3", "soon", "inf", "nan"):
+        with pytest.raises(ConfigError, match="PCVHUB_JUST_IN_TIME_WINDOW_HOURS"):
+            load_settings({"PCVHUB_JUST_IN_TIME_WINDOW_HOURS": bad})
 
 
 def test_signature_checks_run_inline_unless_a_pool_is_set() -> None:

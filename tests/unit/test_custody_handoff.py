@@ -9,7 +9,11 @@ until the qualified person decides, with a reason.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pcvhub.config import load_settings
 from pcvhub.streams.case import DoseStatus, Stage
+from pcvhub.streams.worker import rules_for
 
 from .therapy_builder import TherapyScenario, refused
 
@@ -228,6 +232,31 @@ def test_a_just_in_time_placement_needs_an_administration_scheduled_soon(
     assert "within 72 h" in verdict.reason and "AdministrationScheduled" in verdict.reason
     scenario.accept(scenario.schedule(1))  # ten ticks ahead: well inside the window
     assert scenario.judge(scenario.place(1, method="JUST_IN_TIME")).accepted
+
+
+def test_the_just_in_time_window_is_the_deployments_setting(
+        scenario: TherapyScenario, tmp_path: Path) -> None:
+    """Given a deployment whose pcvhub.toml narrows the window to 6 h, when a dose is placed
+    just in time for an administration scheduled 10 h ahead, then the gatekeeper built
+    from those settings refuses it naming 6 h; the default (72 h) accepts it."""
+    toml = tmp_path / "pcvhub.toml"
+    toml.write_text("[gatekeeper]\njust_in_time_window_hours = 6\n")
+    simulated = {"PCVHUB_TIME_BOUNDS": "simulation"}  # the builder's story is back-dated
+    narrow = rules_for(load_settings({**simulated, "PCVHUB_CONFIG": str(toml)}),
+                       scenario.hub.registry)
+    default = rules_for(load_settings(simulated), scenario.hub.registry)
+    scenario.run_until("receive_at_site")
+    scenario.accept(scenario.issue("physician", "AdministrationScheduled", {
+        "administration_id": "ADM-1", "dose_number": 1,
+        "scheduled_for": scenario.now_us + 10 * 3_600_000_000, "site_id": scenario.site}))
+    event = scenario.place(1, method="JUST_IN_TIME")
+    verdict = refused(narrow.check(event, scenario.case), "R6", "NO_ADMINISTRATION_SCHEDULED",
+                      event)
+    assert "within 6 h" in verdict.reason
+    assert default.check(event, scenario.case).accepted
+    env = load_settings({**simulated, "PCVHUB_CONFIG": str(toml),
+                         "PCVHUB_JUST_IN_TIME_WINDOW_HOURS": "12"})
+    assert rules_for(env, scenario.hub.registry).check(event, scenario.case).accepted
 
 
 def test_a_placement_method_the_hub_does_not_know_is_refused(

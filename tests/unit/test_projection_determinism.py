@@ -29,7 +29,7 @@ from pcvhub.trust.registry import REGISTRY_COI
 
 from .sealing import SEAL_BOOK
 from .test_projection_scenario import PARTITIONS, ScriptedLog, project, scripted_log
-from .therapy_builder import QC_STEPS, Hub, TherapyScenario
+from .therapy_builder import QC_STEPS, RECIPE_STEPS, Hub, TherapyScenario
 
 
 @pytest.fixture(scope="module")
@@ -151,15 +151,16 @@ def stages_of(therapy: TherapyScenario) -> list[str]:
 
 def test_a_rejected_batch_sends_the_therapy_back_to_approved_and_on_again() -> None:
     scenario = TherapyScenario(Hub())
-    scenario.run_until("complete_step")
+    scenario.run_until(RECIPE_STEPS[-1])
     scenario.accept(scenario.record_qc("FAIL"))
     scenario.accept(scenario.release("REJECTED"))
     scenario.batch_id = "BATCH-2"
-    scenario.run(("start_manufacturing", "complete_step", *QC_STEPS, "release", "ship",
+    scenario.run(("start_manufacturing", *RECIPE_STEPS, *QC_STEPS, "release", "ship",
                   "receive_at_site", "place#1", "place#2"))
-    assert stages_of(scenario)[-13:] == [
+    assert stages_of(scenario)[-(12 + len(RECIPE_STEPS)):] == [
         "QC", "APPROVED",  # the failed QC, then the rejection
-        "MANUFACTURING", "MANUFACTURING", "QC", "QC", "QC", "QC",  # the panel's four tests
+        "MANUFACTURING", *["MANUFACTURING"] * len(RECIPE_STEPS),  # start, the recipe's steps
+        "QC", "QC", "QC", "QC",  # the panel's four tests
         "RELEASED", "SHIPPED", "RECEIVED_AT_SITE", "PLACED", "PLACED"]
 
 

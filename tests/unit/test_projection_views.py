@@ -427,3 +427,96 @@ def test_inventory_follows_a_tampered_receipt_and_the_qualified_persons_decision
     assert found == {"DOSE-1": "RELEASED", "DOSE-2": "DESTROYED", "DOSE-3": "QUARANTINED"}
     assert {d: STATUS_OF.get(r.status, r.status.value)
             for d, r in therapy.case.doses.items()} == found
+
+
+def test_quarantines_follow_logger_readings_and_a_rejected_sample_as_the_gatekeeper_does(
+        tmp_path: Path) -> None:
+    """Given a sample received REJECTED (left in quarantine) on one therapy, and on another
+    logger readings outside the storage range for the whole batch, then the qualified
+    person's release of one dose and destruction of another, when projected, then
+    quarantines and inventory show what the gatekeeper's fold holds: the sample and the
+    third dose in quarantine, dose 1 back where it was, dose 2 destroyed."""
+    hub = Hub()
+    gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
+    hub.register_gatekeeper(gatekeeper)
+    log = ScriptedLog(hub, gatekeeper)
+    rejected = TherapyScenario(hub, patient_hash="ee" * 32)
+    log.run(rejected, "accept_sample")
+    log.accept(rejected, rejected.issue("lab", "SampleReceived", {
+        "sample_id": rejected.sample_id, "condition": "REJECTED", "location": "accessioning",
+        "condition_notes": "tube cracked", "temperature_celsius": -20.0}))
+    therapy = TherapyScenario(hub, doses=3, patient_hash="ff" * 32)
+    log.run(therapy, "receive_at_site")
+    inside = log.accept(therapy, therapy.logger_readings([-72.0, -71.0], item_ids=[
+        therapy.batch_id]))
+    warm = log.accept(therapy, therapy.logger_readings([-72.0, -50.0, -70.0], item_ids=[
+        therapy.batch_id]))
+    log.accept(therapy, therapy.disposition_quarantine(therapy.dose(1)))
+    log.accept(therapy, therapy.disposition_quarantine(therapy.dose(2), "DESTROYED",
+                                                      "excursion beyond the stability data"))
+    project(tmp_path / "hub.duckdb", log.gatekeep(), log.anchor)
+    con = connect(tmp_path / "hub.duckdb", read_only=True)
+    try:
+        found = rows(con, "SELECT * FROM quarantines ORDER BY coi, log_offset, item_id")
+        doses = {r["dose_id"]: r["recorded_status"] for r in rows(
+            con, "SELECT * FROM inventory_as_of(?) WHERE coi = ?", BEFORE_EXPIRY, therapy.coi)}
+    finally:
+        con.close()
+    assert all(r["quarantined_by"] != inside.event_id for r in found)  # inside the range
+    in_quarantine = {(r["coi"], r["item_id"]) for r in found if r["decision"] is None}
+    assert in_quarantine == {(t.coi, item_id) for t in (rejected, therapy)
+                             for item_id, item in t.case.items.items()
+                             if item.quarantined and not item.consumed}
+    assert in_quarantine == {(rejected.coi, rejected.sample_id), (therapy.coi, therapy.batch_id),
+                             (therapy.coi, therapy.dose(3))}
+    by_item = {r["item_id"]: r for r in found if r["coi"] == therapy.coi}
+    assert by_item[therapy.dose(2)]["decision"] == "DESTROYED"
+    assert (by_item[therapy.dose(1)]["cause"], by_item[therapy.dose(1)]["quarantined_by"]) == (
+        "LOGGER_READINGS", warm.event_id)
+    sample = next(r for r in found if r["coi"] == rejected.coi)
+    assert (sample["item_kind"], sample["cause"]) == ("SAMPLE", "REJECTED_ON_RECEIPT")
+    assert doses == {"DOSE-1": "RELEASED", "DOSE-2": "DESTROYED", "DOSE-3": "QUARANTINED"}
+    assert {d: STATUS_OF.get(r.status, r.status.value)
+            for d, r in therapy.case.doses.items()} == doses
+
+
+def test_dose_ownership_shows_who_invoices_whom_as_the_gatekeepers_fold_holds_it(
+        scripted: ScriptedLog, db: duckdb.DuckDBPyConnection) -> None:
+    found = {(r["coi"], r["dose_id"]): r["owner"] for r in rows(
+        db, "SELECT * FROM dose_ownership")}
+    assert found == {(t.coi, dose_id): dose.owner for t in scripted.therapies.values()
+                     for dose_id, dose in t.case.doses.items()}
+
+
+def test_site_stock_is_the_sites_on_placement_and_consignment_once_administered(
+        tmp_path: Path) -> None:
+    """Given three doses, one placed as the site's own stock, two consigned of which one is
+    given, when projected, then the manufacturer invoices the site for the site stock from
+    its placement and for the consigned dose from its administration, and still owns the
+    third; each owner is the one the gatekeeper's fold holds."""
+    hub = Hub()
+    gatekeeper = EventSigner("hub-gatekeeper", "hub-gatekeeper-k1", HybridKeyPair.generate())
+    hub.register_gatekeeper(gatekeeper)
+    log = ScriptedLog(hub, gatekeeper)
+    therapy = TherapyScenario(hub, doses=3)
+    log.run(therapy, "receive_at_site")
+    log.accept(therapy, therapy.place(1))
+    stock = log.accept(therapy, therapy.place(2, method="SITE_STOCK"))
+    log.accept(therapy, therapy.place(3))
+    for step in ("schedule", "reserve", "dispense", "verify_identity", "administer"):
+        given = log.accept(therapy, getattr(therapy, step)(1))
+    project(tmp_path / "hub.duckdb", log.gatekeep(), log.anchor)
+    con = connect(tmp_path / "hub.duckdb", read_only=True)
+    try:
+        found = {r["dose_id"]: r for r in rows(con, "SELECT * FROM dose_ownership")}
+    finally:
+        con.close()
+    manufacturer = therapy.id_of("manufacturer")
+    assert {d: (r["owner_kind"], r["invoice_from"], r["invoice_to"], r["taken_over_by"])
+            for d, r in found.items()} == {
+        "DOSE-1": ("SITE", manufacturer, therapy.site, given.event_id),
+        "DOSE-2": ("SITE", manufacturer, therapy.site, stock.event_id),
+        "DOSE-3": ("MANUFACTURER", None, None, None)}
+    assert found["DOSE-3"]["owner"] == manufacturer
+    assert {d: r["owner"] for d, r in found.items()} == {
+        d: dose.owner for d, dose in therapy.case.doses.items()}

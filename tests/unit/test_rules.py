@@ -34,6 +34,7 @@ from pcvhub.trust.signing import EventSigner, HybridKeyPair
 from .therapy_builder import (
     HAPPY_PATH,
     NIL_UUID,
+    RECIPE_STEPS,
     Hub,
     Party,
     TherapyScenario,
@@ -259,7 +260,7 @@ def test_an_ineligible_patient_cannot_be_ordered_therapy(scenario: TherapyScenar
 
 def test_a_batch_with_a_failed_qc_result_cannot_be_released(
         scenario: TherapyScenario) -> None:
-    scenario.run_until("complete_step")
+    scenario.run_until(RECIPE_STEPS[-1])
     scenario.accept(scenario.record_qc(result="FAIL"))
     event = scenario.release()
     refused(scenario.judge(event), "R4", "QC_NOT_PASSED", event)
@@ -431,7 +432,7 @@ def test_an_item_in_transit_cannot_be_dispatched_again(scenario: TherapyScenario
 
 
 def test_an_unreleased_batch_cannot_be_shipped(scenario: TherapyScenario) -> None:
-    scenario.run_until("complete_step")
+    scenario.run_until(RECIPE_STEPS[-1])
     event = scenario.issue("manufacturer", "ShipmentDispatched", {
         **scenario.ship().payload, "item_ids": [scenario.batch_id]})
     refused(scenario.judge(event), "R6", "NOT_RELEASED", event)

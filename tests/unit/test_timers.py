@@ -8,7 +8,7 @@ import pytest
 
 from pcvhub.streams.timers import DueTimer, TimerPolicy, TurnaroundTimers
 
-from .therapy_builder import QC_STEPS, Hub, TherapyScenario
+from .therapy_builder import QC_STEPS, RECIPE_STEPS, Hub, TherapyScenario
 
 TICK = 1_000  # µs per step of the scenario
 FAST = TimerPolicy(
@@ -68,7 +68,7 @@ def test_approval_to_release(scenario: TherapyScenario) -> None:
     approved = scenario.now_us
     timers = TurnaroundTimers(FAST)
     assert kinds(timers.due(scenario.case, approved + 20 * TICK)) == {"TAT_APPROVAL_TO_RELEASE"}
-    scenario.run(("start_manufacturing", "complete_step", *QC_STEPS, "release"))
+    scenario.run(("start_manufacturing", *RECIPE_STEPS, *QC_STEPS, "release"))
     assert "TAT_APPROVAL_TO_RELEASE" not in kinds(timers.due(scenario.case, 10**18))
 
 

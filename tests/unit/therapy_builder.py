@@ -14,6 +14,7 @@ from pcvhub.demo.therapy import (
     MODEL_HASH,
     NIL_UUID,
     QC_STEPS,
+    RECIPE_STEPS,
     SITE,
     T0_US,
     Hub,
@@ -26,8 +27,8 @@ from pcvhub.streams.event import InboundEvent
 from pcvhub.streams.verdict import Verdict
 
 __all__ = ["APPROVED", "CAST", "DAY_US", "HAPPY_PATH", "MODEL_HASH", "NIL_UUID", "QC_STEPS",
-           "SITE", "T0_US", "Hub", "Party", "TherapyScenario", "decode_inbound", "happy_path",
-           "refused"]
+           "RECIPE_STEPS", "SITE", "T0_US", "Hub", "Party", "TherapyScenario", "decode_inbound",
+           "happy_path", "refused"]
 
 
 def refused(verdict: Verdict, rule: str, code: str, event: InboundEvent) -> Verdict:
