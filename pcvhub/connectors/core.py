@@ -54,6 +54,7 @@ from pcvhub.log.verify import CANONICAL, REJECTED, VerifiedRecord
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import decode_payload
 from pcvhub.schemas.envelope import Envelope, SignatureMeaning
+from pcvhub.streams.timebounds import HOUR_US, TIME_BOUNDS, TimeBounds
 from pcvhub.topics import connector_principal, partition_for, topic_name, topic_spec
 from pcvhub.trust.canonical import chain_digest
 from pcvhub.trust.issuer import EventIssuer, IssuedEvent, now_us
@@ -84,6 +85,25 @@ class EventRequest:
     occurred_at_us: int | None = None
     event_id: str | None = None  # deterministic id from the outside message, if any
     meaning: SignatureMeaning = SignatureMeaning.AUTHORED
+    #: why it is entered late, if the source says; otherwise ``late_entry_reason`` decides
+    late_entry: str | None = None
+
+
+def late_entry_reason(request: EventRequest, producer: str, bounds: TimeBounds, at_us: int
+                      ) -> str | None:
+    """The late-entry reason a connector signs with an event that occurred further back than
+    the deployment's late-entry bound (R1 refuses it unflagged): the source's own reason if
+    it gave one, else the connector's, which is true of every such record: it enters now
+    what the source system recorded then (an interface backlog, a logger uploaded after the
+    trip). None for a contemporaneous record."""
+    if request.late_entry is not None:
+        return request.late_entry
+    bound = bounds.late_entry_after_us
+    if bound is None or request.occurred_at_us is None or at_us - request.occurred_at_us <= bound:
+        return None
+    hours = (at_us - request.occurred_at_us) / HOUR_US
+    return (f"entered by connector {producer} {hours:.0f} h after it occurred, from the "
+            f"source system's record ({request.event_type})")
 
 
 @dataclass(frozen=True)
@@ -346,9 +366,12 @@ class Connector:
             self._heads.wait_read(waiting, self.settle_s)
         # Validated and encoded here, in the caller's thread: a payload that does not fit
         # its schema fails this caller alone, never the group it would have joined.
+        bounds, now = TIME_BOUNDS[self.settings.time_bounds], now_us()
         drafts = [self.issuer.draft(r.event_type, r.coi, r.payload,
                                     occurred_at_us=r.occurred_at_us, meaning=r.meaning,
-                                    event_id=r.event_id, prev_hash=b"")
+                                    event_id=r.event_id, prev_hash=b"",
+                                    late_entry=late_entry_reason(r, self.issuer.producer,
+                                                                 bounds, now))
                   for r in requests]
         return self._commit_in_group(_Pending(drafts, chained=True))
 
