@@ -32,7 +32,11 @@ from pcvhub.trust.issuer import EventIssuer
 from ..unit.sealing import SealedWriter
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
-from .test_projection_kill import gatekeeper_records, hub  # noqa: F401 - the sandbox fixture
+from .test_projection_kill import (  # noqa: F401 - the sandbox fixture
+    GATEKEEPER_RECORDS,
+    gatekeeper_records,
+    hub,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -75,15 +79,18 @@ class LedgerProcess:
         raise AssertionError(f"ledger did not get there in {timeout:.0f}s:\n{self.output}")
 
 
-def write_gatekeepers_log(sandbox: Sandbox, cast_tag: str, events: int, seed: int) -> int:
-    """A cohort's log (registry, therapies, the gatekeeper's refusals and alerts) as a
-    gatekeeper writes it, sealed in batches, put there by the admin; how many records."""
+def write_gatekeepers_log(sandbox: Sandbox, cast_tag: str, events: int, seed: int,
+                          refusals: int = GATEKEEPER_RECORDS) -> int:
+    """A cohort's log (registry, therapies, ``refusals`` of the gatekeeper's refusals and
+    as many alerts) as a gatekeeper writes it, sealed in batches, put there by the admin;
+    how many records."""
     builder = Hub()
     gatekeeper = sandbox.install_identities(builder.registrar.issuer.signer,
                                             valid_from_us=T0_US - 365 * DAY_US)
     builder.register_gatekeeper(gatekeeper)
     cohort = signed_cohort(builder, builder.register_cast(cast_tag), events)
-    extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(seed))
+    extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(seed),
+                               refusals)
     writer = SealedWriter(Producer(sandbox.admin.producer(**{"linger.ms": 5})),
                           sandbox.settings.topic_prefix, gatekeeper)
     for event in builder.registry_log:
