@@ -108,6 +108,9 @@ def register(app: typer.Typer) -> None:
                 # the ledger's principal: it reads the outputs, writes only its own topic
                 settings = load_settings().as_principal(Principal.LEDGER)
                 topic = CheckpointTopic(settings)
+                if log.latest is not None and topic.catch_up(log.latest, log.keys):
+                    print(f"published {log.latest.checkpoint.size}: the checkpoint resumed "
+                          "from, which the topic did not hold yet", flush=True)
                 cosigning = (Cosigning(log, WitnessPolicy.read(witnesses))
                              if witnesses is not None else None)
 

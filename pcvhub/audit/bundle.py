@@ -337,14 +337,19 @@ def _verify(folder: Path, report: BundleReport, pinned: Path | None,
 
     # 3. the records, through the hub's own log verifier, and their leaves in the ledger
     heads: dict[int, bytes] = {}
-    for n, text in enumerate(_lines(folder / SEALS), start=1):
-        data = _parse(text, f"{SEALS} line {n}")
-        heads[int(data["offset"])] = _unhex(data["value"], f"{SEALS} line {n}")
+    seal_lines = _lines(folder / SEALS)
+    for n, text in enumerate(seal_lines, start=1):
+        try:
+            data = _parse(text, f"{SEALS} line {n}")
+            heads[int(data["offset"])] = _unhex(data["value"], f"{SEALS} line {n}")
+        except (BundleError, KeyError, TypeError, ValueError) as exc:
+            # left out: the records that name this head fail as unsealed, and say so
+            report.fail("bundle", f"{SEALS} line {n}", "batch head", f"unreadable: {exc}")
     lines = _lines(folder / RECORDS)
-    if len(lines) != manifest["records"] or len(heads) != manifest["seals"]:
+    if len(lines) != manifest["records"] or len(seal_lines) != manifest["seals"]:
         report.fail("bundle", MANIFEST, "manifest",
                     f"says {manifest['records']} records and {manifest['seals']} batch heads; "
-                    f"the bundle holds {len(lines)} and {len(heads)}: a record or head was "
+                    f"the bundle holds {len(lines)} and {len(seal_lines)}: a record or head was "
                     "added or removed")
     try:
         registry = load_anchor(anchor_path)
