@@ -11,7 +11,8 @@ A log folder::
 The signed ``tiles/checkpoint`` is the commit point. Whatever lies past its size after a
 crash was never signed and is cut off on open; what it covers is verified on open (every
 entry rehashed, every stored level recomputed, the root compared), so a log never signs
-over a stored tree it has not checked.
+over a stored tree it has not checked. ``LogSnapshot`` reads a folder read-only as of its
+signed checkpoint (``pcvhub audit export``, beside a running writer).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -126,6 +128,17 @@ class _LogFiles:
         return ConsistencyProof(old_size, new_size,
                                 tuple(self.levels.consistency_proof(old_size, new_size)))
 
+    def close(self) -> None:
+        os.close(self._entries)
+        os.close(self._index)
+        self.levels.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class LogSnapshot(_LogFiles):
     """A log folder as of its signed ``tiles/checkpoint``, read-only (beside a running
@@ -163,17 +176,6 @@ class LogSnapshot(_LogFiles):
     def size(self) -> int:
         """The signed checkpoint's size: the writer may hold more, not yet signed."""
         return self._size
-
-    def close(self) -> None:
-        os.close(self._entries)
-        os.close(self._index)
-        self.levels.close()
-
-    def __enter__(self) -> LogSnapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class TransparencyLog(_LogFiles):
@@ -296,14 +298,3 @@ class TransparencyLog(_LogFiles):
                               "log's latest checkpoint")
         write_file(self.tiles / "checkpoint", cosigned.note)
         self.latest = cosigned
-
-    def close(self) -> None:
-        os.close(self._entries)
-        os.close(self._index)
-        self.levels.close()
-
-    def __enter__(self) -> TransparencyLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
