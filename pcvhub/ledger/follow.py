@@ -67,7 +67,12 @@ class CheckpointTopic:
         topic's last checkpoint is of this log and at least as large; True if published.
 
         The file is written before the topic (the commit point comes first), so a ledger
-        killed between the two leaves the topic one checkpoint behind its file."""
+        killed between the two leaves the topic one checkpoint behind its file. The empty
+        tree ``init`` signs is never announced (a topic holds only checkpoints of records).
+        It goes as the file holds it: with the cosignatures attached before the kill, if
+        any."""
+        if latest.checkpoint.size == 0:
+            return False
         consumer = Consumer(self.settings.librdkafka(**{"group.id": READER_GROUP,
                                                         "enable.auto.commit": False}))
         try:
