@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.report import Figure, median_rate
 from pcvhub.ledger.cosign import WitnessKey, WitnessKeys
 from pcvhub.ledger.leaf import LedgerLeaf
-from pcvhub.ledger.log import LogSnapshot, TransparencyLog
+from pcvhub.ledger.log import KEY_FILE, LogSnapshot, TransparencyLog
 from pcvhub.ledger.note import Checkpoint, LogKeys, SignedNote, VerifierKey
 from pcvhub.ledger.proofs import (
     ConsistencyProof,
@@ -168,7 +168,7 @@ def _following(quick: bool) -> list[Figure]:
             published = [(Checkpoint.parse_body(SignedNote.parse(note).text).size, ts)
                          for _, (ts, note) in sorted(_records(sandbox, "ledger").items())]
             folder = Path(sandbox.settings.data_dir) / "ledger"
-            vkeys = json.loads((folder / "keys.json").read_text())
+            vkeys = json.loads((folder / KEY_FILE).read_text())
             with LogSnapshot(folder, VerifierKey.parse(vkeys["ed25519_vkey"]),
                              VerifierKey.parse(vkeys["ml_dsa_44_vkey"])) as snapshot:
                 leaves = {}

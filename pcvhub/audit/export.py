@@ -29,7 +29,7 @@ from pcvhub.audit.bundle import (
 )
 from pcvhub.config import Settings
 from pcvhub.ledger.leaf import LedgerLeaf
-from pcvhub.ledger.log import LogSnapshot
+from pcvhub.ledger.log import KEY_FILE, LogSnapshot
 from pcvhub.ledger.note import VerifierKey
 from pcvhub.log.reader import SealLookup, read_raw, registry_partition
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, RawRecord
@@ -59,7 +59,7 @@ def ledger_keys(anchor: dict[str, Any], ledger: Path) -> tuple[VerifierKey, Veri
     the public half of the ledger folder's key file."""
     entry = anchor.get(LEDGER_ENTRY)
     if entry is None:
-        path = ledger / "keys.json"
+        path = ledger / KEY_FILE
         if not path.exists():
             raise BundleError(f"the trust anchor names no ledger keys and {path} does not "
                               "exist: is the ledger folder right (--ledger)?")
