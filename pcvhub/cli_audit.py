@@ -64,7 +64,11 @@ def register(app: typer.Typer) -> None:
             registry: bool = typer.Option(False, help="List every registry record too.")
             ) -> None:
         """Verify BUNDLE with no broker and no network; exit 1 naming what failed."""
-        others = [(p / CHECKPOINT if p.is_dir() else p).read_bytes() for p in against]
+        try:
+            others = [(p / CHECKPOINT if p.is_dir() else p).read_bytes() for p in against]
+        except OSError as exc:
+            print(f"error: --against: {exc}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
         report = verify_bundle(bundle, anchor, others)
         render(Console(), report, registry)
         if not report.ok:
