@@ -6,11 +6,19 @@ Merkle log must do per leaf); for a proof, the raw SHA-256 node hashes a verifie
 proof that long must compute at least (so the ratio is our overhead over the bare
 hashing). The large tree is synthetic leaf hashes appended to the level files on disk;
 proofs are for random leaves and random pairs of sizes in it.
+
+On the broker (``_following``): the gatekeeper (``pcvhub worker``) judges a cohort, and
+``pcvhub ledger run`` follows what it wrote, in the same run: the ledger's appends/s
+(read, verified, appended, checkpointed) beside the gatekeeper's events/s; then, with the
+ledger caught up and following, a second cohort through the gatekeeper, and for each record
+the time from its acceptance (the broker's timestamp of the output record, which the
+gatekeeper produced) to the first checkpoint on the ledger topic that covers it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import statistics
 import tempfile
@@ -19,11 +27,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
+
 from bench.report import Figure, median_rate
 from pcvhub.ledger.cosign import WitnessKey, WitnessKeys
 from pcvhub.ledger.leaf import LedgerLeaf
-from pcvhub.ledger.log import TransparencyLog
-from pcvhub.ledger.note import LogKeys
+from pcvhub.ledger.log import KEY_FILE, LogSnapshot, TransparencyLog
+from pcvhub.ledger.note import Checkpoint, LogKeys, SignedNote, VerifierKey
 from pcvhub.ledger.proofs import (
     ConsistencyProof,
     InclusionProof,
@@ -33,6 +43,7 @@ from pcvhub.ledger.proofs import (
 from pcvhub.ledger.tree import TreeLevels
 from pcvhub.ledger.witness import Witness, WitnessServer, trust_log
 from pcvhub.ledger.witnessing import Cosigning, WitnessPolicy
+from pcvhub.topics import topic_name
 from pcvhub.trust import merkle
 
 APPENDS = 50_000
@@ -90,6 +101,104 @@ def _witnessed_ms(log: TransparencyLog, batch: list[bytes], tmp: str, stamps) ->
             server.shutdown()
             server.server_close()
             server.witness.close()
+
+
+def _records(sandbox, suffix: str) -> dict[tuple[str, int, int], tuple[float, bytes]]:
+    """Every record of a topic of the sandbox: its broker timestamp (s) and value."""
+    consumer = Consumer(sandbox.admin.librdkafka(**{"group.id": "bench-ledger"}))
+    name = topic_name(suffix, sandbox.settings.topic_prefix)
+    try:
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
+                for p in partitions}
+        consumer.assign([TopicPartition(name, p, 0) for p, end in ends.items() if end])
+        out: dict[tuple[str, int, int], tuple[float, bytes]] = {}
+        deadline = time.monotonic() + 120
+        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 1.0):
+                if not msg.error():
+                    out[(suffix, msg.partition(), msg.offset())] = (
+                        msg.timestamp()[1] / 1000, msg.value() or b"")
+        return out
+    finally:
+        consumer.close()
+
+
+def _following(quick: bool) -> list[Figure]:
+    """The ledger process beside the gatekeeper on the local broker (see the module doc)."""
+    import subprocess
+    import sys
+
+    from bench.gatekeeper import THERAPIES, _prepared, _throughput
+    from pcvhub.log.verify import OUTPUT_TOPICS
+
+    section = "ledger"
+    with tempfile.TemporaryDirectory(prefix="bench-ledger-follow-") as tmp:
+        therapies = THERAPIES // 4 if quick else THERAPIES
+        _, sandbox, pair, pooled, builder, events = _prepared(Path(tmp), 2 * therapies)
+        for unused in (pair, pooled):
+            unused.stop_all()
+        regs = [(e.coi.encode(), e.raw) for e in builder.registry_log]
+        records = [(e.coi.encode(), e.raw) for e in events]
+        first, second = records[:len(records) // 2], records[len(records) // 2:]
+        try:
+            gatekeeper = _throughput(sandbox, "pcvhub.cli", regs, first)
+            total = sum(sandbox.count(t) for t in OUTPUT_TOPICS)
+            command = [sys.executable, "-m", "pcvhub.cli", "ledger"]
+            subprocess.run([*command, "init", "--origin", "bench.pcvhub.example/follow"],
+                           env=sandbox.env, check=True, capture_output=True, timeout=60)
+            ledger = subprocess.Popen([*command, "run", "--every", "1000", "--seconds", "1"],
+                                      env=sandbox.env, stdout=subprocess.PIPE, text=True)
+            sandbox.workers.append(ledger)
+            assert ledger.stdout is not None
+            started = None
+            for line in ledger.stdout:
+                if started is None and "following" in line:
+                    started = time.perf_counter()
+                if line.startswith("caught up"):
+                    break
+            appends = total / (time.perf_counter() - (started or time.perf_counter()))
+            # live: the second cohort through the gatekeeper while the ledger follows
+            _throughput(sandbox, "pcvhub.cli", [], second)
+            time.sleep(3)  # the time bound (1 s) and a checkpoint's publish
+            ledger.terminate()
+            ledger.wait(30)
+            accepted = {k: ts for t in OUTPUT_TOPICS for k, (ts, _) in
+                        _records(sandbox, t).items()}
+            published = [(Checkpoint.parse_body(SignedNote.parse(note).text).size, ts)
+                         for _, (ts, note) in sorted(_records(sandbox, "ledger").items())]
+            folder = Path(sandbox.settings.data_dir) / "ledger"
+            vkeys = json.loads((folder / KEY_FILE).read_text())
+            with LogSnapshot(folder, VerifierKey.parse(vkeys["ed25519_vkey"]),
+                             VerifierKey.parse(vkeys["ml_dsa_44_vkey"])) as snapshot:
+                leaves = {}
+                for index, entry in enumerate(snapshot.entries(0, snapshot.size)):
+                    leaf = LedgerLeaf.decode(entry)
+                    leaves[(leaf.topic, leaf.partition, leaf.offset)] = index
+        finally:
+            sandbox.stop_all()
+        lags = []
+        live_from = total
+        for position, when in accepted.items():
+            index = leaves.get(position)
+            if index is None or index < live_from:
+                continue
+            covering = next((ts for size, ts in published if size > index), None)
+            if covering is not None:
+                lags.append((covering - when) * 1000)
+        lags.sort()
+        figures = [
+            Figure(section, "gatekeeper, verified + rule-checked (same run)", gatekeeper,
+                   "events/s"),
+            Figure(section, "ledger run: read, verified, appended, checkpointed", appends,
+                   "records/s", "gatekeeper", gatekeeper)]
+        if lags:
+            figures += [
+                Figure(section, "acceptance to first covering checkpoint p50 (--seconds 1)",
+                       lags[len(lags) // 2], "ms"),
+                Figure(section, "acceptance to first covering checkpoint p99",
+                       lags[min(len(lags) - 1, int(len(lags) * 0.99))], "ms")]
+        return figures
 
 
 def run(quick: bool = False) -> list[Figure]:
@@ -174,4 +283,4 @@ def run(quick: bool = False) -> list[Figure]:
         figures.append(Figure(section, f"consistency proof, verify at {large:,}",
                               _median_us(check, PROOFS), "µs", "raw hashing", hashing))
         levels.close()
-    return figures
+    return figures + _following(quick)

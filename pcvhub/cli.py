@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pcvhub.cli_audit import register as register_audit
 from pcvhub.cli_keys import keys_app
 from pcvhub.cli_ledger import register as register_ledger
 from pcvhub.cli_log import register as register_log
@@ -27,6 +28,7 @@ infra_app = typer.Typer(help="Run a local Apache Kafka (KRaft) on loopback.", no
 app.add_typer(infra_app, name="infra")
 app.add_typer(keys_app, name="keys")
 register_projections(app)
+register_audit(app)
 register_log(app)
 register_ledger(app)
 register_mpc(app)

@@ -31,6 +31,7 @@ from pcvhub.ledger.witnessing import Cosigning, WitnessPolicy, read_history
 from pcvhub.log.reader import LogReadError
 from pcvhub.topics import Principal
 from pcvhub.trust.keys import KeyStoreError, passphrase_from_env
+from pcvhub.trust.registry import ANCHOR_FILE, anchor_ledger
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -68,6 +69,9 @@ def register(app: typer.Typer) -> None:
             save_keys(root / KEY_FILE, keys, passphrase_from_env())
             with TransparencyLog(root, keys) as log:
                 log.checkpoint(int(time.time()))
+            anchor = load_settings().data_dir / ANCHOR_FILE
+            if anchor.exists():  # the deployment's anchor names the log's keys from now on
+                anchor_ledger(anchor, origin, str(keys.ed25519_vkey), str(keys.ml_dsa_44_vkey))
         except (LedgerError, KeyStoreError, ConfigError) as exc:
             _fail(str(exc))
         print(f"ledger {origin} in {root}")
@@ -104,6 +108,9 @@ def register(app: typer.Typer) -> None:
                 # the ledger's principal: it reads the outputs, writes only its own topic
                 settings = load_settings().as_principal(Principal.LEDGER)
                 topic = CheckpointTopic(settings)
+                if log.latest is not None and topic.catch_up(log.latest, log.keys):
+                    print(f"published {log.latest.checkpoint.size}: the checkpoint resumed "
+                          "from, which the topic did not hold yet", flush=True)
                 cosigning = (Cosigning(log, WitnessPolicy.read(witnesses))
                              if witnesses is not None else None)
 

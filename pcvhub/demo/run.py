@@ -15,7 +15,7 @@ from rich.console import Console
 from pcvhub.clock import SimulationClock
 from pcvhub.config import Settings, load_settings
 from pcvhub.connectors.writer import IngressWriter
-from pcvhub.demo import attacker, vault_step, witnesses
+from pcvhub.demo import attacker, audit_step, vault_step, witnesses
 from pcvhub.demo.clients import DemoError, DropFolder, LogWatch
 from pcvhub.demo.cohort import build_cohort
 from pcvhub.demo.deployment import Deployment, forget_previous_run, prepare, wait_for_topics
@@ -117,6 +117,7 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                    if isinstance(o, VerifiedRecord)]
         accounting = account(world, hl7_ids)
         ledger = witnesses.witness_the_ledger(stack, deployment, console)
+        audit = audit_step.export_and_verify(stack, deployment, drive, ledger, console)
         with console.status("projecting the log into DuckDB ..."):
             stack.stop(projections)  # one writer per file: finish with a catch-up run
             stack.run_to_end(deployment, "project-catch-up", [
@@ -132,10 +133,11 @@ def run(console: Console, patients: int = 50, keep_running: bool = False, *,
                                            "the file (DuckDB: one writer, no reader beside it)")
         render(console, report)
         witnesses.render(console, ledger)
+        audit_step.render(console, audit)
         vault_step.render(console, genome_vault)
         if keep_running:
             _wait_for_interrupt(console)
-        return 0 if report.ok and genome_vault.ok else 1
+        return 0 if report.ok and genome_vault.ok and audit.ok else 1
     except (DemoError, KeyStoreError, TopicSetupError, KafkaException) as exc:
         console.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
         return 1

@@ -20,15 +20,16 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pcvhub.config import Settings
+from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog
-from pcvhub.ledger.note import VerifiedCheckpoint
+from pcvhub.ledger.note import LogKeys, VerifiedCheckpoint, verify_checkpoint
 from pcvhub.log.reader import LogFollower, deployment_verifier
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, Quarantined, VerifiedRecord
-from pcvhub.topics import topic_name
+from pcvhub.topics import READER_GROUP, topic_name
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,45 @@ class CheckpointTopic:
     """
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.topic = topic_name("ledger", settings.topic_prefix)
         self._producer = Producer(settings.producer(**{"linger.ms": 0}))
+
+    def catch_up(self, latest: VerifiedCheckpoint, keys: LogKeys) -> bool:
+        """Publish ``latest`` (the checkpoint a restarted ledger resumed from) unless the
+        topic's last checkpoint is of this log and at least as large; True if published.
+
+        The file is written before the topic (the commit point comes first), so a ledger
+        killed between the two leaves the topic one checkpoint behind its file. The empty
+        tree ``init`` signs is never announced (a topic holds only checkpoints of records).
+        It goes as the file holds it: with the cosignatures attached before the kill, if
+        any."""
+        if latest.checkpoint.size == 0:
+            return False
+        consumer = Consumer(self.settings.librdkafka(**{"group.id": READER_GROUP,
+                                                        "enable.auto.commit": False}))
+        try:
+            high = consumer.get_watermark_offsets(TopicPartition(self.topic, 0),
+                                                  timeout=10)[1]
+            last = None
+            if high > 0:
+                consumer.assign([TopicPartition(self.topic, 0, high - 1)])
+                deadline = time.monotonic() + 10
+                while last is None and time.monotonic() < deadline:
+                    msg = consumer.poll(0.5)
+                    if msg is not None and not msg.error():
+                        last = msg.value() or b""
+        finally:
+            consumer.close()
+        if last is not None:
+            try:
+                published = verify_checkpoint(last, keys.ed25519_vkey, keys.ml_dsa_44_vkey)
+                if published.checkpoint.size >= latest.checkpoint.size:
+                    return False
+            except LedgerError:
+                pass  # not this log's: ours goes on top
+        self(latest)
+        return True
 
     def __call__(self, signed: VerifiedCheckpoint) -> None:
         self._producer.produce(self.topic, key=signed.checkpoint.origin.encode(),

@@ -11,7 +11,8 @@ A log folder::
 The signed ``tiles/checkpoint`` is the commit point. Whatever lies past its size after a
 crash was never signed and is cut off on open; what it covers is verified on open (every
 entry rehashed, every stored level recomputed, the root compared), so a log never signs
-over a stored tree it has not checked.
+over a stored tree it has not checked. ``LogSnapshot`` reads a folder read-only as of its
+signed checkpoint (``pcvhub audit export``, beside a running writer).
 """
 
 from __future__ import annotations
@@ -21,12 +22,19 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pcvhub.ledger.errors import LedgerError
-from pcvhub.ledger.note import Checkpoint, LogKeys, VerifiedCheckpoint, verify_checkpoint
+from pcvhub.ledger.note import (
+    Checkpoint,
+    LogKeys,
+    VerifiedCheckpoint,
+    VerifierKey,
+    verify_checkpoint,
+)
 from pcvhub.ledger.proofs import ConsistencyProof, InclusionProof
 from pcvhub.ledger.tiles import TileSource, frame, unframe, write_file, write_tiles
 from pcvhub.ledger.tree import TreeLevels
@@ -73,7 +81,104 @@ def load_keys(path: Path, passphrase: bytes, kind: type[LogKeys] = LogKeys,
     return kind.from_seeds(record["name"], seeds[:32], seeds[32:])
 
 
-class TransparencyLog:
+class _LogFiles:
+    """Reading and proving from a log folder's files (the writer and read-only snapshots)."""
+
+    root: Path
+    levels: TreeLevels
+    _entries: int
+    _index: int
+    _end: int
+
+    @property
+    def size(self) -> int:
+        return self.levels.size
+
+    def _start(self, index: int) -> int:
+        raw = os.pread(self._index, _OFFSET.size, index * _OFFSET.size)
+        if len(raw) != _OFFSET.size:
+            raise LedgerError(f"{self.root}/entries.idx has no offset for leaf {index}")
+        return _OFFSET.unpack(raw)[0]
+
+    def _framed(self, start: int, stop: int) -> bytes:
+        """Leaves [start, stop) as they stand in ``entries``: an entry bundle's bytes."""
+        if not 0 <= start <= stop <= self.size:
+            raise LedgerError(f"no leaves [{start}, {stop}): the log holds {self.size}")
+        if start == stop:
+            return b""
+        begin = self._start(start)
+        end = self._start(stop) if stop < self.size else self._end
+        return os.pread(self._entries, end - begin, begin)
+
+    def entries(self, start: int, stop: int) -> Iterator[bytes]:
+        yield from unframe(self._framed(start, stop), f"{self.root}/entries [{start}, {stop})")
+
+    def entry(self, index: int) -> bytes:
+        if not 0 <= index < self.size:
+            raise LedgerError(f"no leaf {index}: the log holds {self.size}")
+        return next(self.entries(index, index + 1))
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> InclusionProof:
+        size = self.size if size is None else size
+        return InclusionProof(index, size, tuple(self.levels.inclusion_proof(index, size)))
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None
+                          ) -> ConsistencyProof:
+        new_size = self.size if new_size is None else new_size
+        return ConsistencyProof(old_size, new_size,
+                                tuple(self.levels.consistency_proof(old_size, new_size)))
+
+    def close(self) -> None:
+        os.close(self._entries)
+        os.close(self._index)
+        self.levels.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LogSnapshot(_LogFiles):
+    """A log folder as of its signed ``tiles/checkpoint``, read-only (beside a running
+    ``pcvhub ledger run``, which it never disturbs: nothing is cut or written). For exports:
+    entries, inclusion and consistency proofs up to the checkpoint's size.
+
+    :param root: the log folder.
+    :param ed25519_key, ml_dsa_44_key: the log's verifier keys; the checkpoint must verify.
+    """
+
+    def __init__(self, root: Path, ed25519_key: VerifierKey, ml_dsa_44_key: VerifierKey
+                 ) -> None:
+        self.root = Path(root)
+        path = self.root / "tiles" / "checkpoint"
+        if not path.exists():
+            raise LedgerError(f"no checkpoint at {path}: is {self.root} a ledger folder "
+                              "(`pcvhub ledger init`)?")
+        self.latest = verify_checkpoint(path.read_bytes(), ed25519_key, ml_dsa_44_key,
+                                        where=str(path))
+        self._size = self.latest.checkpoint.size
+        self._entries = os.open(self.root / "entries", os.O_RDONLY)
+        self._index = os.open(self.root / "entries.idx", os.O_RDONLY)
+        self.levels = TreeLevels(self.root / "level")
+        held = os.fstat(self._index).st_size // _OFFSET.size
+        if held < self._size or self.levels.size < self._size:
+            raise LedgerError(f"{path} covers {self._size} leaves but {self.root} holds "
+                              f"{min(held, self.levels.size)}: its files were truncated")
+        self._end = self._start(self._size) if self._size < held else (
+            os.fstat(self._entries).st_size)
+        if self.levels.root(self._size) != self.latest.checkpoint.root:
+            raise LedgerError(f"the stored tree of {self.root} has a root for {self._size} "
+                              f"leaves other than its signed checkpoint {path}")
+
+    @property
+    def size(self) -> int:
+        """The signed checkpoint's size: the writer may hold more, not yet signed."""
+        return self._size
+
+
+class TransparencyLog(_LogFiles):
     """An append-only Merkle log in a folder (see the module doc). One writer at a time.
 
     :param root: the log folder.
@@ -151,10 +256,6 @@ class TransparencyLog:
 
     # -- appending ------------------------------------------------------------------------
 
-    @property
-    def size(self) -> int:
-        return self.levels.size
-
     def append(self, entry: bytes) -> int:
         """Add one leaf; return its index. Durable and signed only at the next checkpoint."""
         framed = frame(entry)
@@ -197,50 +298,3 @@ class TransparencyLog:
                               "log's latest checkpoint")
         write_file(self.tiles / "checkpoint", cosigned.note)
         self.latest = cosigned
-
-    # -- reading and proving ----------------------------------------------------------------
-
-    def _start(self, index: int) -> int:
-        raw = os.pread(self._index, _OFFSET.size, index * _OFFSET.size)
-        if len(raw) != _OFFSET.size:
-            raise LedgerError(f"{self.root}/entries.idx has no offset for leaf {index}")
-        return _OFFSET.unpack(raw)[0]
-
-    def _framed(self, start: int, stop: int) -> bytes:
-        """Leaves [start, stop) as they stand in ``entries``: an entry bundle's bytes."""
-        if not 0 <= start <= stop <= self.size:
-            raise LedgerError(f"no leaves [{start}, {stop}): the log holds {self.size}")
-        if start == stop:
-            return b""
-        begin = self._start(start)
-        end = self._start(stop) if stop < self.size else self._end
-        return os.pread(self._entries, end - begin, begin)
-
-    def entries(self, start: int, stop: int) -> Iterator[bytes]:
-        yield from unframe(self._framed(start, stop), f"{self.root}/entries [{start}, {stop})")
-
-    def entry(self, index: int) -> bytes:
-        if not 0 <= index < self.size:
-            raise LedgerError(f"no leaf {index}: the log holds {self.size}")
-        return next(self.entries(index, index + 1))
-
-    def inclusion_proof(self, index: int, size: int | None = None) -> InclusionProof:
-        size = self.size if size is None else size
-        return InclusionProof(index, size, tuple(self.levels.inclusion_proof(index, size)))
-
-    def consistency_proof(self, old_size: int, new_size: int | None = None
-                          ) -> ConsistencyProof:
-        new_size = self.size if new_size is None else new_size
-        return ConsistencyProof(old_size, new_size,
-                                tuple(self.levels.consistency_proof(old_size, new_size)))
-
-    def close(self) -> None:
-        os.close(self._entries)
-        os.close(self._index)
-        self.levels.close()
-
-    def __enter__(self) -> TransparencyLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -257,3 +257,12 @@ def load_anchor(path: Path) -> KeyRegistry:
         a["actor_id"], a["key_id"],
         PublicKeys(bytes.fromhex(a["ed25519"]), bytes.fromhex(a["ml_dsa_65"])),
         a["valid_from_us"]))
+
+
+def anchor_ledger(path: Path, origin: str, vkey: str, mldsa_vkey: str) -> None:
+    """Name the transparency ledger's verifier keys in the anchor (its ``ledger`` entry):
+    whoever holds the anchor can then check the ledger's checkpoints (``pcvhub audit
+    verify``), as it checks the registrar's signatures. Readers of the registrar ignore it."""
+    anchor = json.loads(path.read_text())
+    anchor["ledger"] = {"origin": origin, "vkey": vkey, "mldsa_vkey": mldsa_vkey}
+    path.write_text(json.dumps(anchor, indent=1))

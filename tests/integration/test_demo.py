@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from pcvhub.audit.bundle import verify_bundle
 from pcvhub.demo import run_demo
 from pcvhub.projections.runner import DEFAULT_FILE
 from pcvhub.projections.store import connect
@@ -182,6 +183,20 @@ def test_the_ledger_is_cosigned_by_both_witnesses(demo):
     assert len(rows) == 2 and all("yes, at" in row for row in rows), rows
     history = next((demo.data_dir / "runs").iterdir()) / "ledger" / "checkpoints.jsonl"
     assert history.read_text().count("\n") >= 1
+
+
+def test_one_therapys_bundle_is_exported_and_verified_offline(demo):
+    # the summary names the latest checkpoint and the offline result
+    assert "latest checkpoint: " in demo.text and "offline audit of PCV-" in demo.text, demo.text
+    assert ": verified (" in demo.text, demo.text
+    bundles = list((demo.data_dir / "runs").glob("*/audit/PCV-*"))
+    assert len(bundles) == 1
+    # the bundle holds what a patient needs: their consents, checked from the files alone
+    report = verify_bundle(bundles[0])
+    assert report.ok and report.consents
+    assert {c.signed_by for c in report.consents} & {"PATIENT", "WITNESSED"}
+    size = report.checkpoint.checkpoint.size
+    assert f"size {size} root {report.checkpoint.checkpoint.root.hex()}" in demo.text
 
 
 def test_the_genomes_are_in_the_vault_and_one_is_restored_under_the_patients_token(demo):

@@ -32,7 +32,11 @@ from pcvhub.trust.issuer import EventIssuer
 from ..unit.sealing import SealedWriter
 from ..unit.test_projection_scenario import signed_cohort
 from ..unit.therapy_builder import DAY_US, T0_US, Hub
-from .test_projection_kill import gatekeeper_records, hub  # noqa: F401 - the sandbox fixture
+from .test_projection_kill import (  # noqa: F401 - the sandbox fixture
+    GATEKEEPER_RECORDS,
+    gatekeeper_records,
+    hub,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -75,15 +79,18 @@ class LedgerProcess:
         raise AssertionError(f"ledger did not get there in {timeout:.0f}s:\n{self.output}")
 
 
-def write_gatekeepers_log(sandbox: Sandbox, cast_tag: str, events: int, seed: int) -> int:
-    """A cohort's log (registry, therapies, the gatekeeper's refusals and alerts) as a
-    gatekeeper writes it, sealed in batches, put there by the admin; how many records."""
+def write_gatekeepers_log(sandbox: Sandbox, cast_tag: str, events: int, seed: int,
+                          refusals: int = GATEKEEPER_RECORDS) -> int:
+    """A cohort's log (registry, therapies, ``refusals`` of the gatekeeper's refusals and
+    as many alerts) as a gatekeeper writes it, sealed in batches, put there by the admin;
+    how many records."""
     builder = Hub()
     gatekeeper = sandbox.install_identities(builder.registrar.issuer.signer,
                                             valid_from_us=T0_US - 365 * DAY_US)
     builder.register_gatekeeper(gatekeeper)
     cohort = signed_cohort(builder, builder.register_cast(cast_tag), events)
-    extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(seed))
+    extra = gatekeeper_records(EventIssuer(gatekeeper), cohort, random.Random(seed),
+                               refusals)
     writer = SealedWriter(Producer(sandbox.admin.producer(**{"linger.ms": 5})),
                           sandbox.settings.topic_prefix, gatekeeper)
     for event in builder.registry_log:
@@ -96,13 +103,6 @@ def write_gatekeepers_log(sandbox: Sandbox, cast_tag: str, events: int, seed: in
     return len(builder.registry_log) + len(cohort) + len(extra)
 
 
-# Out of the default run (`pytest -m slow` runs it): it passed in two CI runs and failed in a
-# third (2026-12-02). Its bookkeeping of the kill races the ledger's commit point: the size
-# it expects the second run to resume from is the last one the first run *printed*, but the
-# first may have written a later checkpoint (the commit point) before its print, or before
-# publishing it on the topic, when the SIGKILL came. Fix: take the size from the checkpoint
-# file after the kill, and let a restart publish the checkpoint it resumes from.
-@pytest.mark.slow
 def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> None:  # noqa: F811
     total = write_gatekeepers_log(hub, "ledger", EVENTS, seed=3)
 
@@ -114,8 +114,13 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     first.wait_for(lambda p: any(s >= 800 for s in p.sizes()), 180)
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.proc.wait(10)
-    killed_at = max(first.sizes())
-    assert killed_at < total  # killed mid-stream
+    # The commit point is the checkpoint file, written before the print and the publish on
+    # the ledger topic: a kill between them leaves a later size on disk than last printed.
+    folder = Path(hub.settings.data_dir) / "ledger"
+    keys = load_keys(folder / "keys.json", PASSPHRASE.encode())
+    killed_at = verify_checkpoint((folder / "tiles" / "checkpoint").read_bytes(),
+                                  keys.ed25519_vkey, keys.ml_dsa_44_vkey).checkpoint.size
+    assert max(first.sizes()) <= killed_at < total  # killed mid-stream
 
     second = LedgerProcess(hub, "run", "--every", "200", "--seconds", "1")
     second.wait_for(lambda p: "caught up" in p.output and total in p.sizes(), 240)
@@ -124,8 +129,6 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     assert second.proc.wait(30) == 0, second.output
     assert "discrepancy" not in second.output
 
-    folder = Path(hub.settings.data_dir) / "ledger"
-    keys = load_keys(folder / "keys.json", PASSPHRASE.encode())
     with TransparencyLog(folder, keys) as log:
         assert log.size == total
         leaves = [LedgerLeaf.decode(e) for e in log.entries(0, log.size)]
@@ -137,7 +140,8 @@ def test_sigkilled_ledger_resumes_and_logs_every_record_once(hub: Sandbox) -> No
     assert logged == on_log  # and none missing
     assert audit_tiles(folder / "tiles", keys.ed25519_vkey,
                        keys.ml_dsa_44_vkey).entries_checked == total
-    # every checkpoint went to the ledger topic too; the last one is the file's
+    # every checkpoint went to the ledger topic too (the one resumed from, if the kill came
+    # before its publish, by the restart); the last one is the file's
     published = [verify_checkpoint(r.value or b"", keys.ed25519_vkey, keys.ml_dsa_44_vkey)
                  for r in hub.read_all("ledger")]
     assert published[-1].note == (folder / "tiles" / "checkpoint").read_bytes()

@@ -60,11 +60,11 @@ def log_ends(sandbox: Sandbox) -> dict[tuple[str, int], int]:
         consumer.close()
 
 
-def gatekeeper_records(issuer: EventIssuer, cohort: list[IssuedEvent], rng: random.Random
-                       ) -> list[tuple[str, IssuedEvent]]:
+def gatekeeper_records(issuer: EventIssuer, cohort: list[IssuedEvent], rng: random.Random,
+                       count: int = GATEKEEPER_RECORDS) -> list[tuple[str, IssuedEvent]]:
     """Refusals (of a copy of an accepted event) and timer alerts for random therapies."""
     records = []
-    for n, event in enumerate(rng.sample(cohort, GATEKEEPER_RECORDS)):
+    for n, event in enumerate(rng.sample(cohort, count)):
         env = event.envelope
         records.append(("rejected", issuer.issue("EventRejected", env.coi, {
             "rejected_event_id": env.event_id, "rejected_event_type": env.event_type,

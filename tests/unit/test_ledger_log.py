@@ -15,7 +15,7 @@ import pytest
 
 from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.leaf import LedgerLeaf
-from pcvhub.ledger.log import TransparencyLog, load_keys, save_keys
+from pcvhub.ledger.log import LogSnapshot, TransparencyLog, load_keys, save_keys
 from pcvhub.ledger.note import LogKeys
 from pcvhub.ledger.proofs import (
     ConsistencyProof,
@@ -208,3 +208,21 @@ def test_sigkill_mid_append_resumes_from_the_last_checkpoint(tmp_path, keys):
             assert [LedgerLeaf.decode(e).offset for e in log.entries(0, log.size)] == list(
                 range(log.size))
     assert sizes[1] > sizes[0]
+
+
+def test_a_snapshot_reads_only_what_the_checkpoint_signed_beside_a_running_writer(
+        tmp_path: Path, keys):
+    with filled(tmp_path, keys, 37) as log:
+        signed = log.checkpoint(1_800_000_000)
+        for i in range(37, 50):  # appended, not signed yet
+            log.append(leaf(i))
+        with LogSnapshot(tmp_path, keys.ed25519_vkey, keys.ml_dsa_44_vkey) as snapshot:
+            assert snapshot.size == 37 and snapshot.latest.note == signed.note
+            assert list(snapshot.entries(0, 37)) == [leaf(i) for i in range(37)]
+            verify_inclusion(leaf(36), snapshot.inclusion_proof(36), signed.checkpoint.root)
+            with pytest.raises(LedgerError, match="no leaf 40"):
+                snapshot.entry(40)
+        assert log.size == 50  # the writer's unsigned leaves are untouched
+    other = LogKeys.generate(ORIGIN)
+    with pytest.raises(LedgerError, match="carries no Ed25519 line"):
+        LogSnapshot(tmp_path, other.ed25519_vkey, other.ml_dsa_44_vkey)
