@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from pcvhub.audit.bundle import CHECKPOINT, RECORDS, SEALS, verify_bundle
+from pcvhub.audit.bundle import CHECKPOINT, RECORDS, SEALS, BundledRecord, verify_bundle
 from pcvhub.streams.sandbox import Sandbox
+from pcvhub.topics import SEAL_HEADER
 
 from .test_ledger_follow import LedgerProcess, write_gatekeepers_log
 from .test_projection_kill import hub  # noqa: F401 - the sandbox fixture
@@ -97,6 +99,22 @@ def test_a_bundle_verifies_offline_and_any_one_byte_change_names_what_failed(
     assert bad.returncode == 1
     position = verify_bundle(bundle).rows[target].where
     assert f"FAILED therapy {coi} {position}" in bad.stderr, bad.stderr
+
+    # the same record without the gatekeeper's seal (as one written straight to the log
+    # with broker access would be): named as not accepted by the gatekeeper
+    unsealed = tmp_path / "unsealed"
+    shutil.copytree(bundle, unsealed)
+    checkpoint = verify_bundle(bundle).checkpoint
+    assert checkpoint is not None
+    size = checkpoint.checkpoint.size
+    bundled = BundledRecord.parse(lines[target].rstrip("\n"), size, "test")
+    stripped = replace(bundled, record=replace(bundled.record, headers=tuple(
+        h for h in bundled.record.headers if h[0] != SEAL_HEADER)))
+    (unsealed / RECORDS).write_text("".join(
+        [*lines[:target], stripped.line() + "\n", *lines[target + 1:]]))
+    report = verify_bundle(unsealed)
+    [failure] = [f for f in report.failures if f.where == position]
+    assert "UNSEALED" in failure.detail and "not accepted by the gatekeeper" in failure.detail
 
     # one byte anywhere in the bundle: every file, several places each
     rng = random.Random(16)
