@@ -28,7 +28,6 @@ The bounds are a deployment setting (``gatekeeper.time_bounds``, ``PCVHUB_TIME_B
 back-date by weeks on a simulated clock while signing on the wall clock: there signed and
 append times say nothing about the simulated story, so the skew and window are off and
 revocation and compromise are judged at ``occurred_at`` (the simulated time).
-
 """
 
 from __future__ import annotations
