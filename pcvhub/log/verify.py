@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from pcvhub.ledger.leaf import LedgerLeaf
+from pcvhub.ledger.leaf import MAX_SEAL_SIZE, LedgerLeaf
 from pcvhub.schemas.catalog import load_catalog
 from pcvhub.schemas.codec import DecodeError, decode_envelope, decode_payload
 from pcvhub.schemas.envelope import Envelope
@@ -417,16 +417,15 @@ class LogVerifier:
 
     def _covered(self, record: RawRecord, digest: bytes) -> bool:
         """True if the witnessed checkpoint holds this record's leaf, computed as the
-        ledger computes it (chain digest, position, seal as re-encoded)."""
+        ledger computes it (chain digest, position, seal). The header's bytes stand for the
+        seal as the ledger re-encodes it: ``Seal.decode`` refuses anything but the one
+        encoding, so a header the ledger logged is exactly those bytes, and one that does
+        not decode matches no leaf (``_sealed`` then names it): no second decode here."""
         if self._checkpoint is None or record.position.topic not in OUTPUT_TOPICS:
             return False
-        header = record.header(SEAL_HEADER)
-        if header is None:
+        seal = record.header(SEAL_HEADER)
+        if seal is None or len(seal) > MAX_SEAL_SIZE:  # no leaf holds one that large
             return False
-        try:
-            seal = Seal.decode(header).encode()
-        except SealError:
-            return False  # _sealed names it
         position = record.position
         leaf = LedgerLeaf(digest, position.topic, position.partition, position.offset, seal)
         return self._checkpoint.covers(position.topic, position.partition, position.offset,

@@ -11,6 +11,7 @@ signatures, and a checkpoint below quorum or a tile folder that does not verify 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from pcvhub.ledger.trusted import CheckpointTrust
 from pcvhub.ledger.witnessing import WitnessPolicy
 from pcvhub.log.verify import LogVerifier, RawRecord, VerifiedRecord
 from pcvhub.projections.digest import digest_file
-from pcvhub.topics import partition_for
+from pcvhub.topics import SEAL_HEADER, partition_for
 from pcvhub.trust.registry import REGISTRY_COI
 
 from .sealing import SEAL_BOOK
@@ -141,6 +142,22 @@ def test_a_record_altered_after_it_was_logged_is_quarantined_as_before(
     assert caught.code == "SEAL_INVALID", caught
     [named] = [q for q in by_signatures.first if q.position == record.position]
     assert named.code == "SIGNATURE_INVALID", named
+
+
+def test_a_seal_header_no_leaf_could_hold_is_named_not_raised(
+        tmp_path: Path, scripted: ScriptedLog, records: list[RawRecord], log_keys: LogKeys,
+        witnesses: list[WitnessKeys]) -> None:
+    """An attacker's 70 kB header: too large for any leaf, so no checkpoint covers it, and
+    the seal check names it as it would without a checkpoint."""
+    tiles = build_ledger(tmp_path / "ledger", records, scripted, log_keys, witnesses)
+    target = next(i for i, r in enumerate(records)
+                  if r.topic == "events" and r.key != REGISTRY_COI.encode())
+    record = records[target]
+    huge = replace(record, headers=((SEAL_HEADER, b"\x01" * 70_000),))
+    report = project(tmp_path / "c.duckdb", [*records[:target], huge, *records[target + 1:]],
+                     scripted.anchor, checkpoint=trust(tiles, log_keys, witnesses))
+    [named] = [q for q in report.first if q.position == record.position]
+    assert named.code == "SEAL_INVALID", named
 
 
 def test_records_past_the_checkpoint_are_verified_by_their_signatures(
