@@ -130,6 +130,7 @@ def _following(quick: bool) -> list[Figure]:
     import sys
 
     from bench.gatekeeper import THERAPIES, _prepared, _throughput
+    from bench.profile import sampled
     from pcvhub.log.verify import OUTPUT_TOPICS
 
     section = "ledger"
@@ -152,11 +153,12 @@ def _following(quick: bool) -> list[Figure]:
             sandbox.workers.append(ledger)
             assert ledger.stdout is not None
             started = None
-            for line in ledger.stdout:
-                if started is None and "following" in line:
-                    started = time.perf_counter()
-                if line.startswith("caught up"):
-                    break
+            with sampled(ledger.pid, "ledger-catch-up"):
+                for line in ledger.stdout:
+                    if started is None and "following" in line:
+                        started = time.perf_counter()
+                    if line.startswith("caught up"):
+                        break
             appends = total / (time.perf_counter() - (started or time.perf_counter()))
             # live: the second cohort through the gatekeeper while the ledger follows
             _throughput(sandbox, "pcvhub.cli", [], second)

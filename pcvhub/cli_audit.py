@@ -99,6 +99,8 @@ def render(console: Console, report: BundleReport, registry: bool = False) -> No
         result = ("[green]OK[/] " if row.ok else "[bold red]FAILED[/] ") + escape(row.detail)
         table.add_row(row.where, row.what, _time(row.occurred_at_us), row.signer, result)
     console.print(table)
+    if report.archive:
+        console.print(f"archive seal: {report.archive}", highlight=False)
     console.print(f"registry chain: {report.registry_records} record(s) verified (the keys "
                   "and actors that signed)", highlight=False)
     if report.consents:

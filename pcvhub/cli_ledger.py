@@ -21,15 +21,23 @@ from rich.console import Console
 from rich.table import Table
 
 from pcvhub.config import ConfigError, load_settings
+from pcvhub.ledger.archive import DAY_SECONDS, DailyArchive
 from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.follow import CheckpointTopic, LedgerFollower
-from pcvhub.ledger.log import KEY_FILE, TransparencyLog, load_keys, save_keys
+from pcvhub.ledger.log import (
+    KEY_FILE,
+    TransparencyLog,
+    load_archive_signer,
+    load_keys,
+    save_keys,
+)
 from pcvhub.ledger.note import LogKeys, VerifiedCheckpoint, VerifierKey
 from pcvhub.ledger.serve import TileServer
 from pcvhub.ledger.tiles import audit_tiles
 from pcvhub.ledger.witnessing import Cosigning, WitnessPolicy, read_history
 from pcvhub.log.reader import LogReadError
 from pcvhub.topics import Principal
+from pcvhub.trust.archive import ARCHIVE_ALGORITHM, ArchiveBackendMissing, ArchiveSigner
 from pcvhub.trust.keys import KeyStoreError, passphrase_from_env
 from pcvhub.trust.registry import ANCHOR_FILE, anchor_ledger
 
@@ -66,17 +74,20 @@ def register(app: typer.Typer) -> None:
             if (root / KEY_FILE).exists():
                 _fail(f"{root / KEY_FILE} exists: this folder already holds a log")
             keys = LogKeys.generate(origin)
-            save_keys(root / KEY_FILE, keys, passphrase_from_env())
+            archive = ArchiveSigner.generate()  # liboqs: the daily archive seal's key
+            save_keys(root / KEY_FILE, keys, passphrase_from_env(), archive)
             with TransparencyLog(root, keys) as log:
                 log.checkpoint(int(time.time()))
             anchor = load_settings().data_dir / ANCHOR_FILE
             if anchor.exists():  # the deployment's anchor names the log's keys from now on
-                anchor_ledger(anchor, origin, str(keys.ed25519_vkey), str(keys.ml_dsa_44_vkey))
-        except (LedgerError, KeyStoreError, ConfigError) as exc:
+                anchor_ledger(anchor, origin, str(keys.ed25519_vkey), str(keys.ml_dsa_44_vkey),
+                              archive.public_key)
+        except (LedgerError, KeyStoreError, ConfigError, ArchiveBackendMissing) as exc:
             _fail(str(exc))
         print(f"ledger {origin} in {root}")
         print(f"vkey {keys.ed25519_vkey}")
         print(f"mldsa-vkey {keys.ml_dsa_44_vkey}")
+        print(f"archive-key {ARCHIVE_ALGORITHM} {archive.public_key.hex()}")
 
     @ledger_app.command("vkey")
     def vkey(folder: Path | None = folder_option) -> None:
@@ -95,6 +106,9 @@ def register(app: typer.Typer) -> None:
             witnesses: Path | None = typer.Option(None, help="Witness configuration (JSON: "
                                                   "quorum, witnesses' URLs and vkeys): send "
                                                   "each checkpoint to them for cosigning."),
+            archive_every: float = typer.Option(
+                DAY_SECONDS, help="Seal the latest checkpoint with the archive key "
+                                  "(SPHINCS+) at most this often, in seconds."),
             folder: Path | None = folder_option) -> None:
         """Follow the canonical, rejected and alerts topics into the log until SIGTERM."""
         stop = threading.Event()
@@ -126,8 +140,15 @@ def register(app: typer.Typer) -> None:
                     print(f"checkpoint {signed.checkpoint.size} "
                           f"{signed.checkpoint.root.hex()}{cosigned}", flush=True)
 
+                signer = load_archive_signer(_folder(folder) / KEY_FILE, passphrase_from_env())
+                if signer is None:
+                    print("warning: this log has no archive key (made before the daily "
+                          "archive seal): checkpoints are not archive-sealed", flush=True)
+                archive = (DailyArchive(log.tiles, signer, log.keys.ed25519_vkey,
+                                        log.keys.ml_dsa_44_vkey, every=archive_every)
+                           if signer is not None else None)
                 follower = LedgerFollower(settings, log, every=every, seconds=seconds,
-                                          publish=announce)
+                                          publish=announce, archive=archive)
                 try:
                     follower.run(stop, on_caught_up=lambda: print("caught up", flush=True))
                 finally:
@@ -137,7 +158,7 @@ def register(app: typer.Typer) -> None:
                 for sentence in follower.discrepancies:
                     print(f"discrepancy {sentence}", flush=True)
         except (LedgerError, KeyStoreError, ConfigError, LogReadError,
-                FileNotFoundError) as exc:
+                FileNotFoundError, ArchiveBackendMissing) as exc:
             _fail(str(exc))
 
     @ledger_app.command("serve")

@@ -2,7 +2,9 @@
 
 A bundle is a folder (``pcvhub audit export COI --out BUNDLE`` writes it)::
 
-    manifest.json      {"format", "coi", "records", "seals", "missing"}: what the files hold
+    manifest.json      {"format", "coi", "records", "seals", "missing", "archive"}: what
+                       the files hold ("archive": 1 with an archive seal; older bundles
+                       have no "archive" and no seal)
     trust-anchor.json  the deployment's trust anchor (the first registrar's public keys)
                        with the ledger's two verifier keys under "ledger"
     checkpoint         the ledger's signed checkpoint every proof leads to (its two lines)
@@ -15,6 +17,9 @@ A bundle is a folder (``pcvhub audit export COI --out BUNDLE`` writes it)::
     missing.jsonl      leaves the ledger logged on the partitions read that the broker no
                        longer holds (the entry and its inclusion path): each is a failure
     schemas/           the catalog's .avsc files (any Avro reader decodes the values)
+    archive-seal       (if the log had sealed one) the latest daily archive seal of a
+                       checkpoint no larger than ``checkpoint`` (``ledger.archive``), and
+    archive-proof.json the consistency proof from that checkpoint to ``checkpoint``
 
 Every JSON line and file is canonical (sorted keys, no spaces, bytes as lowercase hex), and
 the reader rejects any that is not: so a one-byte change is never a harmless re-spelling,
@@ -29,7 +34,10 @@ it is a different claim that some check below refuses, naming what failed.
    checks);
 3. each admitted record's ledger leaf (``follow.leaf_of``: chain digest, position, seal)
    against the checkpoint's root along its inclusion path;
-4. the .avsc files are the released ones of the verifying pcvhub.
+4. the .avsc files are the released ones of the verifying pcvhub;
+5. the archive seal (SPHINCS+, hash-based) against the archive key in the anchor, and the
+   consistency proof from the sealed checkpoint to the bundle's: the history the bundle
+   proves against extends one sealed with no trust in Ed25519 or ML-DSA.
 
 What it cannot see: that the bundle holds *all* of the therapy's records. The hash chain
 ties every canonical event to the one before it (a record cut from the middle breaks it),
@@ -49,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcvhub.ledger.archive import verify_archive_seal
 from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.follow import leaf_of
 from pcvhub.ledger.leaf import LedgerLeaf
@@ -59,7 +68,12 @@ from pcvhub.ledger.note import (
     VerifierKey,
     verify_checkpoint,
 )
-from pcvhub.ledger.proofs import InclusionProof, verify_inclusion
+from pcvhub.ledger.proofs import (
+    ConsistencyProof,
+    InclusionProof,
+    verify_consistency,
+    verify_inclusion,
+)
 from pcvhub.log.reader import registry_partition
 from pcvhub.log.verify import (
     CANONICAL,
@@ -70,7 +84,9 @@ from pcvhub.log.verify import (
     VerifiedRecord,
 )
 from pcvhub.schemas.catalog import SCHEMA_DIR
+from pcvhub.times import utc_iso
 from pcvhub.topics import SEAL_HEADER
+from pcvhub.trust.archive import ARCHIVE_ALGORITHM, ArchiveBackendMissing
 from pcvhub.trust.consent import ConsentRecord
 from pcvhub.trust.registry import REGISTRY_COI, load_anchor
 from pcvhub.trust.seal import Seal, SealError
@@ -78,6 +94,8 @@ from pcvhub.trust.seal import Seal, SealError
 FORMAT = "pcvhub-audit-bundle/v1"
 MANIFEST, ANCHOR, CHECKPOINT = "manifest.json", "trust-anchor.json", "checkpoint"
 RECORDS, SEALS, MISSING, SCHEMAS = "records.jsonl", "seals.jsonl", "missing.jsonl", "schemas"
+ARCHIVE_SEAL, ARCHIVE_PROOF = "archive-seal", "archive-proof.json"
+_MANIFEST_KEYS = {"format", "coi", "records", "seals", "missing"}
 #: the anchor's entry that names the ledger's verifier keys
 LEDGER_ENTRY = "ledger"
 CONSENT_EVENTS = ("ConsentGranted", "ConsentWitnessed", "ConsentWithdrawn")
@@ -185,8 +203,12 @@ def schema_files() -> Iterator[Path]:
 
 def write_bundle(out: Path, coi: str, anchor: dict[str, Any], checkpoint: bytes,
                  records: Iterable[BundledRecord], heads: dict[int, bytes],
-                 missing: Iterable[MissingLeaf] = ()) -> int:
-    """Write a bundle folder (it must not exist, or be empty); how many records."""
+                 missing: Iterable[MissingLeaf] = (),
+                 archive: tuple[bytes, ConsistencyProof] | None = None) -> int:
+    """Write a bundle folder (it must not exist, or be empty); how many records.
+
+    :param archive: an archive seal's bytes and the consistency proof from its checkpoint
+        to ``checkpoint``."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out} exists and is not empty: a bundle goes to a fresh folder")
@@ -202,9 +224,13 @@ def write_bundle(out: Path, coi: str, anchor: dict[str, Any], checkpoint: bytes,
         target = out / SCHEMAS / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((SCHEMA_DIR / rel).read_bytes())
+    if archive is not None:
+        (out / ARCHIVE_SEAL).write_bytes(archive[0])
+        (out / ARCHIVE_PROOF).write_text(canonical(archive[1].to_json()))
     (out / MANIFEST).write_text(canonical({"format": FORMAT, "coi": coi,
                                            "records": len(records), "seals": len(heads),
-                                           "missing": len(missing)}))
+                                           "missing": len(missing),
+                                           "archive": int(archive is not None)}))
     return len(records)
 
 
@@ -252,6 +278,8 @@ class BundleReport:
     rows: list[Row] = field(default_factory=list)
     consents: list[ConsentLine] = field(default_factory=list)
     registry_records: int = 0
+    #: what the archive seal showed (empty: the bundle has none)
+    archive: str = ""
 
     @property
     def failures(self) -> list[Row]:
@@ -307,8 +335,9 @@ def verify_bundle(folder: Path, pinned_anchor: Path | None = None,
 def _verify(folder: Path, report: BundleReport, pinned: Path | None,
             against: list[bytes]) -> None:
     manifest = _parse(_read_text(folder / MANIFEST), MANIFEST)
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or set(manifest) != {
-            "format", "coi", "records", "seals", "missing"}:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or set(manifest) not in (
+            _MANIFEST_KEYS, _MANIFEST_KEYS | {"archive"}) or manifest.get("archive", 0) not in (
+            0, 1):
         raise BundleError(f"{MANIFEST} is not a {FORMAT} manifest")
     coi = report.coi = str(manifest["coi"])
     anchor_path = folder / ANCHOR
@@ -331,6 +360,7 @@ def _verify(folder: Path, report: BundleReport, pinned: Path | None,
     head = signed.checkpoint
     for n, other in enumerate(against, start=1):
         _compare(signed, other, ed_key, pq_key, f"checkpoint given #{n}", report)
+    _archive(folder, manifest, anchor_path, signed, ed_key, pq_key, report)
 
     # 2. the schemas are the released ones
     _schemas(folder, report)
@@ -381,6 +411,49 @@ def _verify(folder: Path, report: BundleReport, pinned: Path | None,
                     f"{len(missing)}: a line was removed or added")
     for n, text in enumerate(missing, start=1):
         _missing(text, f"{MISSING} line {n}", head.size, head.root, report)
+
+
+def _archive(folder: Path, manifest: dict[str, Any], anchor_path: Path,
+             signed: VerifiedCheckpoint, ed_key: VerifierKey, pq_key: VerifierKey,
+             report: BundleReport) -> None:
+    """5. the archive seal and its consistency proof to the bundle's checkpoint."""
+    held = [name for name in (ARCHIVE_SEAL, ARCHIVE_PROOF) if (folder / name).exists()]
+    if not manifest.get("archive"):
+        if held:
+            report.fail("archive", held[0], "archive seal",
+                        f"the manifest lists no archive seal but the bundle holds {held[0]}: "
+                        "added after export")
+        return
+    if len(held) != 2:
+        missing = ARCHIVE_PROOF if ARCHIVE_SEAL in held else ARCHIVE_SEAL
+        report.fail("archive", missing, "archive seal",
+                    f"the manifest lists an archive seal but {missing} is missing")
+        return
+    entry = _parse(anchor_path.read_text(), ANCHOR).get(LEDGER_ENTRY, {})
+    key = entry.get("archive_key") if isinstance(entry, dict) else None
+    if key is None:
+        report.fail("archive", ANCHOR, "archive seal",
+                    f"the bundle holds an archive seal but {ANCHOR} names no archive key "
+                    "(its ledger entry's archive_key)")
+        return
+    try:
+        seal, sealed = verify_archive_seal((folder / ARCHIVE_SEAL).read_bytes(),
+                                           _unhex(key, f"{ANCHOR} archive_key"), ed_key, pq_key,
+                                           where=ARCHIVE_SEAL)
+        proof = ConsistencyProof.from_json(_parse(_read_text(folder / ARCHIVE_PROOF),
+                                                  ARCHIVE_PROOF))
+        old, new = sealed.checkpoint, signed.checkpoint
+        if (proof.old_size, proof.new_size) != (old.size, new.size):
+            raise LedgerError(f"{ARCHIVE_PROOF} is a proof from {proof.old_size} to "
+                              f"{proof.new_size} leaves, not from the sealed {old.size} to the "
+                              f"bundle's {new.size}")
+        verify_consistency(proof, old.root, new.root)
+    except (LedgerError, ArchiveBackendMissing) as exc:
+        report.fail("archive", ARCHIVE_SEAL, "archive seal", str(exc))
+        return
+    report.archive = (f"checkpoint {sealed.checkpoint.size} sealed with {ARCHIVE_ALGORITHM} "
+                      f"at {utc_iso(seal.sealed_at * 1_000_000)}; the bundle's checkpoint "
+                      f"{signed.checkpoint.size} extends it (consistency proof verified)")
 
 
 def _read_text(path: Path) -> str:

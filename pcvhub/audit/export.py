@@ -28,9 +28,11 @@ from pcvhub.audit.bundle import (
     write_bundle,
 )
 from pcvhub.config import Settings
+from pcvhub.ledger.archive import ARCHIVE_DIR
 from pcvhub.ledger.leaf import LedgerLeaf
-from pcvhub.ledger.log import KEY_FILE, LogSnapshot
+from pcvhub.ledger.log import KEY_FILE, LogSnapshot, archive_public_key
 from pcvhub.ledger.note import VerifierKey
+from pcvhub.ledger.proofs import ConsistencyProof
 from pcvhub.log.reader import SealLookup, read_raw, registry_partition
 from pcvhub.log.verify import ALERTS, CANONICAL, REJECTED, RawRecord
 from pcvhub.topics import SEAL_HEADER, partition_for, topic_spec
@@ -66,6 +68,9 @@ def ledger_keys(anchor: dict[str, Any], ledger: Path) -> tuple[VerifierKey, Veri
         record = json.loads(path.read_text())
         entry = {"origin": record["name"], "vkey": record["ed25519_vkey"],
                  "mldsa_vkey": record["ml_dsa_44_vkey"]}
+        archive_key = archive_public_key(path)
+        if archive_key is not None:
+            entry["archive_key"] = archive_key.hex()
         anchor[LEDGER_ENTRY] = entry
     return VerifierKey.parse(entry["vkey"]), VerifierKey.parse(entry["mldsa_vkey"])
 
@@ -143,9 +148,24 @@ def export(settings: Settings, coi: str, out: Path, ledger: Path | None = None,
                    for i in gone]
         note = strip_note(snapshot.latest, *keys)
         root = snapshot.latest.checkpoint.root
+        archive = _archive_seal(ledger, snapshot)
     heads = _heads(settings, records)
-    write_bundle(out, coi, anchor, note, bundled, heads, missing)
+    write_bundle(out, coi, anchor, note, bundled, heads, missing, archive)
     return Exported(coi, len(bundled), therapy, len(heads), len(missing), size, root, out)
+
+
+def _archive_seal(ledger: Path, snapshot: LogSnapshot
+                  ) -> tuple[bytes, ConsistencyProof] | None:
+    """The newest archive seal of a checkpoint the snapshot's covers, and the consistency
+    proof from it to the snapshot's size (None if the log sealed none yet). Unchecked here:
+    ``audit verify`` checks both."""
+    folder = ledger / "tiles" / ARCHIVE_DIR
+    sizes = sorted((int(p.name) for p in folder.glob("[0-9]*") if p.name.isdigit()),
+                   reverse=True) if folder.is_dir() else []
+    size = next((n for n in sizes if n <= snapshot.size), None)
+    if size is None:
+        return None
+    return (folder / str(size)).read_bytes(), snapshot.consistency_proof(size, snapshot.size)
 
 
 def _heads(settings: Settings, records: list[RawRecord]) -> dict[int, bytes]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pcvhub.config import Settings
+from pcvhub.ledger.archive import DailyArchive
 from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.leaf import LedgerLeaf
 from pcvhub.ledger.log import TransparencyLog
@@ -119,16 +120,19 @@ class LedgerFollower:
     :param seconds: ... or this long after the first leaf no checkpoint covers yet.
     :param publish: called with each new checkpoint (the file is written regardless).
     :param clock: POSIX seconds, for the checkpoints' ML-DSA-44 timestamps.
+    :param archive: seals the latest checkpoint once a day (``ledger.archive``), if given.
     """
 
     def __init__(self, settings: Settings, log: TransparencyLog, *, every: int = 1000,
                  seconds: float = 5.0,
                  publish: Callable[[VerifiedCheckpoint], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 archive: DailyArchive | None = None) -> None:
         self.settings = settings
         self.log = log
         self.every, self.seconds = every, seconds
         self._publish = publish
+        self.archive = archive
         self._clock = clock
         self._lock = threading.Lock()
         self._pending = 0
@@ -177,10 +181,19 @@ class LedgerFollower:
     # -- checkpoints ----------------------------------------------------------------------
 
     def _checkpoint(self) -> VerifiedCheckpoint:
+        """1. sign the checkpoint (the file is the commit point); 2. publish it (witnesses
+        may cosign it there); 3. once a day, seal the checkpoint as the file now holds it
+        with the archive key. A seal takes about a second and holds the lock: once a day,
+        the follower waits that long."""
         signed = self.log.checkpoint(int(self._clock()))
         self._pending, self._since = 0, None
         if self._publish is not None:
             self._publish(signed)
+        latest = self.log.latest or signed
+        if self.archive is not None and self.archive.due(latest):
+            sealed = self.archive.seal(latest)
+            log.info("ledger: archive seal of checkpoint %d at %d",
+                     latest.checkpoint.size, sealed.sealed_at)
         return signed
 
     def tick(self) -> VerifiedCheckpoint | None:

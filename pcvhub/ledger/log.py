@@ -5,8 +5,10 @@ A log folder::
     entries          every leaf, framed as in an entry bundle (u16 length || bytes)
     entries.idx      u64 start offset of each leaf in ``entries``
     level/<k>        the tree's hashes (pcvhub.ledger.tree)
-    keys.json        the log's private keys, encrypted (the scheme of pcvhub.trust.keys)
-    tiles/           what ``pcvhub ledger serve`` serves: checkpoint, tile/..., tile/entries/...
+    keys.json        the log's private keys, encrypted (the scheme of pcvhub.trust.keys),
+                     and its archive key (pcvhub.ledger.archive)
+    tiles/           what ``pcvhub ledger serve`` serves: checkpoint, tile/..., tile/entries/...,
+                     archive/<size> (the daily archive seals)
 
 The signed ``tiles/checkpoint`` is the commit point. Whatever lies past its size after a
 crash was never signed and is cut off on open; what it covers is verified on open (every
@@ -39,6 +41,7 @@ from pcvhub.ledger.proofs import ConsistencyProof, InclusionProof
 from pcvhub.ledger.tiles import TileSource, frame, unframe, write_file, write_tiles
 from pcvhub.ledger.tree import TreeLevels
 from pcvhub.trust import merkle
+from pcvhub.trust.archive import ARCHIVE_ALGORITHM, ArchiveSigner
 from pcvhub.trust.keys import _SCRYPT, _kek
 
 _OFFSET = struct.Struct(">Q")
@@ -50,19 +53,57 @@ _CHUNK = 4096
 KEY_FILE = "keys.json"
 
 
-def save_keys(path: Path, keys: LogKeys, passphrase: bytes) -> None:
-    """The log's seeds, AES-256-GCM under a scrypt key (as actor keys are stored)."""
+def save_keys(path: Path, keys: LogKeys, passphrase: bytes,
+              archive: ArchiveSigner | None = None) -> None:
+    """The log's seeds, AES-256-GCM under a scrypt key (as actor keys are stored), and the
+    archive key for the daily seal (``ledger.archive``) under the same key, if given."""
     salt, nonce = os.urandom(16), os.urandom(12)
+    kek = _kek(passphrase, salt)
     ed_seed, pq_seed = keys.seeds()
-    sealed = AESGCM(_kek(passphrase, salt)).encrypt(nonce, ed_seed + pq_seed,
-                                                    f"ledger/{keys.name}".encode())
-    record = {"name": keys.name, "kdf": {"name": "scrypt", **_SCRYPT, "salt": salt.hex()},
-              "cipher": {"name": "AES-256-GCM", "nonce": nonce.hex(),
-                         "ciphertext": sealed.hex()},
-              "ed25519_vkey": str(keys.ed25519_vkey),
-              "ml_dsa_44_vkey": str(keys.ml_dsa_44_vkey)}
+    sealed = AESGCM(kek).encrypt(nonce, ed_seed + pq_seed, f"ledger/{keys.name}".encode())
+    record: dict[str, object] = {
+        "name": keys.name, "kdf": {"name": "scrypt", **_SCRYPT, "salt": salt.hex()},
+        "cipher": {"name": "AES-256-GCM", "nonce": nonce.hex(), "ciphertext": sealed.hex()},
+        "ed25519_vkey": str(keys.ed25519_vkey),
+        "ml_dsa_44_vkey": str(keys.ml_dsa_44_vkey)}
+    if archive is not None:
+        archive_nonce = os.urandom(12)
+        record["archive"] = {
+            "algorithm": ARCHIVE_ALGORITHM, "public_key": archive.public_key.hex(),
+            "nonce": archive_nonce.hex(),
+            "ciphertext": AESGCM(kek).encrypt(archive_nonce, archive.secret_key_to_seal(),
+                                              _archive_aad(keys.name)).hex()}
     write_file(path, json.dumps(record, indent=1).encode())
     path.chmod(0o600)
+
+
+def _archive_aad(name: str) -> bytes:
+    return f"ledger-archive/{ARCHIVE_ALGORITHM}/{name}".encode()
+
+
+def archive_public_key(path: Path) -> bytes | None:
+    """The archive key's public half from a key file (no passphrase needed), or None."""
+    entry = json.loads(path.read_text()).get("archive")
+    return None if entry is None else bytes.fromhex(entry["public_key"])
+
+
+def load_archive_signer(path: Path, passphrase: bytes) -> ArchiveSigner | None:
+    """The archive key ``save_keys`` stored, or None for a log made without one."""
+    record = json.loads(path.read_text())
+    entry = record.get("archive")
+    if entry is None:
+        return None
+    if entry.get("algorithm") != ARCHIVE_ALGORITHM:
+        raise LedgerError(f"{path}: archive key is {entry.get('algorithm')!r}, this ledger "
+                          f"seals with {ARCHIVE_ALGORITHM}")
+    try:
+        secret = AESGCM(_kek(passphrase, bytes.fromhex(record["kdf"]["salt"]))).decrypt(
+            bytes.fromhex(entry["nonce"]), bytes.fromhex(entry["ciphertext"]),
+            _archive_aad(record["name"]))
+    except InvalidTag:
+        raise LedgerError(f"cannot unlock the archive key in {path}: wrong passphrase, or the "
+                          "file was altered") from None
+    return ArchiveSigner(secret, bytes.fromhex(entry["public_key"]))
 
 
 def load_keys(path: Path, passphrase: bytes, kind: type[LogKeys] = LogKeys,

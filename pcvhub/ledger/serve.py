@@ -1,9 +1,10 @@
 """``pcvhub ledger serve``: the tile folder over HTTP, read-only, on loopback.
 
-Only the paths of c2sp.org/tlog-tiles are answered (``tiles.TILE_PATH``), matched before
-the disk is touched, so nothing else in the ledger folder (keys, level files) can be
-named by a request. The checkpoint changes and is cached for seconds; a tile's path
-names its width, so every tile is immutable and cached for a year.
+Only the paths of c2sp.org/tlog-tiles are answered (``tiles.TILE_PATH``), and the daily
+archive seals (``archive.ARCHIVE_PATH``), matched before the disk is touched, so nothing
+else in the ledger folder (keys, level files) can be named by a request. The checkpoint
+(and the latest archive seal) change and are cached for seconds; a tile's path names its
+width, so every tile is immutable and cached for a year.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from pcvhub.ledger.archive import ARCHIVE_PATH, LATEST_SEAL_PATH
 from pcvhub.ledger.errors import LedgerError
 from pcvhub.ledger.tiles import TILE_PATH
 
@@ -66,8 +68,8 @@ class _TileHandler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         rel = self.path.split("?", 1)[0].lstrip("/")
-        if not TILE_PATH.fullmatch(rel):
-            self.send_error(HTTPStatus.NOT_FOUND, "not a tlog-tiles path")
+        if not (TILE_PATH.fullmatch(rel) or ARCHIVE_PATH.fullmatch(rel)):
+            self.send_error(HTTPStatus.NOT_FOUND, "not a tlog-tiles or archive seal path")
             return
         path = self.server.tiles / rel
         try:
@@ -76,7 +78,7 @@ class _TileHandler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_FOUND, f"no {rel} in this log (yet)")
             return
         self.send_response(HTTPStatus.OK)
-        if rel == "checkpoint":
+        if rel in ("checkpoint", LATEST_SEAL_PATH):
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Cache-Control", "max-age=5")
         else:

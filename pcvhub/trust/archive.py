@@ -136,6 +136,10 @@ class ArchiveSigner:
     def public_key(self) -> bytes:
         return self._public_key
 
+    def secret_key_to_seal(self) -> bytes:
+        """The secret key, for its owner to seal at rest (``ledger.log.save_keys``)."""
+        return self._secret_key
+
     def sign(self, message: bytes) -> bytes:
         """Sign DOMAIN_TAG + message. Slow by design (~0.15 s): hash-based signing."""
         # A fresh liboqs object per call; leaving the `with` wipes its copy of the secret key.

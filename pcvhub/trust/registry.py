@@ -259,10 +259,14 @@ def load_anchor(path: Path) -> KeyRegistry:
         a["valid_from_us"]))
 
 
-def anchor_ledger(path: Path, origin: str, vkey: str, mldsa_vkey: str) -> None:
+def anchor_ledger(path: Path, origin: str, vkey: str, mldsa_vkey: str,
+                  archive_key: bytes | None = None) -> None:
     """Name the transparency ledger's verifier keys in the anchor (its ``ledger`` entry):
     whoever holds the anchor can then check the ledger's checkpoints (``pcvhub audit
-    verify``), as it checks the registrar's signatures. Readers of the registrar ignore it."""
+    verify``), as it checks the registrar's signatures, and its daily archive seals (the
+    public archive key, hex). Readers of the registrar ignore it."""
     anchor = json.loads(path.read_text())
     anchor["ledger"] = {"origin": origin, "vkey": vkey, "mldsa_vkey": mldsa_vkey}
+    if archive_key is not None:
+        anchor["ledger"]["archive_key"] = archive_key.hex()
     path.write_text(json.dumps(anchor, indent=1))

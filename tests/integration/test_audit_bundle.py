@@ -20,7 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from pcvhub.audit.bundle import CHECKPOINT, RECORDS, SEALS, BundledRecord, verify_bundle
+from pcvhub.audit.bundle import (
+    ARCHIVE_SEAL,
+    CHECKPOINT,
+    RECORDS,
+    SEALS,
+    BundledRecord,
+    verify_bundle,
+)
 from pcvhub.streams.sandbox import Sandbox
 from pcvhub.topics import SEAL_HEADER
 
@@ -83,6 +90,13 @@ def test_a_bundle_verifies_offline_and_any_one_byte_change_names_what_failed(
     assert "consent history" in ok.stdout and "PATIENT" in ok.stdout
     report = verify_bundle(bundle)
     assert report.ok and report.consents and report.registry_records
+    # the ledger's first checkpoint was archive-sealed (SPHINCS+) and the bundle's extends it
+    assert (bundle / ARCHIVE_SEAL).exists() and "sealed with SPHINCS+" in report.archive
+    assert "archive seal: checkpoint" in ok.stdout
+    without = tmp_path / "without-seal"
+    shutil.copytree(bundle, without)
+    (without / ARCHIVE_SEAL).unlink()
+    assert [f.where for f in verify_bundle(without).failures] == [ARCHIVE_SEAL]
     therapy_rows = [r for r in report.rows if r.part == "therapy"]
     assert {r.where.split("[")[0] for r in therapy_rows} >= {"events"}
     assert all(r.coi == coi for r in therapy_rows)
